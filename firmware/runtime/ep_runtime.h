@@ -1,0 +1,133 @@
+/*
+ * ep_runtime.h — the portable training runtime: model blobs, the static arena,
+ * and the executor. No OS, no heap, no libc beyond <string.h> and <math.h>.
+ *
+ * Lifecycle
+ *   1. ep_model_parse()      validates every field of an untrusted blob
+ *                            (docs/blob.md) and fills an ep_model_t; it does not
+ *                            touch any arena, so a failure leaves the installed
+ *                            model untouched.
+ *   2. ep_model_init_arena() zero-fills the model's arena span and copies the
+ *                            initial values in. Call only after parse succeeded.
+ *   3. ep_model_run()        decodes one batch into the input tensors and runs
+ *                            the schedule: EVAL runs nodes [0, n_eval_nodes);
+ *                            TRAIN runs them all (forward, loss, backward,
+ *                            update). Never allocates, never re-validates.
+ *
+ * Invariants after a successful parse: every tensor lies inside
+ * [0, arena_bytes); every node's op exists, implements the node's fn, and its
+ * prepare() accepted the node's tensors.
+ */
+#ifndef EP_RUNTIME_H
+#define EP_RUNTIME_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ep_ids.h"
+
+#if defined(__GNUC__)
+#define EP_NODISCARD __attribute__((warn_unused_result))
+#else
+#define EP_NODISCARD
+#endif
+
+/* Error strings compile out with -DEP_STRIP_ERROR_STRINGS (only the status stays). */
+#ifdef EP_STRIP_ERROR_STRINGS
+#define EP_WHY(s) ""
+#else
+#define EP_WHY(s) (s)
+#endif
+
+/* Debug asserts for programmer errors (never for untrusted input); off in release. */
+#ifdef EP_DEBUG
+#define EP_DCHECK(c) do { if (!(c)) { __builtin_trap(); } } while (0)
+#else
+#define EP_DCHECK(c) ((void)0)
+#endif
+
+/** A tensor descriptor, as in the blob's tensor table. */
+typedef struct {
+    uint8_t dtype;      /**< ep_dtype_t */
+    uint8_t flags;      /**< ep_tensor_flag_t bits */
+    uint8_t rank;       /**< 1..EP_MAX_RANK */
+    uint16_t dims[EP_MAX_RANK]; /**< per sample if EP_TF_BATCHED; 1 beyond rank */
+    uint32_t offset;    /**< byte offset in the arena */
+    uint32_t bytes;     /**< storage size, max_batch included */
+    uint32_t init;      /**< offset in the blob's data section, or EP_NO_INIT */
+    uint32_t elems;     /**< elements per sample (BATCHED) or in total; derived */
+} ep_tensor_t;
+
+/** A graph node: one function of one op over tensors of the model. */
+typedef struct {
+    uint8_t op;         /**< ep_opcode_t */
+    uint8_t fn;         /**< ep_opfn_t */
+    uint8_t n_in, n_out;
+    uint16_t in[EP_MAX_NODE_INPUTS];
+    uint16_t out[EP_MAX_NODE_OUTPUTS];
+    float attr[2];
+} ep_node_t;
+
+/** An installed (or candidate) model. Plain data: copying it is fine. */
+typedef struct {
+    uint32_t crc;           /**< the blob's crc32 field: identifies the model */
+    uint32_t arena_bytes;   /**< arena span the model uses */
+    uint16_t n_tensors, n_nodes, n_eval_nodes, max_batch;
+    uint16_t input_tensor, label_tensor, stats_tensor, num_classes;
+    ep_tensor_t tensors[EP_MAX_TENSORS];
+    ep_node_t nodes[EP_MAX_NODES];
+} ep_model_t;
+
+/** One batch as it arrived in a TRAIN/EVAL request (docs/protocol.md). */
+typedef struct {
+    uint16_t n;             /**< samples, 1..max_batch */
+    uint8_t encoding;       /**< ep_encoding_t */
+    float scale, zero;      /**< EP_ENC_U8_AFFINE: x = q * scale + zero */
+    const uint8_t *labels;  /**< n class indices */
+    const uint8_t *data;    /**< n × input elems, f32 (LE, maybe unaligned) or u8 */
+    uint32_t data_bytes;
+} ep_batch_t;
+
+typedef struct {
+    float loss;             /**< mean loss over the batch */
+    uint16_t n;
+    uint16_t correct;
+} ep_step_result_t;
+
+/**
+ * Validate an untrusted blob and describe it in *m. Checks every field listed in
+ * docs/blob.md, including each node through its op's prepare().
+ * @param arena_bytes the device arena size; a larger model gives EP_NO_FIT
+ * @param why         on failure, a static string naming the field (never NULL)
+ * @return EP_OK, EP_BAD_BLOB, EP_NO_FIT, EP_BAD_HASH (crc mismatch)
+ */
+EP_NODISCARD ep_status_t ep_model_parse(ep_model_t *m, const uint8_t *blob, uint32_t len,
+                                        uint32_t arena_bytes, const char **why);
+
+/** Zero the model's arena span and copy the initial values from the blob. */
+void ep_model_init_arena(const ep_model_t *m, const uint8_t *blob, uint8_t *arena);
+
+/**
+ * Run one batch. Validates the batch (EP_BAD_BATCH: n, sizes, labels), decodes
+ * it into the input/label tensors, runs the eval prefix, and with train=true the
+ * rest of the schedule. If the loss is not finite it returns EP_NUMERIC before
+ * any backward or update node runs.
+ */
+EP_NODISCARD ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b,
+                                      bool train, ep_step_result_t *r, const char **why);
+
+/** crc32 (IEEE 802.3, the zlib one); pass 0 as crc to start, chain to continue. */
+uint32_t ep_crc32(uint32_t crc, const uint8_t *data, uint32_t len);
+
+/** Little-endian readers/writers for unaligned protocol and blob bytes. */
+static inline uint16_t ep_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t ep_rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline void ep_wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void ep_wr32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline void ep_wr64(uint8_t *p, uint64_t v) { ep_wr32(p, (uint32_t)v); ep_wr32(p + 4, (uint32_t)(v >> 32)); }
+
+#endif /* EP_RUNTIME_H */

@@ -1,0 +1,172 @@
+"""Board descriptions (`boards/<name>/board.toml`) and what is generated from them.
+
+A board description is the single source for a board's core, clock, memory
+budgets, toolchain flags, emulator command and flash method. The firmware build
+never hard-codes any of these: `python -m host.boards render BOARD OUTDIR` writes
+
+- `OUTDIR/board.mk`: CROSS, CFLAGS, LDFLAGS, PORT and the -D settings of
+  `firmware/port/ep_port.h`, included by `firmware/Makefile`;
+- `OUTDIR/link.ld`: the port's linker-script template with the board's memory
+  regions and budgets filled in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import string
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BoardError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BOARDS_DIR = REPO_ROOT / "boards"
+FIRMWARE_DIR = REPO_ROOT / "firmware"
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    core: str
+    port: str
+    cpu_hz: int
+    memory: dict[str, dict[str, int]]
+    arena_bytes: int
+    staging_bytes: int
+    stack_bytes: int
+    toolchain: dict
+    emulator: dict | None
+    flash: dict = field(default_factory=dict)
+
+    @property
+    def emulated(self) -> bool:
+        """True if this machine can run the board: the native build always, others
+        when the emulator their description names is installed."""
+        if self.port == "posix":
+            return True
+        return bool(self.emulator) and shutil.which(self.emulator["binary"]) is not None
+
+    @property
+    def has_toolchain(self) -> bool:
+        return shutil.which(self.toolchain["prefix"] + "gcc") is not None
+
+    def cycles_to_instructions(self, cycles: int) -> int:
+        """Emulated boards already report instructions (see docs/protocol.md)."""
+        return cycles
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "core": self.core,
+            "cpu_hz": self.cpu_hz,
+            "flash_bytes": self.memory["flash"]["length"],
+            "ram_bytes": self.memory["ram"]["length"],
+            "arena_bytes": self.arena_bytes,
+            "staging_bytes": self.staging_bytes,
+            "emulator": self.emulator["machine"] if self.emulator else None,
+            "emulated_here": self.emulated,
+            "toolchain_here": self.has_toolchain,
+            "flash_method": self.flash.get("method"),
+        }
+
+
+def board_names() -> list[str]:
+    return sorted(p.parent.name for p in BOARDS_DIR.glob("*/board.toml"))
+
+
+def load_board(name: str) -> Board:
+    path = BOARDS_DIR / name / "board.toml"
+    if not path.is_file():
+        known = ", ".join(board_names()) or "none"
+        raise BoardError(f"unknown board {name!r} (known boards: {known})")
+    try:
+        d = tomllib.loads(path.read_text())
+        rt = d["runtime"]
+        board = Board(
+            name=d["name"], description=d.get("description", ""), core=d["core"],
+            port=d["port"], cpu_hz=int(d["cpu_hz"]), memory=d["memory"],
+            arena_bytes=int(rt["arena_bytes"]), staging_bytes=int(rt["staging_bytes"]),
+            stack_bytes=int(rt["stack_bytes"]), toolchain=d["toolchain"],
+            emulator=d.get("emulator"), flash=d.get("flash", {}),
+        )
+    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as e:
+        raise BoardError(f"{path}: malformed board description ({e!r})") from e
+    if board.name != name:
+        raise BoardError(f"{path}: name {board.name!r} does not match its folder {name!r}")
+    return board
+
+
+def render_board_mk(board: Board) -> str:
+    tc = board.toolchain
+    defines = [
+        f'-DEP_BOARD_NAME=\\"{board.name}\\"',
+        f"-DEP_ARENA_BYTES={board.arena_bytes}",
+        f"-DEP_STAGING_BYTES={board.staging_bytes}",
+        f"-DEP_CPU_HZ={board.cpu_hz}",
+    ]
+    if board.emulator and "icount_shift" in board.emulator:
+        defines.append(f"-DEP_ICOUNT_SHIFT={int(board.emulator['icount_shift'])}")
+    lines = [
+        f"# GENERATED from boards/{board.name}/board.toml by `python -m host.boards render`.",
+        f"BOARD_NAME := {board.name}",
+        f"PORT := {board.port}",
+        f"CROSS := {tc.get('prefix', '')}",
+        f"BOARD_CFLAGS := {' '.join(tc.get('cflags', []))} {' '.join(defines)}",
+        f"BOARD_LDFLAGS := {' '.join(tc.get('ldflags', []))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_linker_script(board: Board) -> str | None:
+    """Fill the port's `link.ld.in` template; None for ports without one (posix)."""
+    template = FIRMWARE_DIR / "port" / board.port / "link.ld.in"
+    if not template.is_file():
+        return None
+    mem = board.memory
+    values = {
+        "BOARD": board.name,
+        "FLASH_ORIGIN": f"0x{mem['flash']['origin']:08X}",
+        "FLASH_LENGTH": f"0x{mem['flash']['length']:08X}",
+        "RAM_ORIGIN": f"0x{mem['ram']['origin']:08X}",
+        "RAM_LENGTH": f"0x{mem['ram']['length']:08X}",
+        "STACK_BYTES": str(board.stack_bytes),
+    }
+    return string.Template(template.read_text()).substitute(values)
+
+
+def render(board: Board, outdir: Path) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(outdir / "board.mk", render_board_mk(board))
+    ld = render_linker_script(board)
+    if ld is not None:
+        _write_if_changed(outdir / "link.ld", ld)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    # Keeps make from rebuilding everything when nothing changed.
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m host.boards")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("render", help="write board.mk and link.ld for a board")
+    r.add_argument("board")
+    r.add_argument("outdir", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        render(load_board(args.board), args.outdir)
+    except BoardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Train a model on the device with a real dataset, and record the run.
+
+Connects (a serial port, the board `make flash` started, or --emulate), uploads
+the model unless the device already holds it, evaluates the held-out split,
+streams the training split for --epochs, evaluates after each epoch, reads the
+trained weights back and writes runs/<timestamp>/: metrics.jsonl (one record
+per batch and per evaluation), summary.json and weights.npz.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..datasets import REGISTRY, load_dataset
+from ..runrecord import RunRecord
+from ..session import StreamOptions, open_device, stream
+from .compile_cmd import add_training_arguments
+
+NAME = "stream"
+HELP = "stream a dataset to the device, train on it, and record metrics"
+
+
+def add_arguments(p) -> None:
+    from ..cli import add_options
+    add_training_arguments(p)
+    add_options(p, "port", "board", "emulate", "timeout", "json")
+    p.add_argument("-d", "--dataset", default="digits", choices=sorted(REGISTRY), help="dataset to stream")
+    p.add_argument("-e", "--epochs", type=int, default=3, help="passes over the training split")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders go")
+    p.add_argument("--reflash", action="store_true", help="upload the model even if the device holds it "
+                   "(restarts from the initial weights)")
+
+
+class LiveView:
+    """The live table: one row per epoch, plus a progress bar over the batches."""
+
+    def __init__(self, console: Console, total_steps: int, board: str):
+        self.console = console
+        self.rows: list[dict] = []
+        self.cur: dict = {}
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task(f"training on {board}", total=total_steps)
+        self.flash = None
+        self.live = Live(self.render(), console=console, refresh_per_second=8, transient=False)
+
+    def render(self):
+        t = Table(title="on-device training", title_justify="left")
+        for col in ("epoch", "step", "samples", "train loss", "train acc", "test loss", "test acc",
+                    "samples/s", "cycles/sample"):
+            t.add_column(col, justify="right")
+        for r in self.rows + ([self.cur] if self.cur else []):
+            t.add_row(*(r.get(k, "") for k in ("epoch", "step", "samples", "loss", "acc", "tloss", "tacc",
+                                                 "sps", "cps")))
+        return Group(t, self.progress)
+
+    def __call__(self, kind: str, d: dict) -> None:
+        if kind == "flash":
+            self.progress.update(self.task, description=f"flashing {d['sent']}/{d['total']} B")
+        elif kind == "flashed":
+            self.progress.update(self.task, description="training")
+        elif kind == "train":
+            c = self.cur
+            if c.get("epoch") != str(d["epoch"]):
+                self.cur = c = {"epoch": str(d["epoch"]), "_l": 0.0, "_c": 0, "_n": 0, "_cyc": 0}
+            c["_l"] += d["loss"] * d["n"]
+            c["_c"] += d["correct"]
+            c["_n"] += d["n"]
+            c["_cyc"] += d["cycles"]
+            c.update(step=str(d["step"]), samples=str(d["samples"]), loss=f"{c['_l'] / c['_n']:.4f}",
+                     acc=f"{c['_c'] / c['_n']:.1%}", cps=f"{c['_cyc'] / c['_n']:,.0f}",
+                     sps=f"{d['samples_per_s']:.0f}" if d["samples_per_s"] else "")
+            self.progress.advance(self.task)
+        elif kind == "eval":
+            if d["epoch"] == 0:
+                self.rows.append({"epoch": "0", "step": "0", "samples": "0", "tloss": f"{d['loss']:.4f}",
+                                  "tacc": f"{d['accuracy']:.1%}"})
+            else:
+                self.cur.update(tloss=f"{d['loss']:.4f}", tacc=f"{d['accuracy']:.1%}")
+                self.rows.append(self.cur)
+                self.cur = {}
+        self.live.update(self.render())
+
+
+def run(args) -> int:
+    ds = load_dataset(args.dataset, seed=args.seed)
+    opts = StreamOptions(model=args.model, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, reflash=args.reflash)
+    console = Console(stderr=args.json)
+    with open_device(args.port, args.board, args.emulate, args.timeout) as (dev, hello):
+        record = RunRecord(args.runs_dir)
+        try:
+            if not args.json:
+                console.print(f"[bold]{hello.board}[/] firmware {hello.firmware}, arena {hello.arena_bytes} B — "
+                              f"dataset {ds.name}: {len(ds.y_train)} train / {len(ds.y_test)} held-out samples",
+                              highlight=False)
+            steps = args.epochs * -(-len(ds.y_train) // args.batch)
+            if args.json:
+                summary = stream(dev, hello, ds, opts, record)
+            else:
+                view = LiveView(console, steps, hello.board)
+                with view.live:
+                    summary = stream(dev, hello, ds, opts, record, view)
+        finally:
+            record.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    i, f = summary["initial_eval"], summary["final_eval"]
+    console.print(f"held-out accuracy {i['accuracy']:.1%} → [bold]{f['accuracy']:.1%}[/], "
+                  f"loss {i['loss']:.4f} → {f['loss']:.4f}; "
+                  f"{summary['cycles_per_sample']:,.0f} device cycles per training sample", highlight=False)
+    console.print(f"run record: {summary['run_dir']}/ (metrics.jsonl, summary.json, weights.npz)",
+                  highlight=False)
+    return 0

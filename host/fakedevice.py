@@ -1,0 +1,209 @@
+"""An in-process device that speaks protocol v1, for tests and demos without a board.
+
+It follows docs/protocol.md like the firmware (same framing, statuses, retry cache,
+boot HELLO) and trains with `host.executor`. Reach it through pyserial as
+`fake://` (see host/transports/protocol_fake.py), e.g. `host stream --port fake://`.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+from construct import ConstructError
+
+from . import ids
+from .blob import parse_blob
+from .errors import ModelError
+from .executor import BlobExecutor, StepError
+from .ids import Cap, MsgType, Status, TensorFlag
+from .protocol import (
+    BATCH_REQ,
+    BATCH_REQ_FIXED,
+    EXIT_REQ,
+    HELLO_RESP,
+    LOAD_BEGIN_REQ,
+    LOAD_CHUNK_REQ,
+    LOAD_CHUNK_RESP,
+    LOAD_END_RESP,
+    READ_WEIGHTS_MAX,
+    READ_WEIGHTS_REQ,
+    READ_WEIGHTS_RESP,
+    STATS_RESP,
+    STEP_RESP,
+    Frame,
+    FrameReader,
+)
+
+CAPS = Cap.F32 | Cap.SGD | Cap.CYCLES | Cap.U8_AFFINE_INPUT
+
+
+class _Refused(Exception):
+    def __init__(self, status: Status, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class FakeDevice:
+    def __init__(self, board: str = "fake", arena_bytes: int = 1 << 20, staging_bytes: int = 1 << 19):
+        self.board = board
+        self.arena_bytes = arena_bytes
+        self.staging_bytes = staging_bytes
+        self.reader = FrameReader()
+        self.out = bytearray()
+        self.model: BlobExecutor | None = None
+        self.upload: bytearray | None = None
+        self.upload_total = 0
+        self.upload_crc = 0
+        self.last: tuple[int, int, bytes] | None = None
+        self.exit_code: int | None = None
+        self._last_rx = time.monotonic()
+        self.counters = dict(frames_bad=0, samples_trained=0, samples_evaluated=0,
+                             cycles_train=0, cycles_eval=0)
+        self._send(Frame(MsgType.HELLO | ids.FRAME_RESPONSE_BIT, 0, self._hello()))
+
+    # -- bytes in, bytes out ------------------------------------------------
+    def receive(self, data: bytes) -> None:
+        self._last_rx = time.monotonic()
+        frames = self.reader.feed(data)
+        self._report_errors()
+        for f in frames:
+            self._request(f)
+
+    def tick(self) -> None:
+        """Apply the idle timeout: a partial frame that stalled is dropped and reported."""
+        if self.reader.pending() and time.monotonic() - self._last_rx > ids.FRAME_IDLE_TIMEOUT_MS / 1000:
+            self.reader.drop_partial()
+            self._report_errors()
+
+    def _report_errors(self) -> None:
+        for status, rid in self.reader.errors:
+            self.counters["frames_bad"] += 1
+            self._send(Frame(MsgType.ERROR | ids.FRAME_RESPONSE_BIT, rid, status.name.encode(), status))
+        self.reader.errors.clear()
+
+    def take_output(self) -> bytes:
+        out = bytes(self.out)
+        self.out.clear()
+        return out
+
+    def _send(self, frame: Frame) -> bytes:
+        wire = frame.pack()
+        self.out += wire
+        return wire
+
+    def _request(self, f: Frame) -> None:
+        if self.last and self.last[:2] == (f.type, f.req_id):
+            self.out += self.last[2]
+            return
+        rtype = f.type | ids.FRAME_RESPONSE_BIT
+        try:
+            payload = self._dispatch(f)
+            wire = self._send(Frame(rtype, f.req_id, payload))
+        except _Refused as e:
+            wire = self._send(Frame(rtype, f.req_id, str(e).encode(), e.status))
+        except (ConstructError, ValueError) as e:
+            wire = self._send(Frame(rtype, f.req_id, f"bad payload: {e}".encode()[:200], Status.BAD_PAYLOAD))
+        self.last = (f.type, f.req_id, wire)
+
+    # -- messages -------------------------------------------------------------
+    def _hello(self) -> bytes:
+        board = self.board.encode()
+        return HELLO_RESP.build(dict(
+            protocol=ids.PROTOCOL_VERSION, fw_major=ids.FIRMWARE_VERSION[0],
+            fw_minor=ids.FIRMWARE_VERSION[1], fw_patch=ids.FIRMWARE_VERSION[2], caps=int(CAPS),
+            arena_bytes=self.arena_bytes, staging_bytes=self.staging_bytes,
+            max_payload=ids.FRAME_MAX_PAYLOAD, model_loaded=int(self.model is not None),
+            board_len=len(board), model_crc=self.model.blob.crc if self.model else 0, board=board))
+
+    def _dispatch(self, f: Frame) -> bytes:
+        t, p = f.type, f.payload
+        if t == MsgType.HELLO:
+            return self._hello()
+        if t == MsgType.LOAD_BEGIN:
+            r = LOAD_BEGIN_REQ.parse(_exact(p, LOAD_BEGIN_REQ.sizeof()))
+            if not ids.BLOB_HEADER_BYTES <= r.total_bytes <= self.staging_bytes:
+                raise _Refused(Status.TOO_LARGE, f"blob of {r.total_bytes} bytes; staging holds {self.staging_bytes}")
+            self.upload, self.upload_total, self.upload_crc = bytearray(), r.total_bytes, r.crc32
+            return b""
+        if t == MsgType.LOAD_CHUNK:
+            r = LOAD_CHUNK_REQ.parse(p)
+            if self.upload is None:
+                raise _Refused(Status.BAD_STATE, "LOAD_CHUNK without LOAD_BEGIN")
+            if r.offset != len(self.upload):
+                raise _Refused(Status.BAD_OFFSET, f"offset {r.offset}, expected {len(self.upload)}")
+            if r.offset + len(r.data) > self.upload_total:
+                raise _Refused(Status.TOO_LARGE, "chunk runs past total_bytes")
+            self.upload += r.data
+            return LOAD_CHUNK_RESP.build(dict(received=len(self.upload)))
+        if t == MsgType.LOAD_END:
+            return self._load_end(p)
+        if t in (MsgType.TRAIN, MsgType.EVAL):
+            return self._step(p, train=t == MsgType.TRAIN)
+        if t == MsgType.STATS:
+            _exact(p, 0)
+            m = self.model
+            return STATS_RESP.build(dict(steps=m.steps if m else 0, arena_used=m.h["arena_bytes"] if m else 0,
+                                         arena_bytes=self.arena_bytes, **self.counters))
+        if t == MsgType.READ_WEIGHTS:
+            r = READ_WEIGHTS_REQ.parse(_exact(p, READ_WEIGHTS_REQ.sizeof()))
+            m = self._need_model()
+            if r.tensor >= len(m.blob.tensors):
+                raise _Refused(Status.BAD_TENSOR, "no such tensor")
+            td = m.blob.tensors[r.tensor]
+            if not td["flags"] & TensorFlag.PARAM or r.length > READ_WEIGHTS_MAX \
+                    or r.offset + r.length > td["bytes"]:
+                raise _Refused(Status.BAD_TENSOR, "not a parameter, or range outside it")
+            start = td["offset"] + r.offset
+            return READ_WEIGHTS_RESP.build(dict(tensor=r.tensor, offset=r.offset,
+                                                data=m.arena[start:start + r.length].tobytes()))
+        if t == MsgType.EXIT:
+            self.exit_code = EXIT_REQ.parse(_exact(p, 1)).code
+            return b""
+        raise _Refused(Status.UNKNOWN_TYPE, f"unknown message type 0x{t:02x}")
+
+    def _need_model(self) -> BlobExecutor:
+        if self.model is None:
+            raise _Refused(Status.NO_MODEL, "no model installed: flash one first")
+        return self.model
+
+    def _load_end(self, p: bytes) -> bytes:
+        _exact(p, 0)
+        if self.upload is None or len(self.upload) != self.upload_total:
+            raise _Refused(Status.BAD_STATE, "upload incomplete")
+        blob = bytes(self.upload)
+        self.upload = None
+        if zlib.crc32(blob) != self.upload_crc:
+            raise _Refused(Status.BAD_HASH, "blob crc32 does not match LOAD_BEGIN")
+        try:
+            parsed = parse_blob(blob)
+        except ModelError as e:
+            raise _Refused(Status.BAD_BLOB, str(e)) from e
+        if parsed.header["arena_bytes"] > self.arena_bytes:
+            raise _Refused(Status.NO_FIT, "blob arena_bytes exceeds the device arena")
+        self.model = BlobExecutor(parsed)
+        h = parsed.header
+        return LOAD_END_RESP.build(dict(model_crc=parsed.crc, arena_used=h["arena_bytes"],
+                                        n_tensors=h["n_tensors"], n_nodes=h["n_nodes"]))
+
+    def _step(self, p: bytes, train: bool) -> bytes:
+        if len(p) < BATCH_REQ_FIXED:
+            raise _Refused(Status.BAD_PAYLOAD, "batch header too short")
+        r = BATCH_REQ.parse(p)
+        m = self._need_model()
+        try:
+            loss, correct = m.run(r.n, r.encoding, r.scale, r.zero, r.labels, r.data, train)
+        except StepError as e:
+            raise _Refused(e.status, str(e)) from e
+        # the fake counts one "cycle" per multiply-accumulate it would do: a stand-in
+        cycles = r.n * m.elems(m.h["input_tensor"])
+        kind = "train" if train else "eval"
+        self.counters[f"samples_{'trained' if train else 'evaluated'}"] += r.n
+        self.counters[f"cycles_{kind}"] += cycles
+        return STEP_RESP.build(dict(loss=loss, n=r.n, correct=correct, step=m.steps, cycles=cycles))
+
+
+def _exact(payload: bytes, n: int) -> bytes:
+    if len(payload) != n:
+        raise _Refused(Status.BAD_PAYLOAD, f"payload has {len(payload)} bytes, expected {n}")
+    return payload

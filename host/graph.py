@@ -1,0 +1,96 @@
+"""The training graph: tensors and a schedule of nodes, as the device runs it.
+
+The compiler (`host.compiler`) builds a `Graph` from a model, the planner
+(`host.planner`) gives every tensor an arena offset, and `host.blob` serialises
+both into the `.epm` blob of docs/blob.md. Nothing here knows about serial links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ids
+from .ids import DType, OpCode, OpFn, TensorFlag
+
+
+def align(n: int, a: int = ids.BLOB_ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass
+class Tensor:
+    name: str
+    dims: tuple[int, ...]          # per sample if BATCHED
+    dtype: DType = DType.F32
+    flags: TensorFlag = TensorFlag(0)
+    init: np.ndarray | None = None  # initial values (parameters)
+
+    @property
+    def elems(self) -> int:
+        return int(np.prod(self.dims))
+
+    def nbytes(self, max_batch: int) -> int:
+        """Arena bytes: elements × dtype size (× max_batch if batched), 8-aligned."""
+        n = self.elems * ids.DTYPE_BYTES[self.dtype]
+        if self.flags & TensorFlag.BATCHED:
+            n *= max_batch
+        return align(n)
+
+    @property
+    def is_param(self) -> bool:
+        return bool(self.flags & TensorFlag.PARAM)
+
+
+@dataclass
+class Node:
+    op: OpCode
+    fn: OpFn
+    inputs: list[int]
+    outputs: list[int]
+    attrs: tuple[float, float] = (0.0, 0.0)
+    layer: str = ""                # the model layer this node comes from
+
+    def describe(self, g: "Graph") -> str:
+        ins = ", ".join(g.tensors[i].name for i in self.inputs)
+        outs = ", ".join(g.tensors[i].name for i in self.outputs)
+        return f"{self.op.name.lower()}.{self.fn.name.lower()}({ins}) -> {outs}"
+
+
+@dataclass
+class Graph:
+    name: str
+    max_batch: int
+    num_classes: int
+    tensors: list[Tensor] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    n_eval_nodes: int = 0
+    input_tensor: int = -1
+    label_tensor: int = -1
+    stats_tensor: int = -1
+
+    def add_tensor(self, t: Tensor) -> int:
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def add_node(self, node: Node) -> None:
+        self.nodes.append(node)
+
+    def index(self, name: str) -> int:
+        for i, t in enumerate(self.tensors):
+            if t.name == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def params(self) -> list[int]:
+        return [i for i, t in enumerate(self.tensors) if t.is_param]
+
+    @property
+    def trainable(self) -> list[int]:
+        return [i for i, t in enumerate(self.tensors) if t.flags & TensorFlag.TRAINABLE]
+
+    @property
+    def input_elems(self) -> int:
+        return self.tensors[self.input_tensor].elems

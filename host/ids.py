@@ -1,0 +1,143 @@
+"""Every number the host and the device must agree on, defined once.
+
+`python -m host.codegen` renders this module into `firmware/runtime/ep_ids.h`;
+a test fails when the committed header and this module disagree. Change a value
+here, regenerate, and both sides move together.
+"""
+
+from __future__ import annotations
+
+import enum
+
+#: Serial protocol version carried in HELLO. Bump on any incompatible change.
+PROTOCOL_VERSION = 1
+#: Firmware version the host expects to talk to (major, minor, patch).
+FIRMWARE_VERSION = (0, 1, 0)
+
+#: The two bytes that open every frame.
+FRAME_SYNC0 = 0xE9
+FRAME_SYNC1 = 0x50
+#: sync(2) + type(1) + status(1) + req_id(2) + length(2)
+FRAME_HEADER_BYTES = 8
+#: trailing CRC-32 (IEEE 802.3, as zlib.crc32)
+FRAME_CRC_BYTES = 4
+#: Largest payload either side sends or accepts. Longer length fields are refused.
+FRAME_MAX_PAYLOAD = 4096
+#: Set on the type byte of every response.
+FRAME_RESPONSE_BIT = 0x80
+#: A partial frame with no new byte for this long (device clock) is dropped.
+FRAME_IDLE_TIMEOUT_MS = 2000
+
+#: Model blob magic ("EPMB") and version.
+BLOB_MAGIC = b"EPMB"
+BLOB_VERSION = 1
+BLOB_HEADER_BYTES = 64
+BLOB_TENSOR_BYTES = 24
+BLOB_NODE_BYTES = 24
+#: Every arena offset and tensor size is a multiple of this.
+BLOB_ALIGN = 8
+#: Limits a device accepts; the compiler refuses graphs beyond them.
+MAX_TENSORS = 128
+MAX_NODES = 128
+MAX_RANK = 4
+MAX_NODE_INPUTS = 4
+MAX_NODE_OUTPUTS = 2
+#: "no tensor" in a node's input/output list, "no initialiser" in a tensor.
+NO_TENSOR = 0xFFFF
+NO_INIT = 0xFFFFFFFF
+
+
+class MsgType(enum.IntEnum):
+    """Request types (host → device). A response has the same type | 0x80."""
+
+    HELLO = 0x01
+    LOAD_BEGIN = 0x02
+    LOAD_CHUNK = 0x03
+    LOAD_END = 0x04
+    TRAIN = 0x05
+    EVAL = 0x06
+    STATS = 0x07
+    READ_WEIGHTS = 0x08
+    EXIT = 0x09
+    #: device → host only: a frame it could not attribute (bad CRC, oversize, truncated)
+    ERROR = 0x7F
+
+
+class Status(enum.IntEnum):
+    """Result of a request and of every runtime call (EP_OK == 0)."""
+
+    OK = 0
+    BAD_CRC = 1
+    OVERSIZE = 2
+    TRUNCATED = 3
+    UNKNOWN_TYPE = 4
+    BAD_PAYLOAD = 5
+    NO_MODEL = 6
+    BAD_STATE = 7
+    BAD_OFFSET = 8
+    TOO_LARGE = 9
+    BAD_HASH = 10
+    BAD_BLOB = 11
+    NO_FIT = 12
+    BAD_BATCH = 13
+    BAD_TENSOR = 14
+    NUMERIC = 15
+    INTERNAL = 16
+
+
+class Cap(enum.IntFlag):
+    """Capability bits reported in HELLO."""
+
+    F32 = 1 << 0
+    SGD = 1 << 1
+    CYCLES = 1 << 2
+    U8_AFFINE_INPUT = 1 << 3
+
+
+class DType(enum.IntEnum):
+    F32 = 1
+    I32 = 2
+    U8 = 3
+    S8 = 4
+
+
+DTYPE_BYTES = {DType.F32: 4, DType.I32: 4, DType.U8: 1, DType.S8: 1}
+
+
+class TensorFlag(enum.IntFlag):
+    #: leading dimension is the batch: dims are per sample, storage is max_batch × dims
+    BATCHED = 1 << 0
+    #: a model parameter: persists across steps, readable with READ_WEIGHTS
+    PARAM = 1 << 1
+    #: a parameter the optimizer updates
+    TRAINABLE = 1 << 2
+    #: the batch input the device decodes samples into
+    INPUT = 1 << 3
+    #: the batch labels (I32)
+    LABEL = 1 << 4
+    #: a gradient
+    GRAD = 1 << 5
+
+
+class OpCode(enum.IntEnum):
+    """Op kinds. A graph node names an op and which of its functions to run."""
+
+    LINEAR = 1
+    RELU = 2
+    SOFTMAX_CE = 3
+    SGD = 4
+
+
+class OpFn(enum.IntEnum):
+    """Which function of an op a node runs."""
+
+    FW = 0
+    BW_INPUT = 1
+    BW_PARAM = 2
+
+
+class Encoding(enum.IntEnum):
+    """How TRAIN/EVAL carry samples: raw f32, or u8 with x = q * scale + zero."""
+
+    F32 = 0
+    U8_AFFINE = 1

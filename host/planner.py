@@ -1,0 +1,111 @@
+"""Static memory plan: one arena, an offset for every tensor.
+
+The planner is a pure function of (size, first use, last use) per tensor, as in
+TFLM's greedy planner:
+
+1. Lifetimes come from the schedule. A tensor is live from the first node that
+   touches it to the last. Parameters live for the whole program (they persist
+   between steps); the input and labels are written before node 0; the stats
+   tensor is read after the eval prefix, so it lives to the end.
+2. Tensors are placed largest first (ties: earliest first use, then index). Each
+   goes at the lowest 8-aligned offset where it overlaps no already-placed
+   tensor whose lifetime intersects its own.
+3. `check_plan` proves the result: no two tensors that are live at the same time
+   share a byte, and every tensor lies inside the arena.
+
+`lower_bound` is the largest total size of tensors live at one node: no plan
+can be smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .graph import Graph, align
+
+
+@dataclass(frozen=True)
+class Plan:
+    offsets: list[int]
+    sizes: list[int]
+    first: list[int]
+    last: list[int]
+    arena_bytes: int
+    lower_bound: int
+
+    @property
+    def naive_bytes(self) -> int:
+        """Arena size if nothing shared memory."""
+        return sum(self.sizes)
+
+
+def lifetimes(g: Graph) -> tuple[list[int], list[int]]:
+    n = len(g.nodes)
+    first = [n] * len(g.tensors)
+    last = [-1] * len(g.tensors)
+    for t, node in enumerate(g.nodes):
+        for i in node.inputs + node.outputs:
+            first[i] = min(first[i], t)
+            last[i] = max(last[i], t)
+    end = max(n - 1, 0)
+    for i, tensor in enumerate(g.tensors):
+        if tensor.is_param or i in (g.input_tensor, g.label_tensor, g.stats_tensor):
+            first[i] = 0
+            last[i] = end
+        elif last[i] < 0:  # never used: still give it a slot, briefly
+            first[i] = last[i] = 0
+    return first, last
+
+
+def plan_graph(g: Graph) -> Plan:
+    sizes = [t.nbytes(g.max_batch) for t in g.tensors]
+    first, last = lifetimes(g)
+    offsets = [0] * len(sizes)
+    placed: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], first[i], i)):
+        # intervals already taken by tensors live at the same time, by offset
+        busy = sorted((offsets[j], offsets[j] + sizes[j]) for j in placed
+                      if first[j] <= last[i] and first[i] <= last[j])
+        off = 0
+        for lo, hi in busy:
+            if off + sizes[i] <= lo:
+                break
+            off = max(off, align(hi))
+        offsets[i] = off
+        placed.append(i)
+    arena = max((o + s for o, s in zip(offsets, sizes)), default=0)
+    bound = max((sum(sizes[i] for i in range(len(sizes)) if first[i] <= t <= last[i])
+                 for t in range(max(len(g.nodes), 1))), default=0)
+    plan = Plan(offsets, sizes, first, last, align(arena), bound)
+    check_plan(plan)
+    return plan
+
+
+def check_plan(plan: Plan) -> None:
+    """Raise AssertionError if two simultaneously live tensors overlap."""
+    n = len(plan.sizes)
+    for i in range(n):
+        assert plan.offsets[i] % 8 == 0, f"tensor {i} misaligned"
+        assert plan.offsets[i] + plan.sizes[i] <= plan.arena_bytes, f"tensor {i} outside the arena"
+        for j in range(i + 1, n):
+            live_together = plan.first[i] <= plan.last[j] and plan.first[j] <= plan.last[i]
+            disjoint = (plan.offsets[i] + plan.sizes[i] <= plan.offsets[j]
+                        or plan.offsets[j] + plan.sizes[j] <= plan.offsets[i])
+            assert not live_together or disjoint or 0 in (plan.sizes[i], plan.sizes[j]), \
+                f"tensors {i} and {j} are live together and overlap"
+
+
+def format_plan(g: Graph, plan: Plan) -> str:
+    """A readable table: offset, size, lifetime and a bar per tensor."""
+    width = 40
+    scale = max(plan.arena_bytes, 1)
+    rows = [f"arena {plan.arena_bytes} B, lower bound {plan.lower_bound} B, "
+            f"no sharing {plan.naive_bytes} B",
+            f"{'tensor':<22} {'offset':>8} {'bytes':>8}  life    layout"]
+    for i in sorted(range(len(g.tensors)), key=lambda i: plan.offsets[i]):
+        lo = plan.offsets[i] * width // scale
+        hi = max(lo + 1, (plan.offsets[i] + plan.sizes[i]) * width // scale)
+        bar = " " * lo + "█" * (hi - lo)
+        rows.append(f"{g.tensors[i].name:<22} {plan.offsets[i]:>8} {plan.sizes[i]:>8}  "
+                    f"{plan.first[i]:>2}-{plan.last[i]:<3}  |{bar:<{width}}|")
+    return "\n".join(rows)

@@ -1,0 +1,73 @@
+"""Make sure the tools a board needs are installed; install them with apt-get if not.
+
+    python3 -m host.toolcheck [--install] BOARD...
+
+Runs with the system python3 (stdlib only) before the project venv exists, so
+`make` can call it first thing on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+from .boards import load_board
+from .errors import EdgePropError
+
+
+def needed(boards: list[str]) -> tuple[list[str], list[str]]:
+    """(missing programs, apt packages that provide them) for these boards."""
+    missing, packages = [], []
+    for name in boards:
+        b = load_board(name)
+        wants = [(b.toolchain["prefix"] + "gcc", b.toolchain.get("apt", []))]
+        if b.emulator:
+            wants.append((b.emulator["binary"], b.emulator.get("apt", [])))
+        for prog, apt in wants:
+            if shutil.which(prog) is None and prog not in missing:
+                missing.append(prog)
+                packages += [p for p in apt if p not in packages]
+    return missing, packages
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m host.toolcheck")
+    ap.add_argument("--install", action="store_true", help="apt-get install what is missing")
+    ap.add_argument("boards", nargs="+")
+    args = ap.parse_args(argv)
+    try:
+        missing, packages = needed(args.boards)
+    except EdgePropError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if not missing:
+        print(f"==> tools for {', '.join(args.boards)}: all present")
+        return 0
+    print(f"==> missing: {', '.join(missing)} (Debian packages: {' '.join(packages)})")
+    if not args.install:
+        return 7
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    if sudo and shutil.which("sudo") is None:
+        print("error: not root and no sudo: install the packages above yourself", file=sys.stderr)
+        return 7
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"==> apt-get install {' '.join(packages)}")
+    try:
+        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+                       check=True, env=env)
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        print(f"error: apt-get failed ({e}); install {' '.join(packages)} yourself", file=sys.stderr)
+        return 7
+    still, _ = needed(args.boards)
+    if still:
+        print(f"error: still missing after install: {', '.join(still)}", file=sys.stderr)
+        return 7
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The `host` CLI as a user runs it: output, run records, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from host.cli import main
+from host.errors import BoardError, LinkError, ModelError, UsageError
+
+
+def run_json(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def test_stream_on_the_fake_device_writes_a_run_record(capsys, tmp_path):
+    code, summary = run_json(capsys, "stream", "--port", "fake://", "--dataset", "digits", "--epochs", "2",
+                             "--runs-dir", str(tmp_path), "--json")
+    assert code == 0
+    run_dir = tmp_path / summary["run_dir"].split("/")[-1]
+    assert (run_dir / "summary.json").is_file() and (run_dir / "weights.npz").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["version"] == 1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 3 and len(train) == 2 * -(-summary["train_samples"] // 32)
+    for r in train:
+        assert {"step", "loss", "samples", "cycles"} <= r.keys()
+    assert [r["step"] for r in train] == list(range(1, len(train) + 1))
+    assert train[-1]["samples"] == summary["samples"] == 2 * summary["train_samples"]
+    assert summary["final_eval"]["loss"] < summary["initial_eval"]["loss"]
+    assert summary["final_eval"]["accuracy"] > 0.5
+
+
+def test_stream_human_output(capsys, tmp_path):
+    assert main(["stream", "--port", "fake://", "--epochs", "1", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "on-device training" in out and "held-out accuracy" in out and "run record:" in out
+
+
+def test_second_stream_keeps_the_model_the_device_holds(tmp_path):
+    """The fake lives per connection, so check ensure_model directly on one device."""
+    from host.device import Device
+    from host.link import Link
+    from host.session import StreamOptions, ensure_model, prepare_program
+    from host.datasets import load_dataset
+
+    with Link.open("fake://") as link:
+        dev = Device(link)
+        prog, blob = prepare_program(StreamOptions(), load_dataset("digits"), dev.hello())
+        events = []
+        assert ensure_model(dev, dev.hello(), blob, False, lambda k, d: events.append(k))
+        assert not ensure_model(dev, dev.hello(), blob, False, lambda k, d: events.append(k))
+        assert ensure_model(dev, dev.hello(), blob, True, lambda k, d: events.append(k))
+        assert events.count("flashed") == 2 and "model_kept" in events
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["stream", "--port", "socket://127.0.0.1:1", "--timeout", "0.5"], LinkError),
+    (["stream", "--port", "fake://", "--model", "no-such-model"], ModelError),
+    (["stream", "--port", "fake://", "--batch", "100"], UsageError),
+    (["compile", "--board", "no-such-board"], BoardError),
+    (["stream"], LinkError),   # nothing given and no board running
+    (["stream", "--port", "fake://?arena=4096"], ModelError),   # does not fit the device
+])
+def test_errors_map_to_exit_codes(capsys, argv, error, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == error.exit_code, err
+    assert "error:" in err
+
+
+def test_json_errors_are_machine_readable(capsys):
+    code = main(["stream", "--port", "fake://", "--model", "nope", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 5 and out["status"] == "error" and out["error"] == "ModelError"
+
+
+def test_exit_codes_are_distinct():
+    from host import errors
+    classes = [errors.UsageError, errors.LinkError, errors.DeviceError, errors.ModelError,
+               errors.BoardError, errors.ToolError]
+    assert len({c.exit_code for c in classes}) == len(classes)
+
+
+def test_boards_json(capsys):
+    code, out = run_json(capsys, "boards", "--json")
+    names = {b["name"]: b for b in out["boards"]}
+    assert code == 0 and "mps2-an386" in names and "native" in names
+    assert names["mps2-an386"]["core"] == "cortex-m4f" and names["mps2-an386"]["arena_bytes"] > 0
+
+
+def test_compile_writes_a_blob_and_reports_the_plan(capsys, tmp_path):
+    out_file = tmp_path / "m.epm"
+    code, info = run_json(capsys, "compile", "--model", "mlp-digits", "-o", str(out_file), "--json")
+    assert code == 0 and out_file.stat().st_size == info["blob_bytes"]
+    assert info["lower_bound_bytes"] <= info["arena_bytes"] <= info["naive_bytes"]
+    assert info["trainable_params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert main(["compile", "-o", str(out_file), "--plan"]) == 0
+    assert "lower bound" in capsys.readouterr().out
+
+
+def test_flash_a_compiled_blob_on_the_fake(capsys, tmp_path):
+    blob = tmp_path / "m.epm"
+    assert main(["compile", "-o", str(blob), "--json"]) == 0
+    capsys.readouterr()
+    code, out = run_json(capsys, "flash", "--port", "fake://", "--blob", str(blob), "--json")
+    assert code == 0 and out["uploaded"] and out["bytes"] == blob.stat().st_size
+    bad = tmp_path / "bad.epm"
+    bad.write_bytes(b"EPMB" + bytes(100))
+    assert main(["flash", "--port", "fake://", "--blob", str(bad)]) == 4
+    assert "BAD_BLOB" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry_points():
+    r = subprocess.run([sys.executable, "-m", "host", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "edgeprop host" in r.stdout

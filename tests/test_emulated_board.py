@@ -1,0 +1,78 @@
+"""The emulated Cortex-M4F as a user drives it: `make flash` boots it, `host stream`
+finds it, cycle counts are exact, and EXIT ends QEMU with the firmware's code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from host.blob import build_blob
+from host.cli import main
+from host.compiler import TrainConfig, compile_model
+from host.device import Batch, Device
+from host.emulator import running_boards, start
+from host.link import Link
+from host.zoo import init_params, load_model
+
+from conftest import _require_firmware
+
+BOARD = "mps2-an386"
+
+
+@pytest.fixture
+def board():
+    return _require_firmware(BOARD)
+
+
+def test_flash_then_stream_finds_the_running_board(board, capsys, tmp_path):
+    assert main(["emulate", "--board", BOARD, "--json"]) == 0
+    started = json.loads(capsys.readouterr().out)
+    try:
+        assert [r.url for r in running_boards()] == [started["url"]]
+        code = main(["stream", "--dataset", "digits", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
+        summary = json.loads(capsys.readouterr().out)
+        assert code == 0 and summary["board"] == BOARD and summary["flashed"]
+        assert summary["final_eval"]["accuracy"] > summary["initial_eval"]["accuracy"]
+        assert summary["cycles_per_sample"] > 1000
+        # a second stream reconnects to the same running board, which still holds the model
+        code = main(["stream", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
+        again = json.loads(capsys.readouterr().out)
+        assert code == 0 and not again["flashed"]
+        assert again["initial_eval"]["loss"] == pytest.approx(summary["final_eval"]["loss"], abs=1e-6)
+        assert main(["info", "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["stats"]["steps"] == again["steps"] and info["hello"]["model_loaded"]
+    finally:
+        assert main(["emulate", "--stop"]) == 0
+    assert running_boards() == []
+
+
+def _one_step_cycles(board) -> int:
+    spec = load_model("mlp-digits")
+    prog = compile_model(spec, init_params(spec), TrainConfig(batch=16))
+    rng = np.random.default_rng(0)
+    batch = Batch.from_arrays(rng.integers(0, 17, (16, 64)) / 16, rng.integers(0, 10, 16), (1 / 16, 0))
+    with start(board) as running, Link.open(running.url, timeout=10) as link:
+        dev = Device(link)
+        dev.load(build_blob(prog))
+        return [dev.train(batch).cycles for _ in range(2)]
+
+
+def test_cycle_counts_are_exact_instruction_counts(board):
+    """Under -icount the counter counts executed instructions: identical runs give
+    identical counts, and a training step of this MLP costs about its MAC count
+    (3 passes × 16 samples × 2368 MACs ≈ 114k) within the instruction overhead."""
+    first = _one_step_cycles(board)
+    second = _one_step_cycles(board)
+    assert first == second
+    macs = 16 * (64 * 32 + 32 * 10) * 3
+    assert macs * 0.5 < first[0] < macs * 20
+
+
+def test_exit_ends_qemu_with_the_firmware_exit_code(board):
+    with start(board) as running:
+        with Link.open(running.url) as link:
+            Device(link).exit(3)
+        assert running.wait(timeout=10) == 3

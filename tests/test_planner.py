@@ -1,0 +1,75 @@
+"""The static memory plan: tight where it can be, never overlapping live tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from host.compiler import TrainConfig, compile_model
+from host.errors import ModelError
+from host.planner import check_plan, format_plan, lifetimes
+from host.zoo import init_params, load_model, parse_model
+
+SPEC = load_model("mlp-digits")
+
+
+def prog(batch=32, spec=SPEC):
+    return compile_model(spec, init_params(spec), TrainConfig(batch=batch))
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32, 62])
+def test_plan_is_valid_and_between_the_bounds(batch):
+    p = prog(batch).plan
+    check_plan(p)
+    assert p.lower_bound <= p.arena_bytes <= p.naive_bytes
+    assert all(o % 8 == 0 for o in p.offsets)
+
+
+def test_mlp_plan_reaches_the_lower_bound():
+    p = prog().plan
+    assert p.arena_bytes == p.lower_bound
+
+
+def test_overlap_checker_catches_a_broken_plan():
+    p = prog().plan
+    g = prog().graph
+    a, b = g.index("fc1.out"), g.index("relu1.out")   # live together at node 1
+    offsets = list(p.offsets)
+    offsets[b] = offsets[a]
+    with pytest.raises(AssertionError, match="overlap"):
+        check_plan(dataclasses.replace(p, offsets=offsets))
+
+
+def test_parameters_live_for_the_whole_schedule():
+    pr = prog()
+    first, last = lifetimes(pr.graph)
+    for i in pr.graph.params:
+        assert first[i] == 0 and last[i] == len(pr.graph.nodes) - 1
+
+
+def test_first_layer_computes_no_input_gradient():
+    names = [n.describe(prog().graph) for n in prog().graph.nodes]
+    assert not any("bw_input(relu1.in.grad" in n or "input.grad" in n for n in names)
+    assert any(n.startswith("linear.bw_param(relu1.in.grad, input)") for n in names)
+
+
+def test_model_that_does_not_fit_names_its_biggest_tensors():
+    with pytest.raises(ModelError, match="biggest: input") as e:
+        compile_model(SPEC, init_params(SPEC), TrainConfig(batch=62), arena_limit=20_000)
+    assert "--batch" in e.value.hint
+
+
+def test_plan_prints_readably():
+    text = format_plan(prog().graph, prog().plan)
+    assert text.startswith("arena ") and "fc1.weight" in text and "█" in text
+
+
+def test_deeper_model_plans_and_shares_memory():
+    spec = parse_model({"name": "deep", "input": [64], "classes": 10, "loss": "softmax_cross_entropy",
+                        "layers": [{"type": "linear", "name": f"l{i}", "out": 64} if i % 2 == 0 else
+                                   {"type": "relu", "name": f"r{i}"} for i in range(8)]
+                        + [{"type": "linear", "name": "head", "out": 10}]})
+    p = prog(spec=spec).plan
+    check_plan(p)
+    assert p.arena_bytes < 0.8 * p.naive_bytes
