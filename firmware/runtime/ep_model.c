@@ -1,0 +1,352 @@
+/* ep_model.c — blob validation (docs/blob.md), arena set-up and the executor. */
+#include <math.h>
+#include <string.h>
+
+#include "ep_ops.h"
+#include "ep_runtime.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "ep_model_run copies little-endian f32 batch data into the arena as is"
+#endif
+
+/* Header field offsets (docs/blob.md, "Header"). */
+enum {
+    H_MAGIC = 0, H_VERSION = 4, H_HEADER_BYTES = 6, H_TOTAL = 8, H_CRC = 12, H_ARENA = 16,
+    H_N_TENSORS = 20, H_N_NODES = 22, H_N_EVAL = 24, H_MAX_BATCH = 26, H_INPUT = 28,
+    H_LABEL = 30, H_STATS = 32, H_CLASSES = 34, H_TENSORS_OFF = 36, H_NODES_OFF = 40,
+    H_DATA_OFF = 44, H_DATA_BYTES = 48, H_RESERVED = 52,
+    CRC_START = 16,
+    KNOWN_FLAGS = EP_TF_BATCHED | EP_TF_PARAM | EP_TF_TRAINABLE | EP_TF_INPUT | EP_TF_LABEL | EP_TF_GRAD,
+};
+
+static const uint8_t k_dtype_bytes[EP_DTYPE_COUNT] = EP_DTYPE_BYTES_INIT;
+static const uint8_t k_magic[4] = EP_BLOB_MAGIC_BYTES;
+
+static ep_status_t fail(const char **why, ep_status_t st, const char *reason) {
+    *why = reason;
+    return st;
+}
+
+/* A table of count entries at off: 8-aligned, after the header, inside the blob. */
+static bool table_ok(uint32_t off, uint32_t count, uint32_t entry, uint32_t total) {
+    return off % EP_BLOB_ALIGN == 0 && off >= EP_BLOB_HEADER_BYTES &&
+           (uint64_t)off + (uint64_t)count * entry <= total;
+}
+
+static uint64_t roundup8(uint64_t v) { return (v + 7u) & ~(uint64_t)7u; }
+
+/* Where the tables of a blob start; read only after parse_header accepted it. */
+typedef struct {
+    uint32_t tensors_off, nodes_off, data_bytes;
+} layout_t;
+
+static ep_status_t parse_header(ep_model_t *m, layout_t *lay, const uint8_t *blob, uint32_t len,
+                                uint32_t device_arena, const char **why) {
+    if (len < EP_BLOB_HEADER_BYTES) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: shorter than its header (truncated)"));
+    }
+    if (memcmp(blob + H_MAGIC, k_magic, sizeof k_magic) != 0) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: magic is not EPMB"));
+    }
+    if (ep_rd16(blob + H_VERSION) != EP_BLOB_VERSION) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: unsupported version"));
+    }
+    if (ep_rd16(blob + H_HEADER_BYTES) != EP_BLOB_HEADER_BYTES) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: header_bytes is not 64"));
+    }
+    if (ep_rd32(blob + H_TOTAL) != len) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: total_bytes differs from the received length"));
+    }
+    m->crc = ep_rd32(blob + H_CRC);
+    if (ep_crc32(0, blob + CRC_START, len - CRC_START) != m->crc) {
+        return fail(why, EP_BAD_HASH, EP_WHY("blob: crc32 mismatch"));
+    }
+    m->arena_bytes = ep_rd32(blob + H_ARENA);
+    if (m->arena_bytes > device_arena) {
+        return fail(why, EP_NO_FIT, EP_WHY("blob: arena_bytes exceeds the device arena"));
+    }
+    m->n_tensors = ep_rd16(blob + H_N_TENSORS);
+    m->n_nodes = ep_rd16(blob + H_N_NODES);
+    m->n_eval_nodes = ep_rd16(blob + H_N_EVAL);
+    m->max_batch = ep_rd16(blob + H_MAX_BATCH);
+    m->input_tensor = ep_rd16(blob + H_INPUT);
+    m->label_tensor = ep_rd16(blob + H_LABEL);
+    m->stats_tensor = ep_rd16(blob + H_STATS);
+    m->num_classes = ep_rd16(blob + H_CLASSES);
+    if (m->n_tensors < 1 || m->n_tensors > EP_MAX_TENSORS) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_tensors not in 1..128"));
+    }
+    if (m->n_nodes < 1 || m->n_nodes > EP_MAX_NODES) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_nodes not in 1..128"));
+    }
+    if (m->n_eval_nodes > m->n_nodes) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_eval_nodes exceeds n_nodes"));
+    }
+    if (m->max_batch < 1) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: max_batch is 0"));
+    }
+    if (m->num_classes < 2) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: num_classes below 2"));
+    }
+    lay->tensors_off = ep_rd32(blob + H_TENSORS_OFF);
+    lay->nodes_off = ep_rd32(blob + H_NODES_OFF);
+    const uint32_t data_off = ep_rd32(blob + H_DATA_OFF);
+    lay->data_bytes = ep_rd32(blob + H_DATA_BYTES);
+    if (!table_ok(lay->tensors_off, m->n_tensors, EP_BLOB_TENSOR_BYTES, len)) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: tensors_off misaligned or table outside the blob"));
+    }
+    if (!table_ok(lay->nodes_off, m->n_nodes, EP_BLOB_NODE_BYTES, len)) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: nodes_off misaligned or table outside the blob"));
+    }
+    if (!table_ok(data_off, lay->data_bytes, 1, len)) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: data_off misaligned or data outside the blob"));
+    }
+    for (uint32_t i = H_RESERVED; i < EP_BLOB_HEADER_BYTES; i++) {
+        if (blob[i] != 0) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("blob: reserved header bytes are not zero"));
+        }
+    }
+    return EP_OK;
+}
+
+static ep_status_t parse_tensor(ep_model_t *m, ep_tensor_t *t, const uint8_t *e, uint32_t data_bytes,
+                                const char **why) {
+    t->dtype = e[0];
+    t->flags = e[1];
+    t->rank = e[2];
+    t->offset = ep_rd32(e + 12);
+    t->bytes = ep_rd32(e + 16);
+    t->init = ep_rd32(e + 20);
+    if (t->dtype == 0 || t->dtype >= EP_DTYPE_COUNT) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: unknown dtype"));
+    }
+    if ((t->flags & ~(uint32_t)KNOWN_FLAGS) != 0) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: unknown flag bits"));
+    }
+    if ((t->flags & EP_TF_TRAINABLE) && !(t->flags & EP_TF_PARAM)) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: TRAINABLE without PARAM"));
+    }
+    if ((t->flags & EP_TF_PARAM) && (t->flags & EP_TF_BATCHED)) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: a PARAM cannot be BATCHED"));
+    }
+    if (t->rank < 1 || t->rank > EP_MAX_RANK || e[3] != 0) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: rank not in 1..4 or reserved byte not zero"));
+    }
+    uint64_t elems = 1; /* ≤ 65535^4 < 2^64 */
+    for (uint8_t d = 0; d < EP_MAX_RANK; d++) {
+        t->dims[d] = ep_rd16(e + 4 + 2 * d);
+        if (d < t->rank ? t->dims[d] == 0 : t->dims[d] != 1) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("tensor: dims must be >= 1 within rank and 1 beyond"));
+        }
+        elems *= t->dims[d];
+    }
+    if (elems > UINT32_MAX) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: too many elements"));
+    }
+    t->elems = (uint32_t)elems;
+    const uint64_t rows = (t->flags & EP_TF_BATCHED) ? m->max_batch : 1u;
+    if (roundup8(elems * k_dtype_bytes[t->dtype] * rows) != t->bytes) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: bytes != elements x dtype size (x max_batch), rounded up to 8"));
+    }
+    if (t->offset % EP_BLOB_ALIGN != 0 || (uint64_t)t->offset + t->bytes > m->arena_bytes) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: offset misaligned or tensor outside the arena"));
+    }
+    if (t->init != EP_NO_INIT && (uint64_t)t->init + t->bytes > data_bytes) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: init outside the data section"));
+    }
+    return EP_OK;
+}
+
+/* Roles named by the header; afterwards no node can change a label (see parse_node). */
+static ep_status_t check_roles(const ep_model_t *m, const char **why) {
+    if (m->input_tensor >= m->n_tensors || m->label_tensor >= m->n_tensors ||
+        m->stats_tensor >= m->n_tensors) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: input, label or stats tensor index out of range"));
+    }
+    const ep_tensor_t *in = &m->tensors[m->input_tensor];
+    const ep_tensor_t *lab = &m->tensors[m->label_tensor];
+    const ep_tensor_t *st = &m->tensors[m->stats_tensor];
+    if (in->dtype != EP_DTYPE_F32 || !(in->flags & EP_TF_BATCHED)) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("input_tensor: must be BATCHED|INPUT f32"));
+    }
+    if (lab->dtype != EP_DTYPE_I32 || !(lab->flags & EP_TF_BATCHED) || lab->rank != 1 || lab->dims[0] != 1) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("label_tensor: must be BATCHED|LABEL i32 of dims [1]"));
+    }
+    if (st->dtype != EP_DTYPE_F32 || (st->flags & EP_TF_BATCHED) || st->elems != 2) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("stats_tensor: must be an unbatched f32 of 2 elements"));
+    }
+    for (uint16_t i = 0; i < m->n_tensors; i++) {
+        const uint8_t f = m->tensors[i].flags;
+        if (((f & EP_TF_INPUT) != 0) != (i == m->input_tensor)) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("tensor: INPUT flag must be on input_tensor and only there"));
+        }
+        if (((f & EP_TF_LABEL) != 0) != (i == m->label_tensor)) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("tensor: LABEL flag must be on label_tensor and only there"));
+        }
+        if (i != m->label_tensor && ep_overlap(m, i, m->label_tensor)) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("tensor: overlaps the label tensor"));
+        }
+    }
+    return EP_OK;
+}
+
+static bool index_ok(const ep_model_t *m, uint16_t idx, bool used) {
+    return used ? idx < m->n_tensors : idx == EP_NO_TENSOR;
+}
+
+static ep_status_t parse_node(const ep_model_t *m, ep_node_t *nd, const uint8_t *e, const char **why) {
+    nd->op = e[0];
+    nd->fn = e[1];
+    nd->n_in = e[2];
+    nd->n_out = e[3];
+    const ep_op_t *op = ep_op_lookup(nd->op);
+    if (op == NULL) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("node: unknown op"));
+    }
+    if (nd->fn >= EP_OP_FN_COUNT || op->fn[nd->fn] == NULL) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("node: fn not implemented by the op"));
+    }
+    if (nd->n_in > EP_MAX_NODE_INPUTS || nd->n_out > EP_MAX_NODE_OUTPUTS) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("node: n_in above 4 or n_out above 2"));
+    }
+    for (uint8_t i = 0; i < EP_MAX_NODE_INPUTS; i++) {
+        nd->in[i] = ep_rd16(e + 4 + 2 * i);
+        if (!index_ok(m, nd->in[i], i < nd->n_in)) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("node: input index out of range (or unused slot not 0xFFFF)"));
+        }
+    }
+    for (uint8_t i = 0; i < EP_MAX_NODE_OUTPUTS; i++) {
+        nd->out[i] = ep_rd16(e + 12 + 2 * i);
+        if (!index_ok(m, nd->out[i], i < nd->n_out)) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("node: output index out of range (or unused slot not 0xFFFF)"));
+        }
+        if (i < nd->n_out && nd->out[i] == m->label_tensor) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("node: writes the label tensor"));
+        }
+    }
+    for (uint8_t i = 0; i < 2; i++) {
+        const uint32_t bits = ep_rd32(e + 16 + 4 * i);
+        memcpy(&nd->attr[i], &bits, sizeof bits);
+        if (!isfinite(nd->attr[i])) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("node: attr is not finite"));
+        }
+    }
+    return op->prepare(m, nd, why);
+}
+
+ep_status_t ep_model_parse(ep_model_t *m, const uint8_t *blob, uint32_t len, uint32_t arena_bytes,
+                           const char **why) {
+    EP_DCHECK(m != NULL && (blob != NULL || len == 0));
+    const char *unused;
+    why = why ? why : &unused;
+    *why = EP_WHY("");
+    layout_t lay;
+    ep_status_t st = parse_header(m, &lay, blob, len, arena_bytes, why);
+    if (st != EP_OK) {
+        return st;
+    }
+    for (uint16_t i = 0; i < m->n_tensors; i++) {
+        st = parse_tensor(m, &m->tensors[i], blob + lay.tensors_off + (uint32_t)i * EP_BLOB_TENSOR_BYTES,
+                          lay.data_bytes, why);
+        if (st != EP_OK) {
+            return st;
+        }
+    }
+    st = check_roles(m, why);
+    if (st != EP_OK) {
+        return st;
+    }
+    for (uint16_t i = 0; i < m->n_nodes; i++) {
+        st = parse_node(m, &m->nodes[i], blob + lay.nodes_off + (uint32_t)i * EP_BLOB_NODE_BYTES, why);
+        if (st != EP_OK) {
+            return st;
+        }
+    }
+    return EP_OK;
+}
+
+void ep_model_init_arena(const ep_model_t *m, const uint8_t *blob, uint8_t *arena) {
+    memset(arena, 0, m->arena_bytes);
+    const uint8_t *data = blob + ep_rd32(blob + H_DATA_OFF);
+    for (uint16_t i = 0; i < m->n_tensors; i++) {
+        const ep_tensor_t *t = &m->tensors[i];
+        if (t->init != EP_NO_INIT) {
+            memcpy(arena + t->offset, data + t->init, t->bytes);
+        }
+    }
+}
+
+static void run_nodes(const ep_ctx_t *ctx, uint16_t from, uint16_t to) {
+    for (uint16_t i = from; i < to; i++) {
+        const ep_node_t *nd = &ctx->model->nodes[i];
+        const ep_op_t *op = ep_op_lookup(nd->op);
+        EP_DCHECK(op != NULL && op->fn[nd->fn] != NULL);
+        op->fn[nd->fn](ctx, nd);
+    }
+}
+
+static ep_status_t load_batch(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b, const char **why) {
+    const ep_tensor_t *in = &m->tensors[m->input_tensor];
+    if (b->n < 1 || b->n > m->max_batch) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: n not in 1..max_batch"));
+    }
+    if (b->encoding != EP_ENC_F32 && b->encoding != EP_ENC_U8_AFFINE) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: unknown encoding"));
+    }
+    const uint32_t count = (uint32_t)b->n * in->elems; /* ≤ in->bytes / 4 */
+    const uint32_t width = b->encoding == EP_ENC_F32 ? 4u : 1u;
+    if ((uint64_t)count * width != b->data_bytes) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: data is not n x input elements x (4 or 1) bytes"));
+    }
+    for (uint16_t i = 0; i < b->n; i++) {
+        if (b->labels[i] >= m->num_classes) {
+            return fail(why, EP_BAD_BATCH, EP_WHY("batch: label not below num_classes"));
+        }
+    }
+    float *x = (float *)(void *)(arena + in->offset);
+    if (b->encoding == EP_ENC_F32) {
+        memcpy(x, b->data, (size_t)count * 4u);
+    } else {
+        const float scale = b->scale, zero = b->zero;
+        for (uint32_t i = 0; i < count; i++) {
+            x[i] = (float)b->data[i] * scale + zero;
+        }
+    }
+    int32_t *lab = (int32_t *)(void *)(arena + m->tensors[m->label_tensor].offset);
+    for (uint16_t i = 0; i < b->n; i++) {
+        lab[i] = b->labels[i];
+    }
+    return EP_OK;
+}
+
+ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b, bool train,
+                         ep_step_result_t *r, const char **why) {
+    EP_DCHECK(m != NULL && arena != NULL && b != NULL && r != NULL);
+    EP_DCHECK(((uintptr_t)arena & (EP_BLOB_ALIGN - 1)) == 0);
+    const char *unused;
+    why = why ? why : &unused;
+    *why = EP_WHY("");
+    r->loss = 0.0f;
+    r->n = 0;
+    r->correct = 0;
+    ep_status_t st = load_batch(m, arena, b, why);
+    if (st != EP_OK) {
+        return st;
+    }
+    const ep_ctx_t ctx = {.model = m, .arena = arena, .n = b->n};
+    run_nodes(&ctx, 0, m->n_eval_nodes);
+    const float *stats = (const float *)(const void *)(arena + m->tensors[m->stats_tensor].offset);
+    r->loss = stats[0];
+    r->n = b->n;
+    if (!isfinite(stats[0])) {
+        return fail(why, EP_NUMERIC, EP_WHY("loss is not finite"));
+    }
+    if (!(stats[1] >= 0.0f && stats[1] <= (float)b->n)) {
+        return fail(why, EP_INTERNAL, EP_WHY("stats: correct count out of range"));
+    }
+    r->correct = (uint16_t)stats[1];
+    if (train) {
+        run_nodes(&ctx, m->n_eval_nodes, m->n_nodes);
+    }
+    return EP_OK;
+}

@@ -1,0 +1,246 @@
+/*
+ * ep_ops.h — the op registry and the f32 kernels behind it.
+ *
+ * Two layers, as in TFLM (registry + node adapters) over CMSIS-NN (plain kernels):
+ *
+ *   ep_op_t        one per op (ops/ep_<op>.c), registered by one line in
+ *                  ep_op_table.c. prepare() validates a node of an untrusted
+ *                  blob at parse time; fn[] are node adapters that look the
+ *                  node's tensors up in the arena and call a kernel. Adapters
+ *                  never re-validate and cannot fail: prepare() already proved
+ *                  every shape, dtype and flag they rely on.
+ *   ep_<op>_<fn>_f32  the kernels: plain functions over pointers and an
+ *                  ep_dims_t, usable without a model (the golden tests call them
+ *                  directly). They never allocate and need no scratch memory,
+ *                  so none exports a _scratch_bytes(); a future kernel that
+ *                  needs scratch will, and the host planner will place it.
+ *
+ * Layout conventions of every kernel:
+ *   - row-major, one row per sample: a batched tensor of n samples with c
+ *     elements each is float[n * c], sample i at [i * c, (i + 1) * c);
+ *   - pointers are 4-byte aligned (the arena is 8-aligned, every tensor offset
+ *     8-aligned); a kernel reads its inputs and writes its outputs only within
+ *     the extents its documentation gives;
+ *   - "no overlap" parameters are declared restrict: the caller guarantees the
+ *     buffers are disjoint (each op's prepare() refuses blobs where they overlap);
+ *     where exact aliasing is allowed the documentation says so (same pointer,
+ *     same extent); partial overlap is never allowed.
+ *   - f32 maths uses single precision throughout (no double: the Cortex-M4F FPU
+ *     is single precision), expf/logf from <math.h>.
+ */
+#ifndef EP_OPS_H
+#define EP_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ep_ids.h"
+#include "ep_runtime.h"
+
+/** Functions per op, indexed by ep_opfn_t (FW, BW_INPUT, BW_PARAM). */
+#define EP_OP_FN_COUNT 3
+
+/* ------------------------------------------------------------------------- */
+/* Registry                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/** What a node function sees when it runs. */
+typedef struct {
+    const ep_model_t *model; /**< a model ep_model_parse() accepted */
+    uint8_t *arena;          /**< 8-aligned; tensor t lives at arena + tensors[t].offset */
+    uint16_t n;              /**< samples in this batch, 1..model->max_batch */
+} ep_ctx_t;
+
+/**
+ * Validate one node of a candidate model (untrusted blob). Called by
+ * ep_model_parse() after the generic checks: the node's op and fn exist, n_in ≤
+ * EP_MAX_NODE_INPUTS, n_out ≤ EP_MAX_NODE_OUTPUTS, every used index < n_tensors,
+ * every tensor descriptor is self-consistent and inside the arena, attrs finite.
+ * prepare() checks the rest: tensor count, dtypes, ranks, dims, BATCHED flags,
+ * forbidden overlaps, op-specific rules.
+ * @param why on failure, a static string naming what is wrong (never NULL)
+ * @return EP_OK or EP_BAD_BLOB
+ */
+typedef ep_status_t (*ep_prepare_fn_t)(const ep_model_t *m, const ep_node_t *node, const char **why);
+
+/** Run one node over ctx->n samples. Only for nodes prepare() accepted. */
+typedef void (*ep_node_fn_t)(const ep_ctx_t *ctx, const ep_node_t *node);
+
+/** An op: its name, validator and functions. */
+typedef struct {
+    const char *name;                    /**< lower case, as in host/ids.py ("linear") */
+    ep_prepare_fn_t prepare;             /**< validates a node for any fn of the op */
+    ep_node_fn_t fn[EP_OP_FN_COUNT];     /**< by ep_opfn_t; NULL if not implemented */
+} ep_op_t;
+
+/** The op registered for an opcode, or NULL if the opcode is unknown. */
+const ep_op_t *ep_op_lookup(uint8_t opcode);
+
+/* One definition per ops/ep_<op>.c; ep_op_table.c registers them. */
+extern const ep_op_t ep_op_linear;
+extern const ep_op_t ep_op_relu;
+extern const ep_op_t ep_op_softmax_ce;
+extern const ep_op_t ep_op_sgd;
+
+/* Helpers for prepare() and the node adapters. */
+
+/** Fail a prepare(): store the (strippable) reason, return EP_BAD_BLOB. */
+static inline ep_status_t ep_reject(const char **why, const char *reason) {
+    *why = reason;
+    return EP_BAD_BLOB;
+}
+
+/** Address of tensor t in the arena (t < model->n_tensors). */
+static inline float *ep_ctx_f32(const ep_ctx_t *c, uint16_t t) {
+    return (float *)(void *)(c->arena + c->model->tensors[t].offset);
+}
+static inline int32_t *ep_ctx_i32(const ep_ctx_t *c, uint16_t t) {
+    return (int32_t *)(void *)(c->arena + c->model->tensors[t].offset);
+}
+
+/** True if tensor t has this dtype and rank, and is BATCHED iff `batched`. */
+static inline bool ep_tensor_is(const ep_model_t *m, uint16_t t, uint8_t dtype, bool batched,
+                                uint8_t rank) {
+    const ep_tensor_t *x = &m->tensors[t];
+    return x->dtype == dtype && x->rank == rank && ((x->flags & EP_TF_BATCHED) != 0) == batched;
+}
+
+/** True if tensors a and b have the same rank and dims. */
+static inline bool ep_same_shape(const ep_model_t *m, uint16_t a, uint16_t b) {
+    const ep_tensor_t *x = &m->tensors[a], *y = &m->tensors[b];
+    if (x->rank != y->rank) {
+        return false;
+    }
+    for (uint8_t i = 0; i < x->rank; i++) {
+        if (x->dims[i] != y->dims[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/**
+ * True if the arena spans of tensors a and b share a byte (a == b overlaps).
+ * Only for validated tensors: offset + bytes ≤ arena_bytes cannot wrap.
+ */
+static inline bool ep_overlap(const ep_model_t *m, uint16_t a, uint16_t b) {
+    const ep_tensor_t *x = &m->tensors[a], *y = &m->tensors[b];
+    return x->offset < y->offset + y->bytes && y->offset < x->offset + x->bytes;
+}
+
+/** True if a and b are disjoint, or the very same span (exact aliasing). */
+static inline bool ep_disjoint_or_same(const ep_model_t *m, uint16_t a, uint16_t b) {
+    const ep_tensor_t *x = &m->tensors[a], *y = &m->tensors[b];
+    return !ep_overlap(m, a, b) || (x->offset == y->offset && x->bytes == y->bytes);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Kernels                                                                   */
+/* ------------------------------------------------------------------------- */
+
+/**
+ * Shape shared by every kernel: n rows of c elements, row-major.
+ * Batched tensors: n = samples in the batch (1..65535), c = elements per sample.
+ * Unbatched tensors (parameters, gradients): n = 1, c = all elements.
+ * n ≥ 1 and c ≥ 1 always; n * c fits in uint32_t.
+ */
+typedef struct {
+    uint32_t n;
+    uint32_t c;
+} ep_dims_t;
+
+/** Shapes of a linear layer: x/dx [n, K] = in, y/dy [n, M] = out, W [M, K], b [M]. */
+typedef struct {
+    ep_dims_t in;  /**< {n, K} */
+    ep_dims_t out; /**< {n, M}; out.n == in.n */
+} ep_linear_params_t;
+
+/**
+ * Linear forward: y[i, m] = b[m] + Σ_k x[i, k] · W[m, k].
+ * @param[in]  x [n, K]
+ * @param[in]  w [M, K], row m holds the weights of output m (PyTorch layout)
+ * @param[in]  b [M]
+ * @param[out] y [n, M]; must not overlap x, w or b
+ * Blocked over 4 outputs at a time (one x load feeds 4 accumulators held in
+ * registers); sums run in k order starting from b[m].
+ */
+void ep_linear_fw_f32(const ep_linear_params_t *p, const float *restrict x, const float *restrict w,
+                      const float *restrict b, float *restrict y);
+
+/**
+ * Linear input gradient: dx[i, k] = Σ_m dy[i, m] · W[m, k].
+ * @param[in]  dy [n, M]
+ * @param[in]  w  [M, K]
+ * @param[out] dx [n, K], overwritten; must not overlap dy or w
+ */
+void ep_linear_bw_input_f32(const ep_linear_params_t *p, const float *restrict dy,
+                            const float *restrict w, float *restrict dx);
+
+/**
+ * Linear parameter gradients over the batch (overwrite, no accumulation):
+ *   dW[m, k] = Σ_i dy[i, m] · x[i, k],   db[m] = Σ_i dy[i, m].
+ * @param[in]  dy [n, M]
+ * @param[in]  x  [n, K], the forward input
+ * @param[out] dw [M, K]; must not overlap dy, x or db
+ * @param[out] db [M];    must not overlap dy, x or dw
+ */
+void ep_linear_bw_param_f32(const ep_linear_params_t *p, const float *restrict dy,
+                            const float *restrict x, float *restrict dw, float *restrict db);
+
+/**
+ * ReLU forward over d->n · d->c elements: y = x < 0 ? 0 : x (NaN propagates).
+ * y may alias x exactly (in place); no partial overlap.
+ */
+void ep_relu_fw_f32(const ep_dims_t *d, const float *x, float *y);
+
+/**
+ * ReLU input gradient over d->n · d->c elements: dx = y > 0 ? dy : 0, where y is
+ * the forward output. dx may alias dy or y exactly; no partial overlap.
+ */
+void ep_relu_bw_f32(const ep_dims_t *d, const float *dy, const float *y, float *dx);
+
+/**
+ * Softmax + cross-entropy forward over n samples of C = d->c classes (C ≥ 1).
+ *   probs[i, :] = softmax(logits[i, :]), computed as exp(z - max z) / Σ exp(z - max z)
+ *   stats[0]    = (1/n) Σ_i (log Σ_j exp(z_ij - max_i) - (z_i,label_i - max_i))
+ *                 (log-sum-exp form of -log p_label: finite for any finite logits)
+ *   stats[1]    = count of i with argmax_j logits[i, j] == labels[i] (exact as f32
+ *                 up to 2^24); argmax ties resolve to the lowest index
+ * A NaN or +inf logit, or -inf at the label, makes stats[0] non-finite (the
+ * executor checks it); -inf elsewhere is a class of probability 0.
+ * @param[in]  logits [n, C]
+ * @param[in]  labels [n], each in [0, C) (the caller guarantees it)
+ * @param[out] probs  [n, C]; must not overlap logits, labels or stats
+ * @param[out] stats  [2];    must not overlap the others
+ */
+void ep_softmax_ce_fw_f32(const ep_dims_t *d, const float *restrict logits,
+                          const int32_t *restrict labels, float *restrict probs,
+                          float *restrict stats);
+
+/**
+ * Softmax + cross-entropy input gradient of the mean loss:
+ *   dlogits[i, j] = (probs[i, j] - (j == labels[i])) / n
+ * @param[in]  probs   [n, C], the forward output
+ * @param[in]  labels  [n], each in [0, C)
+ * @param[out] dlogits [n, C]; may alias probs exactly; must not overlap labels
+ */
+void ep_softmax_ce_bw_f32(const ep_dims_t *d, const float *probs, const int32_t *labels,
+                          float *dlogits);
+
+/** SGD hyper-parameters (node attr[0], attr[1]); finite. */
+typedef struct {
+    float lr;
+    float weight_decay;
+} ep_sgd_params_t;
+
+/**
+ * SGD step over all d->n · d->c elements of a parameter (not batched: n = 1):
+ *   param -= lr · (grad + weight_decay · param)
+ * @param[in]     grad  must not overlap param
+ * @param[in,out] param
+ */
+void ep_sgd_update_f32(const ep_sgd_params_t *p, const ep_dims_t *d, const float *restrict grad,
+                       float *restrict param);
+
+#endif /* EP_OPS_H */
