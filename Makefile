@@ -58,6 +58,8 @@ demo: setup
 test: setup
 	@for b in $(TEST_BOARDS); do $(MAKE) --no-print-directory firmware BOARD=$$b || exit 1; done
 	@$(PY) -m host.codegen --check
+	@echo "==> frame receiver unit test (C, ASan+UBSan)"
+	@$(MAKE) --no-print-directory -C firmware test-frame BUILD=$(BUILD)/native
 	@echo "==> running the test suite (pytest)"
 	@$(PY) -m pytest -q
 

@@ -18,8 +18,12 @@
 
 #include <stdint.h>
 
-/** Bring up clocks, the UART and the cycle counter. Called once, first. */
-void ep_port_init(void);
+/**
+ * Bring up clocks, the UART and the cycle counter. Called once, first, with the
+ * program's command line: the posix port reads `--listen HOST:PORT` from it and
+ * waits there for the first host; bare-metal ports get (0, NULL) and ignore it.
+ */
+void ep_port_init(int argc, char **argv);
 
 /** Next received byte (0..255), or -1 at once if none is waiting. Never blocks. */
 int ep_port_getc(void);

@@ -1,0 +1,350 @@
+/* ep_app.c — protocol v1 command handling; see ep_app.h and docs/protocol.md. */
+#include "ep_app.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#include "ep_port.h"
+
+/* Fixed payload sizes of docs/protocol.md ("Messages"). */
+enum {
+    LOAD_BEGIN_REQ_BYTES = 8,
+    LOAD_CHUNK_REQ_FIXED = 4,
+    BATCH_REQ_FIXED = 12,
+    READ_WEIGHTS_REQ_BYTES = 8,
+    READ_WEIGHTS_RESP_FIXED = 8,
+    EXIT_REQ_BYTES = 1,
+    /* an ERROR frame's message is one of the short strings below */
+    ERROR_MSG_MAX = 64,
+};
+
+_Static_assert(sizeof EP_BOARD_NAME - 1 <= UINT8_MAX, "HELLO carries the board name length in a u8");
+_Static_assert(EP_STAGING_BYTES >= EP_BLOB_HEADER_BYTES, "the staging buffer must hold a blob header");
+
+static uint8_t ep_arena[EP_ARENA_BYTES] __attribute__((aligned(EP_BLOB_ALIGN)));
+static uint8_t ep_staging[EP_STAGING_BYTES] __attribute__((aligned(EP_BLOB_ALIGN)));
+
+/* One request being answered: parameters in, response payload or refusal out. */
+typedef struct {
+    const uint8_t *req;
+    uint16_t req_len;
+    uint8_t *resp;          /* EP_FRAME_MAX_PAYLOAD bytes */
+    uint16_t resp_len;
+    const char *why;        /* message of a refusal */
+} ep_call_t;
+
+typedef ep_status_t (*ep_handler_t)(ep_call_t *c);
+
+static struct {
+    ep_model_t models[2];
+    ep_model_t *active;     /* NULL until a model is installed */
+    ep_model_t *candidate;
+    uint32_t steps;         /* TRAIN steps applied since the model was installed */
+    struct {
+        bool open;
+        uint32_t total, crc, received;
+    } upload;
+    struct {
+        uint32_t frames_bad;
+        uint64_t samples_trained, samples_evaluated, cycles_train, cycles_eval;
+    } stats;
+    struct {
+        bool valid;
+        uint8_t type;
+        uint16_t req_id;
+        uint32_t wire_len;  /* the response, on the wire, in tx */
+    } last;
+    bool exit_requested;
+    uint8_t exit_code;
+    uint8_t tx[EP_FRAME_MAX_BYTES];
+    uint8_t err[EP_FRAME_HEADER_BYTES + ERROR_MSG_MAX + EP_FRAME_CRC_BYTES];
+} app;
+
+static uint8_t *put8(uint8_t *p, uint8_t v) { *p = v; return p + 1; }
+static uint8_t *put16(uint8_t *p, uint16_t v) { ep_wr16(p, v); return p + 2; }
+static uint8_t *put32(uint8_t *p, uint32_t v) { ep_wr32(p, v); return p + 4; }
+static uint8_t *put64(uint8_t *p, uint64_t v) { ep_wr64(p, v); return p + 8; }
+
+static uint8_t *putf32(uint8_t *p, float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return put32(p, u);
+}
+
+/* Readers advance *p past the field they read; callers check the payload length first. */
+static uint8_t get8(const uint8_t **p) { return *(*p)++; }
+static uint16_t get16(const uint8_t **p) { *p += 2; return ep_rd16(*p - 2); }
+static uint32_t get32(const uint8_t **p) { *p += 4; return ep_rd32(*p - 4); }
+
+static float getf32(const uint8_t **p) {
+    uint32_t u = get32(p);
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+static void set_resp_len(ep_call_t *c, const uint8_t *end) { c->resp_len = (uint16_t)(end - c->resp); }
+
+static ep_status_t refuse(ep_call_t *c, ep_status_t status, const char *why) {
+    c->why = why;
+    return status;
+}
+
+static ep_status_t need_len(ep_call_t *c, uint16_t len) {
+    return c->req_len == len ? EP_OK : refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload length does not match the message"));
+}
+
+static uint16_t put_hello(uint8_t *out) {
+    uint8_t *p = put16(out, EP_PROTOCOL_VERSION);
+    p = put8(p, EP_FW_VERSION_MAJOR);
+    p = put8(p, EP_FW_VERSION_MINOR);
+    p = put8(p, EP_FW_VERSION_PATCH);
+    p = put8(p, 0);
+    p = put32(p, EP_APP_CAPS);
+    p = put32(p, EP_ARENA_BYTES);
+    p = put32(p, EP_STAGING_BYTES);
+    p = put16(p, EP_FRAME_MAX_PAYLOAD);
+    p = put8(p, app.active != NULL);
+    p = put8(p, sizeof EP_BOARD_NAME - 1);
+    p = put32(p, app.active ? app.active->crc : 0);
+    memcpy(p, EP_BOARD_NAME, sizeof EP_BOARD_NAME - 1);
+    p += sizeof EP_BOARD_NAME - 1;
+    return (uint16_t)(p - out);
+}
+
+static ep_status_t on_hello(ep_call_t *c) {
+    ep_status_t st = need_len(c, 0);
+    if (st == EP_OK) {
+        c->resp_len = put_hello(c->resp);
+    }
+    return st;
+}
+
+static ep_status_t on_load_begin(ep_call_t *c) {
+    ep_status_t st = need_len(c, LOAD_BEGIN_REQ_BYTES);
+    if (st != EP_OK) {
+        return st;
+    }
+    const uint8_t *p = c->req;
+    uint32_t total = get32(&p);
+    uint32_t crc = get32(&p);
+    if (total < EP_BLOB_HEADER_BYTES || total > EP_STAGING_BYTES) {
+        return refuse(c, EP_TOO_LARGE, EP_WHY("total_bytes: below a blob header or above staging_bytes"));
+    }
+    app.upload.open = true;
+    app.upload.total = total;
+    app.upload.crc = crc;
+    app.upload.received = 0;
+    return EP_OK;
+}
+
+static ep_status_t on_load_chunk(ep_call_t *c) {
+    if (c->req_len < LOAD_CHUNK_REQ_FIXED) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload shorter than the chunk offset"));
+    }
+    if (!app.upload.open) {
+        return refuse(c, EP_BAD_STATE, EP_WHY("LOAD_CHUNK without LOAD_BEGIN"));
+    }
+    const uint8_t *p = c->req;
+    if (get32(&p) != app.upload.received) {
+        return refuse(c, EP_BAD_OFFSET, EP_WHY("offset: not the number of bytes received so far"));
+    }
+    uint32_t n = c->req_len - LOAD_CHUNK_REQ_FIXED;
+    if (n > app.upload.total - app.upload.received) {
+        return refuse(c, EP_TOO_LARGE, EP_WHY("data: runs past total_bytes"));
+    }
+    memcpy(ep_staging + app.upload.received, p, n);
+    app.upload.received += n;
+    set_resp_len(c, put32(c->resp, app.upload.received));
+    return EP_OK;
+}
+
+static ep_status_t on_load_end(ep_call_t *c) {
+    ep_status_t st = need_len(c, 0);
+    if (st != EP_OK) {
+        return st;
+    }
+    if (!app.upload.open || app.upload.received != app.upload.total) {
+        return refuse(c, EP_BAD_STATE, EP_WHY("upload incomplete: LOAD_BEGIN and every chunk must come first"));
+    }
+    app.upload.open = false;
+    if (ep_crc32(0, ep_staging, app.upload.total) != app.upload.crc) {
+        return refuse(c, EP_BAD_HASH, EP_WHY("crc32: the blob does not match LOAD_BEGIN"));
+    }
+    st = ep_model_parse(app.candidate, ep_staging, app.upload.total, EP_ARENA_BYTES, &c->why);
+    if (st != EP_OK) {
+        return st;
+    }
+    ep_model_init_arena(app.candidate, ep_staging, ep_arena);
+    ep_model_t *installed = app.candidate;
+    app.candidate = installed == &app.models[0] ? &app.models[1] : &app.models[0];
+    app.active = installed;
+    app.steps = 0;
+    uint8_t *p = put32(c->resp, installed->crc);
+    p = put32(p, installed->arena_bytes);
+    p = put16(p, installed->n_tensors);
+    set_resp_len(c, put16(p, installed->n_nodes));
+    return EP_OK;
+}
+
+static ep_status_t run_batch(ep_call_t *c, bool train) {
+    if (c->req_len < BATCH_REQ_FIXED) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload shorter than the batch header"));
+    }
+    const uint8_t *p = c->req;
+    ep_batch_t b;
+    b.n = get16(&p);
+    b.encoding = get8(&p);
+    uint8_t reserved = get8(&p);
+    b.scale = getf32(&p);
+    b.zero = getf32(&p);
+    b.labels = p;
+    if (reserved != 0) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("reserved: must be 0"));
+    }
+    if (b.n > c->req_len - BATCH_REQ_FIXED) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("labels: payload shorter than n"));
+    }
+    if (!app.active) {
+        return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
+    }
+    b.data = b.labels + b.n;
+    b.data_bytes = c->req_len - BATCH_REQ_FIXED - b.n;
+    ep_step_result_t r;
+    uint64_t t0 = ep_port_cycles();
+    ep_status_t st = ep_model_run(app.active, ep_arena, &b, train, &r, &c->why);
+    uint64_t cycles = ep_port_cycles() - t0;
+    if (st != EP_OK) {
+        return st;
+    }
+    if (train) {
+        app.steps++;
+        app.stats.samples_trained += r.n;
+        app.stats.cycles_train += cycles;
+    } else {
+        app.stats.samples_evaluated += r.n;
+        app.stats.cycles_eval += cycles;
+    }
+    uint8_t *out = putf32(c->resp, r.loss);
+    out = put16(out, r.n);
+    out = put16(out, r.correct);
+    out = put32(out, app.steps);
+    set_resp_len(c, put64(out, cycles));
+    return EP_OK;
+}
+
+static ep_status_t on_train(ep_call_t *c) { return run_batch(c, true); }
+static ep_status_t on_eval(ep_call_t *c) { return run_batch(c, false); }
+
+static ep_status_t on_stats(ep_call_t *c) {
+    ep_status_t st = need_len(c, 0);
+    if (st != EP_OK) {
+        return st;
+    }
+    uint8_t *p = put32(c->resp, app.steps);
+    p = put32(p, app.stats.frames_bad);
+    p = put64(p, app.stats.samples_trained);
+    p = put64(p, app.stats.samples_evaluated);
+    p = put64(p, app.stats.cycles_train);
+    p = put64(p, app.stats.cycles_eval);
+    p = put32(p, app.active ? app.active->arena_bytes : 0);
+    set_resp_len(c, put32(p, EP_ARENA_BYTES));
+    return EP_OK;
+}
+
+static ep_status_t on_read_weights(ep_call_t *c) {
+    ep_status_t st = need_len(c, READ_WEIGHTS_REQ_BYTES);
+    if (st != EP_OK) {
+        return st;
+    }
+    const uint8_t *p = c->req;
+    uint16_t tensor = get16(&p);
+    uint16_t length = get16(&p);
+    uint32_t offset = get32(&p);
+    if (!app.active) {
+        return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
+    }
+    if (tensor >= app.active->n_tensors || !(app.active->tensors[tensor].flags & EP_TF_PARAM)) {
+        return refuse(c, EP_BAD_TENSOR, EP_WHY("tensor: not a parameter of the installed model"));
+    }
+    const ep_tensor_t *t = &app.active->tensors[tensor];
+    if (length > EP_FRAME_MAX_PAYLOAD - READ_WEIGHTS_RESP_FIXED || offset > t->bytes ||
+        length > t->bytes - offset) {
+        return refuse(c, EP_BAD_TENSOR, EP_WHY("offset, length: outside the tensor"));
+    }
+    uint8_t *out = put16(c->resp, tensor);
+    out = put16(out, 0);
+    out = put32(out, offset);
+    memcpy(out, ep_arena + t->offset + offset, length);
+    set_resp_len(c, out + length);
+    return EP_OK;
+}
+
+static ep_status_t on_exit(ep_call_t *c) {
+    ep_status_t st = need_len(c, EXIT_REQ_BYTES);
+    if (st == EP_OK) {
+        app.exit_requested = true;
+        app.exit_code = c->req[0];
+    }
+    return st;
+}
+
+static const ep_handler_t handlers[] = {
+    [EP_MSG_HELLO] = on_hello,
+    [EP_MSG_LOAD_BEGIN] = on_load_begin,
+    [EP_MSG_LOAD_CHUNK] = on_load_chunk,
+    [EP_MSG_LOAD_END] = on_load_end,
+    [EP_MSG_TRAIN] = on_train,
+    [EP_MSG_EVAL] = on_eval,
+    [EP_MSG_STATS] = on_stats,
+    [EP_MSG_READ_WEIGHTS] = on_read_weights,
+    [EP_MSG_EXIT] = on_exit,
+};
+
+static uint16_t put_message(uint8_t *out, uint16_t cap, const char *msg) {
+    size_t n = strlen(msg);
+    n = n < cap ? n : cap;
+    memcpy(out, msg, n);
+    return (uint16_t)n;
+}
+
+static void send_error(ep_status_t status, uint16_t req_id) {
+    const char *msg = status == EP_BAD_CRC   ? EP_WHY("bad crc32: frame dropped")
+                      : status == EP_OVERSIZE ? EP_WHY("length above the largest payload")
+                                              : EP_WHY("partial frame dropped after the idle timeout");
+    uint16_t len = put_message(app.err + EP_FRAME_HEADER_BYTES, ERROR_MSG_MAX, msg);
+    uint32_t n = ep_frame_encode(app.err, sizeof app.err, EP_MSG_ERROR | EP_FRAME_RESPONSE_BIT, (uint8_t)status,
+                                 req_id, len);
+    app.stats.frames_bad++;
+    ep_port_write(app.err, n);
+}
+
+void ep_app_init(void) {
+    app.candidate = &app.models[0];
+    uint16_t len = put_hello(app.tx + EP_FRAME_HEADER_BYTES);
+    ep_port_write(app.tx, ep_frame_encode(app.tx, sizeof app.tx, EP_MSG_HELLO | EP_FRAME_RESPONSE_BIT, EP_OK, 0, len));
+}
+
+void ep_app_handle(const ep_frame_t *f) {
+    if (f->error != EP_OK) {
+        send_error(f->error, f->req_id);
+        return;
+    }
+    if (!(app.last.valid && app.last.type == f->type && app.last.req_id == f->req_id)) {
+        ep_call_t c = {.req = f->payload, .req_len = f->len, .resp = app.tx + EP_FRAME_HEADER_BYTES};
+        ep_handler_t h = f->type < sizeof handlers / sizeof handlers[0] ? handlers[f->type] : NULL;
+        ep_status_t st = h ? h(&c) : refuse(&c, EP_UNKNOWN_TYPE, EP_WHY("type: unknown message type"));
+        if (st != EP_OK) {
+            c.resp_len = put_message(c.resp, EP_FRAME_MAX_PAYLOAD, c.why);
+        }
+        app.last.valid = true;
+        app.last.type = f->type;
+        app.last.req_id = f->req_id;
+        app.last.wire_len = ep_frame_encode(app.tx, sizeof app.tx, f->type | EP_FRAME_RESPONSE_BIT, (uint8_t)st,
+                                            f->req_id, c.resp_len);
+    }
+    ep_port_write(app.tx, app.last.wire_len);
+    if (app.exit_requested) {
+        ep_port_exit(app.exit_code);
+    }
+}

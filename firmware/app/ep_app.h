@@ -1,0 +1,39 @@
+/*
+ * ep_app.h — the device side of serial protocol v1 (docs/protocol.md): answers
+ * every request the frame receiver (ep_frame.h) delivers, and answers receive
+ * errors with ERROR frames.
+ *
+ * State (all static, no heap):
+ *   - the training arena (EP_ARENA_BYTES, 8-aligned) and the upload staging
+ *     buffer (EP_STAGING_BYTES);
+ *   - two model descriptors: the installed one and the candidate LOAD_END
+ *     validates into; they swap only once a blob passed every check, so a bad
+ *     upload leaves the installed model working;
+ *   - the last executed request (type, req_id) and its response on the wire: a
+ *     repeat is answered from it without running again (retries never apply a
+ *     TRAIN batch or a LOAD_CHUNK twice). ERROR frames do not touch it;
+ *   - the STATS counters since boot (steps count since the model was installed).
+ *
+ * Untrusted input: every payload length and field is checked before use;
+ * refusals carry a status and a UTF-8 message naming the field (the runtime's
+ * `why` for blob and batch errors). Requests are never partially applied.
+ */
+#ifndef EP_APP_H
+#define EP_APP_H
+
+#include "ep_frame.h"
+
+/** Capabilities reported in HELLO. */
+#define EP_APP_CAPS (EP_CAP_F32 | EP_CAP_SGD | EP_CAP_CYCLES | EP_CAP_U8_AFFINE_INPUT)
+
+/** Call once, after ep_port_init(): set up the state and send the unsolicited boot HELLO (req_id 0). */
+void ep_app_init(void);
+
+/**
+ * Handle one event of the frame receiver: a request is answered (from the
+ * retry cache if it repeats the last one); a receive error is answered with an
+ * ERROR frame and counted in frames_bad. EXIT answers, then stops the program.
+ */
+void ep_app_handle(const ep_frame_t *f);
+
+#endif /* EP_APP_H */

@@ -1,0 +1,93 @@
+/*
+ * startup.S — vector table and reset for the mps2 port (ARMv7-M).
+ *
+ * Reset_Handler enables the FPU first (the C code is built for hard float),
+ * copies .data from its load image, zeroes .bss and calls main(0, NULL); the
+ * symbols come from link.ld.in. SysTick_Handler counts SysTick wraps for
+ * ep_port_cycles() (port.c); every other exception ends the program with
+ * MPS2_FAULT_EXIT_CODE. No external interrupt is enabled, so the table stops
+ * after the system exceptions.
+ */
+#include "mps2.h"
+
+    .syntax unified
+    .thumb
+
+    .section .vectors, "a", %progbits
+    .global ep_vectors
+ep_vectors:
+    .word __stack_top
+    .word Reset_Handler
+    .word Fault_Handler     /* NMI */
+    .word Fault_Handler     /* HardFault */
+    .word Fault_Handler     /* MemManage */
+    .word Fault_Handler     /* BusFault */
+    .word Fault_Handler     /* UsageFault */
+    .word 0, 0, 0, 0
+    .word Fault_Handler     /* SVCall */
+    .word Fault_Handler     /* DebugMonitor */
+    .word 0
+    .word Fault_Handler     /* PendSV */
+    .word SysTick_Handler
+
+    .section .text.Reset_Handler, "ax", %progbits
+    .global Reset_Handler
+    .type Reset_Handler, %function
+    .thumb_func
+Reset_Handler:
+    ldr r0, =MPS2_SCB_CPACR
+    ldr r1, [r0]
+    orr r1, r1, #MPS2_CPACR_FPU_FULL
+    str r1, [r0]
+    dsb
+    isb
+
+    ldr r0, =__data_start
+    ldr r1, =__data_end
+    ldr r2, =__data_load
+1:  cmp r0, r1
+    ittt lo
+    ldrlo r3, [r2], #4
+    strlo r3, [r0], #4
+    blo 1b
+
+    ldr r0, =__bss_start
+    ldr r1, =__bss_end
+    movs r3, #0
+2:  cmp r0, r1
+    itt lo
+    strlo r3, [r0], #4
+    blo 2b
+
+    movs r0, #0
+    movs r1, #0
+    bl main
+    bl ep_port_exit
+    .size Reset_Handler, . - Reset_Handler
+
+    .section .text.Fault_Handler, "ax", %progbits
+    .type Fault_Handler, %function
+    .thumb_func
+Fault_Handler:
+    movs r0, #MPS2_FAULT_EXIT_CODE
+    bl ep_port_exit
+    .size Fault_Handler, . - Fault_Handler
+
+/* Under -icount, port.c subtracts this handler's instructions from the cycle
+ * count, so it must stay exactly MPS2_SYSTICK_HANDLER_INSNS narrow instructions. */
+    .section .text.SysTick_Handler, "ax", %progbits
+    .global SysTick_Handler
+    .type SysTick_Handler, %function
+    .thumb_func
+SysTick_Handler:
+    ldr.n r0, 1f
+    ldr.n r1, [r0]
+    adds.n r1, #1
+    str.n r1, [r0]
+    bx lr
+    .if . - SysTick_Handler - 2 * MPS2_SYSTICK_HANDLER_INSNS
+    .error "SysTick_Handler is not MPS2_SYSTICK_HANDLER_INSNS narrow instructions"
+    .endif
+    .balign 4
+1:  .word mps2_systick_wraps
+    .size SysTick_Handler, . - SysTick_Handler
