@@ -119,6 +119,7 @@ class FakeDevice:
     def _dispatch(self, f: Frame) -> bytes:
         t, p = f.type, f.payload
         if t == MsgType.HELLO:
+            _exact(p, 0)
             return self._hello()
         if t == MsgType.LOAD_BEGIN:
             r = LOAD_BEGIN_REQ.parse(_exact(p, LOAD_BEGIN_REQ.sizeof()))

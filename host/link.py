@@ -35,7 +35,14 @@ class Link:
     @classmethod
     def open(cls, url: str, timeout: float = 5.0, retries: int = 2) -> "Link":
         try:
-            port = serial.serial_for_url(url, baudrate=DEFAULT_BAUD, timeout=0.05)
+            port = serial.serial_for_url(url, baudrate=DEFAULT_BAUD, timeout=0.05, do_not_open=True)
+            # pyserial's socket:// open() drains whatever already arrived: that would
+            # throw away the boot HELLO a device sends the moment we connect.
+            port.reset_input_buffer = lambda: None
+            try:
+                port.open()
+            finally:
+                del port.reset_input_buffer
         except (serial.SerialException, OSError, ValueError) as e:
             raise LinkError(f"cannot open {url}: {e}") from e
         return cls(port, timeout, retries)

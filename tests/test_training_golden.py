@@ -77,7 +77,8 @@ def test_eval_does_not_change_the_model(device):
     r1 = device.evaluate(Batch.from_arrays(x, y, ds.quant))
     r2 = device.evaluate(Batch.from_arrays(x, y, ds.quant))
     loss, correct = ReferenceModel(spec, params).evaluate(x, y)
-    assert r1 == r2 and r1.step == 0
+    # cycles are wall-clock on the native build, so compare everything but them
+    assert (r1.loss, r1.n, r1.correct, r1.step) == (r2.loss, r2.n, r2.correct, 0)
     assert abs(r1.loss - loss) < LOSS_ATOL and r1.correct == correct
     for name, w in device.read_params(prog).items():
         np.testing.assert_array_equal(w, params[name])
