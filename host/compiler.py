@@ -31,7 +31,7 @@ B = TensorFlag.BATCHED
 @dataclass(frozen=True)
 class TrainConfig:
     batch: int = 32
-    lr: float = 0.05
+    lr: float = 0.5
     weight_decay: float = 0.0
 
     def validate(self) -> None:

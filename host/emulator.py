@@ -77,6 +77,7 @@ class Running:
                     self.proc.wait()
         else:
             _kill(self.pid)
+            self.log.unlink(missing_ok=True)  # a board that died on its own keeps its log
         _state_file(self.board).unlink(missing_ok=True)
 
     def to_json(self) -> dict:

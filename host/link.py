@@ -69,7 +69,7 @@ class Link:
             self.port.write(data)
             self.port.flush()
         except (serial.SerialException, OSError) as e:
-            raise LinkError(f"write failed: {e}") from e
+            raise LinkError(f"serial link lost while writing: {e}") from e
 
     def read_frames(self, wait: float) -> list[Frame]:
         """Frames that arrive within `wait` seconds (returns early on the first batch)."""
@@ -78,7 +78,7 @@ class Link:
             try:
                 chunk = self.port.read(max(1, self.port.in_waiting))
             except (serial.SerialException, OSError) as e:
-                raise LinkError(f"read failed: {e}") from e
+                raise LinkError(f"serial link lost while reading: {e}") from e
             if chunk:
                 frames = self.reader.feed(chunk)
                 if frames:

@@ -21,7 +21,7 @@ from .compiler import Program, TrainConfig, compile_model
 from .datasets import Dataset
 from .device import Batch, Device, Hello
 from .emulator import running_boards, start
-from .errors import LinkError, UsageError
+from .errors import EdgePropError, LinkError, UsageError
 from .link import Link
 from .protocol import BATCH_REQ_FIXED
 from .runrecord import RunRecord
@@ -67,9 +67,9 @@ def max_batch_for(features: int, bytes_per_value: int) -> int:
 class StreamOptions:
     model: str = "mlp-digits"
     epochs: int = 3
-    batch: int = 32
-    lr: float = 0.05
-    weight_decay: float = 0.0
+    batch: int = TrainConfig.batch
+    lr: float = TrainConfig.lr
+    weight_decay: float = TrainConfig.weight_decay
     seed: int = 0
     reflash: bool = False
 
@@ -135,45 +135,51 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
         on_event("eval", rec)
         return rec
 
-    initial = eval_record(0)
-    epoch_losses = []
-    for epoch in range(1, opts.epochs + 1):
-        losses = []
-        order = rng.permutation(len(ds.y_train))
-        for xb, yb in _batches(ds.x_train, ds.y_train, opts.batch, order):
-            t0 = time.monotonic()
-            r = device.train(Batch.from_arrays(xb, yb, ds.quant))
-            dt = time.monotonic() - t0
-            samples += r.n
-            train_cycles += r.cycles
-            step = r.step
-            losses.append(r.loss)
-            rec = {"kind": "train", "epoch": epoch, "step": r.step, "loss": r.loss, "n": r.n,
-                   "correct": r.correct, "samples": samples, "cycles": r.cycles,
-                   "cycles_per_sample": r.cycles / r.n, "samples_per_s": r.n / dt if dt > 0 else None,
-                   "time_s": round(time.monotonic() - t_start, 3)}
-            record.log(rec)
-            on_event("train", rec)
-        epoch_losses.append(float(np.mean(losses)))
-        final = eval_record(epoch)
-    if opts.epochs == 0:
-        final = initial
-    weights = device.read_params(prog)
-    weights_path = record.save_weights(weights)
-    elapsed = time.monotonic() - t_start
-    summary = {
-        "board": hello.board, "firmware": hello.firmware, "model": prog.spec.name,
-        "model_crc": f"{blob_crc(blob):08x}", "flashed": flashed, "dataset": ds.name,
-        "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
-        "epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "weight_decay": opts.weight_decay,
-        "seed": opts.seed, "steps": step, "samples": samples,
-        "epoch_train_loss": epoch_losses,
-        "initial_eval": {k: initial[k] for k in ("loss", "accuracy")},
-        "final_eval": {k: final[k] for k in ("loss", "accuracy")},
-        "cycles_per_sample": train_cycles / samples if samples else None,
-        "samples_per_s": samples / elapsed if elapsed > 0 else None,
-        "seconds": round(elapsed, 3), "arena_bytes": prog.plan.arena_bytes,
-        "weights": weights_path.name, "run_dir": str(record.path),
-    }
-    record.save_summary(summary)
-    return summary
+    evals: list[dict] = []
+    epoch_losses: list[float] = []
+
+    def summary(status: str, **extra) -> dict:
+        elapsed = time.monotonic() - t_start
+        out = {
+            "status": status, "board": hello.board, "firmware": hello.firmware, "model": prog.spec.name,
+            "model_crc": f"{blob_crc(blob):08x}", "flashed": flashed, "dataset": ds.name,
+            "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
+            "epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "weight_decay": opts.weight_decay,
+            "seed": opts.seed, "steps": step, "samples": samples, "epoch_train_loss": epoch_losses,
+            "initial_eval": {k: evals[0][k] for k in ("loss", "accuracy")} if evals else None,
+            "final_eval": {k: evals[-1][k] for k in ("loss", "accuracy")} if evals else None,
+            "cycles_per_sample": train_cycles / samples if samples else None,
+            "samples_per_s": samples / elapsed if elapsed > 0 else None,
+            "seconds": round(elapsed, 3), "arena_bytes": prog.plan.arena_bytes,
+            "run_dir": str(record.path), **extra,
+        }
+        record.save_summary(out)
+        return out
+
+    try:
+        evals.append(eval_record(0))
+        for epoch in range(1, opts.epochs + 1):
+            losses = []
+            order = rng.permutation(len(ds.y_train))
+            for xb, yb in _batches(ds.x_train, ds.y_train, opts.batch, order):
+                t0 = time.monotonic()
+                r = device.train(Batch.from_arrays(xb, yb, ds.quant))
+                dt = time.monotonic() - t0
+                samples += r.n
+                train_cycles += r.cycles
+                step = r.step
+                losses.append(r.loss)
+                rec = {"kind": "train", "epoch": epoch, "step": r.step, "loss": r.loss, "n": r.n,
+                       "correct": r.correct, "samples": samples, "cycles": r.cycles,
+                       "cycles_per_sample": r.cycles / r.n, "samples_per_s": r.n / dt if dt > 0 else None,
+                       "time_s": round(time.monotonic() - t_start, 3)}
+                record.log(rec)
+                on_event("train", rec)
+            epoch_losses.append(float(np.mean(losses)))
+            evals.append(eval_record(epoch))
+        weights_path = record.save_weights(device.read_params(prog))
+    except EdgePropError as e:
+        # what was measured so far stays on disk; the device keeps the weights it trained
+        summary("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    return summary("ok", weights=weights_path.name)

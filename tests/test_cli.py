@@ -25,6 +25,7 @@ def test_stream_on_the_fake_device_writes_a_run_record(capsys, tmp_path):
     run_dir = tmp_path / summary["run_dir"].split("/")[-1]
     assert (run_dir / "summary.json").is_file() and (run_dir / "weights.npz").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["version"] == 1
+    assert summary["status"] == "ok" and summary["weights"] == "weights.npz"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]

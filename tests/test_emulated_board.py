@@ -76,3 +76,31 @@ def test_exit_ends_qemu_with_the_firmware_exit_code(board):
         with Link.open(running.url) as link:
             Device(link).exit(3)
         assert running.wait(timeout=10) == 3
+
+
+@pytest.mark.parametrize("board_process", ["native", BOARD], indirect=True)
+def test_a_link_that_dies_mid_run_keeps_the_record(board_process, tmp_path):
+    """Kill the board mid-stream: exit code 3 (link), metrics so far on disk, and a
+    summary that says the run failed and why."""
+    import threading
+    import time
+
+    result = {}
+    t = threading.Thread(target=lambda: result.update(code=main(
+        ["stream", "--port", board_process.url, "--epochs", "200", "--runs-dir", str(tmp_path), "--json"])))
+    t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = list(tmp_path.glob("*/metrics.jsonl"))
+        if runs and runs[0].read_text().count('"kind": "train"') >= 10:
+            break
+        time.sleep(0.05)
+    board_process.proc.kill()
+    t.join(60)
+    assert result["code"] == 3
+    run = next(tmp_path.glob("*/"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "LinkError" in summary["error"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)   # every line whole
+    assert summary["steps"] >= 10

@@ -25,9 +25,9 @@ HELP = "compile a model to a .epm training blob and print its memory plan"
 def add_training_arguments(p) -> None:
     """Model and optimiser options shared by compile, flash and stream."""
     p.add_argument("-m", "--model", default="mlp-digits", help="built-in model name or a .json model file")
-    p.add_argument("--batch", type=int, default=32, help="batch size (samples per TRAIN request)")
-    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
+    p.add_argument("--batch", type=int, default=TrainConfig.batch, help="batch size (samples per TRAIN request)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="SGD learning rate")
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="SGD weight decay")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
 
 

@@ -93,6 +93,8 @@ def run(args) -> int:
     opts = StreamOptions(model=args.model, epochs=args.epochs, batch=args.batch, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed, reflash=args.reflash)
     console = Console(stderr=args.json)
+    if not console.is_terminal:
+        console.width = max(console.width, 110)  # logs and CI: room for the whole table
     with open_device(args.port, args.board, args.emulate, args.timeout) as (dev, hello):
         record = RunRecord(args.runs_dir)
         try:
@@ -107,6 +109,7 @@ def run(args) -> int:
                 view = LiveView(console, steps, hello.board)
                 with view.live:
                     summary = stream(dev, hello, ds, opts, record, view)
+                console.line()
         finally:
             record.close()
     if args.json:
