@@ -20,24 +20,6 @@ from . import __version__
 from .commands import ALL
 from .errors import EdgePropError
 
-#: shared options, added by the subcommands that use them (one definition each)
-OPTIONS = {
-    "port": (("-p", "--port"), dict(metavar="URL", help="serial port: /dev/ttyACM0, socket://HOST:PORT, fake://; "
-                                     "default: the board `make flash` started")),
-    "board": (("-b", "--board"), dict(help="board name (see `host boards`)")),
-    "emulate": (("--emulate",), dict(action="store_true",
-                                     help="boot a private emulated --board for this command")),
-    "timeout": (("--timeout",), dict(type=float, default=5.0, help="seconds to wait for each answer")),
-    "json": (("--json",), dict(action="store_true", help="print machine-readable JSON on stdout")),
-}
-
-
-def add_options(parser: argparse.ArgumentParser, *names: str) -> None:
-    for name in names:
-        flags, kw = OPTIONS[name]
-        parser.add_argument(*flags, **kw)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="host", description="EdgeProp host: compile, flash and train "
                                  "models on microcontrollers over a serial link.")

@@ -19,7 +19,6 @@ from construct import (
     Int16ul,
     Int32ul,
     Int64ul,
-    PascalString,
     Struct,
     this,
 )

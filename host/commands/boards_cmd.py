@@ -8,13 +8,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..boards import board_names, load_board
+from .options import add_options
 
 NAME = "boards"
 HELP = "list boards (core, clock, memory budgets, emulated here?)"
 
 
 def add_arguments(p) -> None:
-    from ..cli import add_options
     add_options(p, "json")
 
 

@@ -17,22 +17,13 @@ from ..boards import load_board
 from ..compiler import TrainConfig, compile_model
 from ..planner import format_plan
 from ..zoo import init_params, load_model
+from .options import add_options, add_training_arguments
 
 NAME = "compile"
 HELP = "compile a model to a .epm training blob and print its memory plan"
 
 
-def add_training_arguments(p) -> None:
-    """Model and optimiser options shared by compile, flash and stream."""
-    p.add_argument("-m", "--model", default="mlp-digits", help="built-in model name or a .json model file")
-    p.add_argument("--batch", type=int, default=TrainConfig.batch, help="batch size (samples per TRAIN request)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="SGD learning rate")
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="SGD weight decay")
-    p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
-
-
 def add_arguments(p) -> None:
-    from ..cli import add_options
     add_training_arguments(p)
     add_options(p, "board", "json")
     p.add_argument("-o", "--output", type=Path, help="write the blob here (default: <model>.epm)")

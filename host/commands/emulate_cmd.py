@@ -14,13 +14,13 @@ from rich.console import Console
 
 from ..boards import load_board
 from ..emulator import running_boards, start
+from .options import add_options
 
 NAME = "emulate"
 HELP = "boot an emulated board in the background and print its serial URL (--stop ends it)"
 
 
 def add_arguments(p) -> None:
-    from ..cli import add_options
     add_options(p, "board", "json")
     p.add_argument("--elf", type=Path, help="firmware image (default: build/<board>/edgeprop.elf)")
     p.add_argument("--stop", action="store_true", help="stop the running emulated board(s) instead")
@@ -52,5 +52,5 @@ def run(args) -> int:
         print(json.dumps({"version": 1, **r.to_json()}))
     else:
         c.print(f"{board.name} is running (pid {r.pid}); serial: [bold]{r.url}[/]", highlight=False)
-        c.print(f"train on it: host stream --dataset digits    stop it: host emulate --stop", highlight=False)
+        c.print("train on it: host stream --dataset digits    stop it: host emulate --stop", highlight=False)
     return 0

@@ -17,14 +17,13 @@ from ..blob import blob_crc, build_blob
 from ..compiler import TrainConfig, compile_model
 from ..session import ensure_model, open_device
 from ..zoo import init_params, load_model
-from .compile_cmd import add_training_arguments
+from .options import add_options, add_training_arguments
 
 NAME = "flash"
 HELP = "upload a model blob (weights + training graph) to the device"
 
 
 def add_arguments(p) -> None:
-    from ..cli import add_options
     add_training_arguments(p)
     add_options(p, "port", "board", "emulate", "timeout", "json")
     p.add_argument("--blob", type=Path, help="a .epm file from `host compile` instead of --model")

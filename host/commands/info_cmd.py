@@ -7,13 +7,13 @@ import json
 from rich.console import Console
 
 from ..session import open_device
+from .options import add_options
 
 NAME = "info"
 HELP = "print the device's firmware, board, arena, model and counters"
 
 
 def add_arguments(p) -> None:
-    from ..cli import add_options
     add_options(p, "port", "board", "emulate", "timeout", "json")
 
 

@@ -20,14 +20,13 @@ from rich.table import Table
 from ..datasets import REGISTRY, load_dataset
 from ..runrecord import RunRecord
 from ..session import StreamOptions, open_device, stream
-from .compile_cmd import add_training_arguments
+from .options import add_options, add_training_arguments
 
 NAME = "stream"
 HELP = "stream a dataset to the device, train on it, and record metrics"
 
 
 def add_arguments(p) -> None:
-    from ..cli import add_options
     add_training_arguments(p)
     add_options(p, "port", "board", "emulate", "timeout", "json")
     p.add_argument("-d", "--dataset", default="digits", choices=sorted(REGISTRY), help="dataset to stream")
