@@ -3,8 +3,9 @@
 #   make demo                     set up, build, boot an emulated Cortex-M4F, train on real data
 #   make test                     set up, build, run the whole test suite
 #   make firmware BOARD=<board>   build firmware (boards/<board>/board.toml)
-#   make flash BOARD=<board>      put firmware on the board; with none attached, boot the
-#                                 emulated board and print its serial URL
+#   make flash BOARD=<board>      put firmware on the board: an emulated board boots in the
+#                                 background and prints its serial URL; a real one is
+#                                 programmed with pyOCD (pip install -e '.[flash]')
 #   make setup                    only install what is missing (apt-get tools, pip venv)
 #
 # Everything Python runs from the project venv ($(VENV)); `host` is its CLI.
@@ -15,8 +16,8 @@ PY := $(VENV)/bin/python
 HOST := $(VENV)/bin/host
 SYSPY ?= python3
 BUILD := $(CURDIR)/build
-# boards the test suite runs on
-TEST_BOARDS := native mps2-an386
+# boards the test suite builds; it runs all but the real ones (nucleo-f446re: built only)
+TEST_BOARDS := native mps2-an386 mps2-an500 mps3-an547 netduinoplus2 nucleo-f446re
 FW_SOURCES := $(shell find firmware -name '*.[chS]' -o -name '*.in' -o -name Makefile)
 
 .PHONY: all setup tools venv firmware flash demo test clean help
@@ -34,13 +35,14 @@ tools:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@echo "==> project venv $(VENV): installing the host package and its Python deps (pip)"
+	@echo "==> project venv $(VENV): installing the host package, its Python deps and the"
+	@echo "    PyTorch CPU build the golden tests and model import use (pip)"
 	@test -x $(PY) || $(SYSPY) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,torch]'
 	@touch $@
 
 # Board settings and linker script are generated from boards/<board>/board.toml.
-$(BUILD)/%/board.mk: boards/%/board.toml host/boards.py firmware/port/*/link.ld.in
+$(BUILD)/%/board.mk: boards/%/board.toml host/boards.py firmware/port/*/link.ld.in firmware/port/*/port.mk
 	@$(SYSPY) -m host.boards render $* $(BUILD)/$*
 
 firmware: tools $(BUILD)/$(BOARD)/board.mk
@@ -48,7 +50,7 @@ firmware: tools $(BUILD)/$(BOARD)/board.mk
 	@$(MAKE) --no-print-directory -C firmware BUILD=$(BUILD)/$(BOARD)
 
 flash: firmware venv
-	@$(HOST) emulate --board $(BOARD)
+	@$(HOST) flash-firmware --board $(BOARD)
 
 demo: setup
 	@$(MAKE) --no-print-directory firmware BOARD=mps2-an386
@@ -60,8 +62,8 @@ test: setup
 	@$(PY) -m host.codegen --check
 	@echo "==> frame receiver unit test (C, ASan+UBSan)"
 	@$(MAKE) --no-print-directory -C firmware test-frame BUILD=$(BUILD)/native
-	@echo "==> running the test suite (pytest)"
-	@$(PY) -m pytest -q
+	@echo "==> running the test suite (pytest, one worker per core: emulated boards run side by side)"
+	@$(PY) -m pytest -q -n auto
 
 clean:
 	rm -rf $(BUILD)

@@ -5,14 +5,18 @@ budgets, toolchain flags, emulator command and flash method. The firmware build
 never hard-codes any of these: `python -m host.boards render BOARD OUTDIR` writes
 
 - `OUTDIR/board.mk`: CROSS, CFLAGS, LDFLAGS, PORT and the -D settings of
-  `firmware/port/ep_port.h`, included by `firmware/Makefile`;
-- `OUTDIR/link.ld`: the port's linker-script template with the board's memory
-  regions and budgets filled in.
+  `firmware/port/ep_port.h`, plus the port's own settings from the board's
+  `[port_settings]` table (register addresses, pins: one `-DNAME=value` each), included
+  by `firmware/Makefile`;
+- `OUTDIR/link.ld`: the port's linker-script template (in its folder or the
+  shared folder its `port.mk` names) with the board's memory regions and
+  budgets filled in.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import string
 import sys
@@ -41,6 +45,7 @@ class Board:
     toolchain: dict
     emulator: dict | None
     flash: dict = field(default_factory=dict)
+    port_settings: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def emulated(self) -> bool:
@@ -72,6 +77,7 @@ class Board:
             "emulated_here": self.emulated,
             "toolchain_here": self.has_toolchain,
             "flash_method": self.flash.get("method"),
+            "pyocd_target": self.flash.get("target"),
         }
 
 
@@ -92,8 +98,12 @@ def load_board(name: str) -> Board:
             port=d["port"], cpu_hz=int(d["cpu_hz"]), memory=d["memory"],
             arena_bytes=int(rt["arena_bytes"]), staging_bytes=int(rt["staging_bytes"]),
             stack_bytes=int(rt["stack_bytes"]), toolchain=d["toolchain"],
-            emulator=d.get("emulator"), flash=d.get("flash", {}),
+            emulator=d.get("emulator"), flash=d.get("flash", {}), port_settings=d.get("port_settings", {}),
         )
+        for key, value in board.port_settings.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key) or not isinstance(value, (int, str)) \
+                    or isinstance(value, bool):
+                raise ValueError(f"[port_settings] {key} = {value!r}: want UPPER_CASE = integer or string")
     except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as e:
         raise BoardError(f"{path}: malformed board description ({e!r})") from e
     if board.name != name:
@@ -111,6 +121,10 @@ def render_board_mk(board: Board) -> str:
     ]
     if board.emulator and "icount_shift" in board.emulator:
         defines.append(f"-DEP_ICOUNT_SHIFT={int(board.emulator['icount_shift'])}")
+    if board.emulator and any(a.startswith("-semihosting") for a in board.emulator.get("args", [])):
+        defines.append("-DEP_SEMIHOSTING=1")  # the port may end the program through the emulator
+    for key, value in board.port_settings.items():
+        defines.append(f"-D{key}=0x{value:X}" if isinstance(value, int) else f"-D{key}={value}")
     lines = [
         f"# GENERATED from boards/{board.name}/board.toml by `python -m host.boards render`.",
         f"BOARD_NAME := {board.name}",
@@ -122,10 +136,21 @@ def render_board_mk(board: Board) -> str:
     return "\n".join(lines) + "\n"
 
 
+def port_dirs(port: str) -> list[Path]:
+    """The port's folder, then the shared one its `port.mk` names (PORT_SHARED := armv7m),
+    as firmware/Makefile reads it."""
+    dirs = [FIRMWARE_DIR / "port" / port]
+    mk = dirs[0] / "port.mk"
+    if mk.is_file():
+        m = re.search(r"^PORT_SHARED\s*:?=\s*(.*)$", mk.read_text(), re.M)
+        dirs += [FIRMWARE_DIR / "port" / d for d in (m.group(1).split() if m else [])]
+    return dirs
+
+
 def render_linker_script(board: Board) -> str | None:
     """Fill the port's `link.ld.in` template; None for ports without one (posix)."""
-    template = FIRMWARE_DIR / "port" / board.port / "link.ld.in"
-    if not template.is_file():
+    template = next((d / "link.ld.in" for d in port_dirs(board.port) if (d / "link.ld.in").is_file()), None)
+    if template is None:
         return None
     mem = board.memory
     values = {

@@ -1,7 +1,9 @@
 """Shared fixtures: devices to test against, one fixture per kind.
 
-`any_device` runs a test on the fake device (pure Python), the native build of
-the firmware, and the emulated Cortex-M4F (QEMU mps2-an386). Firmware images
+`device_url` (and `link`, `device` on top of it) runs a test on the fake
+device (pure Python), the native build of the firmware, and every emulated
+board (EMULATED_BOARDS: QEMU mps2-an386, mps2-an500, mps3-an547,
+netduinoplus2). Firmware images
 come from `make test` (which builds them first). Run pytest directly without
 them and those cases skip with the reason — except under CI (CI=true), where a
 missing image is a failure, so a green CI always means the firmware was tested.
@@ -10,6 +12,7 @@ missing image is a failure, so a green CI always means the firmware was tested.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -18,7 +21,8 @@ from host.device import Device
 from host.emulator import firmware_path, start
 from host.link import Link
 
-DEVICE_KINDS = ["fake", "native", "mps2-an386"]
+EMULATED_BOARDS = ["mps2-an386", "mps2-an500", "mps3-an547", "netduinoplus2"]
+DEVICE_KINDS = ["fake", "native", *EMULATED_BOARDS]
 
 
 def _require_firmware(board_name: str):
@@ -56,9 +60,25 @@ def device_url(request):
 
 
 @pytest.fixture
-def link(device_url):
+def raw_link(device_url):
+    """A link to the device, opened the moment it is up (it may still be booting)."""
     with Link.open(device_url, timeout=10.0) as lk:
         yield lk
+
+
+@pytest.fixture
+def link(raw_link):
+    """A link to a booted device: its boot HELLO (request id 0) has arrived.
+
+    Bytes sent before the firmware has set its UART up may be lost on some boards
+    (QEMU's STM32 USART drops input until the receiver is enabled), as they would
+    be on hardware; a test that sends raw bytes must not race the boot.
+    """
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        if any(f.req_id == 0 for f in raw_link.read_frames(0.2)):
+            return raw_link
+    pytest.fail("the device sent no boot HELLO within 10 s")
 
 
 @pytest.fixture

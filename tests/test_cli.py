@@ -95,6 +95,22 @@ def test_boards_json(capsys):
     names = {b["name"]: b for b in out["boards"]}
     assert code == 0 and "mps2-an386" in names and "native" in names
     assert names["mps2-an386"]["core"] == "cortex-m4f" and names["mps2-an386"]["arena_bytes"] > 0
+    assert set(names) >= {"mps2-an500", "mps3-an547", "netduinoplus2", "nucleo-f446re"}
+    # the real board is described but never emulated; its flash method is pyOCD
+    nucleo = names["nucleo-f446re"]
+    assert not nucleo["emulated_here"] and nucleo["emulator"] is None
+    assert nucleo["flash_method"] == "pyocd" and nucleo["pyocd_target"] == "stm32f446retx"
+    assert names["netduinoplus2"]["ram_bytes"] == 128 * 1024
+
+
+def test_every_board_compiles_the_digits_model_within_its_arena(capsys):
+    """The tight boards still hold the default training model (batch 32)."""
+    from host.boards import board_names, load_board
+    for name in board_names():
+        code, info = run_json(capsys, "compile", "--board", name, "-o", "/dev/null", "--json")
+        assert code == 0, name
+        board = load_board(name)
+        assert info["arena_bytes"] <= board.arena_bytes and info["blob_bytes"] <= board.staging_bytes, name
 
 
 def test_compile_writes_a_blob_and_reports_the_plan(capsys, tmp_path):

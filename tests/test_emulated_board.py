@@ -1,4 +1,4 @@
-"""The emulated Cortex-M4F as a user drives it: `make flash` boots it, `host stream`
+"""Each emulated board as a user drives it: `make flash` boots it, `host stream`
 finds it, cycle counts are exact, and EXIT ends QEMU with the firmware's code."""
 
 from __future__ import annotations
@@ -16,24 +16,22 @@ from host.emulator import running_boards, start
 from host.link import Link
 from host.zoo import init_params, load_model
 
-from conftest import _require_firmware
-
-BOARD = "mps2-an386"
+from conftest import EMULATED_BOARDS, _require_firmware
 
 
-@pytest.fixture
-def board():
-    return _require_firmware(BOARD)
+@pytest.fixture(params=EMULATED_BOARDS)
+def board(request):
+    return _require_firmware(request.param)
 
 
 def test_flash_then_stream_finds_the_running_board(board, capsys, tmp_path):
-    assert main(["emulate", "--board", BOARD, "--json"]) == 0
+    assert main(["emulate", "--board", board.name, "--json"]) == 0
     started = json.loads(capsys.readouterr().out)
     try:
         assert [r.url for r in running_boards()] == [started["url"]]
         code = main(["stream", "--dataset", "digits", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
         summary = json.loads(capsys.readouterr().out)
-        assert code == 0 and summary["board"] == BOARD and summary["flashed"]
+        assert code == 0 and summary["board"] == board.name and summary["flashed"]
         assert summary["final_eval"]["accuracy"] > summary["initial_eval"]["accuracy"]
         assert summary["cycles_per_sample"] > 1000
         # a second stream reconnects to the same running board, which still holds the model
@@ -78,7 +76,7 @@ def test_exit_ends_qemu_with_the_firmware_exit_code(board):
         assert running.wait(timeout=10) == 3
 
 
-@pytest.mark.parametrize("board_process", ["native", BOARD], indirect=True)
+@pytest.mark.parametrize("board_process", ["native", *EMULATED_BOARDS], indirect=True)
 def test_a_link_that_dies_mid_run_keeps_the_record(board_process, tmp_path):
     """Kill the board mid-stream: exit code 3 (link), metrics so far on disk, and a
     summary that says the run failed and why."""

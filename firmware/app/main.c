@@ -3,8 +3,20 @@
 #include "ep_frame.h"
 #include "ep_port.h"
 
-/* The partial-frame timeout of docs/protocol.md in cycles of ep_port_cycles(). */
-#define EP_IDLE_TIMEOUT_CYCLES ((uint64_t)EP_CPU_HZ / 1000u * EP_FRAME_IDLE_TIMEOUT_MS)
+/* ep_port_cycles() per millisecond of the device's clock. Under QEMU -icount the
+ * count is of instructions, each 2^shift ns of virtual time (the busy-polling
+ * ports never let virtual time warp), so the timeout is the same virtual time
+ * on every emulated board whatever its nominal clock. */
+#ifdef EP_ICOUNT_SHIFT
+#define EP_CYCLES_PER_MS (1000000u >> EP_ICOUNT_SHIFT)
+_Static_assert((1000000u >> EP_ICOUNT_SHIFT) << EP_ICOUNT_SHIFT == 1000000u,
+               "a whole number of instructions per millisecond");
+#else
+#define EP_CYCLES_PER_MS (EP_CPU_HZ / 1000u)
+#endif
+
+/* The partial-frame timeout of docs/protocol.md in units of ep_port_cycles(). */
+#define EP_IDLE_TIMEOUT_CYCLES ((uint64_t)EP_CYCLES_PER_MS * EP_FRAME_IDLE_TIMEOUT_MS)
 
 static ep_frame_rx_t rx;
 

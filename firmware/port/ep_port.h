@@ -2,9 +2,10 @@
  * ep_port.h — what the device application needs from a platform.
  *
  * One implementation per folder under firmware/port/ (mps2: bare-metal Cortex-M
- * on the MPS2/MPS3 boards and QEMU; posix: the native build used by host-side
- * tests). The runtime core (firmware/runtime) never calls the port; only the
- * application (firmware/app) does.
+ * on the MPS2/MPS3 boards and QEMU; stm32f4: STM32F4 boards; both build with the
+ * shared armv7m/ folder for startup, cycles and exit; posix: the native build
+ * used by host-side tests). The runtime core (firmware/runtime) never calls the
+ * port; only the application (firmware/app) does.
  *
  * Build-time settings every port receives as -D flags (from the board
  * description, boards/<board>/board.toml):
@@ -12,6 +13,9 @@
  *   EP_ARENA_BYTES    size of the static training arena
  *   EP_STAGING_BYTES  size of the model upload buffer
  *   EP_CPU_HZ         CPU clock used to turn cycles into milliseconds
+ *   EP_ICOUNT_SHIFT   (emulated boards) QEMU -icount shift: report instructions
+ *   EP_SEMIHOSTING    (emulated boards) the emulator takes Arm semihosting calls
+ * plus the port's own settings from the board's [port_settings] table.
  */
 #ifndef EP_PORT_H
 #define EP_PORT_H

@@ -1,14 +1,14 @@
 /*
- * startup.S — vector table and reset for the mps2 port (ARMv7-M).
+ * startup.S — vector table and reset shared by the bare-metal Arm ports (armv7m.h).
  *
  * Reset_Handler enables the FPU first (the C code is built for hard float),
  * copies .data from its load image, zeroes .bss and calls main(0, NULL); the
  * symbols come from link.ld.in. SysTick_Handler counts SysTick wraps for
- * ep_port_cycles() (port.c); every other exception ends the program with
- * MPS2_FAULT_EXIT_CODE. No external interrupt is enabled, so the table stops
+ * ep_port_cycles() (cycles.c); every other exception ends the program with
+ * ARMV7M_FAULT_EXIT_CODE. No external interrupt is enabled, so the table stops
  * after the system exceptions.
  */
-#include "mps2.h"
+#include "armv7m.h"
 
     .syntax unified
     .thumb
@@ -35,9 +35,9 @@ ep_vectors:
     .type Reset_Handler, %function
     .thumb_func
 Reset_Handler:
-    ldr r0, =MPS2_SCB_CPACR
+    ldr r0, =ARMV7M_SCB_CPACR
     ldr r1, [r0]
-    orr r1, r1, #MPS2_CPACR_FPU_FULL
+    orr r1, r1, #ARMV7M_CPACR_FPU_FULL
     str r1, [r0]
     dsb
     isb
@@ -69,12 +69,12 @@ Reset_Handler:
     .type Fault_Handler, %function
     .thumb_func
 Fault_Handler:
-    movs r0, #MPS2_FAULT_EXIT_CODE
+    movs r0, #ARMV7M_FAULT_EXIT_CODE
     bl ep_port_exit
     .size Fault_Handler, . - Fault_Handler
 
-/* Under -icount, port.c subtracts this handler's instructions from the cycle
- * count, so it must stay exactly MPS2_SYSTICK_HANDLER_INSNS narrow instructions. */
+/* Under -icount, cycles.c subtracts this handler's instructions from the cycle
+ * count, so it must stay exactly ARMV7M_SYSTICK_HANDLER_INSNS narrow instructions. */
     .section .text.SysTick_Handler, "ax", %progbits
     .global SysTick_Handler
     .type SysTick_Handler, %function
@@ -85,9 +85,9 @@ SysTick_Handler:
     adds.n r1, #1
     str.n r1, [r0]
     bx lr
-    .if . - SysTick_Handler - 2 * MPS2_SYSTICK_HANDLER_INSNS
-    .error "SysTick_Handler is not MPS2_SYSTICK_HANDLER_INSNS narrow instructions"
+    .if . - SysTick_Handler - 2 * ARMV7M_SYSTICK_HANDLER_INSNS
+    .error "SysTick_Handler is not ARMV7M_SYSTICK_HANDLER_INSNS narrow instructions"
     .endif
     .balign 4
-1:  .word mps2_systick_wraps
+1:  .word armv7m_systick_wraps
     .size SysTick_Handler, . - SysTick_Handler
