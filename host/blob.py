@@ -56,7 +56,8 @@ NODE = Struct(
     "n_out" / Int8ul,
     "inputs" / Array(ids.MAX_NODE_INPUTS, Int16ul),
     "outputs" / Array(ids.MAX_NODE_OUTPUTS, Int16ul),
-    "attrs" / Array(2, Float32l),
+    "iattrs" / Array(ids.NODE_IATTRS, Int16ul),
+    "fattrs" / Array(ids.NODE_FATTRS, Float32l),
 )
 assert HEADER.sizeof() == ids.BLOB_HEADER_BYTES
 assert TENSOR.sizeof() == ids.BLOB_TENSOR_BYTES
@@ -91,7 +92,8 @@ def build_blob(prog: Program) -> bytes:
         op=int(n.op), fn=int(n.fn), n_in=len(n.inputs), n_out=len(n.outputs),
         inputs=_pad(n.inputs, ids.MAX_NODE_INPUTS, ids.NO_TENSOR),
         outputs=_pad(n.outputs, ids.MAX_NODE_OUTPUTS, ids.NO_TENSOR),
-        attrs=list(n.attrs))) for n in g.nodes]
+        iattrs=_pad(list(n.iattrs), ids.NODE_IATTRS, 0),
+        fattrs=_pad(list(n.fattrs), ids.NODE_FATTRS, 0.0))) for n in g.nodes]
 
     tensors_off = ids.BLOB_HEADER_BYTES
     nodes_off = align(tensors_off + len(tensor_rows) * ids.BLOB_TENSOR_BYTES)

@@ -24,6 +24,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import ids
 from .errors import BoardError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,9 @@ class Board:
     arena_bytes: int
     staging_bytes: int
     stack_bytes: int
+    #: graph limits of this board's firmware (ids.MAX_TENSORS / MAX_NODES unless lowered)
+    max_tensors: int
+    max_nodes: int
     toolchain: dict
     emulator: dict | None
     flash: dict = field(default_factory=dict)
@@ -72,6 +76,8 @@ class Board:
             "flash_bytes": self.memory["flash"]["length"],
             "ram_bytes": self.memory["ram"]["length"],
             "arena_bytes": self.arena_bytes,
+            "max_tensors": self.max_tensors,
+            "max_nodes": self.max_nodes,
             "staging_bytes": self.staging_bytes,
             "emulator": self.emulator["machine"] if self.emulator else None,
             "emulated_here": self.emulated,
@@ -98,8 +104,12 @@ def load_board(name: str) -> Board:
             port=d["port"], cpu_hz=int(d["cpu_hz"]), memory=d["memory"],
             arena_bytes=int(rt["arena_bytes"]), staging_bytes=int(rt["staging_bytes"]),
             stack_bytes=int(rt["stack_bytes"]), toolchain=d["toolchain"],
+            max_tensors=int(rt.get("max_tensors", ids.MAX_TENSORS)),
+            max_nodes=int(rt.get("max_nodes", ids.MAX_NODES)),
             emulator=d.get("emulator"), flash=d.get("flash", {}), port_settings=d.get("port_settings", {}),
         )
+        if not (1 <= board.max_tensors <= ids.MAX_TENSORS and 1 <= board.max_nodes <= ids.MAX_NODES):
+            raise ValueError(f"[runtime] max_tensors/max_nodes must be in 1..{ids.MAX_TENSORS}/{ids.MAX_NODES}")
         for key, value in board.port_settings.items():
             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key) or not isinstance(value, (int, str)) \
                     or isinstance(value, bool):
@@ -118,6 +128,8 @@ def render_board_mk(board: Board) -> str:
         f"-DEP_ARENA_BYTES={board.arena_bytes}",
         f"-DEP_STAGING_BYTES={board.staging_bytes}",
         f"-DEP_CPU_HZ={board.cpu_hz}",
+        f"-DEP_MAX_TENSORS={board.max_tensors}",
+        f"-DEP_MAX_NODES={board.max_nodes}",
     ]
     if board.emulator and "icount_shift" in board.emulator:
         defines.append(f"-DEP_ICOUNT_SHIFT={int(board.emulator['icount_shift'])}")

@@ -31,8 +31,10 @@ _CONSTANTS = [
     "FRAME_CRC_BYTES", "FRAME_MAX_PAYLOAD", "FRAME_RESPONSE_BIT", "FRAME_IDLE_TIMEOUT_MS",
     "BLOB_VERSION", "BLOB_HEADER_BYTES", "BLOB_TENSOR_BYTES", "BLOB_NODE_BYTES",
     "BLOB_ALIGN", "MAX_TENSORS", "MAX_NODES", "MAX_RANK", "MAX_NODE_INPUTS",
-    "MAX_NODE_OUTPUTS", "NO_TENSOR", "NO_INIT",
+    "MAX_NODE_OUTPUTS", "NODE_IATTRS", "NODE_FATTRS", "NO_TENSOR", "NO_INIT",
 ]
+#: constants a board may lower with -D (boards/<board>/board.toml [runtime])
+_BOARD_OVERRIDABLE = {"MAX_TENSORS", "MAX_NODES"}
 
 
 def _c_enum(type_name: str, prefix: str, cls: type[enum.Enum]) -> str:
@@ -50,7 +52,10 @@ def render() -> str:
     for name in _CONSTANTS:
         value = getattr(ids, name)
         suffix = "u" if value >= 0x80000000 else ""
-        out.append(f"#define EP_{name} {value}{suffix}")
+        if name in _BOARD_OVERRIDABLE:
+            out += [f"#ifndef EP_{name}", f"#define EP_{name} {value}{suffix}", "#endif"]
+        else:
+            out.append(f"#define EP_{name} {value}{suffix}")
     out.append("#define EP_FW_VERSION_MAJOR %d" % ids.FIRMWARE_VERSION[0])
     out.append("#define EP_FW_VERSION_MINOR %d" % ids.FIRMWARE_VERSION[1])
     out.append("#define EP_FW_VERSION_PATCH %d" % ids.FIRMWARE_VERSION[2])

@@ -119,7 +119,7 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
             if dx is not None:
                 g.add_node(Node(OpCode.LINEAR, OpFn.BW_INPUT, [dy, w], [dx], layer=layer.name))
             for p, gp in ((w, dw), (b, db)):
-                g.add_node(Node(OpCode.SGD, OpFn.FW, [gp], [p], (cfg.lr, cfg.weight_decay), layer=layer.name))
+                g.add_node(Node(OpCode.SGD, OpFn.FW, [gp], [p], fattrs=(cfg.lr, cfg.weight_decay), layer=layer.name))
         elif layer.type == "relu":
             if dx is not None:
                 g.add_node(Node(OpCode.RELU, OpFn.BW_INPUT, [dy, yout], [dx], layer=layer.name))

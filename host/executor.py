@@ -109,7 +109,7 @@ class BlobExecutor:
             p[np.arange(n), v(i[1])[:, 0]] -= 1
             v(o[0])[:] = p / n
         elif op == OpCode.SGD and fn == OpFn.FW:
-            lr, wd = (np.float32(a) for a in node["attrs"])
+            lr, wd = (np.float32(a) for a in node["fattrs"][:2])
             w = v(o[0])
             w -= lr * (v(i[0]) + wd * w)
         else:

@@ -49,8 +49,17 @@ class Node:
     fn: OpFn
     inputs: list[int]
     outputs: list[int]
-    attrs: tuple[float, float] = (0.0, 0.0)
+    iattrs: tuple[int, ...] = ()   # ≤ ids.NODE_IATTRS u16 (shapes, strides, flags)
+    fattrs: tuple[float, ...] = () # ≤ ids.NODE_FATTRS f32 (hyper-parameters)
     layer: str = ""                # the model layer this node comes from
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) > ids.MAX_NODE_INPUTS or len(self.outputs) > ids.MAX_NODE_OUTPUTS:
+            raise ValueError(f"{self.op.name}: too many inputs or outputs for a node")
+        if len(self.iattrs) > ids.NODE_IATTRS or any(not 0 <= a <= 0xFFFF for a in self.iattrs):
+            raise ValueError(f"{self.op.name}: iattrs {self.iattrs} do not fit {ids.NODE_IATTRS} u16")
+        if len(self.fattrs) > ids.NODE_FATTRS:
+            raise ValueError(f"{self.op.name}: more than {ids.NODE_FATTRS} fattrs")
 
     def describe(self, g: "Graph") -> str:
         ins = ", ".join(g.tensors[i].name for i in self.inputs)

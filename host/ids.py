@@ -30,18 +30,24 @@ FRAME_IDLE_TIMEOUT_MS = 2000
 
 #: Model blob magic ("EPMB") and version.
 BLOB_MAGIC = b"EPMB"
-BLOB_VERSION = 1
+BLOB_VERSION = 2
 BLOB_HEADER_BYTES = 64
 BLOB_TENSOR_BYTES = 24
-BLOB_NODE_BYTES = 24
+BLOB_NODE_BYTES = 72
 #: Every arena offset and tensor size is a multiple of this.
 BLOB_ALIGN = 8
-#: Limits a device accepts; the compiler refuses graphs beyond them.
-MAX_TENSORS = 128
-MAX_NODES = 128
+#: Limits a device accepts; the compiler refuses graphs beyond them. A board may
+#: lower MAX_TENSORS / MAX_NODES (`[runtime] max_tensors`, `max_nodes` in its
+#: board.toml): each costs RAM twice over (installed + candidate model tables).
+MAX_TENSORS = 256
+MAX_NODES = 256
 MAX_RANK = 4
-MAX_NODE_INPUTS = 4
-MAX_NODE_OUTPUTS = 2
+MAX_NODE_INPUTS = 6
+MAX_NODE_OUTPUTS = 4
+#: Per node: integer attributes (shapes, strides, flags) and float attributes
+#: (hyper-parameters); each op documents its own use in docs/blob.md.
+NODE_IATTRS = 12
+NODE_FATTRS = 6
 #: "no tensor" in a node's input/output list, "no initialiser" in a tensor.
 NO_TENSOR = 0xFFFF
 NO_INIT = 0xFFFFFFFF
@@ -126,6 +132,30 @@ class OpCode(enum.IntEnum):
     RELU = 2
     SOFTMAX_CE = 3
     SGD = 4
+    CONV2D = 5
+    AVGPOOL2D = 6
+    MAXPOOL2D = 7
+    GLOBAL_AVGPOOL = 8
+    BATCHNORM = 9
+    LAYERNORM = 10
+    GROUPNORM = 11
+    RELU6 = 12
+    ELU = 13
+    GELU = 14
+    SIGMOID = 15
+    TANH = 16
+    DROPOUT = 17
+    MHSA = 18
+    SEQPOOL = 19
+    SOFTMAX = 20
+    ADD = 21
+    CONCAT = 22
+    TRANSPOSE = 23
+    MSE = 24
+    SGD_MOMENTUM = 25
+    ADAM = 26
+    ACCUMULATE = 27
+    CLIP_NORM = 28
 
 
 class OpFn(enum.IntEnum):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from host import ids  # the limits and node layout ep_ids.h is generated from
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "firmware" / "runtime"
 BUILD = ROOT / "build" / "native-lib"
@@ -38,8 +40,9 @@ VARIANT_FLAGS = {
                  "-fsanitize=float-cast-overflow", "-fno-sanitize-recover=all"],
 }
 
-EP_MAX_TENSORS = 128
-EP_MAX_NODES = 128
+
+EP_MAX_TENSORS = ids.MAX_TENSORS
+EP_MAX_NODES = ids.MAX_NODES
 
 
 def sources() -> list[Path]:
@@ -101,7 +104,8 @@ class Tensor(C.Structure):
 
 class Node(C.Structure):
     _fields_ = [("op", C.c_uint8), ("fn", C.c_uint8), ("n_in", C.c_uint8), ("n_out", C.c_uint8),
-                ("in_", C.c_uint16 * 4), ("out", C.c_uint16 * 2), ("attr", C.c_float * 2)]
+                ("in_", C.c_uint16 * ids.MAX_NODE_INPUTS), ("out", C.c_uint16 * ids.MAX_NODE_OUTPUTS),
+                ("iattr", C.c_uint16 * ids.NODE_IATTRS), ("fattr", C.c_float * ids.NODE_FATTRS)]
 
 
 class Model(C.Structure):

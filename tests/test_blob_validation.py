@@ -52,9 +52,15 @@ HDR = {  # header field → (offset, struct format), docs/blob.md
 TENSOR = {"dtype": (0, "B"), "flags": (1, "B"), "rank": (2, "B"), "reserved": (3, "B"),
           "dim0": (4, "<H"), "dim1": (6, "<H"), "dim2": (8, "<H"), "dims": (4, "<4H"),
           "offset": (12, "<I"), "bytes": (16, "<I"), "init": (20, "<I")}
+_N_OUT = 4 + 2 * ids.MAX_NODE_INPUTS
+_N_IATTR = _N_OUT + 2 * ids.MAX_NODE_OUTPUTS
+_N_FATTR = _N_IATTR + 2 * ids.NODE_IATTRS
+assert _N_FATTR + 4 * ids.NODE_FATTRS == ids.BLOB_NODE_BYTES
 NODE = {"op": (0, "B"), "fn": (1, "B"), "n_in": (2, "B"), "n_out": (3, "B"),
-        "in0": (4, "<H"), "in1": (6, "<H"), "in2": (8, "<H"), "in3": (10, "<H"),
-        "out0": (12, "<H"), "out1": (14, "<H"), "attr0": (16, "<f"), "attr1": (20, "<f")}
+        **{f"in{i}": (4 + 2 * i, "<H") for i in range(ids.MAX_NODE_INPUTS)},
+        **{f"out{i}": (_N_OUT + 2 * i, "<H") for i in range(ids.MAX_NODE_OUTPUTS)},
+        **{f"iattr{i}": (_N_IATTR + 2 * i, "<H") for i in range(ids.NODE_IATTRS)},
+        **{f"fattr{i}": (_N_FATTR + 4 * i, "<f") for i in range(ids.NODE_FATTRS)}}
 
 
 def header(name: str) -> int:
@@ -87,7 +93,7 @@ def t(index: int, field: str, value):
 
 def n(index: int, field: str, value):
     off, fmt = NODE[field]
-    return (header("nodes_off") + 24 * index + off, fmt, value)
+    return (header("nodes_off") + ids.BLOB_NODE_BYTES * index + off, fmt, value)
 
 
 def node_of(op: str, fn: str, layer: str = "") -> int:
@@ -114,16 +120,16 @@ BAD = Status.BAD_BLOB
 CASES = [
     # header
     ("magic", [h("magic", b"EPMX")], BAD, "magic"),
-    ("version", [h("version", 2)], BAD, "version"),
+    ("version", [h("version", ids.BLOB_VERSION - 1)], BAD, "version"),
     ("header_bytes", [h("header_bytes", 32)], BAD, "header_bytes"),
     ("total_bytes-long", [h("total_bytes", len(BLOB) + 8)], BAD, "total_bytes"),
     ("total_bytes-short", [h("total_bytes", len(BLOB) - 8)], BAD, "total_bytes"),
     ("arena_bytes-small", [h("arena_bytes", header("arena_bytes") - 8)], BAD, "outside the arena"),
     ("n_tensors-0", [h("n_tensors", 0)], BAD, "n_tensors"),
-    ("n_tensors-129", [h("n_tensors", 129)], BAD, "n_tensors"),
-    ("n_tensors-too-many-for-blob", [h("n_tensors", 128)], BAD, "tensors_off"),
+    ("n_tensors-above-limit", [h("n_tensors", ids.MAX_TENSORS + 1)], BAD, "n_tensors"),
+    ("n_tensors-too-many-for-blob", [h("n_tensors", ids.MAX_TENSORS)], BAD, "tensors_off"),
     ("n_nodes-0", [h("n_nodes", 0)], BAD, "n_nodes"),
-    ("n_nodes-129", [h("n_nodes", 129)], BAD, "n_nodes"),
+    ("n_nodes-above-limit", [h("n_nodes", ids.MAX_NODES + 1)], BAD, "n_nodes"),
     ("n_eval_nodes", [h("n_eval_nodes", len(G.nodes) + 1)], BAD, "n_eval_nodes"),
     ("max_batch-0", [h("max_batch", 0)], BAD, "max_batch"),
     ("max_batch-differs", [h("max_batch", BATCH + 1)], BAD, "bytes"),
@@ -173,19 +179,19 @@ CASES = [
     ("t.overlaps-labels", [t(T("labels"), "offset", tensor_field(T("fc1.out"), "offset"))], BAD, "label"),
     # node table
     ("n.op-0", [n(0, "op", 0)], BAD, "unknown op"),
-    ("n.op-5", [n(0, "op", 5)], BAD, "unknown op"),
+    ("n.op-past-table", [n(0, "op", max(ids.OpCode) + 1)], BAD, "unknown op"),
     ("n.op-255", [n(0, "op", 255)], BAD, "unknown op"),
     ("n.fn-3", [n(0, "fn", 3)], BAD, "fn"),
     ("n.fn-relu-bw_param", [n(RELU_FW, "fn", ids.OpFn.BW_PARAM)], BAD, "fn"),
     ("n.fn-sgd-bw_input", [n(SGD_W2, "fn", ids.OpFn.BW_INPUT)], BAD, "fn"),
-    ("n.n_in-5", [n(0, "n_in", 5)], BAD, "n_in"),
-    ("n.n_out-3", [n(0, "n_out", 3)], BAD, "n_out"),
+    ("n.n_in-too-many", [n(0, "n_in", ids.MAX_NODE_INPUTS + 1)], BAD, "n_in"),
+    ("n.n_out-too-many", [n(0, "n_out", ids.MAX_NODE_OUTPUTS + 1)], BAD, "n_out"),
     ("n.in-range", [n(0, "in0", len(G.tensors))], BAD, "input index"),
-    ("n.in-unused-slot", [n(0, "in3", 0)], BAD, "input index"),
+    ("n.in-unused-slot", [n(0, f"in{ids.MAX_NODE_INPUTS - 1}", 0)], BAD, "input index"),
     ("n.out-range", [n(0, "out0", 0xFFFF)], BAD, "output index"),
-    ("n.out-unused-slot", [n(0, "out1", 0)], BAD, "output index"),
-    ("n.attr-nan", [n(SGD_W2, "attr0", NAN)], BAD, "attr"),
-    ("n.attr-inf", [n(SGD_W2, "attr1", -INF)], BAD, "attr"),
+    ("n.out-unused-slot", [n(0, f"out{ids.MAX_NODE_OUTPUTS - 1}", 0)], BAD, "output index"),
+    ("n.fattr-nan", [n(SGD_W2, "fattr0", NAN)], BAD, "fattr"),
+    ("n.fattr-inf", [n(SGD_W2, f"fattr{ids.NODE_FATTRS - 1}", -INF)], BAD, "fattr"),
     ("n.writes-labels", [n(RELU_FW, "out0", T("labels"))], BAD, "label"),
     # each op's prepare
     ("linear.arity", [n(L_FW1, "n_in", 2), n(L_FW1, "in2", 0xFFFF)], BAD, "linear.fw: needs"),
@@ -220,7 +226,7 @@ def test_valid_blob_parses():
     for i, tensor in enumerate(G.tensors):
         assert m.tensors[i].elems == tensor.elems
         assert m.tensors[i].offset == PROG.plan.offsets[i]
-    assert m.nodes[SGD_W2].attr[0] == pytest.approx(LR) and m.nodes[SGD_W2].attr[1] == pytest.approx(WD)
+    assert m.nodes[SGD_W2].fattr[0] == pytest.approx(LR) and m.nodes[SGD_W2].fattr[1] == pytest.approx(WD)
 
 
 @pytest.mark.parametrize("edits,status,word", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -10,16 +10,22 @@
 #define EP_FRAME_MAX_PAYLOAD 4096
 #define EP_FRAME_RESPONSE_BIT 128
 #define EP_FRAME_IDLE_TIMEOUT_MS 2000
-#define EP_BLOB_VERSION 1
+#define EP_BLOB_VERSION 2
 #define EP_BLOB_HEADER_BYTES 64
 #define EP_BLOB_TENSOR_BYTES 24
-#define EP_BLOB_NODE_BYTES 24
+#define EP_BLOB_NODE_BYTES 72
 #define EP_BLOB_ALIGN 8
-#define EP_MAX_TENSORS 128
-#define EP_MAX_NODES 128
+#ifndef EP_MAX_TENSORS
+#define EP_MAX_TENSORS 256
+#endif
+#ifndef EP_MAX_NODES
+#define EP_MAX_NODES 256
+#endif
 #define EP_MAX_RANK 4
-#define EP_MAX_NODE_INPUTS 4
-#define EP_MAX_NODE_OUTPUTS 2
+#define EP_MAX_NODE_INPUTS 6
+#define EP_MAX_NODE_OUTPUTS 4
+#define EP_NODE_IATTRS 12
+#define EP_NODE_FATTRS 6
 #define EP_NO_TENSOR 65535
 #define EP_NO_INIT 4294967295u
 #define EP_FW_VERSION_MAJOR 0
@@ -88,6 +94,30 @@ typedef enum {
     EP_OP_RELU = 2,
     EP_OP_SOFTMAX_CE = 3,
     EP_OP_SGD = 4,
+    EP_OP_CONV2D = 5,
+    EP_OP_AVGPOOL2D = 6,
+    EP_OP_MAXPOOL2D = 7,
+    EP_OP_GLOBAL_AVGPOOL = 8,
+    EP_OP_BATCHNORM = 9,
+    EP_OP_LAYERNORM = 10,
+    EP_OP_GROUPNORM = 11,
+    EP_OP_RELU6 = 12,
+    EP_OP_ELU = 13,
+    EP_OP_GELU = 14,
+    EP_OP_SIGMOID = 15,
+    EP_OP_TANH = 16,
+    EP_OP_DROPOUT = 17,
+    EP_OP_MHSA = 18,
+    EP_OP_SEQPOOL = 19,
+    EP_OP_SOFTMAX = 20,
+    EP_OP_ADD = 21,
+    EP_OP_CONCAT = 22,
+    EP_OP_TRANSPOSE = 23,
+    EP_OP_MSE = 24,
+    EP_OP_SGD_MOMENTUM = 25,
+    EP_OP_ADAM = 26,
+    EP_OP_ACCUMULATE = 27,
+    EP_OP_CLIP_NORM = 28,
 } ep_opcode_t;
 
 typedef enum {
@@ -104,6 +134,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 5
+#define EP_OPCODE_COUNT 29
 
 #endif /* EP_IDS_H */

@@ -9,6 +9,13 @@
 #error "ep_model_run copies little-endian f32 batch data into the arena as is"
 #endif
 
+/* Node entry field offsets (docs/blob.md, "Node entry"). */
+enum {
+    N_IN = 4, N_OUT = N_IN + 2 * EP_MAX_NODE_INPUTS, N_IATTR = N_OUT + 2 * EP_MAX_NODE_OUTPUTS,
+    N_FATTR = N_IATTR + 2 * EP_NODE_IATTRS,
+};
+_Static_assert(N_FATTR + 4 * EP_NODE_FATTRS == EP_BLOB_NODE_BYTES, "node entry layout");
+
 /* Header field offsets (docs/blob.md, "Header"). */
 enum {
     H_MAGIC = 0, H_VERSION = 4, H_HEADER_BYTES = 6, H_TOTAL = 8, H_CRC = 12, H_ARENA = 16,
@@ -74,10 +81,10 @@ static ep_status_t parse_header(ep_model_t *m, layout_t *lay, const uint8_t *blo
     m->stats_tensor = ep_rd16(blob + H_STATS);
     m->num_classes = ep_rd16(blob + H_CLASSES);
     if (m->n_tensors < 1 || m->n_tensors > EP_MAX_TENSORS) {
-        return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_tensors not in 1..128"));
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_tensors is 0 or above the device's EP_MAX_TENSORS"));
     }
     if (m->n_nodes < 1 || m->n_nodes > EP_MAX_NODES) {
-        return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_nodes not in 1..128"));
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_nodes is 0 or above the device's EP_MAX_NODES"));
     }
     if (m->n_eval_nodes > m->n_nodes) {
         return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_eval_nodes exceeds n_nodes"));
@@ -207,16 +214,16 @@ static ep_status_t parse_node(const ep_model_t *m, ep_node_t *nd, const uint8_t 
         return fail(why, EP_BAD_BLOB, EP_WHY("node: fn not implemented by the op"));
     }
     if (nd->n_in > EP_MAX_NODE_INPUTS || nd->n_out > EP_MAX_NODE_OUTPUTS) {
-        return fail(why, EP_BAD_BLOB, EP_WHY("node: n_in above 4 or n_out above 2"));
+        return fail(why, EP_BAD_BLOB, EP_WHY("node: n_in above 6 or n_out above 4"));
     }
     for (uint8_t i = 0; i < EP_MAX_NODE_INPUTS; i++) {
-        nd->in[i] = ep_rd16(e + 4 + 2 * i);
+        nd->in[i] = ep_rd16(e + N_IN + 2 * i);
         if (!index_ok(m, nd->in[i], i < nd->n_in)) {
             return fail(why, EP_BAD_BLOB, EP_WHY("node: input index out of range (or unused slot not 0xFFFF)"));
         }
     }
     for (uint8_t i = 0; i < EP_MAX_NODE_OUTPUTS; i++) {
-        nd->out[i] = ep_rd16(e + 12 + 2 * i);
+        nd->out[i] = ep_rd16(e + N_OUT + 2 * i);
         if (!index_ok(m, nd->out[i], i < nd->n_out)) {
             return fail(why, EP_BAD_BLOB, EP_WHY("node: output index out of range (or unused slot not 0xFFFF)"));
         }
@@ -224,11 +231,14 @@ static ep_status_t parse_node(const ep_model_t *m, ep_node_t *nd, const uint8_t 
             return fail(why, EP_BAD_BLOB, EP_WHY("node: writes the label tensor"));
         }
     }
-    for (uint8_t i = 0; i < 2; i++) {
-        const uint32_t bits = ep_rd32(e + 16 + 4 * i);
-        memcpy(&nd->attr[i], &bits, sizeof bits);
-        if (!isfinite(nd->attr[i])) {
-            return fail(why, EP_BAD_BLOB, EP_WHY("node: attr is not finite"));
+    for (uint8_t i = 0; i < EP_NODE_IATTRS; i++) {
+        nd->iattr[i] = ep_rd16(e + N_IATTR + 2 * i);
+    }
+    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
+        const uint32_t bits = ep_rd32(e + N_FATTR + 4 * i);
+        memcpy(&nd->fattr[i], &bits, sizeof bits);
+        if (!isfinite(nd->fattr[i])) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("node: fattr is not finite"));
         }
     }
     return op->prepare(m, nd, why);

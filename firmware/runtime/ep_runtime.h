@@ -65,7 +65,8 @@ typedef struct {
     uint8_t n_in, n_out;
     uint16_t in[EP_MAX_NODE_INPUTS];
     uint16_t out[EP_MAX_NODE_OUTPUTS];
-    float attr[2];
+    uint16_t iattr[EP_NODE_IATTRS]; /**< integer attributes (shapes, strides, flags) */
+    float fattr[EP_NODE_FATTRS];    /**< float attributes (hyper-parameters), finite */
 } ep_node_t;
 
 /** An installed (or candidate) model. Plain data: copying it is fine. */

@@ -24,7 +24,7 @@ static ep_status_t sgd_prepare(const ep_model_t *m, const ep_node_t *nd, const c
 
 static void sgd_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const ep_dims_t d = {1, c->model->tensors[nd->out[0]].elems};
-    const ep_sgd_params_t p = {nd->attr[0], nd->attr[1]};
+    const ep_sgd_params_t p = {nd->fattr[0], nd->fattr[1]};
     ep_sgd_update_f32(&p, &d, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->out[0]));
 }
 
