@@ -37,7 +37,9 @@ HEADER = Struct(
     "nodes_off" / Int32ul,
     "data_off" / Int32ul,
     "data_bytes" / Int32ul,
-    Padding(12),
+    "train_begin" / Int16ul,
+    "train_loss_end" / Int16ul,
+    Padding(8),
 )
 TENSOR = Struct(
     "dtype" / Int8ul,
@@ -108,7 +110,8 @@ def build_blob(prog: Program) -> bytes:
         arena_bytes=plan.arena_bytes, n_tensors=len(g.tensors), n_nodes=len(g.nodes),
         n_eval_nodes=g.n_eval_nodes, max_batch=g.max_batch, input_tensor=g.input_tensor,
         label_tensor=g.label_tensor, stats_tensor=g.stats_tensor, num_classes=g.num_classes,
-        tensors_off=tensors_off, nodes_off=nodes_off, data_off=data_off, data_bytes=len(data))
+        tensors_off=tensors_off, nodes_off=nodes_off, data_off=data_off, data_bytes=len(data),
+        train_begin=g.train_begin, train_loss_end=g.train_loss_end)
     body[:ids.BLOB_HEADER_BYTES] = HEADER.build(header)
     crc = zlib.crc32(bytes(body[CRC_START:]))
     body[12:16] = crc.to_bytes(4, "little")
@@ -146,6 +149,7 @@ def parse_blob(blob: bytes, arena_limit: int | None = None) -> ParsedBlob:
         (1 <= h.n_tensors <= ids.MAX_TENSORS, "n_tensors"),
         (1 <= h.n_nodes <= ids.MAX_NODES, "n_nodes"),
         (h.n_eval_nodes <= h.n_nodes, "n_eval_nodes"),
+        (h.train_begin <= h.train_loss_end <= h.n_nodes, "train_begin/train_loss_end"),
         (h.max_batch >= 1, "max_batch"),
         (h.tensors_off + h.n_tensors * ids.BLOB_TENSOR_BYTES <= len(blob), "tensors_off"),
         (h.nodes_off + h.n_nodes * ids.BLOB_NODE_BYTES <= len(blob), "nodes_off"),

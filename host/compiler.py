@@ -1,14 +1,19 @@
 """Model description → training graph → planned program.
 
-The schedule the compiler emits, for layers L1..Lk and softmax cross-entropy:
+The schedule the compiler emits, for layers L1..Lk and the loss:
 
     forward   L1.fw … Lk.fw, loss.fw            (EVAL runs up to here)
     backward  loss.bw_input, then for each trained layer from the last:
-              Lj.bw_param, Lj.bw_input (skipped for the first layer: nothing
-              upstream needs dx), and right after, the SGD update of Lj's
-              parameters, so each gradient dies as soon as it is applied.
+              Lj.bw_param, Lj.bw_input (skipped for the first trained layer:
+              nothing upstream needs dx), and right after, the optimizer update
+              of Lj's parameters, so each gradient dies as soon as it is applied.
 
-Only what backward needs is kept alive; the planner (host.planner) turns the
+Layers before the first trained one run forward only. When a layer computes
+something else in training (batch statistics, dropout), the eval forward is a
+separate prefix and TRAIN starts after it (`train_begin` in docs/blob.md).
+
+What each layer type emits is its rule's business (`host.layers`); only what
+backward needs is kept alive, and the planner (host.planner) turns the
 lifetimes into offsets in one arena.
 """
 
@@ -20,12 +25,14 @@ import numpy as np
 
 from . import ids
 from .errors import ModelError
-from .graph import Graph, Node, Tensor
+from .graph import Graph, Tensor
 from .ids import DType, OpCode, OpFn, TensorFlag
+from .layers import Emitter, rule_for
 from .planner import Plan, plan_graph
 from .zoo import ModelSpec
 
 B = TensorFlag.BATCHED
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,12 @@ class TrainConfig:
     batch: int = 32
     lr: float = 0.5
     weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    #: names of the layers whose parameters train; None = every layer
+    train_layers: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if not 1 <= self.batch <= 0xFFFF:
@@ -41,6 +54,10 @@ class TrainConfig:
             raise ModelError(f"learning rate {self.lr} must be a positive number")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ModelError(f"weight decay {self.weight_decay} must be ≥ 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ModelError(f"optimizer {self.optimizer!r}: want one of {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1 or not all(0 <= b < 1 for b in self.betas) or not self.eps > 0:
+            raise ModelError("momentum and betas must be in [0, 1), eps > 0")
 
 
 @dataclass
@@ -60,77 +77,101 @@ class Program:
         raise KeyError(name)
 
 
-def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig) -> tuple[Graph, dict[int, str]]:
+def _optimizer(cfg: TrainConfig):
+    """The update rule: emits the optimizer node(s) for one parameter (docs/blob.md)."""
+    lr, wd = cfg.lr, cfg.weight_decay
+
+    def update(e: Emitter, p: int, gp: int, layer: str) -> None:
+        name = e.g.tensors[p].name
+        dims = e.g.tensors[p].dims
+        if cfg.optimizer == "sgd":
+            e.node(OpCode.SGD, OpFn.FW, [gp], [p], fattrs=(lr, wd))
+        elif cfg.optimizer == "momentum":
+            vel = e.state(f"{name}.momentum", dims)
+            e.node(OpCode.SGD_MOMENTUM, OpFn.FW, [gp], [p, vel], fattrs=(lr, cfg.momentum, wd, 0.0))
+        else:
+            m, v = e.state(f"{name}.adam_m", dims), e.state(f"{name}.adam_v", dims)
+            step = e.state(f"{name}.adam_t", (1,))
+            e.node(OpCode.ADAM, OpFn.FW, [gp], [p, m, v, step], iattrs=(int(cfg.optimizer == "adamw"),),
+                   fattrs=(lr, cfg.betas[0], cfg.betas[1], cfg.eps, wd))
+    return update
+
+
+def _loss_forward(e: Emitter, spec: ModelSpec, g: Graph, out: int, suffix: str) -> int | None:
+    """Loss nodes on the model output; returns what the loss backward reads."""
+    e.begin("loss")
+    if spec.loss == "softmax_cross_entropy":
+        probs = g.add_tensor(Tensor(f"loss.probs{suffix}", (spec.classes,), flags=B))
+        e.node(OpCode.SOFTMAX_CE, OpFn.FW, [out, g.label_tensor], [probs, g.stats_tensor])
+        return probs
+    e.node(OpCode.MSE, OpFn.FW, [out, g.input_tensor], [g.stats_tensor])
+    return out
+
+
+def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig,
+                max_tensors: int = ids.MAX_TENSORS, max_nodes: int = ids.MAX_NODES) -> tuple[Graph, dict[int, str]]:
     cfg.validate()
     g = Graph(name=spec.name, max_batch=cfg.batch, num_classes=spec.classes)
     g.input_tensor = g.add_tensor(Tensor("input", spec.input, flags=B | TensorFlag.INPUT))
     g.label_tensor = g.add_tensor(Tensor("labels", (1,), DType.I32, B | TensorFlag.LABEL))
-    param_names: dict[int, str] = {}
+    g.stats_tensor = g.add_tensor(Tensor("loss.stats", (2,)))
+    e = Emitter(g, _optimizer(cfg))
 
-    def param(name: str, shape: tuple[int, ...]) -> int:
+    names = [layer.name for layer in spec.layers]
+    train_layers = set(names if cfg.train_layers is None else cfg.train_layers)
+    if unknown := train_layers - set(names):
+        raise ModelError(f"cannot train unknown layers {sorted(unknown)} (layers: {', '.join(names)})")
+    for name, shape in spec.param_shapes().items():
         value = params.get(name)
         if value is None or tuple(value.shape) != shape:
             got = None if value is None else tuple(value.shape)
             raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
-        idx = g.add_tensor(Tensor(name, shape, flags=TensorFlag.PARAM | TensorFlag.TRAINABLE,
-                                  init=np.ascontiguousarray(value, dtype=np.float32)))
-        param_names[idx] = name
-        return idx
+        layer_name = name.rsplit(".", 1)[0]
+        flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if layer_name in train_layers else 0)
+        idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
+        e.params[name] = idx
+        e.param_names[idx] = name
+    trained = [i for i, layer in enumerate(spec.layers)
+               if layer.name in train_layers and rule_for(layer.type).param_shapes(layer, spec.shapes()[i])]
+    if not trained:
+        raise ModelError("nothing to train: no chosen layer has parameters")
+    first_trained = trained[0]
 
-    # forward: remember for each layer (input activation, output activation, params)
-    saved: list[tuple[int, int, list[int]]] = []
-    x = g.input_tensor
-    for layer, shape_out in zip(spec.layers, spec.shapes()[1:]):
-        y = g.add_tensor(Tensor(f"{layer.name}.out", shape_out, flags=B))
-        if layer.type == "linear":
-            k = g.tensors[x].dims[0]
-            w = param(f"{layer.name}.weight", (layer.out, k))
-            b = param(f"{layer.name}.bias", (layer.out,))
-            g.add_node(Node(OpCode.LINEAR, OpFn.FW, [x, w, b], [y], layer=layer.name))
-            saved.append((x, y, [w, b]))
-        elif layer.type == "relu":
-            g.add_node(Node(OpCode.RELU, OpFn.FW, [x], [y], layer=layer.name))
-            saved.append((x, y, []))
-        else:  # parse_model refuses these; kept as a guard for new layer types
-            raise ModelError(f"layer {layer.name!r}: no compiler rule for {layer.type!r}")
-        x = y
+    def forward(train: bool) -> tuple[int, list]:
+        x, saved = g.input_tensor, []
+        for layer in spec.layers:
+            e.begin(layer)
+            x, s = rule_for(layer.type).forward(e, layer, x, train)
+            saved.append(s)
+        return x, saved
 
-    logits = x
-    probs = g.add_tensor(Tensor("loss.probs", (spec.classes,), flags=B))
-    g.stats_tensor = g.add_tensor(Tensor("loss.stats", (2,)))
-    g.add_node(Node(OpCode.SOFTMAX_CE, OpFn.FW, [logits, g.label_tensor], [probs, g.stats_tensor],
-                    layer="loss"))
-    g.n_eval_nodes = len(g.nodes)
+    if any(rule_for(layer.type).mode_dependent for layer in spec.layers):
+        out, _ = forward(train=False)
+        _loss_forward(e, spec, g, out, ".eval")
+        g.n_eval_nodes = g.train_begin = len(g.nodes)
+    out, saved = forward(train=True)
+    loss_saved = _loss_forward(e, spec, g, out, "")
+    g.train_loss_end = len(g.nodes)
+    if g.train_begin == 0:
+        g.n_eval_nodes = g.train_loss_end
 
-    # backward + update, last layer first
-    dy = g.add_tensor(Tensor("loss.grad", (spec.classes,), flags=B | TensorFlag.GRAD))
-    g.add_node(Node(OpCode.SOFTMAX_CE, OpFn.BW_INPUT, [probs, g.label_tensor], [dy], layer="loss"))
-    for i in range(len(spec.layers) - 1, -1, -1):
+    # backward + update, last layer first, down to the first trained layer
+    e.begin("loss")
+    dy = e.grad("grad", g.tensors[out].dims)
+    if spec.loss == "softmax_cross_entropy":
+        e.node(OpCode.SOFTMAX_CE, OpFn.BW_INPUT, [loss_saved, g.label_tensor], [dy])
+    else:
+        e.node(OpCode.MSE, OpFn.BW_INPUT, [loss_saved, g.input_tensor], [dy])
+    for i in range(len(spec.layers) - 1, first_trained - 1, -1):
         layer = spec.layers[i]
-        xin, yout, lparams = saved[i]
-        first = i == 0
-        dx = None if first else g.add_tensor(
-            Tensor(f"{layer.name}.in.grad", g.tensors[xin].dims, flags=B | TensorFlag.GRAD))
-        if layer.type == "linear":
-            w, b = lparams
-            dw = g.add_tensor(Tensor(f"{layer.name}.weight.grad", g.tensors[w].dims, flags=TensorFlag.GRAD))
-            db = g.add_tensor(Tensor(f"{layer.name}.bias.grad", g.tensors[b].dims, flags=TensorFlag.GRAD))
-            g.add_node(Node(OpCode.LINEAR, OpFn.BW_PARAM, [dy, xin], [dw, db], layer=layer.name))
-            if dx is not None:
-                g.add_node(Node(OpCode.LINEAR, OpFn.BW_INPUT, [dy, w], [dx], layer=layer.name))
-            for p, gp in ((w, dw), (b, db)):
-                g.add_node(Node(OpCode.SGD, OpFn.FW, [gp], [p], fattrs=(cfg.lr, cfg.weight_decay), layer=layer.name))
-        elif layer.type == "relu":
-            if dx is not None:
-                g.add_node(Node(OpCode.RELU, OpFn.BW_INPUT, [dy, yout], [dx], layer=layer.name))
-        if dx is None:
-            break
-        dy = dx
+        e.begin(layer)
+        dy = rule_for(layer.type).backward(e, layer, saved[i], dy, need_dx=i > first_trained)
 
-    if len(g.tensors) > ids.MAX_TENSORS or len(g.nodes) > ids.MAX_NODES:
+    if len(g.tensors) > max_tensors or len(g.nodes) > max_nodes:
         raise ModelError(f"graph has {len(g.tensors)} tensors and {len(g.nodes)} nodes; "
-                         f"the device takes at most {ids.MAX_TENSORS} and {ids.MAX_NODES}")
-    return g, param_names
+                         f"the device takes at most {max_tensors} and {max_nodes}",
+                         hint="train fewer layers, or use a board with larger limits")
+    return g, e.param_names
 
 
 def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig | None = None,

@@ -69,13 +69,14 @@ class BlobExecutor:
         self.view(h["input_tensor"], n)[:] = x.reshape(n, feats)
         self.view(h["label_tensor"], n)[:] = lab.reshape(n, 1)
         nodes = self.blob.nodes
-        for node in nodes[: h["n_eval_nodes"]]:
+        fw = nodes[h["train_begin"]:h["train_loss_end"]] if train else nodes[:h["n_eval_nodes"]]
+        for node in fw:
             self._node(node, n)
         loss, correct = self.view(h["stats_tensor"])
         if not np.isfinite(loss):
             raise StepError(Status.NUMERIC, "loss is not finite")
         if train:
-            for node in nodes[h["n_eval_nodes"]:]:
+            for node in nodes[h["train_loss_end"]:]:
                 self._node(node, n)
             self.steps += 1
         return float(loss), int(correct)

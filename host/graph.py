@@ -75,6 +75,9 @@ class Graph:
     tensors: list[Tensor] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     n_eval_nodes: int = 0
+    #: TRAIN runs [train_begin, train_loss_end), then the rest (docs/blob.md)
+    train_begin: int = 0
+    train_loss_end: int = 0
     input_tensor: int = -1
     label_tensor: int = -1
     stats_tensor: int = -1

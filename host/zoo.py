@@ -8,9 +8,11 @@ A model description is a layer list:
                 {"type": "linear", "name": "fc2", "out": 10}],
      "loss": "softmax_cross_entropy"}
 
-`init_params` draws the initial parameters the way PyTorch's `nn.Linear` does
-(uniform in ±1/√fan_in for weights and biases), from a seed, so a run is
-reproducible and a PyTorch user sees the same starting distribution.
+Each layer type and its attributes are defined by its rule in `host.layers`;
+the loss is `softmax_cross_entropy` (classifiers) or `mse` (autoencoders, which
+reproduce their input). `init_params` draws the initial parameters the way the
+matching PyTorch modules do, from a seed, so a run is reproducible and a
+PyTorch user sees the same starting distribution.
 """
 
 from __future__ import annotations
@@ -21,19 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ids
 from .errors import ModelError
+from .layers import Layer, rule_for
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
-LAYER_TYPES = {"linear", "relu"}
-LOSSES = {"softmax_cross_entropy"}
-
-
-@dataclass(frozen=True)
-class Layer:
-    type: str
-    name: str
-    out: int | None = None
+LOSSES = {"softmax_cross_entropy", "mse"}
 
 
 @dataclass(frozen=True)
@@ -49,11 +45,16 @@ class ModelSpec:
         """Per-sample activation shape after each layer (index 0 = the input)."""
         shapes = [self.input]
         for layer in self.layers:
-            if layer.type == "linear":
-                shapes.append((layer.out,))
-            else:
-                shapes.append(shapes[-1])
+            shapes.append(rule_for(layer.type).out_shape(layer, shapes[-1]))
         return shapes
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter, "layer.local" → shape, in layer order."""
+        out: dict[str, tuple[int, ...]] = {}
+        for layer, shape_in in zip(self.layers, self.shapes()):
+            for local, shape in rule_for(layer.type).param_shapes(layer, shape_in).items():
+                out[f"{layer.name}.{local}"] = tuple(shape)
+        return out
 
 
 def model_names() -> list[str]:
@@ -79,13 +80,12 @@ def parse_model(d: dict) -> ModelSpec:
         for i, ld in enumerate(d["layers"]):
             t = ld["type"]
             name = ld.get("name", f"{t}{i}")
-            if t not in LAYER_TYPES:
-                raise ModelError(f"layer {name!r}: unsupported layer type {t!r} "
-                                 f"(supported: {', '.join(sorted(LAYER_TYPES))})")
-            out = int(ld["out"]) if t == "linear" else None
-            if out is not None and out < 1:
-                raise ModelError(f"layer {name!r}: out must be ≥ 1")
-            layers.append(Layer(t, name, out))
+            rule = rule_for(t, name)
+            try:
+                attrs = rule.parse(ld)
+            except ModelError as e:
+                raise ModelError(f"layer {name!r}: {e}") from e
+            layers.append(Layer(t, name, attrs))
         spec = ModelSpec(name=d["name"], input=tuple(int(x) for x in d["input"]),
                          classes=int(d["classes"]), layers=tuple(layers), loss=d["loss"],
                          description=d.get("description", ""))
@@ -93,13 +93,24 @@ def parse_model(d: dict) -> ModelSpec:
         raise ModelError(f"malformed model description: {e!r}") from e
     if spec.loss not in LOSSES:
         raise ModelError(f"unsupported loss {spec.loss!r} (supported: {', '.join(sorted(LOSSES))})")
-    if len(spec.input) != 1:
-        raise ModelError(f"input shape {spec.input}: this runtime takes flat feature vectors")
-    if not layers or spec.shapes()[-1] != (spec.classes,):
-        raise ModelError(f"the last layer must produce {spec.classes} logits, got {spec.shapes()[-1]}")
+    if not 1 <= len(spec.input) <= ids.MAX_RANK or min(spec.input) < 1:
+        raise ModelError(f"input shape {spec.input}: want 1 to {ids.MAX_RANK} dimensions, each ≥ 1")
+    if spec.classes < 2:
+        raise ModelError(f"classes = {spec.classes}: want at least 2")
     names = [layer.name for layer in layers]
     if len(set(names)) != len(names):
         raise ModelError("layer names must be unique")
+    if not layers:
+        raise ModelError("a model needs at least one layer")
+    try:
+        shapes = spec.shapes()
+    except ModelError as e:
+        raise ModelError(f"model {spec.name!r}: {e}") from e
+    last = int(np.prod(shapes[-1]))
+    if spec.loss == "softmax_cross_entropy" and last != spec.classes:
+        raise ModelError(f"the last layer must produce {spec.classes} logits, got {shapes[-1]}")
+    if spec.loss == "mse" and last != int(np.prod(spec.input)):
+        raise ModelError(f"an mse (autoencoder) model must reproduce its input {spec.input}, got {shapes[-1]}")
     return spec
 
 
@@ -108,10 +119,6 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for layer, shape_in in zip(spec.layers, spec.shapes()):
-        if layer.type != "linear":
-            continue
-        fan_in = shape_in[0]
-        bound = 1.0 / np.sqrt(fan_in)
-        params[f"{layer.name}.weight"] = rng.uniform(-bound, bound, (layer.out, fan_in)).astype(np.float32)
-        params[f"{layer.name}.bias"] = rng.uniform(-bound, bound, (layer.out,)).astype(np.float32)
+        for local, value in rule_for(layer.type).init_params(layer, shape_in, rng).items():
+            params[f"{layer.name}.{local}"] = np.ascontiguousarray(value, np.float32)
     return params

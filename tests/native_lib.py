@@ -112,6 +112,7 @@ class Model(C.Structure):
     _fields_ = [("crc", C.c_uint32), ("arena_bytes", C.c_uint32),
                 ("n_tensors", C.c_uint16), ("n_nodes", C.c_uint16),
                 ("n_eval_nodes", C.c_uint16), ("max_batch", C.c_uint16),
+                ("train_begin", C.c_uint16), ("train_loss_end", C.c_uint16),
                 ("input_tensor", C.c_uint16), ("label_tensor", C.c_uint16),
                 ("stats_tensor", C.c_uint16), ("num_classes", C.c_uint16),
                 ("tensors", Tensor * EP_MAX_TENSORS), ("nodes", Node * EP_MAX_NODES)]

@@ -47,7 +47,8 @@ HDR = {  # header field → (offset, struct format), docs/blob.md
     "n_eval_nodes": (24, "<H"), "max_batch": (26, "<H"), "input_tensor": (28, "<H"),
     "label_tensor": (30, "<H"), "stats_tensor": (32, "<H"), "num_classes": (34, "<H"),
     "tensors_off": (36, "<I"), "nodes_off": (40, "<I"), "data_off": (44, "<I"),
-    "data_bytes": (48, "<I"), "reserved": (60, "B"),
+    "data_bytes": (48, "<I"), "train_begin": (52, "<H"), "train_loss_end": (54, "<H"),
+    "reserved": (60, "B"),
 }
 TENSOR = {"dtype": (0, "B"), "flags": (1, "B"), "rank": (2, "B"), "reserved": (3, "B"),
           "dim0": (4, "<H"), "dim1": (6, "<H"), "dim2": (8, "<H"), "dims": (4, "<4H"),
@@ -131,6 +132,8 @@ CASES = [
     ("n_nodes-0", [h("n_nodes", 0)], BAD, "n_nodes"),
     ("n_nodes-above-limit", [h("n_nodes", ids.MAX_NODES + 1)], BAD, "n_nodes"),
     ("n_eval_nodes", [h("n_eval_nodes", len(G.nodes) + 1)], BAD, "n_eval_nodes"),
+    ("train_begin-after-loss-end", [h("train_begin", len(G.nodes)), h("train_loss_end", 1)], BAD, "train_begin"),
+    ("train_loss_end-past-nodes", [h("train_loss_end", len(G.nodes) + 1)], BAD, "train_loss_end"),
     ("max_batch-0", [h("max_batch", 0)], BAD, "max_batch"),
     ("max_batch-differs", [h("max_batch", BATCH + 1)], BAD, "bytes"),
     ("input_tensor-range", [h("input_tensor", len(G.tensors))], BAD, "out of range"),

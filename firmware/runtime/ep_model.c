@@ -21,7 +21,7 @@ enum {
     H_MAGIC = 0, H_VERSION = 4, H_HEADER_BYTES = 6, H_TOTAL = 8, H_CRC = 12, H_ARENA = 16,
     H_N_TENSORS = 20, H_N_NODES = 22, H_N_EVAL = 24, H_MAX_BATCH = 26, H_INPUT = 28,
     H_LABEL = 30, H_STATS = 32, H_CLASSES = 34, H_TENSORS_OFF = 36, H_NODES_OFF = 40,
-    H_DATA_OFF = 44, H_DATA_BYTES = 48, H_RESERVED = 52,
+    H_DATA_OFF = 44, H_DATA_BYTES = 48, H_TRAIN_BEGIN = 52, H_TRAIN_LOSS_END = 54, H_RESERVED = 56,
     CRC_START = 16,
     KNOWN_FLAGS = EP_TF_BATCHED | EP_TF_PARAM | EP_TF_TRAINABLE | EP_TF_INPUT | EP_TF_LABEL | EP_TF_GRAD,
 };
@@ -88,6 +88,11 @@ static ep_status_t parse_header(ep_model_t *m, layout_t *lay, const uint8_t *blo
     }
     if (m->n_eval_nodes > m->n_nodes) {
         return fail(why, EP_BAD_BLOB, EP_WHY("blob: n_eval_nodes exceeds n_nodes"));
+    }
+    m->train_begin = ep_rd16(blob + H_TRAIN_BEGIN);
+    m->train_loss_end = ep_rd16(blob + H_TRAIN_LOSS_END);
+    if (m->train_begin > m->train_loss_end || m->train_loss_end > m->n_nodes) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: train_begin/train_loss_end not ordered within n_nodes"));
     }
     if (m->max_batch < 1) {
         return fail(why, EP_BAD_BLOB, EP_WHY("blob: max_batch is 0"));
@@ -344,7 +349,11 @@ ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *
         return st;
     }
     const ep_ctx_t ctx = {.model = m, .arena = arena, .n = b->n};
-    run_nodes(&ctx, 0, m->n_eval_nodes);
+    if (train) {
+        run_nodes(&ctx, m->train_begin, m->train_loss_end);
+    } else {
+        run_nodes(&ctx, 0, m->n_eval_nodes);
+    }
     const float *stats = (const float *)(const void *)(arena + m->tensors[m->stats_tensor].offset);
     r->loss = stats[0];
     r->n = b->n;
@@ -356,7 +365,7 @@ ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *
     }
     r->correct = (uint16_t)stats[1];
     if (train) {
-        run_nodes(&ctx, m->n_eval_nodes, m->n_nodes);
+        run_nodes(&ctx, m->train_loss_end, m->n_nodes);
     }
     return EP_OK;
 }

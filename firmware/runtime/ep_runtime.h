@@ -11,8 +11,13 @@
  *                            initial values in. Call only after parse succeeded.
  *   3. ep_model_run()        decodes one batch into the input tensors and runs
  *                            the schedule: EVAL runs nodes [0, n_eval_nodes);
- *                            TRAIN runs them all (forward, loss, backward,
- *                            update). Never allocates, never re-validates.
+ *                            TRAIN runs [train_begin, train_loss_end) (forward
+ *                            and loss), then [train_loss_end, n_nodes)
+ *                            (backward, update). A model whose layers act the
+ *                            same in both modes shares the forward
+ *                            (train_begin 0); batch-norm or dropout models carry
+ *                            an eval forward of their own. Never allocates,
+ *                            never re-validates.
  *
  * Invariants after a successful parse: every tensor lies inside
  * [0, arena_bytes); every node's op exists, implements the node's fn, and its
@@ -74,6 +79,7 @@ typedef struct {
     uint32_t crc;           /**< the blob's crc32 field: identifies the model */
     uint32_t arena_bytes;   /**< arena span the model uses */
     uint16_t n_tensors, n_nodes, n_eval_nodes, max_batch;
+    uint16_t train_begin, train_loss_end; /**< TRAIN: [train_begin, train_loss_end) then the rest */
     uint16_t input_tensor, label_tensor, stats_tensor, num_classes;
     ep_tensor_t tensors[EP_MAX_TENSORS];
     ep_node_t nodes[EP_MAX_NODES];

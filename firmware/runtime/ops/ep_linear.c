@@ -5,11 +5,17 @@ static bool is_vector(const ep_model_t *m, uint16_t t) {
     return ep_tensor_is(m, t, EP_DTYPE_F32, true, 1);
 }
 
-/* An unbatched f32 [M, K] matrix, M from out_vec (y, dy), K from in_vec (x, dx). */
+/* x and dx may have any shape: the layer reads the sample flattened (a flatten
+ * layer before a linear one costs nothing). */
+static bool is_input(const ep_model_t *m, uint16_t t) {
+    return m->tensors[t].dtype == EP_DTYPE_F32 && (m->tensors[t].flags & EP_TF_BATCHED) != 0;
+}
+
+/* An unbatched f32 [M, K] matrix, M from out_vec (y, dy), K = elements of in_vec (x, dx). */
 static bool is_matrix(const ep_model_t *m, uint16_t t, uint16_t out_vec, uint16_t in_vec) {
     return ep_tensor_is(m, t, EP_DTYPE_F32, false, 2) &&
            m->tensors[t].dims[0] == m->tensors[out_vec].dims[0] &&
-           m->tensors[t].dims[1] == m->tensors[in_vec].dims[0];
+           m->tensors[t].dims[1] == m->tensors[in_vec].elems;
 }
 
 /* An unbatched f32 [M] vector, M from out_vec. */
@@ -23,8 +29,8 @@ static ep_status_t prepare_fw(const ep_model_t *m, const ep_node_t *nd, const ch
         return ep_reject(why, EP_WHY("linear.fw: needs inputs (x, W, b) and output (y)"));
     }
     const uint16_t x = nd->in[0], w = nd->in[1], b = nd->in[2], y = nd->out[0];
-    if (!is_vector(m, x) || !is_vector(m, y)) {
-        return ep_reject(why, EP_WHY("linear.fw: x and y must be batched f32 vectors"));
+    if (!is_input(m, x) || !is_vector(m, y)) {
+        return ep_reject(why, EP_WHY("linear.fw: x must be batched f32, y a batched f32 vector"));
     }
     if (!is_matrix(m, w, y, x)) {
         return ep_reject(why, EP_WHY("linear.fw: W is not an unbatched f32 [M, K] matching y[M], x[K]"));
@@ -43,8 +49,8 @@ static ep_status_t prepare_bw_input(const ep_model_t *m, const ep_node_t *nd, co
         return ep_reject(why, EP_WHY("linear.bw_input: needs inputs (dy, W) and output (dx)"));
     }
     const uint16_t dy = nd->in[0], w = nd->in[1], dx = nd->out[0];
-    if (!is_vector(m, dy) || !is_vector(m, dx)) {
-        return ep_reject(why, EP_WHY("linear.bw_input: dy and dx must be batched f32 vectors"));
+    if (!is_vector(m, dy) || !is_input(m, dx)) {
+        return ep_reject(why, EP_WHY("linear.bw_input: dy must be a batched f32 vector, dx batched f32"));
     }
     if (!is_matrix(m, w, dy, dx)) {
         return ep_reject(why, EP_WHY("linear.bw_input: W is not an unbatched f32 [M, K] matching dy[M], dx[K]"));
@@ -60,8 +66,8 @@ static ep_status_t prepare_bw_param(const ep_model_t *m, const ep_node_t *nd, co
         return ep_reject(why, EP_WHY("linear.bw_param: needs inputs (dy, x) and outputs (dW, db)"));
     }
     const uint16_t dy = nd->in[0], x = nd->in[1], dw = nd->out[0], db = nd->out[1];
-    if (!is_vector(m, dy) || !is_vector(m, x)) {
-        return ep_reject(why, EP_WHY("linear.bw_param: dy and x must be batched f32 vectors"));
+    if (!is_vector(m, dy) || !is_input(m, x)) {
+        return ep_reject(why, EP_WHY("linear.bw_param: dy must be a batched f32 vector, x batched f32"));
     }
     if (!is_matrix(m, dw, dy, x)) {
         return ep_reject(why, EP_WHY("linear.bw_param: dW is not an unbatched f32 [M, K] matching dy[M], x[K]"));

@@ -1,0 +1,193 @@
+"""Layer rules: what each layer type of a model description becomes in the training graph.
+
+A model description (`host.zoo`) is a list of layers; each layer type has one
+`LayerRule` here, registered by name. A rule knows, for its type:
+
+- `parse(d)`: the layer's attributes from its JSON object, checked;
+- `out_shape(layer, in_shape)`: the per-sample output shape;
+- `param_shapes(layer, in_shape)`: its parameters (local names → shapes) and
+  `init_params` their PyTorch-style initial values;
+- `forward(e, layer, x, train)`: the forward nodes (through the `Emitter` `e`),
+  returning the output tensor and whatever backward needs (`saved`);
+- `backward(e, layer, saved, dy, need_dx)`: the gradient nodes — parameter
+  gradients and their optimizer updates (`e.update`) for trainable parameters,
+  and the input gradient only if `need_dx` (the first trained layer skips it).
+
+The compiler (`host.compiler`) walks the layers and calls the rules; it never
+knows a layer type. Rules for a family of ops live in one module of this package
+and register themselves when imported (see the bottom of this file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ModelError
+from ..graph import Graph, Node, Tensor
+from ..ids import DType, OpCode, OpFn, TensorFlag
+
+Shape = tuple[int, ...]
+B = TensorFlag.BATCHED
+
+
+@dataclass(frozen=True)
+class Layer:
+    type: str
+    name: str
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.attrs[key]
+
+
+class LayerRule:
+    """Base rule: a layer without parameters whose output has the input's shape."""
+
+    type: str = ""
+    #: the layer computes something else in training than in evaluation
+    #: (batch statistics, dropout): the compiler then emits a separate eval forward
+    mode_dependent: bool = False
+
+    def parse(self, d: dict) -> dict[str, Any]:
+        return {}
+
+    def out_shape(self, layer: Layer, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def param_shapes(self, layer: Layer, in_shape: Shape) -> dict[str, Shape]:
+        return {}
+
+    def init_params(self, layer: Layer, in_shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {}
+
+    def forward(self, e: "Emitter", layer: Layer, x: int, train: bool) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def backward(self, e: "Emitter", layer: Layer, saved: Any, dy: int, need_dx: bool) -> int | None:
+        raise NotImplementedError
+
+
+RULES: dict[str, LayerRule] = {}
+
+
+def register(rule_cls: type[LayerRule]) -> type[LayerRule]:
+    rule = rule_cls()
+    if not rule.type or rule.type in RULES:
+        raise ValueError(f"layer rule {rule_cls.__name__}: missing or duplicate type {rule.type!r}")
+    RULES[rule.type] = rule
+    return rule_cls
+
+
+def rule_for(layer_type: str, layer_name: str = "") -> LayerRule:
+    rule = RULES.get(layer_type)
+    if rule is None:
+        where = f"layer {layer_name!r}: " if layer_name else ""
+        raise ModelError(f"{where}unsupported layer type {layer_type!r} "
+                         f"(supported: {', '.join(sorted(RULES))})")
+    return rule
+
+
+# -- attribute parsing helpers for rules ---------------------------------------------
+
+def int_attr(d: dict, key: str, default: int | None = None, lo: int = 1, hi: int = 0xFFFF) -> int:
+    v = d.get(key, default)
+    if v is None:
+        raise ModelError(f"missing attribute {key!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ModelError(f"attribute {key!r} = {v!r}: want an integer in {lo}..{hi}")
+    return v
+
+
+def pair_attr(d: dict, key: str, default: int | tuple[int, int] | None = None, lo: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints (height, width), as PyTorch's kernel_size/stride take."""
+    v = d.get(key, default)
+    if v is None:
+        raise ModelError(f"missing attribute {key!r}")
+    pair = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+    if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+        raise ModelError(f"attribute {key!r} = {v!r}: want an integer or [height, width]")
+    return (int_attr({key: pair[0]}, key, lo=lo), int_attr({key: pair[1]}, key, lo=lo))
+
+
+def float_attr(d: dict, key: str, default: float | None = None, lo: float = -np.inf, hi: float = np.inf) -> float:
+    v = d.get(key, default)
+    if v is None:
+        raise ModelError(f"missing attribute {key!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and lo <= v <= hi):
+        raise ModelError(f"attribute {key!r} = {v!r}: want a number in [{lo}, {hi}]")
+    return float(v)
+
+
+def uniform(rng: np.random.Generator, bound: float, shape: Shape) -> np.ndarray:
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+
+# -- the emitter ---------------------------------------------------------------------
+
+class Emitter:
+    """What a rule uses to add tensors and nodes to the graph being compiled."""
+
+    def __init__(self, g: Graph, update: Callable[["Emitter", int, int, str], None]):
+        self.g = g
+        self._update = update
+        #: tensor index → "layer.local" for every model parameter (READ_WEIGHTS names)
+        self.param_names: dict[int, str] = {}
+        #: "layer.local" → tensor index
+        self.params: dict[str, int] = {}
+        self._current = ""
+
+    def begin(self, layer: Layer | str) -> None:
+        """Name the layer (or section, e.g. "loss") the next tensors and nodes belong to."""
+        self._current = layer if isinstance(layer, str) else layer.name
+
+    def dims(self, t: int) -> Shape:
+        return self.g.tensors[t].dims
+
+    def act(self, local: str, dims: Shape) -> int:
+        """A batched f32 activation of the current layer."""
+        return self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), flags=B))
+
+    def grad(self, local: str, dims: Shape) -> int:
+        """A batched f32 gradient of an activation."""
+        return self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), flags=B | TensorFlag.GRAD))
+
+    def saved(self, local: str, dims: Shape, batched: bool = False, dtype: DType = DType.F32) -> int:
+        """State a forward writes for its backward (batch statistics, masks)."""
+        return self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), dtype,
+                                        flags=B if batched else TensorFlag(0)))
+
+    def scratch(self, local: str, elems: int) -> int:
+        """Temporary f32 memory one node needs (its lifetime is that node)."""
+        return self.g.add_tensor(Tensor(f"{self._current}.{local}", (max(int(elems), 1),)))
+
+    def param(self, local: str) -> int:
+        """The current layer's parameter `local` (created by the compiler from param_shapes)."""
+        return self.params[f"{self._current}.{local}"]
+
+    def is_trainable(self, p: int) -> bool:
+        return bool(self.g.tensors[p].flags & TensorFlag.TRAINABLE)
+
+    def param_grad(self, p: int) -> int:
+        t = self.g.tensors[p]
+        return self.g.add_tensor(Tensor(f"{t.name}.grad", t.dims, flags=TensorFlag.GRAD))
+
+    def state(self, local: str, dims: Shape, init: np.ndarray | None = None) -> int:
+        """Persistent, non-trainable state (running statistics, optimizer moments)."""
+        return self.g.add_tensor(Tensor(f"{local}" if "." in local else f"{self._current}.{local}",
+                                        tuple(dims), flags=TensorFlag.PARAM,
+                                        init=None if init is None else np.asarray(init, np.float32)))
+
+    def node(self, op: OpCode, fn: OpFn, ins: list[int], outs: list[int],
+             iattrs: tuple[int, ...] = (), fattrs: tuple[float, ...] = ()) -> None:
+        self.g.add_node(Node(op, fn, list(ins), list(outs), tuple(iattrs), tuple(fattrs), layer=self._current))
+
+    def update(self, p: int, gp: int) -> None:
+        """The optimizer step of parameter p from its gradient gp (as the config says)."""
+        self._update(self, p, gp, self._current)
+
+
+# The rule families; importing registers them.
+from . import core  # noqa: E402,F401

@@ -1,0 +1,87 @@
+"""Rules for linear, relu and flatten: the ops of the first end-to-end model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ids import OpCode, OpFn
+from . import Layer, LayerRule, Shape, int_attr, register, uniform
+
+
+def elems(shape: Shape) -> int:
+    return int(np.prod(shape))
+
+
+@register
+class Linear(LayerRule):
+    """y = x Wᵀ + b over the flattened sample (W [out, in] as nn.Linear)."""
+
+    type = "linear"
+
+    def parse(self, d):
+        return {"out": int_attr(d, "out")}
+
+    def out_shape(self, layer, in_shape):
+        return (layer["out"],)
+
+    def param_shapes(self, layer, in_shape):
+        return {"weight": (layer["out"], elems(in_shape)), "bias": (layer["out"],)}
+
+    def init_params(self, layer, in_shape, rng):
+        # nn.Linear: kaiming_uniform(a=√5) gives U(±1/√fan_in) for the weight, same for the bias
+        bound = 1.0 / np.sqrt(elems(in_shape))
+        return {"weight": uniform(rng, bound, (layer["out"], elems(in_shape))),
+                "bias": uniform(rng, bound, (layer["out"],))}
+
+    def forward(self, e, layer, x, train):
+        w, b = e.param("weight"), e.param("bias")
+        y = e.act("out", (layer["out"],))
+        e.node(OpCode.LINEAR, OpFn.FW, [x, w, b], [y])
+        return y, x
+
+    def backward(self, e, layer, x, dy, need_dx):
+        w, b = e.param("weight"), e.param("bias")
+        if e.is_trainable(w):
+            dw, db = e.param_grad(w), e.param_grad(b)
+            e.node(OpCode.LINEAR, OpFn.BW_PARAM, [dy, x], [dw, db])
+        dx = None
+        if need_dx:
+            dx = e.grad("in.grad", e.dims(x))
+            e.node(OpCode.LINEAR, OpFn.BW_INPUT, [dy, w], [dx])
+        if e.is_trainable(w):
+            e.update(w, dw)
+            e.update(b, db)
+        return dx
+
+
+@register
+class ReLU(LayerRule):
+    type = "relu"
+
+    def forward(self, e, layer, x, train):
+        y = e.act("out", e.dims(x))
+        e.node(OpCode.RELU, OpFn.FW, [x], [y])
+        return y, y
+
+    def backward(self, e, layer, y, dy, need_dx):
+        if not need_dx:
+            return None
+        dx = e.grad("in.grad", e.dims(y))
+        e.node(OpCode.RELU, OpFn.BW_INPUT, [dy, y], [dx])
+        return dx
+
+
+@register
+class Flatten(LayerRule):
+    """[C][H][W] → [C·H·W]: the same bytes, so no node at all; the next layer reads x."""
+
+    type = "flatten"
+
+    def out_shape(self, layer, in_shape):
+        return (elems(in_shape),)
+
+    def forward(self, e, layer, x, train):
+        return x, None
+
+    def backward(self, e, layer, saved, dy, need_dx):
+        return dy if need_dx else None
