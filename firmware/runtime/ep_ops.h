@@ -77,11 +77,41 @@ typedef struct {
 /** The op registered for an opcode, or NULL if the opcode is unknown. */
 const ep_op_t *ep_op_lookup(uint8_t opcode);
 
-/* One definition per ops/ep_<op>.c; ep_op_table.c registers them. */
-extern const ep_op_t ep_op_linear;
-extern const ep_op_t ep_op_relu;
-extern const ep_op_t ep_op_softmax_ce;
-extern const ep_op_t ep_op_sgd;
+/* One definition per op, in ops/ep_<op>.c (a family file may define several);
+ * ep_op_table.c registers them. Weak: an op left out of a build is NULL there. */
+#if defined(__GNUC__)
+#define EP_OP_DECL(name) extern const ep_op_t ep_op_##name __attribute__((weak))
+#else
+#define EP_OP_DECL(name) extern const ep_op_t ep_op_##name
+#endif
+EP_OP_DECL(linear);
+EP_OP_DECL(relu);
+EP_OP_DECL(softmax_ce);
+EP_OP_DECL(sgd);
+EP_OP_DECL(conv2d);
+EP_OP_DECL(avgpool2d);
+EP_OP_DECL(maxpool2d);
+EP_OP_DECL(global_avgpool);
+EP_OP_DECL(batchnorm);
+EP_OP_DECL(layernorm);
+EP_OP_DECL(groupnorm);
+EP_OP_DECL(relu6);
+EP_OP_DECL(elu);
+EP_OP_DECL(gelu);
+EP_OP_DECL(sigmoid);
+EP_OP_DECL(tanh);
+EP_OP_DECL(dropout);
+EP_OP_DECL(mhsa);
+EP_OP_DECL(seqpool);
+EP_OP_DECL(softmax);
+EP_OP_DECL(add);
+EP_OP_DECL(concat);
+EP_OP_DECL(transpose);
+EP_OP_DECL(mse);
+EP_OP_DECL(sgd_momentum);
+EP_OP_DECL(adam);
+EP_OP_DECL(accumulate);
+EP_OP_DECL(clip_norm);
 
 /* Helpers for prepare() and the node adapters. */
 

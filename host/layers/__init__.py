@@ -190,4 +190,4 @@ class Emitter:
 
 
 # The rule families; importing registers them.
-from . import core  # noqa: E402,F401
+from . import attn_optim, conv_pool, core, norm_act  # noqa: E402,F401
