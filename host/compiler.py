@@ -121,18 +121,21 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     train_layers = set(names if cfg.train_layers is None else cfg.train_layers)
     if unknown := train_layers - set(names):
         raise ModelError(f"cannot train unknown layers {sorted(unknown)} (layers: {', '.join(names)})")
+    buffers = spec.buffer_names()
     for name, shape in spec.param_shapes().items():
         value = params.get(name)
         if value is None or tuple(value.shape) != shape:
             got = None if value is None else tuple(value.shape)
             raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
         layer_name = name.rsplit(".", 1)[0]
-        flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if layer_name in train_layers else 0)
+        trains = layer_name in train_layers and name not in buffers
+        flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if trains else 0)
         idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
         e.params[name] = idx
         e.param_names[idx] = name
+    shapes = spec.shapes()
     trained = [i for i, layer in enumerate(spec.layers)
-               if layer.name in train_layers and rule_for(layer.type).param_shapes(layer, spec.shapes()[i])]
+               if layer.name in train_layers and rule_for(layer.type).param_shapes(layer, shapes[i])]
     if not trained:
         raise ModelError("nothing to train: no chosen layer has parameters")
     first_trained = trained[0]
@@ -175,10 +178,12 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
 
 
 def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig | None = None,
-                  arena_limit: int | None = None) -> Program:
-    """Build and plan the training program; refuse it if it does not fit `arena_limit`."""
+                  arena_limit: int | None = None, max_tensors: int = ids.MAX_TENSORS,
+                  max_nodes: int = ids.MAX_NODES) -> Program:
+    """Build and plan the training program; refuse it if it does not fit `arena_limit`
+    or the device's graph limits."""
     cfg = cfg or TrainConfig()
-    graph, names = build_graph(spec, params, cfg)
+    graph, names = build_graph(spec, params, cfg, max_tensors, max_nodes)
     plan = plan_graph(graph)
     if arena_limit is not None and plan.arena_bytes > arena_limit:
         top = sorted(range(len(graph.tensors)), key=lambda i: -plan.sizes[i])[:3]

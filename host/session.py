@@ -25,7 +25,7 @@ from .errors import EdgePropError, LinkError, UsageError
 from .link import Link
 from .protocol import BATCH_REQ_FIXED
 from .runrecord import RunRecord
-from .zoo import init_params, load_model
+from .zoo import resolve_model
 
 Event = Callable[[str, dict], None]
 
@@ -67,24 +67,25 @@ def max_batch_for(features: int, bytes_per_value: int) -> int:
 class StreamOptions:
     model: str = "mlp-digits"
     epochs: int = 3
-    batch: int = TrainConfig.batch
-    lr: float = TrainConfig.lr
-    weight_decay: float = TrainConfig.weight_decay
+    train: TrainConfig = TrainConfig()
     seed: int = 0
     reflash: bool = False
 
+    @property
+    def batch(self) -> int:
+        return self.train.batch
+
 
 def prepare_program(opts: StreamOptions, ds: Dataset, hello: Hello) -> tuple[Program, bytes]:
-    spec = load_model(opts.model)
-    if spec.input != (ds.features,) or spec.classes != ds.classes:
+    spec, params = resolve_model(opts.model, opts.seed, (ds.features,), ds.classes)
+    if int(np.prod(spec.input)) != ds.features or spec.classes != ds.classes:
         raise UsageError(f"model {spec.name} takes {spec.input} → {spec.classes} classes; "
                          f"dataset {ds.name} has {ds.features} features and {ds.classes} classes")
     limit = max_batch_for(ds.features, 1 if ds.quant else 4)
     if opts.batch > limit:
         raise UsageError(f"batch {opts.batch} does not fit one {ids.FRAME_MAX_PAYLOAD}-byte frame "
                          f"for {ds.name}; use --batch {limit} or less")
-    prog = compile_model(spec, init_params(spec, opts.seed),
-                         TrainConfig(opts.batch, opts.lr, opts.weight_decay), arena_limit=hello.arena_bytes)
+    prog = compile_model(spec, params, opts.train, arena_limit=hello.arena_bytes)
     return prog, build_blob(prog)
 
 
@@ -144,7 +145,8 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
             "status": status, "board": hello.board, "firmware": hello.firmware, "model": prog.spec.name,
             "model_crc": f"{blob_crc(blob):08x}", "flashed": flashed, "dataset": ds.name,
             "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
-            "epochs": opts.epochs, "batch": opts.batch, "lr": opts.lr, "weight_decay": opts.weight_decay,
+            "epochs": opts.epochs, "batch": opts.batch, "lr": opts.train.lr, "weight_decay": opts.train.weight_decay,
+            "optimizer": opts.train.optimizer,
             "seed": opts.seed, "steps": step, "samples": samples, "epoch_train_loss": epoch_losses,
             "initial_eval": {k: evals[0][k] for k in ("loss", "accuracy")} if evals else None,
             "final_eval": {k: evals[-1][k] for k in ("loss", "accuracy")} if evals else None,

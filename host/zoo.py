@@ -18,6 +18,7 @@ PyTorch user sees the same starting distribution.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +49,20 @@ class ModelSpec:
             shapes.append(rule_for(layer.type).out_shape(layer, shapes[-1]))
         return shapes
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every parameter, "layer.local" → shape, in layer order."""
+    def param_shapes(self, buffers: bool = True) -> dict[str, tuple[int, ...]]:
+        """Every parameter (and buffer, unless buffers=False), "layer.local" → shape, in layer order."""
         out: dict[str, tuple[int, ...]] = {}
         for layer, shape_in in zip(self.layers, self.shapes()):
-            for local, shape in rule_for(layer.type).param_shapes(layer, shape_in).items():
+            rule = rule_for(layer.type)
+            shapes = dict(rule.param_shapes(layer, shape_in))
+            if buffers:
+                shapes.update(rule.buffer_shapes(layer, shape_in))
+            for local, shape in shapes.items():
                 out[f"{layer.name}.{local}"] = tuple(shape)
         return out
+
+    def buffer_names(self) -> set[str]:
+        return set(self.param_shapes()) - set(self.param_shapes(buffers=False))
 
 
 def model_names() -> list[str]:
@@ -98,6 +106,8 @@ def parse_model(d: dict) -> ModelSpec:
     if spec.classes < 2:
         raise ModelError(f"classes = {spec.classes}: want at least 2")
     names = [layer.name for layer in layers]
+    if bad := [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]:
+        raise ModelError(f"layer names {bad}: use letters, digits and _ (they name parameters, e.g. fc1.weight)")
     if len(set(names)) != len(names):
         raise ModelError("layer names must be unique")
     if not layers:
@@ -122,3 +132,18 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
         for local, value in rule_for(layer.type).init_params(layer, shape_in, rng).items():
             params[f"{layer.name}.{local}"] = np.ascontiguousarray(value, np.float32)
     return params
+
+
+def resolve_model(text: str, seed: int = 0, input_shape: tuple[int, ...] | None = None,
+                  classes: int | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """What `--model` names → (description, initial parameters).
+
+    A built-in name or a .json description starts from PyTorch-style random
+    weights drawn from `seed`; `file.py:factory` (a PyTorch module) and
+    `file.onnx` bring their own weights (host.importer, needs the torch extra).
+    """
+    if text.endswith(".onnx") or ".py:" in text:
+        from .importer import load_source
+        return load_source(text, input_shape, classes)
+    spec = load_model(text)
+    return spec, init_params(spec, seed)

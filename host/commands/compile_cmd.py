@@ -14,10 +14,9 @@ from rich.console import Console
 
 from ..blob import blob_crc, build_blob
 from ..boards import load_board
-from ..compiler import TrainConfig, compile_model
+from ..compiler import compile_model
 from ..planner import format_plan
-from ..zoo import init_params, load_model
-from .options import add_options, add_training_arguments
+from .options import add_options, add_training_arguments, model_and_params, train_config
 
 NAME = "compile"
 HELP = "compile a model to a .epm training blob and print its memory plan"
@@ -32,9 +31,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     board = load_board(args.board or "mps2-an386")
-    spec = load_model(args.model)
-    prog = compile_model(spec, init_params(spec, args.seed),
-                         TrainConfig(args.batch, args.lr, args.weight_decay), arena_limit=board.arena_bytes)
+    spec, params = model_and_params(args)
+    prog = compile_model(spec, params, train_config(args), arena_limit=board.arena_bytes,
+                         max_tensors=board.max_tensors, max_nodes=board.max_nodes)
     blob = build_blob(prog)
     out = args.output or Path(f"{spec.name}.epm")
     out.write_bytes(blob)

@@ -14,10 +14,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ..blob import blob_crc, build_blob
-from ..compiler import TrainConfig, compile_model
+from ..compiler import compile_model
 from ..session import ensure_model, open_device
-from ..zoo import init_params, load_model
-from .options import add_options, add_training_arguments
+from .options import add_options, add_training_arguments, model_and_params, train_config
 
 NAME = "flash"
 HELP = "upload a model blob (weights + training graph) to the device"
@@ -36,10 +35,8 @@ def run(args) -> int:
         if args.blob:
             blob = args.blob.read_bytes()
         else:
-            spec = load_model(args.model)
-            prog = compile_model(spec, init_params(spec, args.seed),
-                                 TrainConfig(args.batch, args.lr, args.weight_decay),
-                                 arena_limit=hello.arena_bytes)
+            spec, params = model_and_params(args)
+            prog = compile_model(spec, params, train_config(args), arena_limit=hello.arena_bytes)
             blob = build_blob(prog)
         with Progress(console=c, transient=True, disable=args.json) as bar:
             task = bar.add_task(f"flashing {len(blob)} B to {hello.board}", total=len(blob))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..compiler import TrainConfig
+from ..compiler import OPTIMIZERS, TrainConfig
+from ..zoo import resolve_model
 
 OPTIONS = {
     "port": (("-p", "--port"), dict(metavar="URL", help="serial port: /dev/ttyACM0, socket://HOST:PORT, fake://; "
@@ -26,8 +27,40 @@ def add_options(parser: argparse.ArgumentParser, *names: str) -> None:
 
 def add_training_arguments(p) -> None:
     """Model and optimiser options shared by compile, flash and stream."""
-    p.add_argument("-m", "--model", default="mlp-digits", help="built-in model name or a .json model file")
+    p.add_argument("-m", "--model", default="mlp-digits",
+                   help="built-in model name, a .json description, a PyTorch module as file.py:factory, "
+                        "or an .onnx file")
+    p.add_argument("--input-shape", type=_shape, metavar="C,H,W",
+                   help="per-sample input shape of a file.py:factory model (e.g. 1,22,128)")
+    p.add_argument("--classes", type=int, help="number of classes of a file.py:factory model")
     p.add_argument("--batch", type=int, default=TrainConfig.batch, help="batch size (samples per TRAIN request)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="SGD learning rate")
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="SGD weight decay")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer, help="optimizer")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate")
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="weight decay")
+    p.add_argument("--train-layers", type=_names, metavar="NAME,...",
+                   help="train only these layers (default: all); earlier layers run forward only")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want comma-separated integers, e.g. 1,22,128") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be ≥ 1")
+    return shape
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def train_config(args) -> TrainConfig:
+    return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
+                       optimizer=args.optimizer, train_layers=args.train_layers)
+
+
+def model_and_params(args):
+    """(spec, initial params) of --model (see host.zoo.resolve_model)."""
+    return resolve_model(args.model, args.seed, args.input_shape, args.classes)

@@ -20,7 +20,7 @@ from rich.table import Table
 from ..datasets import REGISTRY, load_dataset
 from ..runrecord import RunRecord
 from ..session import StreamOptions, open_device, stream
-from .options import add_options, add_training_arguments
+from .options import add_options, add_training_arguments, train_config
 
 NAME = "stream"
 HELP = "stream a dataset to the device, train on it, and record metrics"
@@ -89,8 +89,8 @@ class LiveView:
 
 def run(args) -> int:
     ds = load_dataset(args.dataset, seed=args.seed)
-    opts = StreamOptions(model=args.model, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                         weight_decay=args.weight_decay, seed=args.seed, reflash=args.reflash)
+    opts = StreamOptions(model=args.model, epochs=args.epochs, train=train_config(args), seed=args.seed,
+                         reflash=args.reflash)
     console = Console(stderr=args.json)
     if not console.is_terminal:
         console.width = max(console.width, 110)  # logs and CI: room for the whole table

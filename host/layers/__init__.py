@@ -5,13 +5,19 @@ A model description (`host.zoo`) is a list of layers; each layer type has one
 
 - `parse(d)`: the layer's attributes from its JSON object, checked;
 - `out_shape(layer, in_shape)`: the per-sample output shape;
-- `param_shapes(layer, in_shape)`: its parameters (local names → shapes) and
-  `init_params` their PyTorch-style initial values;
+- `param_shapes(layer, in_shape)`: its parameters (local names → shapes, named
+  as in the PyTorch module's state_dict), `buffer_shapes` its persistent
+  non-trained state (batch-norm running statistics), and `init_params` the
+  PyTorch-style initial values of both;
 - `forward(e, layer, x, train)`: the forward nodes (through the `Emitter` `e`),
   returning the output tensor and whatever backward needs (`saved`);
 - `backward(e, layer, saved, dy, need_dx)`: the gradient nodes — parameter
   gradients and their optimizer updates (`e.update`) for trainable parameters,
-  and the input gradient only if `need_dx` (the first trained layer skips it).
+  and the input gradient only if `need_dx` (the first trained layer skips it);
+- `torch_module(layer, in_shape)`: the PyTorch module computing the same thing
+  (golden tests and pretraining build models from it), and `torch_types` /
+  `from_torch(module)` for importing a PyTorch model (`host.importer`).
+  PyTorch is imported inside these methods only: the host core does not need it.
 
 The compiler (`host.compiler`) walks the layers and calls the rules; it never
 knows a layer type. Rules for a family of ops live in one module of this package
@@ -60,6 +66,9 @@ class LayerRule:
     def param_shapes(self, layer: Layer, in_shape: Shape) -> dict[str, Shape]:
         return {}
 
+    def buffer_shapes(self, layer: Layer, in_shape: Shape) -> dict[str, Shape]:
+        return {}
+
     def init_params(self, layer: Layer, in_shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {}
 
@@ -68,6 +77,17 @@ class LayerRule:
 
     def backward(self, e: "Emitter", layer: Layer, saved: Any, dy: int, need_dx: bool) -> int | None:
         raise NotImplementedError
+
+    #: names of the torch.nn classes `from_torch` imports (e.g. ("Linear",))
+    torch_types: tuple[str, ...] = ()
+
+    def torch_module(self, layer: Layer, in_shape: Shape):
+        raise NotImplementedError(f"{self.type}: no PyTorch equivalent")
+
+    def from_torch(self, module, in_shape: Shape) -> dict[str, Any]:
+        """The layer attributes of a PyTorch module of one of `torch_types`; raise
+        ModelError naming the setting this runtime does not support."""
+        return {}
 
 
 RULES: dict[str, LayerRule] = {}

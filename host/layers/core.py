@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelError
 from ..ids import OpCode, OpFn
 from . import Layer, LayerRule, Shape, int_attr, register, uniform
 
@@ -39,6 +40,19 @@ class Linear(LayerRule):
         e.node(OpCode.LINEAR, OpFn.FW, [x, w, b], [y])
         return y, x
 
+    torch_types = ("Linear",)
+
+    def torch_module(self, layer, in_shape):
+        import torch.nn as nn
+        return nn.Linear(elems(in_shape), layer["out"])
+
+    def from_torch(self, m, in_shape):
+        if m.bias is None:
+            raise ModelError("nn.Linear without bias is not supported (bias=True)")
+        if m.in_features != elems(in_shape):
+            raise ModelError(f"in_features {m.in_features} but the input has {elems(in_shape)} elements")
+        return {"out": m.out_features}
+
     def backward(self, e, layer, x, dy, need_dx):
         w, b = e.param("weight"), e.param("bias")
         if e.is_trainable(w):
@@ -57,6 +71,11 @@ class Linear(LayerRule):
 @register
 class ReLU(LayerRule):
     type = "relu"
+    torch_types = ("ReLU",)
+
+    def torch_module(self, layer, in_shape):
+        import torch.nn as nn
+        return nn.ReLU()
 
     def forward(self, e, layer, x, train):
         y = e.act("out", e.dims(x))
@@ -76,6 +95,16 @@ class Flatten(LayerRule):
     """[C][H][W] → [C·H·W]: the same bytes, so no node at all; the next layer reads x."""
 
     type = "flatten"
+    torch_types = ("Flatten",)
+
+    def torch_module(self, layer, in_shape):
+        import torch.nn as nn
+        return nn.Flatten()
+
+    def from_torch(self, m, in_shape):
+        if (m.start_dim, m.end_dim) != (1, -1):
+            raise ModelError("only nn.Flatten(start_dim=1, end_dim=-1) is supported")
+        return {}
 
     def out_shape(self, layer, in_shape):
         return (elems(in_shape),)

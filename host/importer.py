@@ -1,0 +1,303 @@
+"""PyTorch and ONNX models ↔ EdgeProp model descriptions.
+
+- `to_torch(spec, params)`: the PyTorch module that computes what the device
+  computes (`nn.Sequential` with one child per layer, named as the layer, so
+  its state_dict keys are our parameter names). Golden tests and pretraining
+  use it.
+- `from_torch(module, input_shape, classes)`: trace a module with torch.fx and
+  map each step to a layer rule (`host.layers`: `torch_types`, `from_torch`).
+  The model must be a chain (each step consumes the previous one's output);
+  anything else is refused with the op and the layer named.
+- `from_onnx(path, classes)`: the same for an ONNX graph (opset ≥ 13).
+- `load_source(text, ...)`: what `host compile --model` takes: `file.py:factory`
+  (a function or class returning an nn.Module) or `file.onnx`.
+
+Every import is checked numerically: the imported model, rebuilt with
+`to_torch`, must reproduce the source model's output on a random batch.
+PyTorch (and onnx for ONNX files) are optional extras: `pip install -e '.[torch]'`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError, ToolError
+from .layers import RULES, Layer, rule_for
+from .zoo import ModelSpec, parse_model
+
+#: functional forms fx records as call_function / call_method, by layer type
+_FUNCTIONS = {"relu": "relu", "flatten": "flatten", "gelu": "gelu", "sigmoid": "sigmoid",
+              "tanh": "tanh", "elu": "elu", "relu6": "relu6", "view": "flatten", "reshape": "flatten"}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise ToolError("PyTorch is not installed, and model import and golden tests need it",
+                        hint="install the extra into the project venv: .venv/bin/pip install -e '.[torch]'") from e
+    return torch
+
+
+def to_torch(spec: ModelSpec, params: dict[str, np.ndarray] | None = None):
+    """An nn.Sequential computing `spec`, with `params` loaded (float32)."""
+    torch = _torch()
+    shapes = spec.shapes()
+    modules = OrderedDict()
+    for layer, shape_in in zip(spec.layers, shapes):
+        modules[layer.name] = rule_for(layer.type).torch_module(layer, shape_in)
+    model = torch.nn.Sequential(modules)
+    if params is not None:
+        state = model.state_dict()
+        missing = set(state) - set(params) - {k for k in state if k.endswith("num_batches_tracked")}
+        if missing:
+            raise ModelError(f"no values for {sorted(missing)}")
+        for k in state:
+            if k in params:
+                state[k] = torch.from_numpy(np.ascontiguousarray(params[k], np.float32)).reshape(state[k].shape)
+        model.load_state_dict(state)
+    return model
+
+
+def _layer_name(target: str, used: set[str]) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", target) or "layer"
+    if name[0].isdigit():  # nn.Sequential children are "0", "1", ...
+        name = f"layer_{name}"
+    base, i = name, 1
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name
+
+
+def _rule_for_module(module) -> str:
+    cls = type(module).__name__
+    for t, rule in RULES.items():
+        if cls in rule.torch_types:
+            return t
+    raise ModelError(f"unsupported PyTorch module {cls}")
+
+
+def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str = "imported",
+               loss: str = "softmax_cross_entropy", check: bool = True) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """Trace `module` (torch.fx) into a model description and its parameters."""
+    torch = _torch()
+    import torch.fx as fx
+
+    module = module.eval()
+    try:
+        gm = fx.symbolic_trace(module)
+    except Exception as e:  # noqa: BLE001 - fx raises many kinds; say what to do
+        raise ModelError(f"torch.fx could not trace the model: {e}",
+                         hint="import models without data-dependent control flow") from e
+    layers: list[dict] = []
+    params: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+    shape = tuple(input_shape)
+    prev = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if prev is not None:
+                raise ModelError("models with several inputs are not supported")
+            prev = node
+            continue
+        if node.op == "output":
+            if node.args[0] is not prev:
+                raise ModelError("the model output must be the last step")
+            break
+        where = f"step {node.name!r} ({node.op} {node.target})"
+        if node.op == "get_attr":
+            raise ModelError(f"{where}: direct use of a tensor attribute is not supported")
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        if inputs != [prev]:
+            raise ModelError(f"{where}: the model is not a chain of layers (residual connections, "
+                             f"concatenation and multiple inputs are not supported by the importer yet)")
+        if node.op == "call_module":
+            sub = gm.get_submodule(node.target)
+            try:
+                t = _rule_for_module(sub)
+                attrs = rule_for(t).from_torch(sub, shape)
+            except ModelError as e:
+                raise ModelError(f"layer {node.target!r}: {e}") from e
+            lname = _layer_name(node.target, used)
+            layer = Layer(t, lname, attrs)
+            rule = rule_for(t)
+            wanted = {**rule.param_shapes(layer, shape), **rule.buffer_shapes(layer, shape)}
+            state = sub.state_dict()
+            for local, pshape in wanted.items():
+                if local not in state:
+                    raise ModelError(f"layer {node.target!r}: no {local} in its state_dict")
+                params[f"{lname}.{local}"] = state[local].detach().cpu().numpy().astype(np.float32).reshape(pshape)
+        else:  # call_function / call_method
+            fname = getattr(node.target, "__name__", str(node.target))
+            t = _FUNCTIONS.get(fname)
+            if t is None or t not in RULES:
+                raise ModelError(f"{where}: unsupported op {fname!r}")
+            if t == "flatten" and not _is_flatten(node, fname):
+                raise ModelError(f"{where}: only flattening to (batch, -1) is supported")
+            attrs = {}
+            if t == "elu":
+                attrs = {"alpha": float(node.kwargs.get("alpha", node.args[1] if len(node.args) > 1 else 1.0))}
+            layer = Layer(t, _layer_name(fname, used), attrs)
+        layers.append({"type": layer.type, "name": layer.name, **layer.attrs})
+        shape = rule_for(layer.type).out_shape(layer, shape)
+        prev = node
+    spec = parse_model({"name": name, "input": list(input_shape), "classes": classes, "layers": layers,
+                        "loss": loss, "description": f"imported from {type(module).__name__}"})
+    if check:
+        _check_same(module, spec, params, input_shape, torch)
+    return spec, params
+
+
+def _is_flatten(node, fname: str) -> bool:
+    args = list(node.args[1:])
+    if fname == "flatten":
+        start = node.kwargs.get("start_dim", args[0] if args else 0)
+        end = node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
+        return start == 1 and end == -1
+    # x.view(x.size(0), -1) or x.reshape(n, -1): the last argument -1
+    return len(args) == 2 and args[1] == -1
+
+
+def _check_same(module, spec: ModelSpec, params: dict[str, np.ndarray], input_shape, torch) -> None:
+    """The imported model must compute what the source computes (eval mode)."""
+    rebuilt = to_torch(spec, params).eval()
+    x = torch.randn((3, *input_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = module.eval()(x), rebuilt(x)
+    if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
+        raise ModelError("the imported model does not reproduce the source model's output",
+                         hint="a layer setting was not carried over; please report the model")
+
+
+# -- ONNX ---------------------------------------------------------------------------
+
+def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, classes: int | None = None, *,
+              name: str | None = None, loss: str = "softmax_cross_entropy") -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """Map an ONNX graph (a chain of supported ops) onto layers; see `_ONNX_OPS`."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as e:
+        raise ToolError("the onnx package is not installed", hint=".venv/bin/pip install -e '.[torch]'") from e
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{path}: not a readable ONNX file ({e})") from e
+    g = model.graph
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in g.initializer}
+    real_inputs = [i for i in g.input if i.name not in inits]
+    if len(real_inputs) != 1:
+        raise ModelError(f"{path}: want exactly one graph input, found {len(real_inputs)}")
+    dims = [d.dim_value for d in real_inputs[0].type.tensor_type.shape.dim]
+    if input_shape is None:
+        if len(dims) < 2 or any(d <= 0 for d in dims[1:]):
+            raise ModelError(f"{path}: the input shape {dims} is not fixed", hint="pass --input-shape")
+        input_shape = tuple(dims[1:])
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"}
+    layers, params, used = [], {}, set()
+    shape = tuple(input_shape)
+    prev = real_inputs[0].name
+    for node in g.node:
+        if node.op_type == "Constant":
+            continue
+        where = f"ONNX node {node.name or node.op_type!r} ({node.op_type})"
+        data_in = [i for i in node.input if i and i not in inits and i not in consts]
+        if data_in != [prev]:
+            raise ModelError(f"{where}: the model is not a chain of layers")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in ("Identity", "Dropout"):
+            prev = node.output[0]
+            continue
+        mapper = _ONNX_OPS.get(node.op_type)
+        if mapper is None:
+            raise ModelError(f"{where}: unsupported op {node.op_type}")
+        weights = [inits.get(i, consts.get(i)) for i in node.input[1:]]
+        try:
+            t, lattrs, lparams = mapper(attrs, weights, shape)
+        except (ModelError, KeyError, ValueError, TypeError) as e:
+            raise ModelError(f"{where}: {e}") from e
+        if t not in RULES:
+            raise ModelError(f"{where}: layer type {t} is not available in this build")
+        lname = _layer_name(node.name or node.op_type.lower(), used)
+        layer = Layer(t, lname, lattrs)
+        layers.append({"type": t, "name": lname, **lattrs})
+        for local, v in lparams.items():
+            params[f"{lname}.{local}"] = np.asarray(v, np.float32)
+        shape = rule_for(t).out_shape(layer, shape)
+        prev = node.output[0]
+    if classes is None:
+        classes = int(np.prod(shape))
+    spec = parse_model({"name": name or Path(path).stem, "input": list(input_shape), "classes": classes,
+                        "layers": layers, "loss": loss, "description": f"imported from {Path(path).name}"})
+    missing = set(spec.param_shapes()) - set(params)
+    if missing:
+        raise ModelError(f"{path}: no values for {sorted(missing)}")
+    return spec, params
+
+
+def _gemm(a, w, shape):
+    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+        raise ModelError("Gemm with transA, alpha or beta is not supported")
+    W = w[0] if a.get("transB", 0) else w[0].T
+    b = w[1] if len(w) > 1 and w[1] is not None else np.zeros(W.shape[0], np.float32)
+    return "linear", {"out": int(W.shape[0])}, {"weight": W, "bias": b}
+
+
+def _flatten(a, w, shape):
+    if a.get("axis", 1) != 1:
+        raise ModelError("Flatten with axis != 1 is not supported")
+    return "flatten", {}, {}
+
+
+def _reshape(a, w, shape):
+    target = [int(v) for v in (w[0] if w else [])]
+    if len(target) != 2 or target[1] not in (-1, int(np.prod(shape))):
+        raise ModelError(f"Reshape to {target} is not a flatten to (batch, -1)")
+    return "flatten", {}, {}
+
+
+def _simple(t):
+    return lambda a, w, shape: (t, {}, {})
+
+
+_ONNX_OPS = {
+    "Gemm": _gemm, "Flatten": _flatten, "Reshape": _reshape, "Relu": _simple("relu"),
+    "Sigmoid": _simple("sigmoid"), "Tanh": _simple("tanh"),
+}
+
+
+def register_onnx(op_type: str, mapper) -> None:
+    """Let a layer family map an ONNX op: mapper(attrs, weights, in_shape) →
+    (layer type, layer attrs, {local param name: array})."""
+    _ONNX_OPS[op_type] = mapper
+
+
+# -- what `host compile --model` takes ------------------------------------------------
+
+def load_source(text: str, input_shape: tuple[int, ...] | None = None, classes: int | None = None,
+                loss: str = "softmax_cross_entropy") -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """`file.py:factory` (an nn.Module factory) or `file.onnx` → (spec, params)."""
+    if text.endswith(".onnx"):
+        return from_onnx(text, input_shape, classes, loss=loss)
+    path, _, attr = text.partition(":")
+    if not path.endswith(".py") or not attr:
+        raise ModelError(f"{text!r}: want file.py:factory or file.onnx")
+    if not Path(path).is_file():
+        raise ModelError(f"no file {path}")
+    if input_shape is None or classes is None:
+        raise ModelError("importing a PyTorch module needs --input-shape and --classes")
+    mod_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    _torch()
+    mod_spec.loader.exec_module(mod)
+    factory = getattr(mod, attr, None)
+    if factory is None:
+        raise ModelError(f"{path} has no {attr!r}")
+    return from_torch(factory(), input_shape, classes, name=attr, loss=loss)
