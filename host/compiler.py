@@ -3,12 +3,14 @@
 The schedule the compiler emits, for layers L1..Lk and the loss:
 
     forward   L1.fw … Lk.fw, loss.fw            (EVAL runs up to here)
-    backward  loss.bw_input, then for each trained layer from the last:
-              Lj.bw_param, Lj.bw_input (skipped for the first trained layer:
-              nothing upstream needs dx), and right after, the optimizer update
-              of Lj's parameters, so each gradient dies as soon as it is applied.
+    backward  loss.bw_input, then for each layer from the last that trains or
+              feeds one that does: Lj.bw_param, Lj.bw_input (only where an
+              upstream layer needs dx), and right after, the optimizer update of
+              Lj's parameters, so each gradient dies as soon as it is applied.
+              Where an output feeds several layers (residuals), the gradients
+              arriving from each reader are summed in place (ACCUMULATE).
 
-Layers before the first trained one run forward only. When a layer computes
+Layers that neither train nor feed a trained layer run forward only. When a layer computes
 something else in training (batch statistics, dropout), the eval forward is a
 separate prefix and TRAIN starts after it (`train_begin` in docs/blob.md).
 
@@ -29,7 +31,7 @@ from .graph import Graph, Tensor
 from .ids import DType, OpCode, OpFn, TensorFlag
 from .layers import Emitter, rule_for
 from .planner import Plan, plan_graph
-from .zoo import ModelSpec
+from .zoo import INPUT, ModelSpec
 
 B = TensorFlag.BATCHED
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -133,20 +135,24 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
         idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
         e.params[name] = idx
         e.param_names[idx] = name
-    shapes = spec.shapes()
-    trained = [i for i, layer in enumerate(spec.layers)
-               if layer.name in train_layers and rule_for(layer.type).param_shapes(layer, shapes[i])]
-    if not trained:
+    in_shapes = spec.in_shapes()
+    # a layer needs backward if it trains or feeds (directly or not) a layer that does
+    needs_grad: dict[str, bool] = {INPUT: False}
+    for layer, shape_in in zip(spec.layers, in_shapes):
+        own = layer.name in train_layers and bool(rule_for(layer.type).param_shapes(layer, shape_in))
+        needs_grad[layer.name] = own or any(needs_grad[src] for src in layer.inputs)
+    if not any(needs_grad.values()):
         raise ModelError("nothing to train: no chosen layer has parameters")
-    first_trained = trained[0]
 
     def forward(train: bool) -> tuple[int, list]:
-        x, saved = g.input_tensor, []
+        out, saved = {INPUT: g.input_tensor}, []
         for layer in spec.layers:
             e.begin(layer)
-            x, s = rule_for(layer.type).forward(e, layer, x, train)
+            rule = rule_for(layer.type)
+            xs = [out[src] for src in layer.inputs]
+            out[layer.name], s = rule.forward(e, layer, xs[0] if rule.n_inputs == 1 else xs, train)
             saved.append(s)
-        return x, saved
+        return out[spec.layers[-1].name], saved
 
     if any(rule_for(layer.type).mode_dependent for layer in spec.layers):
         out, _ = forward(train=False)
@@ -158,17 +164,36 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     if g.train_begin == 0:
         g.n_eval_nodes = g.train_loss_end
 
-    # backward + update, last layer first, down to the first trained layer
+    # backward + update, last layer first; gradients of an output read by several
+    # layers are summed in place (ACCUMULATE) as each reader's input gradient arrives
     e.begin("loss")
     dy = e.grad("grad", g.tensors[out].dims)
     if spec.loss == "softmax_cross_entropy":
         e.node(OpCode.SOFTMAX_CE, OpFn.BW_INPUT, [loss_saved, g.label_tensor], [dy])
     else:
         e.node(OpCode.MSE, OpFn.BW_INPUT, [loss_saved, g.input_tensor], [dy])
-    for i in range(len(spec.layers) - 1, first_trained - 1, -1):
+    grads = {spec.layers[-1].name: dy}
+    for i in range(len(spec.layers) - 1, -1, -1):
         layer = spec.layers[i]
+        if not needs_grad[layer.name]:
+            continue
         e.begin(layer)
-        dy = rule_for(layer.type).backward(e, layer, saved[i], dy, need_dx=i > first_trained)
+        rule = rule_for(layer.type)
+        need = [needs_grad[src] for src in layer.inputs]
+        dxs = rule.backward(e, layer, saved[i], grads.pop(layer.name), need[0] if rule.n_inputs == 1 else need)
+        for src, dx, wanted in zip(layer.inputs, [dxs] if rule.n_inputs == 1 else dxs, need):
+            if not wanted:
+                continue
+            if src not in grads:
+                grads[src] = dx
+            elif any(t == grads[src] for k, t in grads.items() if k != src):
+                # a pass-through (flatten, add) shares this tensor with a layer whose
+                # backward has not run yet: sum into a new tensor instead of in place
+                total = e.grad(f"{src}.grad.sum", g.tensors[grads[src]].dims)
+                e.node(OpCode.ADD, OpFn.FW, [grads[src], dx], [total])
+                grads[src] = total
+            else:
+                e.node(OpCode.ACCUMULATE, OpFn.FW, [grads[src], dx], [grads[src]])
 
     if len(g.tensors) > max_tensors or len(g.nodes) > max_nodes:
         raise ModelError(f"graph has {len(g.tensors)} tensors and {len(g.nodes)} nodes; "

@@ -5,9 +5,9 @@
   its state_dict keys are our parameter names). Golden tests and pretraining
   use it.
 - `from_torch(module, input_shape, classes)`: trace a module with torch.fx and
-  map each step to a layer rule (`host.layers`: `torch_types`, `from_torch`).
-  The model must be a chain (each step consumes the previous one's output);
-  anything else is refused with the op and the layer named.
+  map each step to a layer rule (`host.layers`: `torch_types`, `from_torch`),
+  residual additions and channel concatenations included; anything else is
+  refused with the op and the layer named.
 - `from_onnx(path, classes)`: the same for an ONNX graph (opset ≥ 13).
 - `load_source(text, ...)`: what `host compile --model` takes: `file.py:factory`
   (a function or class returning an nn.Module) or `file.onnx`.
@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelError, ToolError
 from .layers import RULES, Layer, rule_for
-from .zoo import ModelSpec, parse_model
+from .zoo import INPUT, ModelSpec, parse_model
 
 #: functional forms fx records as call_function / call_method, by layer type
 _FUNCTIONS = {"relu": "relu", "flatten": "flatten", "gelu": "gelu", "sigmoid": "sigmoid",
-              "tanh": "tanh", "elu": "elu", "relu6": "relu6", "view": "flatten", "reshape": "flatten"}
+              "tanh": "tanh", "elu": "elu", "relu6": "relu6", "view": "flatten", "reshape": "flatten",
+              "add": "add", "iadd": "add", "cat": "concat"}
 
 
 def _torch():
@@ -45,13 +45,24 @@ def _torch():
 
 
 def to_torch(spec: ModelSpec, params: dict[str, np.ndarray] | None = None):
-    """An nn.Sequential computing `spec`, with `params` loaded (float32)."""
+    """A PyTorch module computing `spec` (one child per layer, named as the layer,
+    following each layer's inputs), with `params` loaded (float32)."""
     torch = _torch()
-    shapes = spec.shapes()
-    modules = OrderedDict()
-    for layer, shape_in in zip(spec.layers, shapes):
-        modules[layer.name] = rule_for(layer.type).torch_module(layer, shape_in)
-    model = torch.nn.Sequential(modules)
+
+    class SpecModule(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.order = [(layer.name, layer.inputs) for layer in spec.layers]
+            for layer, shape_in in zip(spec.layers, spec.in_shapes()):
+                self.add_module(layer.name, rule_for(layer.type).torch_module(layer, shape_in))
+
+        def forward(self, x):
+            out = {INPUT: x}
+            for name, inputs in self.order:
+                out[name] = getattr(self, name)(*[out[src] for src in inputs])
+            return out[self.order[-1][0]]
+
+    model = SpecModule()
     if params is not None:
         state = model.state_dict()
         missing = set(state) - set(params) - {k for k in state if k.endswith("num_batches_tracked")}
@@ -98,56 +109,68 @@ def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str 
                          hint="import models without data-dependent control flow") from e
     layers: list[dict] = []
     params: dict[str, np.ndarray] = {}
-    used: set[str] = set()
-    shape = tuple(input_shape)
-    prev = None
+    used: set[str] = {INPUT}
+    names: dict = {}   # fx node → layer name (INPUT for the placeholder)
+    shapes = {INPUT: tuple(input_shape)}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            if prev is not None:
+            if names:
                 raise ModelError("models with several inputs are not supported")
-            prev = node
+            names[node] = INPUT
             continue
         if node.op == "output":
-            if node.args[0] is not prev:
-                raise ModelError("the model output must be the last step")
+            if not layers or names.get(node.args[0]) != layers[-1]["name"]:
+                raise ModelError("the model output must be its last step")
             break
-        where = f"step {node.name!r} ({node.op} {node.target})"
+        where = f"step {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
         if node.op == "get_attr":
             raise ModelError(f"{where}: direct use of a tensor attribute is not supported")
-        inputs = [a for a in node.args if isinstance(a, fx.Node)]
-        if inputs != [prev]:
-            raise ModelError(f"{where}: the model is not a chain of layers (residual connections, "
-                             f"concatenation and multiple inputs are not supported by the importer yet)")
+        fname = getattr(node.target, "__name__", str(node.target))
+        args = list(node.args)
+        if fname == "cat":  # torch.cat([a, b], dim)
+            dim = node.kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            args = list(args[0]) if isinstance(args[0], (list, tuple)) else args
+            if dim != 1 or len(args) != 2:
+                raise ModelError(f"{where}: only torch.cat of two tensors along dim 1 is supported")
+        inputs = [a for a in args if isinstance(a, fx.Node)]
+        if any(a not in names for a in inputs) or not inputs:
+            raise ModelError(f"{where}: reads something that is not the input or a layer's output")
+        srcs = [names[a] for a in inputs]
         if node.op == "call_module":
             sub = gm.get_submodule(node.target)
             try:
                 t = _rule_for_module(sub)
-                attrs = rule_for(t).from_torch(sub, shape)
+                attrs = rule_for(t).from_torch(sub, shapes[srcs[0]])
             except ModelError as e:
                 raise ModelError(f"layer {node.target!r}: {e}") from e
-            lname = _layer_name(node.target, used)
-            layer = Layer(t, lname, attrs)
+            layer = Layer(t, _layer_name(node.target, used), attrs, tuple(srcs))
             rule = rule_for(t)
-            wanted = {**rule.param_shapes(layer, shape), **rule.buffer_shapes(layer, shape)}
+            shape_in = shapes[srcs[0]]
+            wanted = {**rule.param_shapes(layer, shape_in), **rule.buffer_shapes(layer, shape_in)}
             state = sub.state_dict()
             for local, pshape in wanted.items():
                 if local not in state:
                     raise ModelError(f"layer {node.target!r}: no {local} in its state_dict")
-                params[f"{lname}.{local}"] = state[local].detach().cpu().numpy().astype(np.float32).reshape(pshape)
+                params[f"{layer.name}.{local}"] = state[local].detach().cpu().numpy().astype(np.float32).reshape(pshape)
         else:  # call_function / call_method
-            fname = getattr(node.target, "__name__", str(node.target))
             t = _FUNCTIONS.get(fname)
             if t is None or t not in RULES:
                 raise ModelError(f"{where}: unsupported op {fname!r}")
+            if rule_for(t).n_inputs != len(srcs):
+                raise ModelError(f"{where}: {fname} of {len(srcs)} tensors is not supported")
             if t == "flatten" and not _is_flatten(node, fname):
                 raise ModelError(f"{where}: only flattening to (batch, -1) is supported")
+            if t == "add" and (node.kwargs.get("alpha", 1) != 1 or len(args) != 2):
+                raise ModelError(f"{where}: only a + b is supported")
             attrs = {}
             if t == "elu":
-                attrs = {"alpha": float(node.kwargs.get("alpha", node.args[1] if len(node.args) > 1 else 1.0))}
-            layer = Layer(t, _layer_name(fname, used), attrs)
-        layers.append({"type": layer.type, "name": layer.name, **layer.attrs})
-        shape = rule_for(layer.type).out_shape(layer, shape)
-        prev = node
+                attrs = {"alpha": float(node.kwargs.get("alpha", args[1] if len(args) > 1 else 1.0))}
+            layer = Layer(t, _layer_name(fname, used), attrs, tuple(srcs))
+        layers.append({"type": layer.type, "name": layer.name, "inputs": list(layer.inputs), **layer.attrs})
+        rule = rule_for(layer.type)
+        shape_in = shapes[srcs[0]] if rule.n_inputs == 1 else [shapes[s_] for s_ in srcs]
+        shapes[layer.name] = rule.out_shape(layer, shape_in)
+        names[node] = layer.name
     spec = parse_model({"name": name, "input": list(input_shape), "classes": classes, "layers": layers,
                         "loss": loss, "description": f"imported from {type(module).__name__}"})
     if check:

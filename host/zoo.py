@@ -1,6 +1,8 @@
 """Model descriptions: the built-in zoo in `models/*.json`, or a user's JSON file.
 
-A model description is a layer list:
+A model description is a layer list; a layer reads the previous layer's output
+unless it names its `inputs` (earlier layers or "input"), which makes residual
+connections and concatenations:
 
     {"name": "mlp-digits", "input": [64], "classes": 10,
      "layers": [{"type": "linear", "name": "fc1", "out": 32},
@@ -31,6 +33,8 @@ from .layers import Layer, rule_for
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 LOSSES = {"softmax_cross_entropy", "mse"}
+#: the name a layer's "inputs" use for the model input
+INPUT = "input"
 
 
 @dataclass(frozen=True)
@@ -44,15 +48,28 @@ class ModelSpec:
 
     def shapes(self) -> list[tuple[int, ...]]:
         """Per-sample activation shape after each layer (index 0 = the input)."""
-        shapes = [self.input]
+        out = {INPUT: self.input}
         for layer in self.layers:
-            shapes.append(rule_for(layer.type).out_shape(layer, shapes[-1]))
-        return shapes
+            out[layer.name] = rule_for(layer.type).out_shape(layer, self._in_shape(layer, out))
+        return [self.input] + [out[layer.name] for layer in self.layers]
+
+    def in_shapes(self) -> list:
+        """Per layer, its input shape (a list of shapes for layers with several inputs)."""
+        out, res = {INPUT: self.input}, []
+        for layer in self.layers:
+            res.append(self._in_shape(layer, out))
+            out[layer.name] = rule_for(layer.type).out_shape(layer, res[-1])
+        return res
+
+    @staticmethod
+    def _in_shape(layer: Layer, out: dict):
+        shapes = [out[src] for src in layer.inputs]
+        return shapes[0] if rule_for(layer.type).n_inputs == 1 else shapes
 
     def param_shapes(self, buffers: bool = True) -> dict[str, tuple[int, ...]]:
         """Every parameter (and buffer, unless buffers=False), "layer.local" → shape, in layer order."""
         out: dict[str, tuple[int, ...]] = {}
-        for layer, shape_in in zip(self.layers, self.shapes()):
+        for layer, shape_in in zip(self.layers, self.in_shapes()):
             rule = rule_for(layer.type)
             shapes = dict(rule.param_shapes(layer, shape_in))
             if buffers:
@@ -93,7 +110,14 @@ def parse_model(d: dict) -> ModelSpec:
                 attrs = rule.parse(ld)
             except ModelError as e:
                 raise ModelError(f"layer {name!r}: {e}") from e
-            layers.append(Layer(t, name, attrs))
+            inputs = ld.get("inputs", [layers[-1].name if layers else INPUT])
+            if isinstance(inputs, str):
+                inputs = [inputs]
+            known = {INPUT} | {layer.name for layer in layers}
+            if len(inputs) != rule.n_inputs or any(src not in known for src in inputs):
+                raise ModelError(f"layer {name!r}: inputs {inputs} must name {rule.n_inputs} earlier "
+                                 f"layer(s) or {INPUT!r}")
+            layers.append(Layer(t, name, attrs, tuple(inputs)))
         spec = ModelSpec(name=d["name"], input=tuple(int(x) for x in d["input"]),
                          classes=int(d["classes"]), layers=tuple(layers), loss=d["loss"],
                          description=d.get("description", ""))
@@ -112,6 +136,11 @@ def parse_model(d: dict) -> ModelSpec:
         raise ModelError("layer names must be unique")
     if not layers:
         raise ModelError("a model needs at least one layer")
+    if INPUT in names:
+        raise ModelError(f"{INPUT!r} names the model input; give the layer another name")
+    used = {src for layer in layers for src in layer.inputs}
+    if dead := [n for n in names[:-1] if n not in used]:
+        raise ModelError(f"the outputs of layers {dead} are not used by any layer")
     try:
         shapes = spec.shapes()
     except ModelError as e:
@@ -128,7 +157,7 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """PyTorch-style initial parameters: {"fc1.weight": [out, in], "fc1.bias": [out], ...}."""
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
-    for layer, shape_in in zip(spec.layers, spec.shapes()):
+    for layer, shape_in in zip(spec.layers, spec.in_shapes()):
         for local, value in rule_for(layer.type).init_params(layer, shape_in, rng).items():
             params[f"{layer.name}.{local}"] = np.ascontiguousarray(value, np.float32)
     return params

@@ -66,16 +66,12 @@ def test_imported_model_trains_on_the_runtime_like_the_source_in_pytorch():
 
 
 def test_unsupported_ops_are_named():
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 4)
-
+    class Square(nn.Module):
         def forward(self, x):
-            return self.fc(x) + x
+            return x * x
 
-    with pytest.raises(ModelError, match="not a chain"):
-        from_torch(Residual(), (4,), classes=4)
+    with pytest.raises(ModelError, match="unsupported op 'mul'"):
+        from_torch(Square(), (4,), classes=4)
 
     class Sin(nn.Module):
         def forward(self, x):
@@ -145,3 +141,31 @@ def test_host_compile_takes_a_pytorch_factory(tmp_path, capsys):
     # no shape given: a clear usage error, exit code 5 (model)
     assert main(["compile", "--model", f"{src}:build", "-o", str(out)]) == 5
     assert "--input-shape" in capsys.readouterr().err
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 6)
+        self.fc2 = nn.Linear(6, 6)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x)) + x           # residual: x feeds fc1 and the add
+        h2 = self.fc2(h) + h
+        return self.head(torch.cat([h2, h], dim=1))  # h feeds fc2, the add and the concat
+
+
+def test_residuals_and_concat_import_as_a_graph():
+    torch.manual_seed(3)
+    spec, params = from_torch(Residual(), (6,), classes=3)
+    by_name = {l.name: l for l in spec.layers}
+    assert by_name["fc1"].inputs == ("input",)
+    assert by_name["add"].inputs == ("relu", "input")
+    assert by_name["cat"].type == "concat" and by_name["cat"].inputs == ("add_2", "add")
+    prog = compile_model(spec, params, TrainConfig(batch=4))
+    ops = [(n.op.name, n.fn.name) for n in prog.graph.nodes]
+    # the input feeds fc1 and the first add, but nothing upstream trains: no gradient for it
+    assert not any(n.layer == "fc1" and n.fn.name == "BW_INPUT" for n in prog.graph.nodes)
+    # h feeds fc2, the second add and the concat: its gradients are summed
+    assert ops.count(("ACCUMULATE", "FW")) + ops.count(("ADD", "FW")) >= 4

@@ -44,6 +44,8 @@ class Layer:
     type: str
     name: str
     attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    #: names of the layers (or "input") whose outputs this layer reads
+    inputs: tuple[str, ...] = ()
 
     def __getitem__(self, key: str) -> Any:
         return self.attrs[key]
@@ -56,6 +58,9 @@ class LayerRule:
     #: the layer computes something else in training than in evaluation
     #: (batch statistics, dropout): the compiler then emits a separate eval forward
     mode_dependent: bool = False
+    #: inputs the layer reads; with more than one, forward gets a list of tensors and
+    #: in_shape is a list of shapes, backward gets need_dx as a list and returns a list
+    n_inputs: int = 1
 
     def parse(self, d: dict) -> dict[str, Any]:
         return {}

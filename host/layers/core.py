@@ -114,3 +114,71 @@ class Flatten(LayerRule):
 
     def backward(self, e, layer, saved, dy, need_dx):
         return dy if need_dx else None
+
+
+def _torch_twin(name: str):
+    """PyTorch modules for the multi-input layers (to_torch builds DAG models from them)."""
+    import torch
+    import torch.nn as nn
+
+    class Add(nn.Module):
+        def forward(self, a, b):
+            return a + b.reshape(a.shape)
+
+    class Concat(nn.Module):
+        def forward(self, a, b):
+            return torch.cat([a, b], dim=1)
+
+    return {"add": Add, "concat": Concat}[name]()
+
+
+@register
+class Add(LayerRule):
+    """y = a + b (a residual connection); the inputs have equal element counts."""
+
+    type = "add"
+    n_inputs = 2
+
+    def out_shape(self, layer, in_shape):
+        a, b = in_shape
+        if elems(a) != elems(b):
+            raise ModelError(f"layer {layer.name!r}: cannot add shapes {a} and {b}")
+        return a
+
+    def forward(self, e, layer, xs, train):
+        y = e.act("out", e.dims(xs[0]))
+        e.node(OpCode.ADD, OpFn.FW, xs, [y])
+        return y, None
+
+    def backward(self, e, layer, saved, dy, need_dx):
+        return [dy if need else None for need in need_dx]
+
+    def torch_module(self, layer, in_shape):
+        return _torch_twin("add")
+
+
+@register
+class Concat(LayerRule):
+    """Concatenation along the first per-sample dimension (channels)."""
+
+    type = "concat"
+    n_inputs = 2
+
+    def out_shape(self, layer, in_shape):
+        a, b = in_shape
+        if len(a) != len(b) or a[1:] != b[1:]:
+            raise ModelError(f"layer {layer.name!r}: cannot concatenate shapes {a} and {b} along channels")
+        return (a[0] + b[0], *a[1:])
+
+    def forward(self, e, layer, xs, train):
+        y = e.act("out", (e.dims(xs[0])[0] + e.dims(xs[1])[0], *e.dims(xs[0])[1:]))
+        e.node(OpCode.CONCAT, OpFn.FW, xs, [y])
+        return y, xs
+
+    def backward(self, e, layer, xs, dy, need_dx):
+        da, db = e.grad("in0.grad", e.dims(xs[0])), e.grad("in1.grad", e.dims(xs[1]))
+        e.node(OpCode.CONCAT, OpFn.BW_INPUT, [dy], [da, db])
+        return [da if need_dx[0] else None, db if need_dx[1] else None]
+
+    def torch_module(self, layer, in_shape):
+        return _torch_twin("concat")
