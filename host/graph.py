@@ -26,6 +26,8 @@ class Tensor:
     dtype: DType = DType.F32
     flags: TensorFlag = TensorFlag(0)
     init: np.ndarray | None = None  # initial values (parameters)
+    #: a view: this tensor is tensor `alias_of` under another shape (same span)
+    alias_of: int | None = None
 
     @property
     def elems(self) -> int:

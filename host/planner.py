@@ -32,11 +32,13 @@ class Plan:
     last: list[int]
     arena_bytes: int
     lower_bound: int
+    #: per tensor, the tensor it is a view of (same span), or None
+    views: tuple[int | None, ...] = ()
 
     @property
     def naive_bytes(self) -> int:
-        """Arena size if nothing shared memory."""
-        return sum(self.sizes)
+        """Arena size if nothing shared memory (views are free)."""
+        return sum(s for i, s in enumerate(self.sizes) if not (self.views and self.views[i] is not None))
 
 
 def lifetimes(g: Graph) -> tuple[list[int], list[int]]:
@@ -52,7 +54,15 @@ def lifetimes(g: Graph) -> tuple[list[int], list[int]]:
         if tensor.is_param or i in (g.input_tensor, g.label_tensor, g.stats_tensor):
             first[i] = 0
             last[i] = end
-        elif last[i] < 0:  # never used: still give it a slot, briefly
+    # a view and its base are one span: it lives while any of them is used
+    for i, tensor in enumerate(g.tensors):
+        if tensor.alias_of is not None and last[i] >= 0:
+            b = tensor.alias_of
+            first[b], last[b] = min(first[b], first[i]), max(last[b], last[i])
+    for i, tensor in enumerate(g.tensors):
+        if tensor.alias_of is not None:
+            first[i], last[i] = first[tensor.alias_of], last[tensor.alias_of]
+        if last[i] < 0:  # never used: still give it a slot, briefly
             first[i] = last[i] = 0
     return first, last
 
@@ -62,7 +72,8 @@ def plan_graph(g: Graph) -> Plan:
     first, last = lifetimes(g)
     offsets = [0] * len(sizes)
     placed: list[int] = []
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], first[i], i)):
+    views = [i for i, t in enumerate(g.tensors) if t.alias_of is not None]
+    for i in sorted(set(range(len(sizes))) - set(views), key=lambda i: (-sizes[i], first[i], i)):
         # intervals already taken by tensors live at the same time, by offset
         busy = sorted((offsets[j], offsets[j] + sizes[j]) for j in placed
                       if first[j] <= last[i] and first[i] <= last[j])
@@ -73,10 +84,13 @@ def plan_graph(g: Graph) -> Plan:
             off = max(off, align(hi))
         offsets[i] = off
         placed.append(i)
+    for i in views:
+        offsets[i] = offsets[g.tensors[i].alias_of]
     arena = max((o + s for o, s in zip(offsets, sizes)), default=0)
-    bound = max((sum(sizes[i] for i in range(len(sizes)) if first[i] <= t <= last[i])
+    bound = max((sum(sizes[i] for i in range(len(sizes)) if first[i] <= t <= last[i] and i not in views)
                  for t in range(max(len(g.nodes), 1))), default=0)
-    plan = Plan(offsets, sizes, first, last, align(arena), bound)
+    plan = Plan(offsets, sizes, first, last, align(arena), bound,
+                tuple(g.tensors[i].alias_of if i in views else None for i in range(len(sizes))))
     check_plan(plan)
     return plan
 
@@ -84,6 +98,7 @@ def plan_graph(g: Graph) -> Plan:
 def check_plan(plan: Plan) -> None:
     """Raise AssertionError if two simultaneously live tensors overlap."""
     n = len(plan.sizes)
+    root = [plan.views[i] if plan.views and plan.views[i] is not None else i for i in range(n)]
     for i in range(n):
         assert plan.offsets[i] % 8 == 0, f"tensor {i} misaligned"
         assert plan.offsets[i] + plan.sizes[i] <= plan.arena_bytes, f"tensor {i} outside the arena"
@@ -91,7 +106,8 @@ def check_plan(plan: Plan) -> None:
             live_together = plan.first[i] <= plan.last[j] and plan.first[j] <= plan.last[i]
             disjoint = (plan.offsets[i] + plan.sizes[i] <= plan.offsets[j]
                         or plan.offsets[j] + plan.sizes[j] <= plan.offsets[i])
-            assert not live_together or disjoint or 0 in (plan.sizes[i], plan.sizes[j]), \
+            same_span = root[i] == root[j] and plan.offsets[i] == plan.offsets[j]
+            assert not live_together or disjoint or same_span or 0 in (plan.sizes[i], plan.sizes[j]), \
                 f"tensors {i} and {j} are live together and overlap"
 
 

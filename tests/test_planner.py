@@ -73,3 +73,22 @@ def test_deeper_model_plans_and_shares_memory():
     p = prog(spec=spec).plan
     check_plan(p)
     assert p.arena_bytes < 0.8 * p.naive_bytes
+
+
+def test_a_flatten_is_a_view_sharing_its_input_span():
+    spec = parse_model({"name": "v", "input": [2, 3, 4], "classes": 3, "loss": "softmax_cross_entropy",
+                        "layers": [{"type": "relu", "name": "r"}, {"type": "flatten", "name": "f"},
+                                   {"type": "linear", "name": "fc", "out": 3}]})
+    p = prog(4, spec)
+    g = p.graph
+    flat, base = g.index("f.out"), g.index("r.out")
+    assert g.tensors[flat].alias_of == base and g.tensors[flat].dims == (24,)
+    assert p.plan.offsets[flat] == p.plan.offsets[base]
+    # the base lives as long as its view is read (fc's backward reads the flat input)
+    assert p.plan.last[base] == p.plan.last[flat] >= max(i for i, n in enumerate(g.nodes) if flat in n.inputs)
+    check_plan(p.plan)
+    # a real overlap between a view and an unrelated live tensor is still caught
+    bad = dataclasses.replace(p.plan, offsets=[p.plan.offsets[flat] if i == g.index("fc.out") else o
+                                               for i, o in enumerate(p.plan.offsets)])
+    with pytest.raises(AssertionError):
+        check_plan(bad)

@@ -179,6 +179,15 @@ class Emitter:
         """A batched f32 gradient of an activation."""
         return self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), flags=B | TensorFlag.GRAD))
 
+    def view(self, t: int, local: str, dims: Shape) -> int:
+        """Tensor t under another shape with as many elements: the same arena span."""
+        base = self.g.tensors[t]
+        assert int(np.prod(dims)) == base.elems, (dims, base.dims)
+        root = t if base.alias_of is None else base.alias_of
+        flags = base.flags & ~(TensorFlag.INPUT | TensorFlag.LABEL)  # roles stay on the base
+        return self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), base.dtype, flags,
+                                        alias_of=root))
+
     def saved(self, local: str, dims: Shape, batched: bool = False, dtype: DType = DType.F32) -> int:
         """State a forward writes for its backward (batch statistics, masks)."""
         return self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), dtype,

@@ -15,7 +15,8 @@ def elems(shape: Shape) -> int:
 
 @register
 class Linear(LayerRule):
-    """y = x Wᵀ + b over the flattened sample (W [out, in] as nn.Linear)."""
+    """y = x Wᵀ + b over the last dimension, as nn.Linear (W [out, in]): a [T][D]
+    sample of tokens maps each token; flatten first to mix a whole sample."""
 
     type = "linear"
 
@@ -23,20 +24,20 @@ class Linear(LayerRule):
         return {"out": int_attr(d, "out")}
 
     def out_shape(self, layer, in_shape):
-        return (layer["out"],)
+        return (*in_shape[:-1], layer["out"])
 
     def param_shapes(self, layer, in_shape):
-        return {"weight": (layer["out"], elems(in_shape)), "bias": (layer["out"],)}
+        return {"weight": (layer["out"], in_shape[-1]), "bias": (layer["out"],)}
 
     def init_params(self, layer, in_shape, rng):
         # nn.Linear: kaiming_uniform(a=√5) gives U(±1/√fan_in) for the weight, same for the bias
-        bound = 1.0 / np.sqrt(elems(in_shape))
-        return {"weight": uniform(rng, bound, (layer["out"], elems(in_shape))),
+        bound = 1.0 / np.sqrt(in_shape[-1])
+        return {"weight": uniform(rng, bound, (layer["out"], in_shape[-1])),
                 "bias": uniform(rng, bound, (layer["out"],))}
 
     def forward(self, e, layer, x, train):
         w, b = e.param("weight"), e.param("bias")
-        y = e.act("out", (layer["out"],))
+        y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(OpCode.LINEAR, OpFn.FW, [x, w, b], [y])
         return y, x
 
@@ -44,13 +45,13 @@ class Linear(LayerRule):
 
     def torch_module(self, layer, in_shape):
         import torch.nn as nn
-        return nn.Linear(elems(in_shape), layer["out"])
+        return nn.Linear(in_shape[-1], layer["out"])
 
     def from_torch(self, m, in_shape):
         if m.bias is None:
             raise ModelError("nn.Linear without bias is not supported (bias=True)")
-        if m.in_features != elems(in_shape):
-            raise ModelError(f"in_features {m.in_features} but the input has {elems(in_shape)} elements")
+        if m.in_features != in_shape[-1]:
+            raise ModelError(f"in_features {m.in_features} but the input's last dimension is {in_shape[-1]}")
         return {"out": m.out_features}
 
     def backward(self, e, layer, x, dy, need_dx):
@@ -92,7 +93,8 @@ class ReLU(LayerRule):
 
 @register
 class Flatten(LayerRule):
-    """[C][H][W] → [C·H·W]: the same bytes, so no node at all; the next layer reads x."""
+    """[C][H][W] → [C·H·W]: the same bytes, so no node at all: the output is a view
+    of the input (one arena span, two shapes), and so is the gradient."""
 
     type = "flatten"
     torch_types = ("Flatten",)
@@ -110,10 +112,10 @@ class Flatten(LayerRule):
         return (elems(in_shape),)
 
     def forward(self, e, layer, x, train):
-        return x, None
+        return e.view(x, "out", (elems(e.dims(x)),)), e.dims(x)
 
-    def backward(self, e, layer, saved, dy, need_dx):
-        return dy if need_dx else None
+    def backward(self, e, layer, in_dims, dy, need_dx):
+        return e.view(dy, "in.grad", in_dims) if need_dx else None
 
 
 def _torch_twin(name: str):

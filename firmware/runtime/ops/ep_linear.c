@@ -1,27 +1,31 @@
-/* ep_linear.c — LINEAR: y = x Wᵀ + b, its input gradient and its parameter gradients. */
+/*
+ * ep_linear.c — LINEAR: y = x Wᵀ + b, its input gradient and its parameter gradients.
+ *
+ * As nn.Linear, the layer maps rows of K to rows of M: a sample holds R rows
+ * (R = 1 for a feature vector, R = T tokens for a transformer's [T][D]), so
+ * y has R·M elements per sample and x has R·K. Everything follows from the
+ * tensors: M and K from W [M, K], R = y elements / M. x may have any shape with
+ * R·K elements (a flatten layer before a linear one costs nothing).
+ */
 #include "ep_ops.h"
 
-static bool is_vector(const ep_model_t *m, uint16_t t) {
-    return ep_tensor_is(m, t, EP_DTYPE_F32, true, 1);
-}
-
-/* x and dx may have any shape: the layer reads the sample flattened (a flatten
- * layer before a linear one costs nothing). */
-static bool is_input(const ep_model_t *m, uint16_t t) {
+static bool is_batched_f32(const ep_model_t *m, uint16_t t) {
     return m->tensors[t].dtype == EP_DTYPE_F32 && (m->tensors[t].flags & EP_TF_BATCHED) != 0;
 }
 
-/* An unbatched f32 [M, K] matrix, M from out_vec (y, dy), K = elements of in_vec (x, dx). */
-static bool is_matrix(const ep_model_t *m, uint16_t t, uint16_t out_vec, uint16_t in_vec) {
-    return ep_tensor_is(m, t, EP_DTYPE_F32, false, 2) &&
-           m->tensors[t].dims[0] == m->tensors[out_vec].dims[0] &&
-           m->tensors[t].dims[1] == m->tensors[in_vec].elems;
+/* W is an unbatched f32 [M, K]; out (y, dy) has R·M and in (x, dx) R·K elements per sample. */
+static bool shapes_ok(const ep_model_t *m, uint16_t w, uint16_t out, uint16_t in) {
+    if (!ep_tensor_is(m, w, EP_DTYPE_F32, false, 2) || !is_batched_f32(m, out) || !is_batched_f32(m, in)) {
+        return false;
+    }
+    const uint32_t M = m->tensors[w].dims[0], K = m->tensors[w].dims[1];
+    const uint32_t rows = m->tensors[out].elems / M;
+    return rows * M == m->tensors[out].elems && (uint64_t)rows * K == m->tensors[in].elems;
 }
 
-/* An unbatched f32 [M] vector, M from out_vec. */
-static bool is_bias(const ep_model_t *m, uint16_t t, uint16_t out_vec) {
-    return ep_tensor_is(m, t, EP_DTYPE_F32, false, 1) &&
-           m->tensors[t].dims[0] == m->tensors[out_vec].dims[0];
+/* An unbatched f32 [M] vector, M from W [M, K]. */
+static bool is_bias(const ep_model_t *m, uint16_t t, uint16_t w) {
+    return ep_tensor_is(m, t, EP_DTYPE_F32, false, 1) && m->tensors[t].dims[0] == m->tensors[w].dims[0];
 }
 
 static ep_status_t prepare_fw(const ep_model_t *m, const ep_node_t *nd, const char **why) {
@@ -29,13 +33,10 @@ static ep_status_t prepare_fw(const ep_model_t *m, const ep_node_t *nd, const ch
         return ep_reject(why, EP_WHY("linear.fw: needs inputs (x, W, b) and output (y)"));
     }
     const uint16_t x = nd->in[0], w = nd->in[1], b = nd->in[2], y = nd->out[0];
-    if (!is_input(m, x) || !is_vector(m, y)) {
-        return ep_reject(why, EP_WHY("linear.fw: x must be batched f32, y a batched f32 vector"));
+    if (!shapes_ok(m, w, y, x)) {
+        return ep_reject(why, EP_WHY("linear.fw: want W f32 [M, K], x and y batched f32 of R*K and R*M elements"));
     }
-    if (!is_matrix(m, w, y, x)) {
-        return ep_reject(why, EP_WHY("linear.fw: W is not an unbatched f32 [M, K] matching y[M], x[K]"));
-    }
-    if (!is_bias(m, b, y)) {
+    if (!is_bias(m, b, w)) {
         return ep_reject(why, EP_WHY("linear.fw: b is not an unbatched f32 [M] matching y[M]"));
     }
     if (ep_overlap(m, y, x) || ep_overlap(m, y, w) || ep_overlap(m, y, b)) {
@@ -49,11 +50,8 @@ static ep_status_t prepare_bw_input(const ep_model_t *m, const ep_node_t *nd, co
         return ep_reject(why, EP_WHY("linear.bw_input: needs inputs (dy, W) and output (dx)"));
     }
     const uint16_t dy = nd->in[0], w = nd->in[1], dx = nd->out[0];
-    if (!is_vector(m, dy) || !is_input(m, dx)) {
-        return ep_reject(why, EP_WHY("linear.bw_input: dy must be a batched f32 vector, dx batched f32"));
-    }
-    if (!is_matrix(m, w, dy, dx)) {
-        return ep_reject(why, EP_WHY("linear.bw_input: W is not an unbatched f32 [M, K] matching dy[M], dx[K]"));
+    if (!shapes_ok(m, w, dy, dx)) {
+        return ep_reject(why, EP_WHY("linear.bw_input: want W f32 [M, K], dx and dy batched f32 of R*K and R*M elements"));
     }
     if (ep_overlap(m, dx, dy) || ep_overlap(m, dx, w)) {
         return ep_reject(why, EP_WHY("linear.bw_input: dx overlaps an input"));
@@ -66,13 +64,10 @@ static ep_status_t prepare_bw_param(const ep_model_t *m, const ep_node_t *nd, co
         return ep_reject(why, EP_WHY("linear.bw_param: needs inputs (dy, x) and outputs (dW, db)"));
     }
     const uint16_t dy = nd->in[0], x = nd->in[1], dw = nd->out[0], db = nd->out[1];
-    if (!is_vector(m, dy) || !is_input(m, x)) {
-        return ep_reject(why, EP_WHY("linear.bw_param: dy must be a batched f32 vector, x batched f32"));
+    if (!shapes_ok(m, dw, dy, x)) {
+        return ep_reject(why, EP_WHY("linear.bw_param: want dW f32 [M, K], x and dy batched f32 of R*K and R*M elements"));
     }
-    if (!is_matrix(m, dw, dy, x)) {
-        return ep_reject(why, EP_WHY("linear.bw_param: dW is not an unbatched f32 [M, K] matching dy[M], x[K]"));
-    }
-    if (!is_bias(m, db, dy)) {
+    if (!is_bias(m, db, dw)) {
         return ep_reject(why, EP_WHY("linear.bw_param: db is not an unbatched f32 [M] matching dy[M]"));
     }
     if (ep_overlap(m, dw, dy) || ep_overlap(m, dw, x) || ep_overlap(m, db, dy) ||
@@ -95,27 +90,27 @@ static ep_status_t linear_prepare(const ep_model_t *m, const ep_node_t *nd, cons
     }
 }
 
-static ep_linear_params_t shapes(const ep_ctx_t *c, uint16_t in_vec, uint16_t out_vec) {
-    const ep_linear_params_t p = {
-        .in = {c->n, c->model->tensors[in_vec].elems},
-        .out = {c->n, c->model->tensors[out_vec].elems},
-    };
+/* n·R rows of K → M, from W (or dW) [M, K] and the row count of out. */
+static ep_linear_params_t shapes(const ep_ctx_t *c, uint16_t w, uint16_t out) {
+    const uint32_t M = c->model->tensors[w].dims[0], K = c->model->tensors[w].dims[1];
+    const uint32_t rows = c->n * (c->model->tensors[out].elems / M);
+    const ep_linear_params_t p = {.in = {rows, K}, .out = {rows, M}};
     return p;
 }
 
 static void linear_fw(const ep_ctx_t *c, const ep_node_t *nd) {
-    const ep_linear_params_t p = shapes(c, nd->in[0], nd->out[0]);
+    const ep_linear_params_t p = shapes(c, nd->in[1], nd->out[0]);
     ep_linear_fw_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->in[1]), ep_ctx_f32(c, nd->in[2]),
                      ep_ctx_f32(c, nd->out[0]));
 }
 
 static void linear_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
-    const ep_linear_params_t p = shapes(c, nd->out[0], nd->in[0]);
+    const ep_linear_params_t p = shapes(c, nd->in[1], nd->in[0]);
     ep_linear_bw_input_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->in[1]), ep_ctx_f32(c, nd->out[0]));
 }
 
 static void linear_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
-    const ep_linear_params_t p = shapes(c, nd->in[1], nd->in[0]);
+    const ep_linear_params_t p = shapes(c, nd->out[0], nd->in[0]);
     ep_linear_bw_param_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->in[1]), ep_ctx_f32(c, nd->out[0]),
                            ep_ctx_f32(c, nd->out[1]));
 }
