@@ -13,6 +13,9 @@ from .ids import Cap, Encoding, MsgType
 from .link import Link
 from .protocol import (
     BATCH_REQ,
+    STAGE_REQ,
+    STAGE_REQ_FIXED,
+    STAGE_RESP,
     HELLO_RESP,
     LOAD_BEGIN_REQ,
     LOAD_CHUNK_MAX,
@@ -115,10 +118,27 @@ class Device:
                 "n_nodes": r.n_nodes}
 
     def _step(self, mtype: MsgType, batch: Batch) -> StepResult:
-        r = STEP_RESP.parse(self.link.request(mtype, batch.pack()).payload)
+        payload = batch.pack()
+        if len(payload) > ids.FRAME_MAX_PAYLOAD:
+            self._stage(batch)
+            payload = BATCH_REQ.build(dict(n=batch.n, encoding=int(Encoding.STAGED), scale=0.0, zero=0.0,
+                                           labels=batch.labels, data=b""))
+        r = STEP_RESP.parse(self.link.request(mtype, payload).payload)
         if r.n != batch.n:
             raise ProtocolError(f"device processed {r.n} samples of {batch.n}")
         return StepResult(r.loss, r.n, r.correct, r.step, r.cycles)
+
+    def _stage(self, batch: Batch) -> None:
+        """Send the values of a batch too large for one frame as STAGE requests."""
+        width = 4 if batch.encoding == Encoding.F32 else 1
+        per_frame = (ids.FRAME_MAX_PAYLOAD - STAGE_REQ_FIXED) // width * width
+        for start in range(0, len(batch.data), per_frame):
+            chunk = batch.data[start:start + per_frame]
+            req = STAGE_REQ.build(dict(offset=start // width, encoding=int(batch.encoding), scale=batch.scale,
+                                       zero=batch.zero, data=chunk))
+            r = STAGE_RESP.parse(self.link.request(MsgType.STAGE, req).payload)
+            if r.staged != (start + len(chunk)) // width:
+                raise ProtocolError(f"device staged {r.staged} values, expected {(start + len(chunk)) // width}")
 
     def train(self, batch: Batch) -> StepResult:
         return self._step(MsgType.TRAIN, batch)

@@ -17,6 +17,12 @@ from .ids import DType, Encoding, OpCode, OpFn, Status, TensorFlag
 _NP = {DType.F32: np.float32, DType.I32: np.int32, DType.U8: np.uint8, DType.S8: np.int8}
 
 
+#: (op, fn) pairs _node implements
+_SUPPORTED = {(OpCode.LINEAR, OpFn.FW), (OpCode.LINEAR, OpFn.BW_INPUT), (OpCode.LINEAR, OpFn.BW_PARAM),
+              (OpCode.RELU, OpFn.FW), (OpCode.RELU, OpFn.BW_INPUT), (OpCode.SOFTMAX_CE, OpFn.FW),
+              (OpCode.SOFTMAX_CE, OpFn.BW_INPUT), (OpCode.SGD, OpFn.FW)}
+
+
 class StepError(Exception):
     def __init__(self, status: Status, message: str):
         super().__init__(message)
@@ -52,22 +58,46 @@ class BlobExecutor:
         return self.view(i).copy()
 
     # -- one request -----------------------------------------------------------
-    def run(self, n: int, encoding: int, scale: float, zero: float, labels: bytes, data: bytes,
-            train: bool) -> tuple[float, int]:
+    def stage(self, offset: int, encoding: int, scale: float, zero: float, data: bytes) -> int:
+        """Decode values into input elements [offset, ...); returns the end offset."""
         h = self.h
-        feats = self.elems(h["input_tensor"])
         width = {Encoding.F32: 4, Encoding.U8_AFFINE: 1}.get(encoding)
-        if not 1 <= n <= h["max_batch"] or width is None or len(data) != n * feats * width:
-            raise StepError(Status.BAD_BATCH, "batch size, encoding or data length is wrong")
-        lab = np.frombuffer(labels, np.uint8).astype(np.int32)
-        if (lab >= h["num_classes"]).any():
-            raise StepError(Status.BAD_BATCH, "label out of range")
+        if width is None or len(data) % width:
+            raise StepError(Status.BAD_BATCH, "unknown encoding, or f32 data not whole values")
+        count = len(data) // width
+        if offset + count > h["max_batch"] * self.elems(h["input_tensor"]):
+            raise StepError(Status.BAD_BATCH, "values past max_batch samples")
         if encoding == Encoding.F32:
             x = np.frombuffer(data, "<f4")
         else:
             x = np.frombuffer(data, np.uint8).astype(np.float32) * np.float32(scale) + np.float32(zero)
-        self.view(h["input_tensor"], n)[:] = x.reshape(n, feats)
-        self.view(h["label_tensor"], n)[:] = lab.reshape(n, 1)
+        self.view(h["input_tensor"], h["max_batch"]).reshape(-1)[offset:offset + count] = x
+        return offset + count
+
+    def _labels(self, n: int, labels: bytes) -> None:
+        lab = np.frombuffer(labels, np.uint8).astype(np.int32)
+        if len(lab) != n or (lab >= self.h["num_classes"]).any():
+            raise StepError(Status.BAD_BATCH, "label out of range")
+        self.view(self.h["label_tensor"], n)[:] = lab.reshape(n, 1)
+
+    def run(self, n: int, encoding: int, scale: float, zero: float, labels: bytes, data: bytes,
+            train: bool) -> tuple[float, int]:
+        feats = self.elems(self.h["input_tensor"])
+        width = {Encoding.F32: 4, Encoding.U8_AFFINE: 1}.get(encoding)
+        if not 1 <= n <= self.h["max_batch"] or width is None or len(data) != n * feats * width:
+            raise StepError(Status.BAD_BATCH, "batch size, encoding or data length is wrong")
+        self._labels(n, labels)
+        self.stage(0, encoding, scale, zero, data)
+        return self._run_rows(n, train)
+
+    def run_staged(self, n: int, labels: bytes, train: bool) -> tuple[float, int]:
+        if not 1 <= n <= self.h["max_batch"]:
+            raise StepError(Status.BAD_BATCH, "n not in 1..max_batch")
+        self._labels(n, labels)
+        return self._run_rows(n, train)
+
+    def _run_rows(self, n: int, train: bool) -> tuple[float, int]:
+        h = self.h
         nodes = self.blob.nodes
         fw = nodes[h["train_begin"]:h["train_loss_end"]] if train else nodes[:h["n_eval_nodes"]]
         for node in fw:
@@ -81,18 +111,28 @@ class BlobExecutor:
             self.steps += 1
         return float(loss), int(correct)
 
+    def unsupported(self) -> list[str]:
+        """Op functions of the blob this interpreter does not implement."""
+        return sorted({f"{OpCode(nd['op']).name.lower()}.{OpFn(nd['fn']).name.lower()}"
+                       for nd in self.blob.nodes if (nd["op"], nd["fn"]) not in _SUPPORTED})
+
     def _node(self, node: dict, n: int) -> None:
         i = node["inputs"][: node["n_in"]]
         o = node["outputs"][: node["n_out"]]
         op, fn = OpCode(node["op"]), OpFn(node["fn"])
         v = lambda k: self.view(k, n)  # noqa: E731
+        # linear maps rows of K to rows of M; a sample may hold several rows (tokens)
+        rows = lambda k, width: v(k).reshape(-1, width)  # noqa: E731
         if op == OpCode.LINEAR and fn == OpFn.FW:
-            v(o[0])[:] = v(i[0]) @ v(i[1]).T + v(i[2])
+            w = v(i[1])
+            rows(o[0], w.shape[0])[:] = rows(i[0], w.shape[1]) @ w.T + v(i[2])
         elif op == OpCode.LINEAR and fn == OpFn.BW_INPUT:
-            v(o[0])[:] = v(i[0]) @ v(i[1])
+            w = v(i[1])
+            rows(o[0], w.shape[1])[:] = rows(i[0], w.shape[0]) @ w
         elif op == OpCode.LINEAR and fn == OpFn.BW_PARAM:
-            dy, x = v(i[0]), v(i[1])
-            v(o[0])[:] = dy.T @ x
+            dw = v(o[0])
+            dy, x = rows(i[0], dw.shape[0]), rows(i[1], dw.shape[1])
+            dw[:] = dy.T @ x
             v(o[1])[:] = dy.sum(axis=0)
         elif op == OpCode.RELU and fn == OpFn.FW:
             v(o[0])[:] = np.maximum(v(i[0]), 0)

@@ -16,10 +16,13 @@ from . import ids
 from .blob import parse_blob
 from .errors import ModelError
 from .executor import BlobExecutor, StepError
-from .ids import Cap, MsgType, Status, TensorFlag
+from .ids import Cap, Encoding, MsgType, Status, TensorFlag
 from .protocol import (
     BATCH_REQ,
     BATCH_REQ_FIXED,
+    STAGE_REQ,
+    STAGE_REQ_FIXED,
+    STAGE_RESP,
     EXIT_REQ,
     HELLO_RESP,
     LOAD_BEGIN_REQ,
@@ -35,7 +38,7 @@ from .protocol import (
     FrameReader,
 )
 
-CAPS = Cap.F32 | Cap.SGD | Cap.CYCLES | Cap.U8_AFFINE_INPUT
+CAPS = Cap.F32 | Cap.SGD | Cap.CYCLES | Cap.U8_AFFINE_INPUT | Cap.STAGED_BATCH
 
 
 class _Refused(Exception):
@@ -52,6 +55,7 @@ class FakeDevice:
         self.reader = FrameReader()
         self.out = bytearray()
         self.model: BlobExecutor | None = None
+        self.staged = 0  # rows [0, staged) of the input hold STAGEd samples
         self.upload: bytearray | None = None
         self.upload_total = 0
         self.upload_crc = 0
@@ -141,6 +145,8 @@ class FakeDevice:
             return self._load_end(p)
         if t in (MsgType.TRAIN, MsgType.EVAL):
             return self._step(p, train=t == MsgType.TRAIN)
+        if t == MsgType.STAGE:
+            return self._stage(p)
         if t == MsgType.STATS:
             _exact(p, 0)
             m = self.model
@@ -182,10 +188,28 @@ class FakeDevice:
             raise _Refused(Status.BAD_BLOB, str(e)) from e
         if parsed.header["arena_bytes"] > self.arena_bytes:
             raise _Refused(Status.NO_FIT, "blob arena_bytes exceeds the device arena")
-        self.model = BlobExecutor(parsed)
+        model = BlobExecutor(parsed)
+        if missing := model.unsupported():
+            raise _Refused(Status.BAD_BLOB, f"the fake device does not implement {', '.join(missing)}; "
+                                            "use the native build (--board native) for this model")
+        self.model, self.staged = model, 0
         h = parsed.header
         return LOAD_END_RESP.build(dict(model_crc=parsed.crc, arena_used=h["arena_bytes"],
                                         n_tensors=h["n_tensors"], n_nodes=h["n_nodes"]))
+
+    def _stage(self, p: bytes) -> bytes:
+        if len(p) < STAGE_REQ_FIXED:
+            raise _Refused(Status.BAD_PAYLOAD, "stage header too short")
+        r = STAGE_REQ.parse(p)
+        m = self._need_model()
+        if r.offset > self.staged:
+            raise _Refused(Status.BAD_BATCH, "stage: values must follow on from those staged (no gap)")
+        try:
+            end = m.stage(r.offset, r.encoding, r.scale, r.zero, r.data)
+        except StepError as e:
+            raise _Refused(e.status, str(e)) from e
+        self.staged = max(self.staged, end)
+        return STAGE_RESP.build(dict(staged=self.staged))
 
     def _step(self, p: bytes, train: bool) -> bytes:
         if len(p) < BATCH_REQ_FIXED:
@@ -193,9 +217,18 @@ class FakeDevice:
         r = BATCH_REQ.parse(p)
         m = self._need_model()
         try:
-            loss, correct = m.run(r.n, r.encoding, r.scale, r.zero, r.labels, r.data, train)
+            if r.encoding == Encoding.STAGED:
+                if r.data:
+                    raise StepError(Status.BAD_PAYLOAD, "a staged run carries labels but no data")
+                if not 1 <= r.n or r.n * m.elems(m.h["input_tensor"]) > self.staged:
+                    raise StepError(Status.BAD_BATCH, "staged run: n is 0 or more samples than were staged")
+                loss, correct = m.run_staged(r.n, r.labels, train)
+            else:
+                loss, correct = m.run(r.n, r.encoding, r.scale, r.zero, r.labels, r.data, train)
         except StepError as e:
             raise _Refused(e.status, str(e)) from e
+        finally:
+            self.staged = 0
         # the fake counts one "cycle" per multiply-accumulate it would do: a stand-in
         cycles = r.n * m.elems(m.h["input_tensor"])
         kind = "train" if train else "eval"

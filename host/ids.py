@@ -65,6 +65,7 @@ class MsgType(enum.IntEnum):
     STATS = 0x07
     READ_WEIGHTS = 0x08
     EXIT = 0x09
+    STAGE = 0x0A
     #: device → host only: a frame it could not attribute (bad CRC, oversize, truncated)
     ERROR = 0x7F
 
@@ -98,6 +99,8 @@ class Cap(enum.IntFlag):
     SGD = 1 << 1
     CYCLES = 1 << 2
     U8_AFFINE_INPUT = 1 << 3
+    #: STAGE and TRAIN/EVAL on staged rows: batches larger than one frame
+    STAGED_BATCH = 1 << 4
 
 
 class DType(enum.IntEnum):
@@ -171,3 +174,5 @@ class Encoding(enum.IntEnum):
 
     F32 = 0
     U8_AFFINE = 1
+    #: TRAIN/EVAL only: run on the rows sent before with STAGE (no labels, no data)
+    STAGED = 2

@@ -179,6 +179,19 @@ BATCH_REQ = Struct(
 )
 #: bytes of a batch request before the labels
 BATCH_REQ_FIXED = 12
+#: STAGE: input values [offset, offset + count) of the next batch, for batches
+#: larger than a frame; TRAIN/EVAL with encoding STAGED then carry only the labels
+STAGE_REQ = Struct(
+    "offset" / Int32ul,
+    "encoding" / Int8ul,
+    "reserved0" / Const(0, Int8ul),
+    "reserved1" / Const(0, Int16ul),
+    "scale" / Float32l,
+    "zero" / Float32l,
+    "data" / GreedyBytes,
+)
+STAGE_REQ_FIXED = 16
+STAGE_RESP = Struct("staged" / Int32ul)
 
 STEP_RESP = Struct(
     "loss" / Float32l, "n" / Int16ul, "correct" / Int16ul, "step" / Int32ul, "cycles" / Int64ul

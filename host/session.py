@@ -14,7 +14,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import ids
 from .blob import blob_crc, build_blob
 from .boards import load_board
 from .compiler import Program, TrainConfig, compile_model
@@ -23,7 +22,6 @@ from .device import Batch, Device, Hello
 from .emulator import running_boards, start
 from .errors import EdgePropError, LinkError, UsageError
 from .link import Link
-from .protocol import BATCH_REQ_FIXED
 from .runrecord import RunRecord
 from .zoo import resolve_model
 
@@ -58,11 +56,6 @@ def open_device(port: str | None, board: str | None, emulate: bool, timeout: flo
             running.stop()
 
 
-def max_batch_for(features: int, bytes_per_value: int) -> int:
-    """Largest batch whose TRAIN request fits one frame."""
-    return (ids.FRAME_MAX_PAYLOAD - BATCH_REQ_FIXED) // (features * bytes_per_value + 1)
-
-
 @dataclass(frozen=True)
 class StreamOptions:
     model: str = "mlp-digits"
@@ -81,10 +74,6 @@ def prepare_program(opts: StreamOptions, ds: Dataset, hello: Hello) -> tuple[Pro
     if int(np.prod(spec.input)) != ds.features or spec.classes != ds.classes:
         raise UsageError(f"model {spec.name} takes {spec.input} → {spec.classes} classes; "
                          f"dataset {ds.name} has {ds.features} features and {ds.classes} classes")
-    limit = max_batch_for(ds.features, 1 if ds.quant else 4)
-    if opts.batch > limit:
-        raise UsageError(f"batch {opts.batch} does not fit one {ids.FRAME_MAX_PAYLOAD}-byte frame "
-                         f"for {ds.name}; use --batch {limit} or less")
     prog = compile_model(spec, params, opts.train, arena_limit=hello.arena_bytes)
     return prog, build_blob(prog)
 

@@ -8,6 +8,10 @@ import sys
 
 import pytest
 
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
 from host.cli import main
 from host.errors import BoardError, LinkError, ModelError, UsageError
 
@@ -64,7 +68,8 @@ def test_second_stream_keeps_the_model_the_device_holds(tmp_path):
 @pytest.mark.parametrize("argv,error", [
     (["stream", "--port", "socket://127.0.0.1:1", "--timeout", "0.5"], LinkError),
     (["stream", "--port", "fake://", "--model", "no-such-model"], ModelError),
-    (["stream", "--port", "fake://", "--batch", "100"], UsageError),
+    # a model that does not take the dataset's samples (digits: 64 features, 10 classes)
+    (["stream", "--port", "fake://", "--model", str(ROOT / "tests" / "data" / "wide3.json")], UsageError),
     (["compile", "--board", "no-such-board"], BoardError),
     (["stream"], LinkError),   # nothing given and no board running
     (["stream", "--port", "fake://?arena=4096"], ModelError),   # does not fit the device

@@ -18,7 +18,9 @@ from host.device import Batch
 from host.errors import DeviceError
 from host.ids import MsgType, Status
 from host.protocol import LOAD_BEGIN_REQ, LOAD_CHUNK_REQ, STEP_RESP, Frame
-from host.zoo import init_params, load_model
+from host.zoo import init_params, load_model, parse_model
+
+import native_lib as nl
 
 SPEC = load_model("mlp-digits")
 
@@ -191,3 +193,84 @@ def test_read_weights_refuses_non_parameters(device):
             device.link.request(MsgType.READ_WEIGHTS, READ_WEIGHTS_REQ.build(
                 dict(tensor=tensor, length=length, offset=offset)))
         assert e.value.status == Status.BAD_TENSOR
+
+
+# A model whose samples (600 f32 = 2400 B) make a 4-sample batch larger than one frame.
+WIDE = parse_model({"name": "wide", "input": [600], "classes": 3, "loss": "softmax_cross_entropy",
+                    "layers": [{"type": "linear", "name": "fc", "out": 3}]})
+
+
+def wide_batch(seed, n=4, quant=None):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 600)) / 255.0
+    return Batch.from_arrays(x, rng.integers(0, 3, n), quant)
+
+
+def test_batches_larger_than_a_frame_are_staged_and_train_as_one(device):
+    params = init_params(WIDE, 0)
+    prog = compile_model(WIDE, params, TrainConfig(batch=4, lr=0.1))
+    blob = build_blob(prog)
+    device.load(blob)
+    batches = [wide_batch(s) for s in range(3)] + [wide_batch(9, quant=(1 / 255, 0.0))]
+    assert all(len(b.pack()) > ids.FRAME_MAX_PAYLOAD for b in batches[:3])
+    results = [device.train(b) for b in batches]
+    ev = device.evaluate(wide_batch(5, n=3))
+    # the same steps on the runtime library, one call each (no protocol, no staging)
+    rt = nl.Runtime(blob)
+    for b, r in zip(batches, results):
+        st, why, ref = rt.run(b.labels, b.data, encoding=int(b.encoding), scale=b.scale, zero=b.zero, train=True)
+        assert st == 0, why
+        # one float32 matmul of 600 terms per logit: the host library and a board
+        # may round differently (FMA contraction), |Δ| ≤ γ₆₀₀·Σ|x·w| ≈ 600·6e-8·25 ≈ 1e-3
+        # in the worst case, far less in practice; a staging mistake (a row off, a
+        # label shifted) changes the loss by ~0.1
+        assert abs(r.loss - ref.loss) < 1e-3 and r.correct == ref.correct and r.n == 4
+    b = wide_batch(5, n=3)
+    st, _, ref = rt.run(b.labels, b.data, train=False)
+    assert abs(ev.loss - ref.loss) < 1e-3 and ev.n == 3
+    w = device.read_params(prog)["fc.weight"]
+    np.testing.assert_allclose(w.ravel(), rt.tensor(prog.param_index("fc.weight")), atol=1e-5)
+
+
+def test_staging_refuses_gaps_short_runs_and_bad_labels(device):
+    from host.protocol import BATCH_REQ, STAGE_REQ
+
+    def stage(offset, data, encoding=ids.Encoding.F32):
+        return device.link.request(MsgType.STAGE, STAGE_REQ.build(dict(
+            offset=offset, encoding=int(encoding), scale=1.0, zero=0.0, data=data)))
+
+    def staged_run(n, labels):
+        return device.link.request(MsgType.TRAIN, BATCH_REQ.build(dict(
+            n=n, encoding=int(ids.Encoding.STAGED), scale=0.0, zero=0.0, labels=bytes(labels), data=b"")))
+
+    with pytest.raises(DeviceError) as e:
+        stage(0, bytes(16))
+    assert e.value.status == Status.NO_MODEL
+    prog = compile_model(WIDE, init_params(WIDE, 0), TrainConfig(batch=4, lr=0.1))
+    device.load(build_blob(prog))
+    stage(0, np.ones(600, "<f4").tobytes())               # sample 0
+    with pytest.raises(DeviceError) as e:                  # a gap: values 601.. before 600
+        stage(601, bytes(8))
+    assert e.value.status == Status.BAD_BATCH
+    with pytest.raises(DeviceError) as e:                  # 2 samples asked, 1 staged
+        staged_run(2, [0, 1])
+    assert e.value.status == Status.BAD_BATCH
+    stage(0, np.ones(600, "<f4").tobytes())               # the failed run consumed the rows
+    with pytest.raises(DeviceError) as e:                  # label 3 of 3 classes
+        staged_run(1, [3])
+    assert e.value.status == Status.BAD_BATCH
+    for i in range(4):                                     # all 4 samples of max_batch...
+        stage(600 * i, np.ones(600, "<f4").tobytes())
+    with pytest.raises(DeviceError) as e:                  # ...and one value past them
+        stage(2400, bytes(4))
+    assert e.value.status == Status.BAD_BATCH
+    stage(0, np.ones(600, "<f4").tobytes())
+    with pytest.raises(DeviceError) as e:                  # labels with data is not a staged run
+        device.link.request(MsgType.TRAIN, BATCH_REQ.build(dict(
+            n=1, encoding=int(ids.Encoding.STAGED), scale=0.0, zero=0.0, labels=b"\x00", data=b"x")))
+    assert e.value.status == Status.BAD_PAYLOAD
+    before = device.read_params(prog)
+    stage(0, np.ones(600, "<f4").tobytes())
+    r = STEP_RESP.parse(staged_run(1, [2]).payload)
+    assert r.n == 1 and r.step == 1
+    assert not np.array_equal(device.read_params(prog)["fc.weight"], before["fc.weight"])

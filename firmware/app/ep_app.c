@@ -11,6 +11,7 @@ enum {
     LOAD_BEGIN_REQ_BYTES = 8,
     LOAD_CHUNK_REQ_FIXED = 4,
     BATCH_REQ_FIXED = 12,
+    STAGE_REQ_FIXED = 16,
     READ_WEIGHTS_REQ_BYTES = 8,
     READ_WEIGHTS_RESP_FIXED = 8,
     EXIT_REQ_BYTES = 1,
@@ -40,6 +41,7 @@ static struct {
     ep_model_t *active;     /* NULL until a model is installed */
     ep_model_t *candidate;
     uint32_t steps;         /* TRAIN steps applied since the model was installed */
+    uint32_t staged;        /* input elements [0, staged) hold STAGEd values */
     struct {
         bool open;
         uint32_t total, crc, received;
@@ -180,6 +182,7 @@ static ep_status_t on_load_end(ep_call_t *c) {
     app.candidate = installed == &app.models[0] ? &app.models[1] : &app.models[0];
     app.active = installed;
     app.steps = 0;
+    app.staged = 0;
     uint8_t *p = put32(c->resp, installed->crc);
     p = put32(p, installed->arena_bytes);
     p = put16(p, installed->n_tensors);
@@ -187,33 +190,53 @@ static ep_status_t on_load_end(ep_call_t *c) {
     return EP_OK;
 }
 
-static ep_status_t run_batch(ep_call_t *c, bool train) {
-    if (c->req_len < BATCH_REQ_FIXED) {
+/* The batch header and labels at p (len bytes: header, labels, data) into *b. */
+static ep_status_t parse_batch(ep_call_t *c, const uint8_t *p, uint16_t len, ep_batch_t *b) {
+    if (len < BATCH_REQ_FIXED) {
         return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload shorter than the batch header"));
     }
-    const uint8_t *p = c->req;
-    ep_batch_t b;
-    b.n = get16(&p);
-    b.encoding = get8(&p);
+    b->n = get16(&p);
+    b->encoding = get8(&p);
     uint8_t reserved = get8(&p);
-    b.scale = getf32(&p);
-    b.zero = getf32(&p);
-    b.labels = p;
+    b->scale = getf32(&p);
+    b->zero = getf32(&p);
+    b->labels = p;
     if (reserved != 0) {
         return refuse(c, EP_BAD_PAYLOAD, EP_WHY("reserved: must be 0"));
     }
-    if (b.n > c->req_len - BATCH_REQ_FIXED) {
+    if (b->n > len - BATCH_REQ_FIXED) {
         return refuse(c, EP_BAD_PAYLOAD, EP_WHY("labels: payload shorter than n"));
+    }
+    if (b->encoding == EP_ENC_STAGED && len != BATCH_REQ_FIXED + b->n) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("a staged run carries labels but no data"));
+    }
+    b->data = b->labels + b->n;
+    b->data_bytes = (uint32_t)(len - BATCH_REQ_FIXED - b->n);
+    return EP_OK;
+}
+
+static ep_status_t run_batch(ep_call_t *c, bool train) {
+    ep_batch_t b;
+    ep_status_t st = parse_batch(c, c->req, c->req_len, &b);
+    if (st != EP_OK) {
+        return st;
     }
     if (!app.active) {
         return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
     }
-    b.data = b.labels + b.n;
-    b.data_bytes = c->req_len - BATCH_REQ_FIXED - b.n;
     ep_step_result_t r;
     uint64_t t0 = ep_port_cycles();
-    ep_status_t st = ep_model_run(app.active, ep_arena, &b, train, &r, &c->why);
+    if (b.encoding == EP_ENC_STAGED) {
+        const uint64_t need = (uint64_t)b.n * app.active->tensors[app.active->input_tensor].elems;
+        if (b.n < 1 || need > app.staged) {
+            return refuse(c, EP_BAD_BATCH, EP_WHY("staged run: n is 0 or more samples than were staged"));
+        }
+        st = ep_model_run_staged(app.active, ep_arena, b.n, b.labels, train, &r, &c->why);
+    } else {
+        st = ep_model_run(app.active, ep_arena, &b, train, &r, &c->why);
+    }
     uint64_t cycles = ep_port_cycles() - t0;
+    app.staged = 0; /* a run consumes the staged rows (and a plain batch overwrote them) */
     if (st != EP_OK) {
         return st;
     }
@@ -230,6 +253,40 @@ static ep_status_t run_batch(ep_call_t *c, bool train) {
     out = put16(out, r.correct);
     out = put32(out, app.steps);
     set_resp_len(c, put64(out, cycles));
+    return EP_OK;
+}
+
+/* STAGE: input values [offset, offset + count) of the next batch, following on from those staged. */
+static ep_status_t on_stage(ep_call_t *c) {
+    if (c->req_len < STAGE_REQ_FIXED) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload shorter than the stage header"));
+    }
+    const uint8_t *p = c->req;
+    const uint32_t offset = get32(&p);
+    const uint8_t encoding = get8(&p);
+    const uint8_t reserved0 = get8(&p);
+    const uint16_t reserved1 = get16(&p);
+    const float scale = getf32(&p);
+    const float zero = getf32(&p);
+    if (reserved0 != 0 || reserved1 != 0) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("reserved: must be 0"));
+    }
+    if (!app.active) {
+        return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
+    }
+    if (offset > app.staged) {
+        return refuse(c, EP_BAD_BATCH, EP_WHY("stage: values must follow on from those staged (no gap)"));
+    }
+    const uint32_t bytes = (uint32_t)(c->req_len - STAGE_REQ_FIXED);
+    ep_status_t st = ep_model_stage(app.active, ep_arena, offset, encoding, scale, zero, p, bytes, &c->why);
+    if (st != EP_OK) {
+        return st;
+    }
+    const uint32_t end = offset + bytes / (encoding == EP_ENC_F32 ? 4u : 1u);
+    if (end > app.staged) {
+        app.staged = end;
+    }
+    set_resp_len(c, put32(c->resp, app.staged));
     return EP_OK;
 }
 
@@ -296,6 +353,7 @@ static const ep_handler_t handlers[] = {
     [EP_MSG_LOAD_END] = on_load_end,
     [EP_MSG_TRAIN] = on_train,
     [EP_MSG_EVAL] = on_eval,
+    [EP_MSG_STAGE] = on_stage,
     [EP_MSG_STATS] = on_stats,
     [EP_MSG_READ_WEIGHTS] = on_read_weights,
     [EP_MSG_EXIT] = on_exit,

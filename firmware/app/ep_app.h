@@ -24,7 +24,7 @@
 #include "ep_frame.h"
 
 /** Capabilities reported in HELLO. */
-#define EP_APP_CAPS (EP_CAP_F32 | EP_CAP_SGD | EP_CAP_CYCLES | EP_CAP_U8_AFFINE_INPUT)
+#define EP_APP_CAPS (EP_CAP_F32 | EP_CAP_SGD | EP_CAP_CYCLES | EP_CAP_U8_AFFINE_INPUT | EP_CAP_STAGED_BATCH)
 
 /** Call once, after ep_port_init(): set up the state and send the unsolicited boot HELLO (req_id 0). */
 void ep_app_init(void);

@@ -43,6 +43,7 @@ typedef enum {
     EP_MSG_STATS = 7,
     EP_MSG_READ_WEIGHTS = 8,
     EP_MSG_EXIT = 9,
+    EP_MSG_STAGE = 10,
     EP_MSG_ERROR = 127,
 } ep_msg_type_t;
 
@@ -71,6 +72,7 @@ typedef enum {
     EP_CAP_SGD = 2,
     EP_CAP_CYCLES = 4,
     EP_CAP_U8_AFFINE_INPUT = 8,
+    EP_CAP_STAGED_BATCH = 16,
 } ep_cap_t;
 
 typedef enum {
@@ -129,6 +131,7 @@ typedef enum {
 typedef enum {
     EP_ENC_F32 = 0,
     EP_ENC_U8_AFFINE = 1,
+    EP_ENC_STAGED = 2,
 } ep_encoding_t;
 
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */

@@ -300,38 +300,100 @@ static void run_nodes(const ep_ctx_t *ctx, uint16_t from, uint16_t to) {
     }
 }
 
-static ep_status_t load_batch(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b, const char **why) {
-    const ep_tensor_t *in = &m->tensors[m->input_tensor];
-    if (b->n < 1 || b->n > m->max_batch) {
-        return fail(why, EP_BAD_BATCH, EP_WHY("batch: n not in 1..max_batch"));
-    }
-    if (b->encoding != EP_ENC_F32 && b->encoding != EP_ENC_U8_AFFINE) {
-        return fail(why, EP_BAD_BATCH, EP_WHY("batch: unknown encoding"));
-    }
-    const uint32_t count = (uint32_t)b->n * in->elems; /* ≤ in->bytes / 4 */
-    const uint32_t width = b->encoding == EP_ENC_F32 ? 4u : 1u;
-    if ((uint64_t)count * width != b->data_bytes) {
-        return fail(why, EP_BAD_BATCH, EP_WHY("batch: data is not n x input elements x (4 or 1) bytes"));
-    }
-    for (uint16_t i = 0; i < b->n; i++) {
-        if (b->labels[i] >= m->num_classes) {
+/* Check labels against the model and copy them into the label tensor. */
+static ep_status_t load_labels(const ep_model_t *m, uint8_t *arena, const uint8_t *labels, uint16_t n,
+                               const char **why) {
+    for (uint16_t i = 0; i < n; i++) {
+        if (labels[i] >= m->num_classes) {
             return fail(why, EP_BAD_BATCH, EP_WHY("batch: label not below num_classes"));
         }
     }
-    float *x = (float *)(void *)(arena + in->offset);
-    if (b->encoding == EP_ENC_F32) {
-        memcpy(x, b->data, (size_t)count * 4u);
-    } else {
-        const float scale = b->scale, zero = b->zero;
-        for (uint32_t i = 0; i < count; i++) {
-            x[i] = (float)b->data[i] * scale + zero;
-        }
-    }
     int32_t *lab = (int32_t *)(void *)(arena + m->tensors[m->label_tensor].offset);
-    for (uint16_t i = 0; i < b->n; i++) {
-        lab[i] = b->labels[i];
+    for (uint16_t i = 0; i < n; i++) {
+        lab[i] = labels[i];
     }
     return EP_OK;
+}
+
+/* Decode count values (f32 LE or u8 affine) into input elements [offset, offset + count). */
+static ep_status_t load_values(const ep_model_t *m, uint8_t *arena, uint32_t offset, uint8_t encoding,
+                               float scale, float zero, const uint8_t *data, uint32_t data_bytes,
+                               const char **why) {
+    const ep_tensor_t *in = &m->tensors[m->input_tensor];
+    if (encoding != EP_ENC_F32 && encoding != EP_ENC_U8_AFFINE) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: unknown encoding"));
+    }
+    const uint32_t width = encoding == EP_ENC_F32 ? 4u : 1u;
+    const uint32_t count = data_bytes / width;
+    if (count * width != data_bytes) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: f32 data is not a whole number of values"));
+    }
+    if ((uint64_t)offset + count > (uint64_t)m->max_batch * in->elems) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: values past max_batch samples"));
+    }
+    float *x = (float *)(void *)(arena + in->offset) + offset;
+    if (encoding == EP_ENC_F32) {
+        memcpy(x, data, (size_t)count * 4u);
+    } else {
+        for (uint32_t i = 0; i < count; i++) {
+            x[i] = (float)data[i] * scale + zero;
+        }
+    }
+    return EP_OK;
+}
+
+ep_status_t ep_model_stage(const ep_model_t *m, uint8_t *arena, uint32_t offset, uint8_t encoding, float scale,
+                           float zero, const uint8_t *data, uint32_t data_bytes, const char **why) {
+    EP_DCHECK(m != NULL && arena != NULL && (data != NULL || data_bytes == 0));
+    const char *unused;
+    why = why ? why : &unused;
+    *why = EP_WHY("");
+    return load_values(m, arena, offset, encoding, scale, zero, data, data_bytes, why);
+}
+
+static ep_status_t run_rows(const ep_model_t *m, uint8_t *arena, uint16_t n, bool train, ep_step_result_t *r,
+                            const char **why) {
+    const ep_ctx_t ctx = {.model = m, .arena = arena, .n = n};
+    if (train) {
+        run_nodes(&ctx, m->train_begin, m->train_loss_end);
+    } else {
+        run_nodes(&ctx, 0, m->n_eval_nodes);
+    }
+    const float *stats = (const float *)(const void *)(arena + m->tensors[m->stats_tensor].offset);
+    r->loss = stats[0];
+    r->n = n;
+    if (!isfinite(stats[0])) {
+        return fail(why, EP_NUMERIC, EP_WHY("loss is not finite"));
+    }
+    if (!(stats[1] >= 0.0f && stats[1] <= (float)n)) {
+        return fail(why, EP_INTERNAL, EP_WHY("stats: correct count out of range"));
+    }
+    r->correct = (uint16_t)stats[1];
+    if (train) {
+        run_nodes(&ctx, m->train_loss_end, m->n_nodes);
+    }
+    return EP_OK;
+}
+
+static void clear_result(ep_step_result_t *r) {
+    r->loss = 0.0f;
+    r->n = 0;
+    r->correct = 0;
+}
+
+ep_status_t ep_model_run_staged(const ep_model_t *m, uint8_t *arena, uint16_t n, const uint8_t *labels,
+                                bool train, ep_step_result_t *r, const char **why) {
+    EP_DCHECK(m != NULL && arena != NULL && r != NULL && labels != NULL);
+    EP_DCHECK(((uintptr_t)arena & (EP_BLOB_ALIGN - 1)) == 0);
+    const char *unused;
+    why = why ? why : &unused;
+    *why = EP_WHY("");
+    clear_result(r);
+    if (n < 1 || n > m->max_batch) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: n not in 1..max_batch"));
+    }
+    ep_status_t st = load_labels(m, arena, labels, n, why);
+    return st != EP_OK ? st : run_rows(m, arena, n, train, r, why);
 }
 
 ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b, bool train,
@@ -341,31 +403,21 @@ ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *
     const char *unused;
     why = why ? why : &unused;
     *why = EP_WHY("");
-    r->loss = 0.0f;
-    r->n = 0;
-    r->correct = 0;
-    ep_status_t st = load_batch(m, arena, b, why);
-    if (st != EP_OK) {
-        return st;
+    clear_result(r);
+    const ep_tensor_t *in = &m->tensors[m->input_tensor];
+    if (b->n < 1 || b->n > m->max_batch) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: n not in 1..max_batch"));
     }
-    const ep_ctx_t ctx = {.model = m, .arena = arena, .n = b->n};
-    if (train) {
-        run_nodes(&ctx, m->train_begin, m->train_loss_end);
-    } else {
-        run_nodes(&ctx, 0, m->n_eval_nodes);
+    if (b->encoding != EP_ENC_F32 && b->encoding != EP_ENC_U8_AFFINE) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: unknown encoding"));
     }
-    const float *stats = (const float *)(const void *)(arena + m->tensors[m->stats_tensor].offset);
-    r->loss = stats[0];
-    r->n = b->n;
-    if (!isfinite(stats[0])) {
-        return fail(why, EP_NUMERIC, EP_WHY("loss is not finite"));
+    const uint32_t width = b->encoding == EP_ENC_F32 ? 4u : 1u;
+    if ((uint64_t)b->n * in->elems * width != b->data_bytes) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: data is not n x input elements x (4 or 1) bytes"));
     }
-    if (!(stats[1] >= 0.0f && stats[1] <= (float)b->n)) {
-        return fail(why, EP_INTERNAL, EP_WHY("stats: correct count out of range"));
+    ep_status_t st = load_labels(m, arena, b->labels, b->n, why);
+    if (st == EP_OK) {
+        st = load_values(m, arena, 0, b->encoding, b->scale, b->zero, b->data, b->data_bytes, why);
     }
-    r->correct = (uint16_t)stats[1];
-    if (train) {
-        run_nodes(&ctx, m->train_loss_end, m->n_nodes);
-    }
-    return EP_OK;
+    return st != EP_OK ? st : run_rows(m, arena, b->n, train, r, why);
 }

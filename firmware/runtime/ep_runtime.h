@@ -123,6 +123,25 @@ void ep_model_init_arena(const ep_model_t *m, const uint8_t *blob, uint8_t *aren
 EP_NODISCARD ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b,
                                       bool train, ep_step_result_t *r, const char **why);
 
+/**
+ * Decode count values into input elements [offset, offset + count) of the batch
+ * (sample i's values start at i * input elements), for batches too large for
+ * one request. f32 (LE) or u8 affine (x = q * scale + zero); EP_BAD_BATCH if the
+ * values run past max_batch samples or the encoding is unknown. Runs no node.
+ */
+EP_NODISCARD ep_status_t ep_model_stage(const ep_model_t *m, uint8_t *arena, uint32_t offset, uint8_t encoding,
+                                        float scale, float zero, const uint8_t *data, uint32_t data_bytes,
+                                        const char **why);
+
+/**
+ * Run the schedule on the first n samples already in the input tensor (staged
+ * with ep_model_stage), with their n labels. The caller guarantees that n
+ * samples' values were staged for this model.
+ */
+EP_NODISCARD ep_status_t ep_model_run_staged(const ep_model_t *m, uint8_t *arena, uint16_t n,
+                                             const uint8_t *labels, bool train, ep_step_result_t *r,
+                                             const char **why);
+
 /** crc32 (IEEE 802.3, the zlib one); pass 0 as crc to start, chain to continue. */
 uint32_t ep_crc32(uint32_t crc, const uint8_t *data, uint32_t len);
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..ids import OpCode, OpFn
-from . import Layer, LayerRule, Shape, int_attr, register, uniform
+from . import LayerRule, Shape, int_attr, register, uniform
 
 
 def elems(shape: Shape) -> int:
