@@ -13,6 +13,8 @@ from .ids import Cap, Encoding, MsgType
 from .link import Link
 from .protocol import (
     BATCH_REQ,
+    PROFILE_REQ,
+    PROFILE_RESP,
     STAGE_REQ,
     STAGE_REQ_FIXED,
     STAGE_RESP,
@@ -145,6 +147,18 @@ class Device:
 
     def evaluate(self, batch: Batch) -> StepResult:
         return self._step(MsgType.EVAL, batch)
+
+    def profile(self) -> list[int]:
+        """Cycles each node of the installed model took in the last TRAIN/EVAL
+        (0 for nodes that did not run; each includes one read of the clock)."""
+        out: list[int] = []
+        while True:
+            r = PROFILE_RESP.parse(self.link.request(MsgType.PROFILE, PROFILE_REQ.build(dict(first=len(out)))).payload)
+            if r.first != len(out):
+                raise ProtocolError(f"PROFILE answered from node {r.first}, asked {len(out)}")
+            out += list(r.cycles)
+            if len(out) >= r.n_nodes or not r.cycles:
+                return out[:r.n_nodes]
 
     def stats(self) -> dict:
         r = STATS_RESP.parse(self.link.request(MsgType.STATS).payload)

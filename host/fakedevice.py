@@ -20,6 +20,8 @@ from .ids import Cap, Encoding, MsgType, Status, TensorFlag
 from .protocol import (
     BATCH_REQ,
     BATCH_REQ_FIXED,
+    PROFILE_REQ,
+    PROFILE_RESP,
     STAGE_REQ,
     STAGE_REQ_FIXED,
     STAGE_RESP,
@@ -55,7 +57,8 @@ class FakeDevice:
         self.reader = FrameReader()
         self.out = bytearray()
         self.model: BlobExecutor | None = None
-        self.staged = 0  # rows [0, staged) of the input hold STAGEd samples
+        self.staged = 0  # input values [0, staged) hold STAGEd samples
+        self.profiled = 0  # nodes of the last TRAIN/EVAL
         self.upload: bytearray | None = None
         self.upload_total = 0
         self.upload_crc = 0
@@ -147,6 +150,13 @@ class FakeDevice:
             return self._step(p, train=t == MsgType.TRAIN)
         if t == MsgType.STAGE:
             return self._stage(p)
+        if t == MsgType.PROFILE:
+            # the fake measures nothing: every node of the last run cost 0 "cycles"
+            first = PROFILE_REQ.parse(_exact(p, PROFILE_REQ.sizeof())).first
+            if first > self.profiled:
+                raise _Refused(Status.BAD_PAYLOAD, "profile: first node past the nodes of the last run")
+            count = min(self.profiled - first, (ids.FRAME_MAX_PAYLOAD - 4) // 4)
+            return PROFILE_RESP.build(dict(n_nodes=self.profiled, first=first, cycles=[0] * count))
         if t == MsgType.STATS:
             _exact(p, 0)
             m = self.model
@@ -192,7 +202,7 @@ class FakeDevice:
         if missing := model.unsupported():
             raise _Refused(Status.BAD_BLOB, f"the fake device does not implement {', '.join(missing)}; "
                                             "use the native build (--board native) for this model")
-        self.model, self.staged = model, 0
+        self.model, self.staged, self.profiled = model, 0, 0
         h = parsed.header
         return LOAD_END_RESP.build(dict(model_crc=parsed.crc, arena_used=h["arena_bytes"],
                                         n_tensors=h["n_tensors"], n_nodes=h["n_nodes"]))
@@ -229,6 +239,7 @@ class FakeDevice:
             raise _Refused(e.status, str(e)) from e
         finally:
             self.staged = 0
+            self.profiled = len(m.blob.nodes)
         # the fake counts one "cycle" per multiply-accumulate it would do: a stand-in
         cycles = r.n * m.elems(m.h["input_tensor"])
         kind = "train" if train else "eval"

@@ -66,6 +66,7 @@ class MsgType(enum.IntEnum):
     READ_WEIGHTS = 0x08
     EXIT = 0x09
     STAGE = 0x0A
+    PROFILE = 0x0B
     #: device → host only: a frame it could not attribute (bad CRC, oversize, truncated)
     ERROR = 0x7F
 

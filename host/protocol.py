@@ -15,6 +15,7 @@ from construct import (
     Const,
     Float32l,
     GreedyBytes,
+    GreedyRange,
     Int8ul,
     Int16ul,
     Int32ul,
@@ -192,6 +193,10 @@ STAGE_REQ = Struct(
 )
 STAGE_REQ_FIXED = 16
 STAGE_RESP = Struct("staged" / Int32ul)
+
+#: PROFILE: per-node cycles of the last TRAIN/EVAL, from node `first`
+PROFILE_REQ = Struct("first" / Int16ul)
+PROFILE_RESP = Struct("n_nodes" / Int16ul, "first" / Int16ul, "cycles" / GreedyRange(Int32ul))
 
 STEP_RESP = Struct(
     "loss" / Float32l, "n" / Int16ul, "correct" / Int16ul, "step" / Int32ul, "cycles" / Int64ul

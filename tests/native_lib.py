@@ -145,7 +145,7 @@ _SIGNATURES = {
     "ep_sgd_update_f32": (None, [C.POINTER(SgdParams), C.POINTER(Dims), F32P, F32P]),
     "ep_model_parse": (C.c_int, [C.POINTER(Model), U8P, C.c_uint32, C.c_uint32, WHY]),
     "ep_model_init_arena": (None, [C.POINTER(Model), U8P, U8P]),
-    "ep_model_run": (C.c_int, [C.POINTER(Model), U8P, C.POINTER(Batch), C.c_bool,
+    "ep_model_run": (C.c_int, [C.POINTER(Model), U8P, C.POINTER(Batch), C.c_bool, C.c_void_p,
                                C.POINTER(StepResult), WHY]),
 }
 
@@ -293,6 +293,6 @@ class Runtime:
                   C.cast(lab, U8P), C.cast(dat, U8P), len(data))
         r = StepResult()
         why = C.c_char_p()
-        st = load().ep_model_run(C.byref(self.model), _p(self.arena, U8P), C.byref(b), train,
+        st = load().ep_model_run(C.byref(self.model), _p(self.arena, U8P), C.byref(b), train, None,
                                  C.byref(r), C.byref(why))
         return st, (why.value or b"").decode(), r

@@ -274,3 +274,26 @@ def test_staging_refuses_gaps_short_runs_and_bad_labels(device):
     r = STEP_RESP.parse(staged_run(1, [2]).payload)
     assert r.n == 1 and r.step == 1
     assert not np.array_equal(device.read_params(prog)["fc.weight"], before["fc.weight"])
+
+
+def test_profile_gives_the_cost_of_every_node_of_the_last_run(device, device_url):
+    prog = program(batch=8)
+    device.load(build_blob(prog))
+    assert device.profile() == []                      # nothing ran since the install
+    r = device.train(a_batch())
+    cycles = device.profile()
+    assert len(cycles) == len(prog.graph.nodes)
+    if device_url.startswith("fake://"):
+        assert set(cycles) == {0}                       # the fake measures nothing
+        return
+    assert all(c > 0 for c in cycles)                   # TRAIN runs every node
+    assert sum(cycles) <= r.cycles
+    ev = device.evaluate(a_batch(seed=1))
+    eval_cycles = device.profile()
+    n_eval = prog.graph.n_eval_nodes
+    assert all(c > 0 for c in eval_cycles[:n_eval]) and not any(eval_cycles[n_eval:])
+    assert sum(eval_cycles) <= ev.cycles
+    if "socket://" in device_url and device.hello().board != "native":
+        # emulated boards count instructions: the same work costs the same, node by node
+        device.evaluate(a_batch(seed=1))
+        assert device.profile() == eval_cycles

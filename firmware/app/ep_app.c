@@ -15,6 +15,8 @@ enum {
     READ_WEIGHTS_REQ_BYTES = 8,
     READ_WEIGHTS_RESP_FIXED = 8,
     EXIT_REQ_BYTES = 1,
+    PROFILE_REQ_BYTES = 2,
+    PROFILE_RESP_MAX = (EP_FRAME_MAX_PAYLOAD - 4) / 4,
     /* an ERROR frame's message is one of the short strings below */
     ERROR_MSG_MAX = 64,
 };
@@ -42,6 +44,8 @@ static struct {
     ep_model_t *candidate;
     uint32_t steps;         /* TRAIN steps applied since the model was installed */
     uint32_t staged;        /* input elements [0, staged) hold STAGEd values */
+    uint32_t node_cycles[EP_MAX_NODES]; /* per-node cost of the last TRAIN/EVAL (PROFILE) */
+    uint16_t profiled;      /* nodes of the last run: [0, profiled) of node_cycles are valid */
     struct {
         bool open;
         uint32_t total, crc, received;
@@ -183,6 +187,7 @@ static ep_status_t on_load_end(ep_call_t *c) {
     app.active = installed;
     app.steps = 0;
     app.staged = 0;
+    app.profiled = 0;
     uint8_t *p = put32(c->resp, installed->crc);
     p = put32(p, installed->arena_bytes);
     p = put16(p, installed->n_tensors);
@@ -225,15 +230,18 @@ static ep_status_t run_batch(ep_call_t *c, bool train) {
         return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
     }
     ep_step_result_t r;
+    const ep_profiler_t prof = {.clock = ep_port_cycles, .cycles = app.node_cycles};
+    memset(app.node_cycles, 0, sizeof app.node_cycles);
+    app.profiled = app.active->n_nodes;
     uint64_t t0 = ep_port_cycles();
     if (b.encoding == EP_ENC_STAGED) {
         const uint64_t need = (uint64_t)b.n * app.active->tensors[app.active->input_tensor].elems;
         if (b.n < 1 || need > app.staged) {
             return refuse(c, EP_BAD_BATCH, EP_WHY("staged run: n is 0 or more samples than were staged"));
         }
-        st = ep_model_run_staged(app.active, ep_arena, b.n, b.labels, train, &r, &c->why);
+        st = ep_model_run_staged(app.active, ep_arena, b.n, b.labels, train, &prof, &r, &c->why);
     } else {
-        st = ep_model_run(app.active, ep_arena, &b, train, &r, &c->why);
+        st = ep_model_run(app.active, ep_arena, &b, train, &prof, &r, &c->why);
     }
     uint64_t cycles = ep_port_cycles() - t0;
     app.staged = 0; /* a run consumes the staged rows (and a plain batch overwrote them) */
@@ -287,6 +295,30 @@ static ep_status_t on_stage(ep_call_t *c) {
         app.staged = end;
     }
     set_resp_len(c, put32(c->resp, app.staged));
+    return EP_OK;
+}
+
+/* PROFILE: the per-node cycles of the last TRAIN/EVAL, from node `first` on. */
+static ep_status_t on_profile(ep_call_t *c) {
+    ep_status_t st = need_len(c, PROFILE_REQ_BYTES);
+    if (st != EP_OK) {
+        return st;
+    }
+    const uint8_t *p = c->req;
+    const uint16_t first = get16(&p);
+    if (first > app.profiled) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("profile: first node past the nodes of the last run"));
+    }
+    uint16_t count = (uint16_t)(app.profiled - first);
+    if (count > PROFILE_RESP_MAX) {
+        count = PROFILE_RESP_MAX;
+    }
+    uint8_t *out = put16(c->resp, app.profiled);
+    out = put16(out, first);
+    for (uint16_t i = 0; i < count; i++) {
+        out = put32(out, app.node_cycles[first + i]);
+    }
+    set_resp_len(c, out);
     return EP_OK;
 }
 
@@ -354,6 +386,7 @@ static const ep_handler_t handlers[] = {
     [EP_MSG_TRAIN] = on_train,
     [EP_MSG_EVAL] = on_eval,
     [EP_MSG_STAGE] = on_stage,
+    [EP_MSG_PROFILE] = on_profile,
     [EP_MSG_STATS] = on_stats,
     [EP_MSG_READ_WEIGHTS] = on_read_weights,
     [EP_MSG_EXIT] = on_exit,

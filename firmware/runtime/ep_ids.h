@@ -44,6 +44,7 @@ typedef enum {
     EP_MSG_READ_WEIGHTS = 8,
     EP_MSG_EXIT = 9,
     EP_MSG_STAGE = 10,
+    EP_MSG_PROFILE = 11,
     EP_MSG_ERROR = 127,
 } ep_msg_type_t;
 

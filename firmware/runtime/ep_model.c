@@ -292,11 +292,18 @@ void ep_model_init_arena(const ep_model_t *m, const uint8_t *blob, uint8_t *aren
 }
 
 static void run_nodes(const ep_ctx_t *ctx, uint16_t from, uint16_t to) {
+    const ep_profiler_t *prof = ctx->prof;
     for (uint16_t i = from; i < to; i++) {
         const ep_node_t *nd = &ctx->model->nodes[i];
         const ep_op_t *op = ep_op_lookup(nd->op);
         EP_DCHECK(op != NULL && op->fn[nd->fn] != NULL);
-        op->fn[nd->fn](ctx, nd);
+        if (prof) {
+            const uint64_t t0 = prof->clock();
+            op->fn[nd->fn](ctx, nd);
+            prof->cycles[i] = (uint32_t)(prof->clock() - t0);
+        } else {
+            op->fn[nd->fn](ctx, nd);
+        }
     }
 }
 
@@ -351,9 +358,9 @@ ep_status_t ep_model_stage(const ep_model_t *m, uint8_t *arena, uint32_t offset,
     return load_values(m, arena, offset, encoding, scale, zero, data, data_bytes, why);
 }
 
-static ep_status_t run_rows(const ep_model_t *m, uint8_t *arena, uint16_t n, bool train, ep_step_result_t *r,
-                            const char **why) {
-    const ep_ctx_t ctx = {.model = m, .arena = arena, .n = n};
+static ep_status_t run_rows(const ep_model_t *m, uint8_t *arena, uint16_t n, bool train,
+                            const ep_profiler_t *prof, ep_step_result_t *r, const char **why) {
+    const ep_ctx_t ctx = {.model = m, .arena = arena, .n = n, .prof = prof};
     if (train) {
         run_nodes(&ctx, m->train_begin, m->train_loss_end);
     } else {
@@ -382,7 +389,7 @@ static void clear_result(ep_step_result_t *r) {
 }
 
 ep_status_t ep_model_run_staged(const ep_model_t *m, uint8_t *arena, uint16_t n, const uint8_t *labels,
-                                bool train, ep_step_result_t *r, const char **why) {
+                                bool train, const ep_profiler_t *prof, ep_step_result_t *r, const char **why) {
     EP_DCHECK(m != NULL && arena != NULL && r != NULL && labels != NULL);
     EP_DCHECK(((uintptr_t)arena & (EP_BLOB_ALIGN - 1)) == 0);
     const char *unused;
@@ -393,11 +400,11 @@ ep_status_t ep_model_run_staged(const ep_model_t *m, uint8_t *arena, uint16_t n,
         return fail(why, EP_BAD_BATCH, EP_WHY("batch: n not in 1..max_batch"));
     }
     ep_status_t st = load_labels(m, arena, labels, n, why);
-    return st != EP_OK ? st : run_rows(m, arena, n, train, r, why);
+    return st != EP_OK ? st : run_rows(m, arena, n, train, prof, r, why);
 }
 
 ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b, bool train,
-                         ep_step_result_t *r, const char **why) {
+                         const ep_profiler_t *prof, ep_step_result_t *r, const char **why) {
     EP_DCHECK(m != NULL && arena != NULL && b != NULL && r != NULL);
     EP_DCHECK(((uintptr_t)arena & (EP_BLOB_ALIGN - 1)) == 0);
     const char *unused;
@@ -419,5 +426,5 @@ ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *
     if (st == EP_OK) {
         st = load_values(m, arena, 0, b->encoding, b->scale, b->zero, b->data, b->data_bytes, why);
     }
-    return st != EP_OK ? st : run_rows(m, arena, b->n, train, r, why);
+    return st != EP_OK ? st : run_rows(m, arena, b->n, train, prof, r, why);
 }

@@ -50,6 +50,7 @@ typedef struct {
     const ep_model_t *model; /**< a model ep_model_parse() accepted */
     uint8_t *arena;          /**< 8-aligned; tensor t lives at arena + tensors[t].offset */
     uint16_t n;              /**< samples in this batch, 1..model->max_batch */
+    const ep_profiler_t *prof; /**< per-node costs, or NULL */
 } ep_ctx_t;
 
 /**

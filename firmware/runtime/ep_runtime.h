@@ -102,6 +102,16 @@ typedef struct {
 } ep_step_result_t;
 
 /**
+ * Optional per-node cost recording for a run: `clock` is the port's cycle
+ * counter, `cycles[i]` receives node i's cost (clock after − clock before;
+ * nodes that did not run are left alone). Pass NULL to run without it.
+ */
+typedef struct {
+    uint64_t (*clock)(void);
+    uint32_t *cycles;       /**< model->n_nodes entries */
+} ep_profiler_t;
+
+/**
  * Validate an untrusted blob and describe it in *m. Checks every field listed in
  * docs/blob.md, including each node through its op's prepare().
  * @param arena_bytes the device arena size; a larger model gives EP_NO_FIT
@@ -121,7 +131,8 @@ void ep_model_init_arena(const ep_model_t *m, const uint8_t *blob, uint8_t *aren
  * any backward or update node runs.
  */
 EP_NODISCARD ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *b,
-                                      bool train, ep_step_result_t *r, const char **why);
+                                      bool train, const ep_profiler_t *prof, ep_step_result_t *r,
+                                      const char **why);
 
 /**
  * Decode count values into input elements [offset, offset + count) of the batch
@@ -139,8 +150,8 @@ EP_NODISCARD ep_status_t ep_model_stage(const ep_model_t *m, uint8_t *arena, uin
  * samples' values were staged for this model.
  */
 EP_NODISCARD ep_status_t ep_model_run_staged(const ep_model_t *m, uint8_t *arena, uint16_t n,
-                                             const uint8_t *labels, bool train, ep_step_result_t *r,
-                                             const char **why);
+                                             const uint8_t *labels, bool train, const ep_profiler_t *prof,
+                                             ep_step_result_t *r, const char **why);
 
 /** crc32 (IEEE 802.3, the zlib one); pass 0 as crc to start, chain to continue. */
 uint32_t ep_crc32(uint32_t crc, const uint8_t *data, uint32_t len);
