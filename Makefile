@@ -6,6 +6,8 @@
 #   make flash BOARD=<board>      put firmware on the board: an emulated board boots in the
 #                                 background and prints its serial URL; a real one is
 #                                 programmed with pyOCD (pip install -e '.[flash]')
+#   make bench                    instructions per training step and MAC/instruction per op
+#                                 on the emulated Cortex-M4F → bench/results.json
 #   make setup                    only install what is missing (apt-get tools, pip venv)
 #
 # Everything Python runs from the project venv ($(VENV)); `host` is its CLI.
@@ -20,7 +22,7 @@ BUILD := $(CURDIR)/build
 TEST_BOARDS := native mps2-an386 mps2-an500 mps3-an547 netduinoplus2 nucleo-f446re
 FW_SOURCES := $(shell find firmware -name '*.[chS]' -o -name '*.in' -o -name Makefile)
 
-.PHONY: all setup tools venv firmware flash demo test clean help
+.PHONY: all setup tools venv firmware flash demo test bench clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -64,6 +66,13 @@ test: setup
 	@$(MAKE) --no-print-directory -C firmware test-frame BUILD=$(BUILD)/native
 	@echo "==> running the test suite (pytest, one worker per core: emulated boards run side by side)"
 	@$(PY) -m pytest -q -n auto
+
+# Instructions and MAC/instruction of training steps on the emulated Cortex-M4F
+# (exact instruction counts under QEMU -icount); writes bench/results.json.
+bench: setup
+	@$(MAKE) --no-print-directory firmware BOARD=mps2-an386
+	@echo "==> benchmark: training steps of every shipped model on the emulated mps2-an386"
+	@$(PY) -m host.bench --board mps2-an386
 
 clean:
 	rm -rf $(BUILD)

@@ -7,6 +7,8 @@
  * tensors: M and K from W [M, K], R = y elements / M. x may have any shape with
  * R·K elements (a flatten layer before a linear one costs nothing).
  */
+#include <math.h>
+
 #include "ep_ops.h"
 
 static bool is_batched_f32(const ep_model_t *m, uint16_t t) {
@@ -121,96 +123,114 @@ const ep_op_t ep_op_linear = {
     .fn = {[EP_FN_FW] = linear_fw, [EP_FN_BW_INPUT] = linear_bw_input, [EP_FN_BW_PARAM] = linear_bw_param},
 };
 
+/*
+ * The three kernels are one product shape: c[r][q] = init[q] + Σ_t A(r, t) · B(q, t)
+ * for r < R, q < Q, t < T, with A(r, t) = a[r·ar + t·at] and B(q, t) = b[q·bq + t·bt]:
+ *   fw        y  = x  Wᵀ + b   R = rows, Q = M, T = K   a = x  (K, 1)  b = W (K, 1)
+ *   bw_input  dx = dy W        R = rows, Q = K, T = M   a = dy (M, 1)  b = W (1, K)
+ *   bw_param  dW = dyᵀ x       R = M,    Q = K, T = rows a = dy (1, M) b = x (1, K)
+ * Tiles of 4×4 outputs live in 16 registers; each step of t loads 4 values of A
+ * and 4 of B for 16 fused multiply-adds (fmaf: one VFMA on the M4F, and one
+ * rounding per term instead of two). Sums run in t order from init (or 0).
+ */
+static void product_f32(uint32_t R, uint32_t Q, uint32_t T, const float *restrict a, uint32_t ar, uint32_t at,
+                        const float *restrict b, uint32_t bq, uint32_t bt, const float *restrict init,
+                        float *restrict c) {
+    uint32_t r = 0;
+    for (; r + 4 <= R; r += 4) {
+        const float *a0 = a + r * ar, *a1 = a0 + ar, *a2 = a1 + ar, *a3 = a2 + ar;
+        float *c0 = c + r * Q, *c1 = c0 + Q, *c2 = c1 + Q, *c3 = c2 + Q;
+        uint32_t q = 0;
+        for (; q + 4 <= Q; q += 4) {
+            const float *b0 = b + q * bq, *b1 = b0 + bq, *b2 = b1 + bq, *b3 = b2 + bq;
+            float s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33;
+            s00 = s10 = s20 = s30 = init ? init[q] : 0.0f;
+            s01 = s11 = s21 = s31 = init ? init[q + 1] : 0.0f;
+            s02 = s12 = s22 = s32 = init ? init[q + 2] : 0.0f;
+            s03 = s13 = s23 = s33 = init ? init[q + 3] : 0.0f;
+#define EP_TILE_STEP(x0, x1, x2, x3, w0, w1, w2, w3)                                                         \
+    do {                                                                                                    \
+        s00 = fmaf(x0, w0, s00); s01 = fmaf(x0, w1, s01); s02 = fmaf(x0, w2, s02); s03 = fmaf(x0, w3, s03); \
+        s10 = fmaf(x1, w0, s10); s11 = fmaf(x1, w1, s11); s12 = fmaf(x1, w2, s12); s13 = fmaf(x1, w3, s13); \
+        s20 = fmaf(x2, w0, s20); s21 = fmaf(x2, w1, s21); s22 = fmaf(x2, w2, s22); s23 = fmaf(x2, w3, s23); \
+        s30 = fmaf(x3, w0, s30); s31 = fmaf(x3, w1, s31); s32 = fmaf(x3, w2, s32); s33 = fmaf(x3, w3, s33); \
+    } while (0)
+            uint32_t t = 0, ia = 0, ib = 0;
+            if (at == 1 && bt == 1) {
+                /* both contiguous in t (fw): two steps per pass, so loads use immediate offsets */
+                for (; t + 2 <= T; t += 2, ia += 2, ib += 2) {
+                    EP_TILE_STEP(a0[ia], a1[ia], a2[ia], a3[ia], b0[ib], b1[ib], b2[ib], b3[ib]);
+                    EP_TILE_STEP(a0[ia + 1], a1[ia + 1], a2[ia + 1], a3[ia + 1],
+                                 b0[ib + 1], b1[ib + 1], b2[ib + 1], b3[ib + 1]);
+                }
+            } else if (ar == 1 && bq == 1) {
+                /* the 4 rows and the 4 columns are each adjacent (bw_param): one pointer each */
+                for (; t < T; t++, ia += at, ib += bt) {
+                    const float *pa = a0 + ia, *pb = b0 + ib;
+                    EP_TILE_STEP(pa[0], pa[1], pa[2], pa[3], pb[0], pb[1], pb[2], pb[3]);
+                }
+            } else if (at == 1 && bq == 1) {
+                /* rows contiguous in t, the 4 columns adjacent (bw_input) */
+                for (; t + 2 <= T; t += 2, ia += 2, ib += 2 * bt) {
+                    const float *pb = b0 + ib, *pb1 = pb + bt;
+                    EP_TILE_STEP(a0[ia], a1[ia], a2[ia], a3[ia], pb[0], pb[1], pb[2], pb[3]);
+                    EP_TILE_STEP(a0[ia + 1], a1[ia + 1], a2[ia + 1], a3[ia + 1], pb1[0], pb1[1], pb1[2], pb1[3]);
+                }
+            }
+            for (; t < T; t++, ia += at, ib += bt) {
+                EP_TILE_STEP(a0[ia], a1[ia], a2[ia], a3[ia], b0[ib], b1[ib], b2[ib], b3[ib]);
+            }
+#undef EP_TILE_STEP
+            c0[q] = s00; c0[q + 1] = s01; c0[q + 2] = s02; c0[q + 3] = s03;
+            c1[q] = s10; c1[q + 1] = s11; c1[q + 2] = s12; c1[q + 3] = s13;
+            c2[q] = s20; c2[q + 1] = s21; c2[q + 2] = s22; c2[q + 3] = s23;
+            c3[q] = s30; c3[q + 1] = s31; c3[q + 2] = s32; c3[q + 3] = s33;
+        }
+        for (; q < Q; q++) { /* the last Q % 4 columns of these 4 rows */
+            const float *bq0 = b + q * bq;
+            float s0, s1, s2, s3;
+            s0 = s1 = s2 = s3 = init ? init[q] : 0.0f;
+            for (uint32_t t = 0, ia = 0, ib = 0; t < T; t++, ia += at, ib += bt) {
+                const float w = bq0[ib];
+                s0 = fmaf(a0[ia], w, s0);
+                s1 = fmaf(a1[ia], w, s1);
+                s2 = fmaf(a2[ia], w, s2);
+                s3 = fmaf(a3[ia], w, s3);
+            }
+            c0[q] = s0; c1[q] = s1; c2[q] = s2; c3[q] = s3;
+        }
+    }
+    for (; r < R; r++) { /* the last R % 4 rows */
+        const float *ar0 = a + r * ar;
+        float *cr = c + r * Q;
+        for (uint32_t q = 0; q < Q; q++) {
+            const float *bq0 = b + q * bq;
+            float s = init ? init[q] : 0.0f;
+            for (uint32_t t = 0, ia = 0, ib = 0; t < T; t++, ia += at, ib += bt) {
+                s = fmaf(ar0[ia], bq0[ib], s);
+            }
+            cr[q] = s;
+        }
+    }
+}
+
 void ep_linear_fw_f32(const ep_linear_params_t *p, const float *restrict x, const float *restrict w,
                       const float *restrict b, float *restrict y) {
     const uint32_t n = p->in.n, K = p->in.c, M = p->out.c;
-    for (uint32_t i = 0; i < n; i++, x += K, y += M) {
-        uint32_t m = 0;
-        for (; m + 4 <= M; m += 4) {
-            const float *w0 = w + m * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-            float a0 = b[m], a1 = b[m + 1], a2 = b[m + 2], a3 = b[m + 3];
-            for (uint32_t k = 0; k < K; k++) {
-                const float xk = x[k];
-                a0 += xk * w0[k];
-                a1 += xk * w1[k];
-                a2 += xk * w2[k];
-                a3 += xk * w3[k];
-            }
-            y[m] = a0;
-            y[m + 1] = a1;
-            y[m + 2] = a2;
-            y[m + 3] = a3;
-        }
-        for (; m < M; m++) {
-            const float *wm = w + m * K;
-            float a = b[m];
-            for (uint32_t k = 0; k < K; k++) {
-                a += x[k] * wm[k];
-            }
-            y[m] = a;
-        }
-    }
+    product_f32(n, M, K, x, K, 1, w, K, 1, b, y);
 }
 
 void ep_linear_bw_input_f32(const ep_linear_params_t *p, const float *restrict dy,
                             const float *restrict w, float *restrict dx) {
     const uint32_t n = p->in.n, K = p->in.c, M = p->out.c;
-    for (uint32_t i = 0; i < n; i++, dy += M, dx += K) {
-        uint32_t k = 0;
-        for (; k + 4 <= K; k += 4) {
-            const float *wk = w + k;
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            for (uint32_t m = 0; m < M; m++, wk += K) {
-                const float d = dy[m];
-                a0 += d * wk[0];
-                a1 += d * wk[1];
-                a2 += d * wk[2];
-                a3 += d * wk[3];
-            }
-            dx[k] = a0;
-            dx[k + 1] = a1;
-            dx[k + 2] = a2;
-            dx[k + 3] = a3;
-        }
-        for (; k < K; k++) {
-            const float *wk = w + k;
-            float a = 0.0f;
-            for (uint32_t m = 0; m < M; m++, wk += K) {
-                a += dy[m] * wk[0];
-            }
-            dx[k] = a;
-        }
-    }
+    product_f32(n, K, M, dy, M, 1, w, 1, K, NULL, dx);
 }
 
 void ep_linear_bw_param_f32(const ep_linear_params_t *p, const float *restrict dy,
                             const float *restrict x, float *restrict dw, float *restrict db) {
     const uint32_t n = p->in.n, K = p->in.c, M = p->out.c;
-    for (uint32_t m = 0; m < M; m++, dw += K) {
-        uint32_t k = 0;
-        for (; k + 4 <= K; k += 4) {
-            const float *xi = x + k;
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-            for (uint32_t i = 0; i < n; i++, xi += K) {
-                const float d = dy[i * M + m];
-                a0 += d * xi[0];
-                a1 += d * xi[1];
-                a2 += d * xi[2];
-                a3 += d * xi[3];
-            }
-            dw[k] = a0;
-            dw[k + 1] = a1;
-            dw[k + 2] = a2;
-            dw[k + 3] = a3;
-        }
-        for (; k < K; k++) {
-            const float *xi = x + k;
-            float a = 0.0f;
-            for (uint32_t i = 0; i < n; i++, xi += K) {
-                a += dy[i * M + m] * xi[0];
-            }
-            dw[k] = a;
-        }
+    product_f32(M, K, n, dy, 1, M, x, 1, K, NULL, dw);
+    for (uint32_t m = 0; m < M; m++) {
         float s = 0.0f;
         for (uint32_t i = 0; i < n; i++) {
             s += dy[i * M + m];
