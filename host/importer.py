@@ -111,6 +111,7 @@ def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str 
     params: dict[str, np.ndarray] = {}
     used: set[str] = {INPUT}
     names: dict = {}   # fx node → layer name (INPUT for the placeholder)
+    shape_nodes: set = set()
     shapes = {INPUT: tuple(input_shape)}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -123,6 +124,9 @@ def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str 
                 raise ModelError("the model output must be its last step")
             break
         where = f"step {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)})"
+        if _is_shape_query(node, shape_nodes):
+            shape_nodes.add(node)  # x.size(0), x.shape[0]: feeds a reshape's batch dimension
+            continue
         if node.op == "get_attr":
             raise ModelError(f"{where}: direct use of a tensor attribute is not supported")
         fname = getattr(node.target, "__name__", str(node.target))
@@ -132,7 +136,7 @@ def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str 
             args = list(args[0]) if isinstance(args[0], (list, tuple)) else args
             if dim != 1 or len(args) != 2:
                 raise ModelError(f"{where}: only torch.cat of two tensors along dim 1 is supported")
-        inputs = [a for a in args if isinstance(a, fx.Node)]
+        inputs = [a for a in args if isinstance(a, fx.Node) and a not in shape_nodes]
         if any(a not in names for a in inputs) or not inputs:
             raise ModelError(f"{where}: reads something that is not the input or a layer's output")
         srcs = [names[a] for a in inputs]
@@ -158,11 +162,13 @@ def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str 
                 raise ModelError(f"{where}: unsupported op {fname!r}")
             if rule_for(t).n_inputs != len(srcs):
                 raise ModelError(f"{where}: {fname} of {len(srcs)} tensors is not supported")
+            attrs = {}
             if t == "flatten" and not _is_flatten(node, fname):
-                raise ModelError(f"{where}: only flattening to (batch, -1) is supported")
+                if fname not in ("view", "reshape"):
+                    raise ModelError(f"{where}: only flattening to (batch, -1) is supported")
+                t, attrs = "reshape", {"shape": _reshape_target(node, shapes[srcs[0]], where)}
             if t == "add" and (node.kwargs.get("alpha", 1) != 1 or len(args) != 2):
                 raise ModelError(f"{where}: only a + b is supported")
-            attrs = {}
             if t == "elu":
                 attrs = {"alpha": float(node.kwargs.get("alpha", args[1] if len(args) > 1 else 1.0))}
             layer = Layer(t, _layer_name(fname, used), attrs, tuple(srcs))
@@ -186,6 +192,30 @@ def _is_flatten(node, fname: str) -> bool:
         return start == 1 and end == -1
     # x.view(x.size(0), -1) or x.reshape(n, -1): the last argument -1
     return len(args) == 2 and args[1] == -1
+
+
+def _is_shape_query(node, shape_nodes: set) -> bool:
+    """x.size(...), x.shape and x.shape[i]: values about a tensor's shape, not tensors."""
+    if node.op == "call_method" and node.target == "size":
+        return True
+    if node.op == "call_function" and getattr(node.target, "__name__", "") == "getattr":
+        return len(node.args) > 1 and node.args[1] == "shape"
+    if node.op == "call_function" and getattr(node.target, "__name__", "") == "getitem":
+        return bool(node.args) and node.args[0] in shape_nodes
+    return False
+
+
+def _reshape_target(node, in_shape, where: str) -> list[int]:
+    """x.view(n, a, b, ...) / x.reshape(...) → the per-sample shape [a, b, ...]."""
+    args = list(node.args[1:])
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = list(args[0])
+    dims = args[1:]
+    if not dims or not all(isinstance(d, int) for d in dims) or sum(d == -1 for d in dims) > 1:
+        raise ModelError(f"{where}: reshape to {args} is not (batch, fixed dims...)")
+    total = int(np.prod(in_shape))
+    known = int(np.prod([d for d in dims if d != -1]))
+    return [total // known if d == -1 else d for d in dims]
 
 
 def _check_same(module, spec: ModelSpec, params: dict[str, np.ndarray], input_shape, torch) -> None:

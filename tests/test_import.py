@@ -169,3 +169,21 @@ def test_residuals_and_concat_import_as_a_graph():
     assert not any(n.layer == "fc1" and n.fn.name == "BW_INPUT" for n in prog.graph.nodes)
     # h feeds fc2, the second add and the concat: its gradients are summed
     assert ops.count(("ACCUMULATE", "FW")) + ops.count(("ADD", "FW")) >= 4
+
+
+def test_reshape_and_size_queries_import_as_a_view():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):                      # x [n, 2, 3, 4]
+            t = x.view(x.size(0), 6, 4)            # a view to tokens
+            return self.fc(t).reshape(x.shape[0], -1)
+
+    spec, params = from_torch(Tokens(), (2, 3, 4), classes=18)
+    assert [(l.type, l.attrs) for l in spec.layers] == [("reshape", {"shape": [6, 4]}), ("linear", {"out": 3}),
+                                                        ("flatten", {})]
+    prog = compile_model(spec, params, TrainConfig(batch=2))
+    reshaped = prog.graph.index("view.out")
+    assert prog.graph.tensors[reshaped].alias_of == prog.graph.input_tensor

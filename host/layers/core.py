@@ -184,3 +184,47 @@ class Concat(LayerRule):
 
     def torch_module(self, layer, in_shape):
         return _torch_twin("concat")
+
+
+@register
+class Reshape(LayerRule):
+    """The sample under another shape with as many elements ([32][7][7] → [32][49]):
+    a view, like flatten, so no node and no copy."""
+
+    type = "reshape"
+
+    def parse(self, d):
+        shape = d.get("shape")
+        if not (isinstance(shape, list) and 1 <= len(shape) <= 4):
+            raise ModelError(f"attribute 'shape' = {shape!r}: want a list of 1 to 4 dimensions")
+        return {"shape": [int_attr({"shape": v}, "shape") for v in shape]}
+
+    def out_shape(self, layer, in_shape):
+        shape = tuple(layer["shape"])
+        if elems(shape) != elems(in_shape):
+            raise ModelError(f"layer {layer.name!r}: cannot reshape {in_shape} to {shape}")
+        return shape
+
+    def forward(self, e, layer, x, train):
+        return e.view(x, "out", self.out_shape(layer, e.dims(x))), e.dims(x)
+
+    def backward(self, e, layer, in_dims, dy, need_dx):
+        return e.view(dy, "in.grad", in_dims) if need_dx else None
+
+    def torch_module(self, layer, in_shape):
+        import torch.nn as nn
+        return nn.Unflatten(1, tuple(layer["shape"])) if len(in_shape) == 1 else _Reshape(tuple(layer["shape"]))
+
+
+def _Reshape(shape):  # noqa: N802 - a module factory
+    import torch.nn as nn
+
+    class Reshape(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shape = shape
+
+        def forward(self, x):
+            return x.reshape(x.shape[0], *self.shape)
+
+    return Reshape()
