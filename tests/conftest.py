@@ -11,6 +11,7 @@ missing image is a failure, so a green CI always means the firmware was tested.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -38,6 +39,16 @@ def _require_firmware(board_name: str):
             pytest.fail(problem)
         pytest.skip(problem)
     return board
+
+
+@contextlib.contextmanager
+def board_device(request, board_name: str, timeout: float = 30.0):
+    """A Device on a freshly booted `board_name` (skips, or fails under CI, without its firmware)."""
+    board = _require_firmware(board_name)
+    with start(board) as running, Link.open(running.url, timeout=timeout) as lk:
+        dev = Device(lk)
+        dev.hello()
+        yield dev
 
 
 @pytest.fixture
