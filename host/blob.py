@@ -39,7 +39,10 @@ HEADER = Struct(
     "data_bytes" / Int32ul,
     "train_begin" / Int16ul,
     "train_loss_end" / Int16ul,
-    Padding(8),
+    "update_begin" / Int16ul,
+    "update_every" / Int16ul,
+    "counter_tensor" / Int16ul,
+    Padding(2),
 )
 TENSOR = Struct(
     "dtype" / Int8ul,
@@ -111,7 +114,9 @@ def build_blob(prog: Program) -> bytes:
         n_eval_nodes=g.n_eval_nodes, max_batch=g.max_batch, input_tensor=g.input_tensor,
         label_tensor=g.label_tensor, stats_tensor=g.stats_tensor, num_classes=g.num_classes,
         tensors_off=tensors_off, nodes_off=nodes_off, data_off=data_off, data_bytes=len(data),
-        train_begin=g.train_begin, train_loss_end=g.train_loss_end)
+        train_begin=g.train_begin, train_loss_end=g.train_loss_end,
+        update_begin=g.update_begin if g.update_begin is not None else len(g.nodes),
+        update_every=g.update_every, counter_tensor=ids.NO_TENSOR if g.counter_tensor < 0 else g.counter_tensor)
     body[:ids.BLOB_HEADER_BYTES] = HEADER.build(header)
     crc = zlib.crc32(bytes(body[CRC_START:]))
     body[12:16] = crc.to_bytes(4, "little")
@@ -149,7 +154,8 @@ def parse_blob(blob: bytes, arena_limit: int | None = None) -> ParsedBlob:
         (1 <= h.n_tensors <= ids.MAX_TENSORS, "n_tensors"),
         (1 <= h.n_nodes <= ids.MAX_NODES, "n_nodes"),
         (h.n_eval_nodes <= h.n_nodes, "n_eval_nodes"),
-        (h.train_begin <= h.train_loss_end <= h.n_nodes, "train_begin/train_loss_end"),
+        (h.train_begin <= h.train_loss_end <= h.update_begin <= h.n_nodes, "train_begin/train_loss_end/update_begin"),
+        (h.update_every >= 1 and (h.update_every > 1) == (h.counter_tensor != ids.NO_TENSOR), "update_every"),
         (h.max_batch >= 1, "max_batch"),
         (h.tensors_off + h.n_tensors * ids.BLOB_TENSOR_BYTES <= len(blob), "tensors_off"),
         (h.nodes_off + h.n_nodes * ids.BLOB_NODE_BYTES <= len(blob), "nodes_off"),

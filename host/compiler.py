@@ -48,6 +48,9 @@ class TrainConfig:
     eps: float = 1e-8
     #: names of the layers whose parameters train; None = every layer
     train_layers: tuple[str, ...] | None = None
+    #: gradient accumulation: the optimizer steps once per this many TRAIN batches,
+    #: on the mean of their gradients (an effective batch of accumulate × batch)
+    accumulate: int = 1
 
     def validate(self) -> None:
         if not 1 <= self.batch <= 0xFFFF:
@@ -60,6 +63,8 @@ class TrainConfig:
             raise ModelError(f"optimizer {self.optimizer!r}: want one of {', '.join(OPTIMIZERS)}")
         if not 0 <= self.momentum < 1 or not all(0 <= b < 1 for b in self.betas) or not self.eps > 0:
             raise ModelError("momentum and betas must be in [0, 1), eps > 0")
+        if not 1 <= self.accumulate <= 0x7FFF:
+            raise ModelError(f"accumulate {self.accumulate} must be in 1..32767")
 
 
 @dataclass
@@ -79,24 +84,50 @@ class Program:
         raise KeyError(name)
 
 
-def _optimizer(cfg: TrainConfig):
-    """The update rule: emits the optimizer node(s) for one parameter (docs/blob.md)."""
+def _optimizer_step(e: Emitter, cfg: TrainConfig, p: int, gp: int, scale: float = 1.0) -> None:
+    """The optimizer node(s) for one parameter (docs/blob.md), on gradient gp · scale."""
     lr, wd = cfg.lr, cfg.weight_decay
+    name, dims = e.g.tensors[p].name, e.g.tensors[p].dims
+    if cfg.optimizer == "sgd":
+        # p -= lr·(scale·g + wd·p) is p -= (lr·scale)·(g + (wd/scale)·p): SGD needs no scale attribute
+        e.node(OpCode.SGD, OpFn.FW, [gp], [p], fattrs=(lr * scale, wd / scale))
+    elif cfg.optimizer == "momentum":
+        vel = e.state(f"{name}.momentum", dims)
+        e.node(OpCode.SGD_MOMENTUM, OpFn.FW, [gp], [p, vel], fattrs=(lr, cfg.momentum, wd, 0.0, scale))
+    else:
+        m, v = e.state(f"{name}.adam_m", dims), e.state(f"{name}.adam_v", dims)
+        step = e.state(f"{name}.adam_t", (1,))
+        e.node(OpCode.ADAM, OpFn.FW, [gp], [p, m, v, step], iattrs=(int(cfg.optimizer == "adamw"),),
+               fattrs=(lr, cfg.betas[0], cfg.betas[1], cfg.eps, wd, scale))
 
-    def update(e: Emitter, p: int, gp: int, layer: str) -> None:
-        name = e.g.tensors[p].name
-        dims = e.g.tensors[p].dims
-        if cfg.optimizer == "sgd":
-            e.node(OpCode.SGD, OpFn.FW, [gp], [p], fattrs=(lr, wd))
-        elif cfg.optimizer == "momentum":
-            vel = e.state(f"{name}.momentum", dims)
-            e.node(OpCode.SGD_MOMENTUM, OpFn.FW, [gp], [p, vel], fattrs=(lr, cfg.momentum, wd, 0.0))
-        else:
-            m, v = e.state(f"{name}.adam_m", dims), e.state(f"{name}.adam_v", dims)
-            step = e.state(f"{name}.adam_t", (1,))
-            e.node(OpCode.ADAM, OpFn.FW, [gp], [p, m, v, step], iattrs=(int(cfg.optimizer == "adamw"),),
-                   fattrs=(lr, cfg.betas[0], cfg.betas[1], cfg.eps, wd))
-    return update
+
+class _Updates:
+    """What e.update does: step each parameter right after its gradient, or, with
+    gradient accumulation, add the gradient into a persistent accumulator and
+    defer the steps to an update section at the end of the schedule."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.deferred: list[tuple[int, int, str]] = []
+
+    def __call__(self, e: Emitter, p: int, gp: int, layer: str) -> None:
+        if self.cfg.accumulate == 1:
+            _optimizer_step(e, self.cfg, p, gp)
+            return
+        t = e.g.tensors[p]
+        acc = e.state(f"{t.name}.grad_sum", t.dims)
+        e.node(OpCode.ACCUMULATE, OpFn.FW, [acc, gp], [acc])
+        self.deferred.append((p, acc, layer))
+
+    def emit_section(self, e: Emitter, g: Graph) -> None:
+        if self.cfg.accumulate == 1:
+            return
+        g.update_begin, g.update_every = len(g.nodes), self.cfg.accumulate
+        g.counter_tensor = g.add_tensor(Tensor("train.batches_since_update", (1,), DType.I32, TensorFlag.PARAM))
+        for p, acc, layer in self.deferred:
+            e.begin(layer)
+            _optimizer_step(e, self.cfg, p, acc, scale=1.0 / self.cfg.accumulate)
+            e.node(OpCode.ZERO, OpFn.FW, [], [acc])
 
 
 def _loss_forward(e: Emitter, spec: ModelSpec, g: Graph, out: int, suffix: str) -> int | None:
@@ -117,7 +148,8 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     g.input_tensor = g.add_tensor(Tensor("input", spec.input, flags=B | TensorFlag.INPUT))
     g.label_tensor = g.add_tensor(Tensor("labels", (1,), DType.I32, B | TensorFlag.LABEL))
     g.stats_tensor = g.add_tensor(Tensor("loss.stats", (2,)))
-    e = Emitter(g, _optimizer(cfg))
+    updates = _Updates(cfg)
+    e = Emitter(g, updates)
 
     names = [layer.name for layer in spec.layers]
     train_layers = set(names if cfg.train_layers is None else cfg.train_layers)
@@ -195,6 +227,7 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
             else:
                 e.node(OpCode.ACCUMULATE, OpFn.FW, [grads[src], dx], [grads[src]])
 
+    updates.emit_section(e, g)
     if len(g.tensors) > max_tensors or len(g.nodes) > max_nodes:
         raise ModelError(f"graph has {len(g.tensors)} tensors and {len(g.nodes)} nodes; "
                          f"the device takes at most {max_tensors} and {max_nodes}",

@@ -20,7 +20,8 @@ _NP = {DType.F32: np.float32, DType.I32: np.int32, DType.U8: np.uint8, DType.S8:
 #: (op, fn) pairs _node implements
 _SUPPORTED = {(OpCode.LINEAR, OpFn.FW), (OpCode.LINEAR, OpFn.BW_INPUT), (OpCode.LINEAR, OpFn.BW_PARAM),
               (OpCode.RELU, OpFn.FW), (OpCode.RELU, OpFn.BW_INPUT), (OpCode.SOFTMAX_CE, OpFn.FW),
-              (OpCode.SOFTMAX_CE, OpFn.BW_INPUT), (OpCode.SGD, OpFn.FW)}
+              (OpCode.SOFTMAX_CE, OpFn.BW_INPUT), (OpCode.SGD, OpFn.FW), (OpCode.ZERO, OpFn.FW),
+              (OpCode.ACCUMULATE, OpFn.FW), (OpCode.ADD, OpFn.FW)}
 
 
 class StepError(Exception):
@@ -106,8 +107,17 @@ class BlobExecutor:
         if not np.isfinite(loss):
             raise StepError(Status.NUMERIC, "loss is not finite")
         if train:
-            for node in nodes[h["train_loss_end"]:]:
+            for node in nodes[h["train_loss_end"]:h["update_begin"]]:
                 self._node(node, n)
+            update = True
+            if h["counter_tensor"] != ids.NO_TENSOR:
+                count = self.view(h["counter_tensor"]).reshape(-1)
+                nxt = int(count[0]) + 1 if 0 <= count[0] < h["update_every"] else 1
+                update = nxt == h["update_every"]
+                count[0] = 0 if update else nxt
+            if update:
+                for node in nodes[h["update_begin"]:]:
+                    self._node(node, n)
             self.steps += 1
         return float(loss), int(correct)
 
@@ -153,5 +163,11 @@ class BlobExecutor:
             lr, wd = (np.float32(a) for a in node["fattrs"][:2])
             w = v(o[0])
             w -= lr * (v(i[0]) + wd * w)
+        elif op == OpCode.ZERO:
+            v(o[0])[:] = 0
+        elif op == OpCode.ACCUMULATE:
+            v(o[0])[:] += v(i[1]).reshape(v(o[0]).shape)
+        elif op == OpCode.ADD:
+            v(o[0])[:] = v(i[0]) + v(i[1]).reshape(v(i[0]).shape)
         else:
             raise StepError(Status.BAD_BLOB, f"op {op.name} has no function {fn.name}")

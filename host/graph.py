@@ -80,6 +80,11 @@ class Graph:
     #: TRAIN runs [train_begin, train_loss_end), then the rest (docs/blob.md)
     train_begin: int = 0
     train_loss_end: int = 0
+    #: the deferred optimizer section [update_begin, n_nodes) (None: no such section),
+    #: run on every update_every-th TRAIN, counted in the i32 counter tensor
+    update_begin: int | None = None
+    update_every: int = 1
+    counter_tensor: int = -1
     input_tensor: int = -1
     label_tensor: int = -1
     stats_tensor: int = -1

@@ -160,6 +160,7 @@ class OpCode(enum.IntEnum):
     ADAM = 26
     ACCUMULATE = 27
     CLIP_NORM = 28
+    ZERO = 29
 
 
 class OpFn(enum.IntEnum):

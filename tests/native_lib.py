@@ -113,6 +113,7 @@ class Model(C.Structure):
                 ("n_tensors", C.c_uint16), ("n_nodes", C.c_uint16),
                 ("n_eval_nodes", C.c_uint16), ("max_batch", C.c_uint16),
                 ("train_begin", C.c_uint16), ("train_loss_end", C.c_uint16),
+                ("update_begin", C.c_uint16), ("update_every", C.c_uint16), ("counter_tensor", C.c_uint16),
                 ("input_tensor", C.c_uint16), ("label_tensor", C.c_uint16),
                 ("stats_tensor", C.c_uint16), ("num_classes", C.c_uint16),
                 ("tensors", Tensor * EP_MAX_TENSORS), ("nodes", Node * EP_MAX_NODES)]

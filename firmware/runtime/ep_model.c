@@ -21,7 +21,8 @@ enum {
     H_MAGIC = 0, H_VERSION = 4, H_HEADER_BYTES = 6, H_TOTAL = 8, H_CRC = 12, H_ARENA = 16,
     H_N_TENSORS = 20, H_N_NODES = 22, H_N_EVAL = 24, H_MAX_BATCH = 26, H_INPUT = 28,
     H_LABEL = 30, H_STATS = 32, H_CLASSES = 34, H_TENSORS_OFF = 36, H_NODES_OFF = 40,
-    H_DATA_OFF = 44, H_DATA_BYTES = 48, H_TRAIN_BEGIN = 52, H_TRAIN_LOSS_END = 54, H_RESERVED = 56,
+    H_DATA_OFF = 44, H_DATA_BYTES = 48, H_TRAIN_BEGIN = 52, H_TRAIN_LOSS_END = 54,
+    H_UPDATE_BEGIN = 56, H_UPDATE_EVERY = 58, H_COUNTER = 60, H_RESERVED = 62,
     CRC_START = 16,
     KNOWN_FLAGS = EP_TF_BATCHED | EP_TF_PARAM | EP_TF_TRAINABLE | EP_TF_INPUT | EP_TF_LABEL | EP_TF_GRAD,
 };
@@ -93,6 +94,15 @@ static ep_status_t parse_header(ep_model_t *m, layout_t *lay, const uint8_t *blo
     m->train_loss_end = ep_rd16(blob + H_TRAIN_LOSS_END);
     if (m->train_begin > m->train_loss_end || m->train_loss_end > m->n_nodes) {
         return fail(why, EP_BAD_BLOB, EP_WHY("blob: train_begin/train_loss_end not ordered within n_nodes"));
+    }
+    m->update_begin = ep_rd16(blob + H_UPDATE_BEGIN);
+    m->update_every = ep_rd16(blob + H_UPDATE_EVERY);
+    m->counter_tensor = ep_rd16(blob + H_COUNTER);
+    if (m->update_begin < m->train_loss_end || m->update_begin > m->n_nodes) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: update_begin not within [train_loss_end, n_nodes]"));
+    }
+    if (m->update_every < 1 || (m->update_every > 1) != (m->counter_tensor != EP_NO_TENSOR)) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("blob: update_every is 0, or a counter tensor without accumulation (or none with it)"));
     }
     if (m->max_batch < 1) {
         return fail(why, EP_BAD_BLOB, EP_WHY("blob: max_batch is 0"));
@@ -186,6 +196,12 @@ static ep_status_t check_roles(const ep_model_t *m, const char **why) {
     }
     if (st->dtype != EP_DTYPE_F32 || (st->flags & EP_TF_BATCHED) || st->elems != 2) {
         return fail(why, EP_BAD_BLOB, EP_WHY("stats_tensor: must be an unbatched f32 of 2 elements"));
+    }
+    if (m->counter_tensor != EP_NO_TENSOR) {
+        const ep_tensor_t *ct = m->counter_tensor < m->n_tensors ? &m->tensors[m->counter_tensor] : NULL;
+        if (!ct || ct->dtype != EP_DTYPE_I32 || ct->flags != EP_TF_PARAM || ct->elems != 1) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("counter_tensor: must be an unbatched, untrained PARAM i32 of 1 element"));
+        }
     }
     for (uint16_t i = 0; i < m->n_tensors; i++) {
         const uint8_t f = m->tensors[i].flags;
@@ -377,7 +393,20 @@ static ep_status_t run_rows(const ep_model_t *m, uint8_t *arena, uint16_t n, boo
     }
     r->correct = (uint16_t)stats[1];
     if (train) {
-        run_nodes(&ctx, m->train_loss_end, m->n_nodes);
+        run_nodes(&ctx, m->train_loss_end, m->update_begin);
+        /* with gradient accumulation, the update section runs on every update_every-th step */
+        bool update = true;
+        if (m->counter_tensor != EP_NO_TENSOR) {
+            int32_t *count = (int32_t *)(void *)(arena + m->tensors[m->counter_tensor].offset);
+            /* the counter lives in the arena (and in checkpoints); a value out of range
+             * (a corrupted arena) restarts the cycle rather than skipping updates forever */
+            const int32_t next = (*count >= 0 && *count < (int32_t)m->update_every) ? *count + 1 : 1;
+            update = next == (int32_t)m->update_every;
+            *count = update ? 0 : next;
+        }
+        if (update) {
+            run_nodes(&ctx, m->update_begin, m->n_nodes);
+        }
     }
     return EP_OK;
 }

@@ -35,6 +35,7 @@ static const ep_op_t *const k_ops[EP_OPCODE_COUNT] = {
     [EP_OP_ADAM] = &ep_op_adam,
     [EP_OP_ACCUMULATE] = &ep_op_accumulate,
     [EP_OP_CLIP_NORM] = &ep_op_clip_norm,
+    [EP_OP_ZERO] = &ep_op_zero,
 };
 
 const ep_op_t *ep_op_lookup(uint8_t opcode) {

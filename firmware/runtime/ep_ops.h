@@ -113,6 +113,7 @@ EP_OP_DECL(sgd_momentum);
 EP_OP_DECL(adam);
 EP_OP_DECL(accumulate);
 EP_OP_DECL(clip_norm);
+EP_OP_DECL(zero);
 
 /* Helpers for prepare() and the node adapters. */
 

@@ -12,8 +12,10 @@
  *   3. ep_model_run()        decodes one batch into the input tensors and runs
  *                            the schedule: EVAL runs nodes [0, n_eval_nodes);
  *                            TRAIN runs [train_begin, train_loss_end) (forward
- *                            and loss), then [train_loss_end, n_nodes)
- *                            (backward, update). A model whose layers act the
+ *                            and loss), then [train_loss_end, update_begin)
+ *                            (backward), then [update_begin, n_nodes) (the
+ *                            deferred optimizer steps, if any), the last on
+ *                            every update_every-th TRAIN only. A model whose layers act the
  *                            same in both modes shares the forward
  *                            (train_begin 0); batch-norm or dropout models carry
  *                            an eval forward of their own. Never allocates,
@@ -80,6 +82,9 @@ typedef struct {
     uint32_t arena_bytes;   /**< arena span the model uses */
     uint16_t n_tensors, n_nodes, n_eval_nodes, max_batch;
     uint16_t train_begin, train_loss_end; /**< TRAIN: [train_begin, train_loss_end) then the rest */
+    uint16_t update_begin;  /**< nodes [update_begin, n_nodes) apply the optimizer */
+    uint16_t update_every;  /**< ...on every update_every-th TRAIN (gradient accumulation) */
+    uint16_t counter_tensor; /**< i32 [1] micro-step count if update_every > 1, else EP_NO_TENSOR */
     uint16_t input_tensor, label_tensor, stats_tensor, num_classes;
     ep_tensor_t tensors[EP_MAX_TENSORS];
     ep_node_t nodes[EP_MAX_NODES];

@@ -37,6 +37,8 @@ def add_training_arguments(p) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer, help="optimizer")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate")
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="weight decay")
+    p.add_argument("--accumulate", type=int, default=1, metavar="K",
+                   help="gradient accumulation: one optimizer step per K batches (default 1)")
     p.add_argument("--train-layers", type=_names, metavar="NAME,...",
                    help="train only these layers (default: all); earlier layers run forward only")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
@@ -58,7 +60,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def train_config(args) -> TrainConfig:
     return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
-                       optimizer=args.optimizer, train_layers=args.train_layers)
+                       optimizer=args.optimizer, train_layers=args.train_layers, accumulate=args.accumulate)
 
 
 def model_and_params(args):
