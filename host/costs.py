@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from .graph import Graph, Node
 from .ids import OpCode, OpFn
 
@@ -49,3 +51,27 @@ def _linear(g: Graph, node: Node, n: int) -> int:
     out = node.outputs[0] if node.fn == OpFn.FW else node.inputs[0]
     rows = n * g.tensors[out].elems // m_out
     return rows * m_out * k
+
+
+@rule(OpCode.CONV2D)
+def _conv2d(g: Graph, node: Node, n: int) -> int:
+    """Every fn does, per output position and output channel, C_in/groups taps of each
+    kernel row and column that land inside the input (docs/ops/conv_pool.md: iattr
+    0-1 stride, 2-5 padding top/bottom/left/right, 6-7 dilation; W [C_out][C_in/g][kh][kw],
+    or [C_out][C_in/g][k] for 1-D)."""
+    w = node.inputs[1] if node.fn != OpFn.BW_PARAM else node.outputs[0]
+    x = {OpFn.FW: node.inputs[0], OpFn.BW_INPUT: node.outputs[0], OpFn.BW_PARAM: node.inputs[1]}[node.fn]
+    y = node.outputs[0] if node.fn == OpFn.FW else node.inputs[0]
+    wd, xd, yd = g.tensors[w].dims, g.tensors[x].dims, g.tensors[y].dims
+    kh, kw = (wd[2], wd[3]) if len(wd) == 4 else (1, wd[2])
+    (h_in, w_in), (h_out, w_out) = (xd[1:] if len(xd) == 3 else (1, xd[1])), (yd[1:] if len(yd) == 3 else (1, yd[1]))
+    a = tuple(node.iattrs) + (0,) * 12
+    sh, sw, pt, pl, dh, dw = a[0], a[1], a[2], a[4], a[6], a[7]
+    taps = _valid_taps(h_in, h_out, kh, sh, dh, pt) * _valid_taps(w_in, w_out, kw, sw, dw, pl)
+    return n * wd[0] * wd[1] * taps
+
+
+def _valid_taps(in_len: int, out_len: int, k: int, stride: int, dil: int, pad_lo: int) -> int:
+    """Σ over output positions of the kernel taps that land inside the input, along one axis."""
+    pos = np.arange(out_len)[:, None] * stride + np.arange(k)[None, :] * dil - pad_lo
+    return int(((pos >= 0) & (pos < in_len)).sum())

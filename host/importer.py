@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError, ToolError
+from . import layers as layer_rules
 from .layers import RULES, Layer, rule_for
 from .zoo import INPUT, ModelSpec, parse_model
 
@@ -233,7 +234,7 @@ def _check_same(module, spec: ModelSpec, params: dict[str, np.ndarray], input_sh
 
 def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, classes: int | None = None, *,
               name: str | None = None, loss: str = "softmax_cross_entropy") -> tuple[ModelSpec, dict[str, np.ndarray]]:
-    """Map an ONNX graph (a chain of supported ops) onto layers; see `_ONNX_OPS`."""
+    """Map an ONNX graph (a chain of supported ops) onto layers; see `host.layers.ONNX_OPS`."""
     try:
         import onnx
         from onnx import numpy_helper
@@ -268,7 +269,7 @@ def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, clas
         if node.op_type in ("Identity", "Dropout"):
             prev = node.output[0]
             continue
-        mapper = _ONNX_OPS.get(node.op_type)
+        mapper = layer_rules.ONNX_OPS.get(node.op_type)
         if mapper is None:
             raise ModelError(f"{where}: unsupported op {node.op_type}")
         weights = [inits.get(i, consts.get(i)) for i in node.input[1:]]
@@ -295,41 +296,9 @@ def from_onnx(path: str | Path, input_shape: tuple[int, ...] | None = None, clas
     return spec, params
 
 
-def _gemm(a, w, shape):
-    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-        raise ModelError("Gemm with transA, alpha or beta is not supported")
-    W = w[0] if a.get("transB", 0) else w[0].T
-    b = w[1] if len(w) > 1 and w[1] is not None else np.zeros(W.shape[0], np.float32)
-    return "linear", {"out": int(W.shape[0])}, {"weight": W, "bias": b}
-
-
-def _flatten(a, w, shape):
-    if a.get("axis", 1) != 1:
-        raise ModelError("Flatten with axis != 1 is not supported")
-    return "flatten", {}, {}
-
-
-def _reshape(a, w, shape):
-    target = [int(v) for v in (w[0] if w else [])]
-    if len(target) != 2 or target[1] not in (-1, int(np.prod(shape))):
-        raise ModelError(f"Reshape to {target} is not a flatten to (batch, -1)")
-    return "flatten", {}, {}
-
-
-def _simple(t):
-    return lambda a, w, shape: (t, {}, {})
-
-
-_ONNX_OPS = {
-    "Gemm": _gemm, "Flatten": _flatten, "Reshape": _reshape, "Relu": _simple("relu"),
-    "Sigmoid": _simple("sigmoid"), "Tanh": _simple("tanh"),
-}
-
-
 def register_onnx(op_type: str, mapper) -> None:
-    """Let a layer family map an ONNX op: mapper(attrs, weights, in_shape) →
-    (layer type, layer attrs, {local param name: array})."""
-    _ONNX_OPS[op_type] = mapper
+    """Map an ONNX op onto a layer (see host.layers.register_onnx, where rule modules do it)."""
+    layer_rules.register_onnx(op_type, mapper)
 
 
 # -- what `host compile --model` takes ------------------------------------------------

@@ -115,6 +115,17 @@ def rule_for(layer_type: str, layer_name: str = "") -> LayerRule:
     return rule
 
 
+#: ONNX op type → mapper(attrs, weights, in_shape) → (layer type, layer attrs,
+#: {local param name: array}); the rule modules register theirs, host.importer reads it
+ONNX_OPS: dict[str, Callable] = {}
+
+
+def register_onnx(op_type: str, mapper: Callable) -> None:
+    if op_type in ONNX_OPS:
+        raise ValueError(f"ONNX op {op_type} is mapped twice")
+    ONNX_OPS[op_type] = mapper
+
+
 # -- attribute parsing helpers for rules ---------------------------------------------
 
 def int_attr(d: dict, key: str, default: int | None = None, lo: int = 1, hi: int = 0xFFFF) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..ids import OpCode, OpFn
-from . import LayerRule, Shape, int_attr, register, uniform
+from . import LayerRule, Shape, int_attr, register, register_onnx, uniform
 
 
 def elems(shape: Shape) -> int:
@@ -228,3 +228,36 @@ def _Reshape(shape):  # noqa: N802 - a module factory
             return x.reshape(x.shape[0], *self.shape)
 
     return Reshape()
+
+
+# -- ONNX ops of this family ----------------------------------------------------------
+
+def _gemm(a, w, shape):
+    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+        raise ModelError("Gemm with transA, alpha or beta is not supported")
+    W = w[0] if a.get("transB", 0) else w[0].T
+    b = w[1] if len(w) > 1 and w[1] is not None else np.zeros(W.shape[0], np.float32)
+    return "linear", {"out": int(W.shape[0])}, {"weight": W, "bias": b}
+
+
+def _flatten(a, w, shape):
+    if a.get("axis", 1) != 1:
+        raise ModelError("Flatten with axis != 1 is not supported")
+    return "flatten", {}, {}
+
+
+def _reshape(a, w, shape):
+    target = [int(v) for v in (w[0] if w else [])]
+    if len(target) != 2 or target[1] not in (-1, int(np.prod(shape))):
+        raise ModelError(f"Reshape to {target} is not a flatten to (batch, -1)")
+    return "flatten", {}, {}
+
+
+def _simple(t):
+    return lambda a, w, shape: (t, {}, {})
+
+
+register_onnx("Gemm", _gemm)
+register_onnx("Flatten", _flatten)
+register_onnx("Reshape", _reshape)
+register_onnx("Relu", _simple("relu"))
