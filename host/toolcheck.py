@@ -18,9 +18,17 @@ from .boards import load_board
 from .errors import EdgePropError
 
 
+#: local data the datasets read (host/datasets.py), by the path its Debian package installs
+DATA_PACKAGES = {"/usr/share/datasets/fashion-mnist": "dataset-fashion-mnist"}
+
+
 def needed(boards: list[str]) -> tuple[list[str], list[str]]:
-    """(missing programs, apt packages that provide them) for these boards."""
+    """(missing programs and data, apt packages that provide them) for these boards."""
     missing, packages = [], []
+    for path, pkg in DATA_PACKAGES.items():
+        if not os.path.isdir(path):
+            missing.append(path)
+            packages.append(pkg)
     for name in boards:
         b = load_board(name)
         wants = [(b.toolchain["prefix"] + "gcc", b.toolchain.get("apt", []))]
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     if not missing:
-        print(f"==> tools for {', '.join(args.boards)}: all present")
+        print(f"==> tools for {', '.join(args.boards)} and datasets: all present")
         return 0
     print(f"==> missing: {', '.join(missing)} (Debian packages: {' '.join(packages)})")
     if not args.install:
