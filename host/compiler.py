@@ -161,7 +161,7 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
         if value is None or tuple(value.shape) != shape:
             got = None if value is None else tuple(value.shape)
             raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
-        layer_name = name.rsplit(".", 1)[0]
+        layer_name = name.split(".", 1)[0]  # layer names have no dots; locals may (out_proj.weight)
         trains = layer_name in train_layers and name not in buffers
         flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if trains else 0)
         idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))

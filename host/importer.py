@@ -104,7 +104,7 @@ def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str 
 
     module = module.eval()
     try:
-        gm = fx.symbolic_trace(module)
+        gm = fx.GraphModule(module, _LayerTracer().trace(module))
     except Exception as e:  # noqa: BLE001 - fx raises many kinds; say what to do
         raise ModelError(f"torch.fx could not trace the model: {e}",
                          hint="import models without data-dependent control flow") from e
@@ -183,6 +183,21 @@ def from_torch(module, input_shape: tuple[int, ...], classes: int, *, name: str 
     if check:
         _check_same(module, spec, params, input_shape, torch)
     return spec, params
+
+
+def _LayerTracer():  # noqa: N802 - built on first use: torch is optional
+    import torch.fx as fx
+
+    known = {name for rule in RULES.values() for name in rule.torch_types}
+
+    class LayerTracer(fx.Tracer):
+        """torch.fx keeps torch.nn modules whole; ours (SeqPool, SelfAttention, ...)
+        are layers too, so they stay whole rather than being traced inside."""
+
+        def is_leaf_module(self, m, qualname):
+            return type(m).__name__ in known or super().is_leaf_module(m, qualname)
+
+    return LayerTracer()
 
 
 def _is_flatten(node, fname: str) -> bool:

@@ -100,3 +100,28 @@ def test_f32_and_u8_encodings_train_identically(device):
     assert results[0][:2] == results[1][:2]
     for name in params:
         np.testing.assert_array_equal(results[0][2][name], results[1][2][name])
+
+
+
+def test_gradient_accumulation_steps_once_per_k_batches_on_their_mean(device):
+    """accumulate=3: the weights move only on every third TRAIN, by SGD on the mean
+    gradient of the three batches, which is one step on their union (equal sizes)."""
+    spec = load_model("mlp-digits")
+    params = init_params(spec, seed=5)
+    k, n = 3, 8
+    prog = compile_model(spec, params, TrainConfig(batch=n, lr=LR, accumulate=k))
+    device.load(build_blob(prog))
+    ds = load_dataset("digits", seed=5)
+    ref = ReferenceModel(spec, params)
+    for cycle in range(2):
+        sel = slice(cycle * k * n, (cycle + 1) * k * n)
+        x, y = ds.x_train[sel], ds.y_train[sel]
+        before = device.read_params(prog)
+        for j in range(k):
+            device.train(Batch.from_arrays(x[j * n:(j + 1) * n], y[j * n:(j + 1) * n], ds.quant))
+            if j < k - 1:  # nothing applied yet
+                for name, w in device.read_params(prog).items():
+                    np.testing.assert_array_equal(w, before[name], err_msg=f"{name} moved before the k-th batch")
+        ref.train_step(x, y, LR)  # one step on the k·n samples: the mean of the k batch means
+        for name, w in device.read_params(prog).items():
+            np.testing.assert_allclose(w, ref.params[name], atol=WEIGHT_ATOL, rtol=0, err_msg=name)

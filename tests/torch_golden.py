@@ -41,7 +41,7 @@ def torch_steps(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     names = {n for n, _ in model.named_parameters()}
     if cfg.train_layers is not None:
         for n, p in model.named_parameters():
-            p.requires_grad_(n.rsplit(".", 1)[0] in cfg.train_layers)
+            p.requires_grad_(n.split(".", 1)[0] in cfg.train_layers)
     opt = torch_optimizer(model, cfg)
     losses, correct = [], []
     for x, y in batches:
