@@ -51,6 +51,8 @@ class TrainConfig:
     #: gradient accumulation: the optimizer steps once per this many TRAIN batches,
     #: on the mean of their gradients (an effective batch of accumulate × batch)
     accumulate: int = 1
+    #: clip the gradient's global L2 norm to this (torch.nn.utils.clip_grad_norm_); 0 = off
+    clip_norm: float = 0.0
 
     def validate(self) -> None:
         if not 1 <= self.batch <= 0xFFFF:
@@ -65,6 +67,8 @@ class TrainConfig:
             raise ModelError("momentum and betas must be in [0, 1), eps > 0")
         if not 1 <= self.accumulate <= 0x7FFF:
             raise ModelError(f"accumulate {self.accumulate} must be in 1..32767")
+        if not (np.isfinite(self.clip_norm) and self.clip_norm >= 0):
+            raise ModelError(f"clip norm {self.clip_norm} must be ≥ 0 (0 = off)")
 
 
 @dataclass
@@ -102,32 +106,55 @@ def _optimizer_step(e: Emitter, cfg: TrainConfig, p: int, gp: int, scale: float 
 
 
 class _Updates:
-    """What e.update does: step each parameter right after its gradient, or, with
-    gradient accumulation, add the gradient into a persistent accumulator and
-    defer the steps to an update section at the end of the schedule."""
+    """What e.update does: step each parameter right after its gradient (the
+    least memory: each gradient dies at once), or, when a step needs every
+    gradient first, defer the steps to an update section at the end:
+
+    - gradient accumulation: each gradient is added into a persistent sum, and
+      the section (run on every K-th TRAIN) steps on sum/K, then zeroes the sums;
+    - gradient clipping: the section first sums the squares of all gradients
+      (CLIP_NORM phase 0) and scales them by min(1, max_norm/(norm + 1e-6))
+      (phase 1), as torch.nn.utils.clip_grad_norm_ does. With accumulation it
+      clips the sum against K·max_norm, which is clipping the mean against max_norm.
+    """
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        self.defer = cfg.accumulate > 1 or cfg.clip_norm > 0
         self.deferred: list[tuple[int, int, str]] = []
 
     def __call__(self, e: Emitter, p: int, gp: int, layer: str) -> None:
-        if self.cfg.accumulate == 1:
+        if not self.defer:
             _optimizer_step(e, self.cfg, p, gp)
             return
-        t = e.g.tensors[p]
-        acc = e.state(f"{t.name}.grad_sum", t.dims)
-        e.node(OpCode.ACCUMULATE, OpFn.FW, [acc, gp], [acc])
-        self.deferred.append((p, acc, layer))
+        if self.cfg.accumulate > 1:
+            t = e.g.tensors[p]
+            acc = e.state(f"{t.name}.grad_sum", t.dims)
+            e.node(OpCode.ACCUMULATE, OpFn.FW, [acc, gp], [acc])
+            gp = acc
+        self.deferred.append((p, gp, layer))
 
     def emit_section(self, e: Emitter, g: Graph) -> None:
-        if self.cfg.accumulate == 1:
+        if not self.defer:
             return
-        g.update_begin, g.update_every = len(g.nodes), self.cfg.accumulate
-        g.counter_tensor = g.add_tensor(Tensor("train.batches_since_update", (1,), DType.I32, TensorFlag.PARAM))
-        for p, acc, layer in self.deferred:
+        k = self.cfg.accumulate
+        g.update_begin, g.update_every = len(g.nodes), k
+        if k > 1:
+            g.counter_tensor = g.add_tensor(Tensor("train.batches_since_update", (1,), DType.I32, TensorFlag.PARAM))
+        grads = [gp for _, gp, _ in self.deferred]
+        if self.cfg.clip_norm > 0:
+            e.begin("clip")
+            sumsq = e.g.add_tensor(Tensor("clip.sumsq", (1,)))
+            for i in range(0, len(grads), ids.MAX_NODE_INPUTS):
+                e.node(OpCode.CLIP_NORM, OpFn.FW, grads[i:i + ids.MAX_NODE_INPUTS], [sumsq], iattrs=(0, int(i == 0)))
+            for i in range(0, len(grads), ids.MAX_NODE_OUTPUTS):
+                e.node(OpCode.CLIP_NORM, OpFn.FW, [sumsq], grads[i:i + ids.MAX_NODE_OUTPUTS], iattrs=(1,),
+                       fattrs=(self.cfg.clip_norm * k,))
+        for p, gp, layer in self.deferred:
             e.begin(layer)
-            _optimizer_step(e, self.cfg, p, acc, scale=1.0 / self.cfg.accumulate)
-            e.node(OpCode.ZERO, OpFn.FW, [], [acc])
+            _optimizer_step(e, self.cfg, p, gp, scale=1.0 / k)
+            if k > 1:
+                e.node(OpCode.ZERO, OpFn.FW, [], [gp])
 
 
 def _loss_forward(e: Emitter, spec: ModelSpec, g: Graph, out: int, suffix: str) -> int | None:

@@ -51,6 +51,8 @@ def torch_steps(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
         out = model(xt)
         loss = loss_of(spec, out, xt, yt)
         loss.backward()
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_norm)
         opt.step()
         losses.append(loss.item())
         correct.append(int((out.reshape(len(y), -1).argmax(1) == yt).sum()) if spec.loss != "mse" else 0)

@@ -39,6 +39,8 @@ def add_training_arguments(p) -> None:
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="weight decay")
     p.add_argument("--accumulate", type=int, default=1, metavar="K",
                    help="gradient accumulation: one optimizer step per K batches (default 1)")
+    p.add_argument("--clip-norm", type=float, default=0.0, metavar="MAX",
+                   help="clip the gradient's global L2 norm to MAX (default 0: off)")
     p.add_argument("--train-layers", type=_names, metavar="NAME,...",
                    help="train only these layers (default: all); earlier layers run forward only")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
@@ -60,7 +62,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 def train_config(args) -> TrainConfig:
     return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
-                       optimizer=args.optimizer, train_layers=args.train_layers, accumulate=args.accumulate)
+                       optimizer=args.optimizer, train_layers=args.train_layers, accumulate=args.accumulate,
+                       clip_norm=args.clip_norm)
 
 
 def model_and_params(args):
