@@ -20,8 +20,7 @@ import numpy as np
 import native_lib as nl
 
 F32P = C.POINTER(C.c_float)
-GUARD = 16
-SENTINEL = np.float32(-123456.75)
+GUARD, SENTINEL = nl.GUARD, nl.SENTINEL
 U32 = C.c_uint32
 F32 = C.c_float
 
@@ -76,43 +75,10 @@ _SIGNATURES = {
 @cache
 def lib() -> C.CDLL:
     """The runtime library (native_lib builds every ops/*.c) with these signatures declared."""
-    so = nl.load()
-    for name, (res, args) in _SIGNATURES.items():
-        fn = getattr(so, name)
-        fn.restype, fn.argtypes = res, args
-    return so
+    return nl.declare(_SIGNATURES)
 
 
-def _f32(a) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _p(a: np.ndarray):
-    return a.ctypes.data_as(F32P)
-
-
-class Buf:
-    """A float32 array of `shape` inside a guarded buffer; filled with NaN, or a copy of `init`."""
-
-    def __init__(self, shape, init=None):
-        shape = tuple(int(s) for s in shape)
-        size = int(np.prod(shape))
-        self.buf = np.full(size + 2 * GUARD, SENTINEL, np.float32)
-        self.arr = self.buf[GUARD:GUARD + size].reshape(shape)
-        self.arr[...] = np.nan if init is None else _f32(init).reshape(shape)
-
-    @classmethod
-    def of(cls, init):
-        a = _f32(init)
-        return cls(a.shape, a)
-
-    def ptr(self):
-        return _p(self.arr)
-
-    def get(self) -> np.ndarray:
-        head, tail = self.buf[:GUARD], self.buf[-GUARD:]
-        assert (head == SENTINEL).all() and (tail == SENTINEL).all(), "kernel wrote outside its buffer"
-        return self.arr.copy()
+_f32, _p, Buf = nl.f32, nl.fptr, nl.Guarded
 
 
 # -- mhsa -----------------------------------------------------------------------------

@@ -18,8 +18,7 @@ import numpy as np
 import native_lib as nl
 
 F32P = C.POINTER(C.c_float)
-GUARD = 16
-SENTINEL = np.float32(-123456.75)
+GUARD, SENTINEL = nl.GUARD, nl.SENTINEL
 
 
 class Conv2dParams(C.Structure):
@@ -57,11 +56,7 @@ _SIGNATURES = {
 @cache
 def lib() -> C.CDLL:
     """The runtime library (native_lib builds every ops/*.c) with these signatures declared."""
-    so = nl.load()
-    for name, (res, args) in _SIGNATURES.items():
-        fn = getattr(so, name)
-        fn.restype, fn.argtypes = res, args
-    return so
+    return nl.declare(_SIGNATURES)
 
 
 def out_len(n: int, pad_lo: int, pad_hi: int, k: int, s: int, d: int = 1) -> int:
@@ -72,30 +67,11 @@ def out_len(n: int, pad_lo: int, pad_hi: int, k: int, s: int, d: int = 1) -> int
 
 # -- buffers ------------------------------------------------------------------------
 
-def _f32(a) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
+_f32, _p = nl.f32, nl.fptr
 
 
-def _p(a: np.ndarray):
-    return a.ctypes.data_as(F32P)
-
-
-class _Out:
-    """An output of `shape` inside a guarded buffer."""
-
-    def __init__(self, shape):
-        size = int(np.prod(shape))
-        self.buf = np.full(size + 2 * GUARD, SENTINEL, np.float32)
-        self.buf[GUARD:GUARD + size] = np.nan
-        self.arr = self.buf[GUARD:GUARD + size].reshape(shape)
-
-    def ptr(self):
-        return _p(self.arr)
-
-    def get(self) -> np.ndarray:
-        head, tail = self.buf[:GUARD], self.buf[-GUARD:]
-        assert (head == SENTINEL).all() and (tail == SENTINEL).all(), "kernel wrote outside its output"
-        return self.arr.copy()
+def _Out(shape):  # noqa: N802 - an output buffer: NaN inside guards
+    return nl.Guarded(shape)
 
 
 # -- conv2d -------------------------------------------------------------------------

@@ -297,3 +297,53 @@ class Runtime:
         st = load().ep_model_run(C.byref(self.model), _p(self.arena, U8P), C.byref(b), train, None,
                                  C.byref(r), C.byref(why))
         return st, (why.value or b"").decode(), r
+
+
+# -- helpers for the op families' ctypes modules (tests/*_lib.py) -------------------------
+
+#: sentinel floats on both sides of every kernel output: a write outside it shows
+GUARD = 16
+SENTINEL = np.float32(-123456.75)
+
+
+def declare(signatures: dict) -> C.CDLL:
+    """The runtime library with these {name: (restype, argtypes)} declared."""
+    so = load()
+    for name, (res, args) in signatures.items():
+        fn = getattr(so, name)
+        fn.restype, fn.argtypes = res, args
+    return so
+
+
+def f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def fptr(a: np.ndarray):
+    return a.ctypes.data_as(F32P)
+
+
+class Guarded:
+    """A float32 array of `shape` inside a buffer with GUARD sentinels on both sides,
+    filled with NaN (so an element the kernel forgot shows) or a copy of `init`."""
+
+    def __init__(self, shape, init=None):
+        shape = tuple(int(s) for s in shape)
+        size = int(np.prod(shape))
+        self.buf = np.full(size + 2 * GUARD, SENTINEL, np.float32)
+        self.arr = self.buf[GUARD:GUARD + size].reshape(shape)
+        self.arr[...] = np.nan if init is None else f32(init).reshape(shape)
+
+    @classmethod
+    def of(cls, init):
+        a = f32(init)
+        return cls(a.shape, a)
+
+    def ptr(self):
+        return fptr(self.arr)
+
+    def get(self) -> np.ndarray:
+        head, tail = self.buf[:GUARD], self.buf[-GUARD:]
+        assert (head == SENTINEL).all() and (tail == SENTINEL).all(), "kernel wrote outside its buffer"
+        return self.arr.copy()
+
