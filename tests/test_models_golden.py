@@ -99,17 +99,22 @@ def compiled(name: str):
     return spec, params, cfg, compile_model(spec, params, cfg)
 
 
-@pytest.mark.parametrize("name", model_names())
-def test_model_trains_on_the_host_build_like_pytorch(name):
-    spec, params, cfg, prog = compiled(name)
+def train_on_host_build(prog, data) -> tuple[list[float], dict[str, np.ndarray]]:
+    """TRAIN each batch on the runtime library; the losses and every parameter after."""
     rt = nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
-    data = batches(spec)
     losses = []
     for x, y in data:
         st, why, r = rt.run(bytes(np.asarray(y, np.uint8)), x.tobytes(), train=True)
         assert st == 0, why
         losses.append(r.loss)
-    state = {n: rt.tensor(i) for i, n in prog.param_names.items()}
+    return losses, {n: rt.tensor(i) for i, n in prog.param_names.items()}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_model_trains_on_the_host_build_like_pytorch(name):
+    spec, params, cfg, prog = compiled(name)
+    data = batches(spec)
+    losses, state = train_on_host_build(prog, data)
     check_against_reference(spec, params, cfg, data, losses, state)
 
 
@@ -147,14 +152,8 @@ def test_gradient_clipping_matches_clip_grad_norm(optimizer):
     cfg = TrainConfig(batch=BATCH, lr=LR, optimizer=optimizer, clip_norm=0.05)
     prog = compile_model(spec, params, cfg)
     assert sum(n.op.name == "CLIP_NORM" for n in prog.graph.nodes) >= 2
-    rt = nl.Runtime(build_blob(prog))
     data = batches(spec)
-    losses = []
-    for x, y in data:
-        st, why, r = rt.run(bytes(np.asarray(y, np.uint8)), x.tobytes(), train=True)
-        assert st == 0, why
-        losses.append(r.loss)
-    state = {n: rt.tensor(i) for i, n in prog.param_names.items()}
+    losses, state = train_on_host_build(prog, data)
     check_against_reference(spec, params, cfg, data, losses, state)
     # and clipping did bite: without it the weights end elsewhere
     _, _, unclipped = torch_steps(spec, params, dataclasses.replace(cfg, clip_norm=0.0), data)
