@@ -31,6 +31,9 @@ class Link:
         self._next_id = 1
         #: frames received that answered nothing we asked (boot HELLO, late replies)
         self.unsolicited: list[Frame] = []
+        #: bytes this link wrote to / read from the port since it opened (retries and noise included)
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     @classmethod
     def open(cls, url: str, timeout: float = 5.0, retries: int = 2) -> "Link":
@@ -70,6 +73,7 @@ class Link:
             self.port.flush()
         except (serial.SerialException, OSError) as e:
             raise LinkError(f"serial link lost while writing: {e}") from e
+        self.bytes_sent += len(data)
 
     def read_frames(self, wait: float) -> list[Frame]:
         """Frames that arrive within `wait` seconds (returns early on the first batch)."""
@@ -80,6 +84,7 @@ class Link:
             except (serial.SerialException, OSError) as e:
                 raise LinkError(f"serial link lost while reading: {e}") from e
             if chunk:
+                self.bytes_received += len(chunk)
                 frames = self.reader.feed(chunk)
                 if frames:
                     return frames

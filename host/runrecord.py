@@ -1,8 +1,12 @@
-"""Run records: `runs/<timestamp>/` with metrics.jsonl, summary.json and weights.npz.
+"""Run records: `runs/<timestamp>/` with metrics.jsonl, summary.json, weights.npz and
+the PNG plots (host/plots.py).
 
 Every file is written so that a crash never leaves a corrupt one: metrics.jsonl
 is appended a whole line at a time and flushed; summary.json and weights.npz
-are written to a temporary name and renamed into place.
+are written to a temporary name and renamed into place. A session rewrites
+summary.json after every evaluation (status "running"), and at the end with
+status "completed", "interrupted" or "failed" (host/session.py); `read_summary`
+is the checked reader (`host compare`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import EdgePropError, UsageError
+
 #: bump when a field changes meaning; readers check it
 RECORD_VERSION = 1
+
+
+class RunRecordError(EdgePropError):
+    """A run folder whose summary.json cannot be read (corrupt, not an object, too new)."""
 
 
 class RunRecord:
@@ -59,3 +69,32 @@ class RunRecord:
 
     def close(self) -> None:
         self._metrics.close()
+
+
+def read_summary(run: Path | str) -> dict:
+    """The summary.json of a run folder (or the file itself), checked: raises UsageError
+    when there is none, RunRecordError when it is not valid JSON, not an object, or
+    written by a newer record version. Messages name the folder."""
+    path = Path(run)
+    file = path if path.is_file() else path / "summary.json"
+    if not path.exists():
+        raise UsageError(f"{run}: no such run folder")
+    if not file.is_file():
+        raise UsageError(f"{run}: no summary.json in this folder (not a run folder, or a run that "
+                         "never started)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RunRecordError(f"{run}: summary.json is corrupt (not UTF-8 text: {e})") from None
+    except json.JSONDecodeError as e:
+        raise RunRecordError(f"{run}: summary.json is corrupt (invalid JSON at line {e.lineno}, "
+                             f"column {e.colno}: {e.msg})") from None
+    except OSError as e:
+        raise RunRecordError(f"{run}: cannot read summary.json: {e}") from None
+    if not isinstance(data, dict):
+        raise RunRecordError(f"{run}: summary.json is corrupt (a JSON {type(data).__name__}, not an object)")
+    version = data.get("version")
+    if isinstance(version, int) and version > RECORD_VERSION:
+        raise RunRecordError(f"{run}: summary.json has record version {version}; this host reads up to "
+                             f"{RECORD_VERSION}", hint="update the host")
+    return data

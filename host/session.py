@@ -20,8 +20,9 @@ from .compiler import Program, TrainConfig, compile_model
 from .datasets import Dataset
 from .device import Batch, Device, Hello
 from .emulator import running_boards, start
-from .errors import EdgePropError, LinkError, UsageError
+from .errors import LinkError, UsageError
 from .link import Link
+from .plots import write_plots
 from .runrecord import RunRecord
 from .zoo import resolve_model
 
@@ -70,7 +71,7 @@ class StreamOptions:
 
 
 def prepare_program(opts: StreamOptions, ds: Dataset, hello: Hello) -> tuple[Program, bytes]:
-    spec, params = resolve_model(opts.model, opts.seed, (ds.features,), ds.classes)
+    spec, params = resolve_model(opts.model, opts.seed, tuple(ds.input_shape), ds.classes)
     if int(np.prod(spec.input)) != ds.features or spec.classes != ds.classes:
         raise UsageError(f"model {spec.name} takes {spec.input} → {spec.classes} classes; "
                          f"dataset {ds.name} has {ds.features} features and {ds.classes} classes")
@@ -97,58 +98,130 @@ def _batches(x: np.ndarray, y: np.ndarray, size: int, order: np.ndarray | None =
 
 
 def evaluate(device: Device, ds: Dataset, batch: int) -> dict:
+    """Evaluate the held-out split. The samples go in class-homogeneous batches (grouped by
+    label, each group cut into batches of `batch`), so the device's per-batch `correct`
+    gives the accuracy of each class with no protocol change; loss and accuracy over the
+    whole split are the same as with mixed batches. `per_class[c]` is None for a class
+    with no held-out sample."""
     loss_sum, correct, n, cycles = 0.0, 0, 0, 0
-    for xb, yb in _batches(ds.x_test, ds.y_test, batch):
-        r = device.evaluate(Batch.from_arrays(xb, yb, ds.quant))
-        loss_sum += r.loss * r.n
-        correct += r.correct
-        n += r.n
-        cycles += r.cycles
-    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n, "cycles": cycles}
+    c_correct = np.zeros(ds.classes, np.int64)
+    c_n = np.zeros(ds.classes, np.int64)
+    for label in np.unique(ds.y_test):
+        idx = np.flatnonzero(ds.y_test == label)
+        for xb, yb in _batches(ds.x_test, ds.y_test, batch, idx):
+            r = device.evaluate(Batch.from_arrays(xb, yb, ds.quant))
+            loss_sum += r.loss * r.n
+            correct += r.correct
+            n += r.n
+            cycles += r.cycles
+            if 0 <= label < ds.classes:
+                c_correct[label] += r.correct
+                c_n[label] += r.n
+    per_class = [float(c_correct[c] / c_n[c]) if c_n[c] else None for c in range(ds.classes)]
+    return {"loss": loss_sum / n if n else None, "accuracy": correct / n if n else None, "n": n,
+            "cycles": cycles, "per_class": per_class, "per_class_n": [int(v) for v in c_n]}
+
+
+def training_strategy(cfg: TrainConfig) -> str:
+    """"full" when every layer trains, else "layers=a,b" (TrainConfig.train_layers)."""
+    return "full" if cfg.train_layers is None else "layers=" + ",".join(cfg.train_layers)
+
+
+def training_dtype(cfg: TrainConfig) -> str:
+    """The arithmetic the device trains in: fp32 unless the config says otherwise."""
+    return str(getattr(cfg, "dtype", None) or "fp32")
 
 
 def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, record: RunRecord,
            on_event: Event = lambda kind, data: None) -> dict:
-    prog, blob = prepare_program(opts, ds, hello)
-    flashed = ensure_model(device, hello, blob, opts.reflash, on_event)
-    rng = np.random.default_rng(opts.seed)
+    """Run one session and record it in `record`; returns the summary (also summary.json).
+
+    summary.json is rewritten after every evaluation (status "running"), so even a killed
+    process leaves a valid one; at the end its status is "completed", "interrupted"
+    (Ctrl-C, or the link died: LinkError) or "failed" (any other error, with the reason),
+    it holds everything measured so far, and the plots of host/plots.py are written next
+    to it. Interruptions and errors are re-raised after the record is written.
+    """
+    link = device.link
+    sent0, received0 = getattr(link, "bytes_sent", 0), getattr(link, "bytes_received", 0)
     t_start = time.monotonic()
+    prog: Program | None = None
+    blob: bytes | None = None
+    flashed: bool | None = None
     samples = 0
     train_cycles = 0
     step = 0
+    evals: list[dict] = []
+    trains: list[dict] = []
+    epoch_losses: list[float] = []
+    class_names = [str(c) for c in ds.class_names] if len(ds.class_names) == ds.classes \
+        else [str(c) for c in range(ds.classes)]
 
     def eval_record(epoch: int) -> dict:
         ev = evaluate(device, ds, opts.batch)
         rec = {"kind": "eval", "epoch": epoch, "step": step, "samples": samples, **ev,
                "time_s": round(time.monotonic() - t_start, 3)}
         record.log(rec)
+        evals.append(rec)  # before the event: a callback that interrupts does not lose it
         on_event("eval", rec)
         return rec
 
-    evals: list[dict] = []
-    epoch_losses: list[float] = []
-
-    def summary(status: str, **extra) -> dict:
-        elapsed = time.monotonic() - t_start
+    def summary(status: str, t_end: float | None = None, **extra) -> dict:
+        elapsed = (time.monotonic() if t_end is None else t_end) - t_start
+        before = evals[0] if evals else None
+        trained = [e for e in evals[1:] if e["epoch"] >= 1]
+        after = trained[-1] if trained else (evals[-1] if status == "completed" and evals else None)
+        sent = getattr(link, "bytes_sent", 0) - sent0
+        received = getattr(link, "bytes_received", 0) - received0
         out = {
-            "status": status, "board": hello.board, "firmware": hello.firmware, "model": prog.spec.name,
-            "model_crc": f"{blob_crc(blob):08x}", "flashed": flashed, "dataset": ds.name,
+            "status": status, "board": hello.board, "firmware": hello.firmware,
+            "model": prog.spec.name if prog is not None else opts.model,
+            "model_crc": f"{blob_crc(blob):08x}" if blob is not None else None,
+            "blob_bytes": len(blob) if blob is not None else None, "flashed": flashed,
+            "dataset": ds.name, "classes": ds.classes, "class_names": class_names,
             "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
-            "epochs": opts.epochs, "batch": opts.batch, "lr": opts.train.lr, "weight_decay": opts.train.weight_decay,
-            "optimizer": opts.train.optimizer,
-            "seed": opts.seed, "steps": step, "samples": samples, "epoch_train_loss": epoch_losses,
-            "initial_eval": {k: evals[0][k] for k in ("loss", "accuracy")} if evals else None,
+            "strategy": training_strategy(opts.train), "dtype": training_dtype(opts.train),
+            "train_layers": list(opts.train.train_layers) if opts.train.train_layers is not None else None,
+            "epochs": opts.epochs, "epochs_completed": len(epoch_losses), "batch": opts.batch,
+            "lr": opts.train.lr, "weight_decay": opts.train.weight_decay, "optimizer": opts.train.optimizer,
+            "seed": opts.seed, "steps": step, "samples": samples, "samples_trained": samples,
+            "epoch_train_loss": epoch_losses,
+            "initial_eval": {k: before[k] for k in ("loss", "accuracy")} if before else None,
             "final_eval": {k: evals[-1][k] for k in ("loss", "accuracy")} if evals else None,
+            "accuracy_before": before["accuracy"] if before else None,
+            "accuracy_after": after["accuracy"] if after else None,
+            "loss_before": before["loss"] if before else None,
+            "loss_after": after["loss"] if after else None,
+            "per_class_before": before["per_class"] if before else None,
+            "per_class_after": after["per_class"] if after else None,
+            "per_class_n": before["per_class_n"] if before else None,
+            "bytes_sent": sent, "bytes_received": received, "bytes_on_wire": sent + received,
             "cycles_per_sample": train_cycles / samples if samples else None,
             "samples_per_s": samples / elapsed if elapsed > 0 else None,
-            "seconds": round(elapsed, 3), "arena_bytes": prog.plan.arena_bytes,
+            "seconds": round(elapsed, 3), "arena_bytes": prog.plan.arena_bytes if prog is not None else None,
             "run_dir": str(record.path), **extra,
         }
         record.save_summary(out)
         return out
 
+    def finish(status: str, **extra) -> dict:
+        """The final summary, then the plots (with what exists), then the summary naming them."""
+        t_end = time.monotonic()  # the session's time, without the plotting
+        summary(status, t_end, **extra)  # on disk first: a plot that fails or hangs costs nothing
+        try:
+            written = write_plots(record.path, trains, evals, class_names)
+            plots = {"plots": [p.name for p in written]}
+        except Exception as e:  # noqa: BLE001 — a plot never costs the run record
+            plots = {"plots": [], "plots_error": f"{type(e).__name__}: {e}"}
+        return summary(status, t_end, **extra, **plots)
+
     try:
-        evals.append(eval_record(0))
+        summary("running")
+        prog, blob = prepare_program(opts, ds, hello)
+        flashed = ensure_model(device, hello, blob, opts.reflash, on_event)
+        rng = np.random.default_rng(opts.seed)
+        eval_record(0)
+        summary("running")
         for epoch in range(1, opts.epochs + 1):
             losses = []
             order = rng.permutation(len(ds.y_train))
@@ -165,12 +238,21 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
                        "cycles_per_sample": r.cycles / r.n, "samples_per_s": r.n / dt if dt > 0 else None,
                        "time_s": round(time.monotonic() - t_start, 3)}
                 record.log(rec)
+                trains.append(rec)
                 on_event("train", rec)
             epoch_losses.append(float(np.mean(losses)))
-            evals.append(eval_record(epoch))
+            eval_record(epoch)
+            summary("running")
         weights_path = record.save_weights(device.read_params(prog))
-    except EdgePropError as e:
-        # what was measured so far stays on disk; the device keeps the weights it trained
-        summary("failed", error=f"{type(e).__name__}: {e}")
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C: what was measured so far stays on disk; the device keeps the weights it trained
+        finish("interrupted", reason=type(e).__name__)
         raise
-    return summary("ok", weights=weights_path.name)
+    except LinkError as e:
+        # the link died (unplugged, board reset, timeouts): the same, with the reason
+        finish("interrupted", reason=f"{type(e).__name__}: {e}")
+        raise
+    except BaseException as e:
+        finish("failed", reason=f"{type(e).__name__}: {e}", error=f"{type(e).__name__}: {e}")
+        raise
+    return finish("completed", weights=weights_path.name)

@@ -29,7 +29,7 @@ def test_stream_on_the_fake_device_writes_a_run_record(capsys, tmp_path):
     run_dir = tmp_path / summary["run_dir"].split("/")[-1]
     assert (run_dir / "summary.json").is_file() and (run_dir / "weights.npz").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["version"] == 1
-    assert summary["status"] == "ok" and summary["weights"] == "weights.npz"
+    assert summary["status"] == "completed" and summary["weights"] == "weights.npz"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
@@ -82,8 +82,8 @@ def test_errors_map_to_exit_codes(capsys, argv, error, tmp_path, monkeypatch):
     assert "error:" in err
 
 
-def test_json_errors_are_machine_readable(capsys):
-    code = main(["stream", "--port", "fake://", "--model", "nope", "--json"])
+def test_json_errors_are_machine_readable(capsys, tmp_path):
+    code = main(["stream", "--port", "fake://", "--model", "nope", "--json", "--runs-dir", str(tmp_path)])
     out = json.loads(capsys.readouterr().out)
     assert code == 5 and out["status"] == "error" and out["error"] == "ModelError"
 

@@ -4,7 +4,10 @@ Connects (a serial port, the board `make flash` started, or --emulate), uploads
 the model unless the device already holds it, evaluates the held-out split,
 streams the training split for --epochs, evaluates after each epoch, reads the
 trained weights back and writes runs/<timestamp>/: metrics.jsonl (one record
-per batch and per evaluation), summary.json and weights.npz.
+per batch and per evaluation), summary.json, weights.npz and the plots loss.png,
+accuracy.png and per_class.png. Interrupted (Ctrl-C) or cut off (a dead link),
+it still leaves summary.json (status "interrupted") and the plots of what it
+measured. `host compare RUN...` puts run folders side by side.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..datasets import REGISTRY, load_dataset
+from ..errors import LinkError
 from ..runrecord import RunRecord
 from ..session import StreamOptions, open_device, stream
 from .options import add_options, add_training_arguments, train_config
@@ -109,15 +113,48 @@ def run(args) -> int:
                 with view.live:
                     summary = stream(dev, hello, ds, opts, record, view)
                 console.line()
+        except (KeyboardInterrupt, LinkError):
+            # the session wrote summary.json (status "interrupted") and the plots before this
+            Console(stderr=True).print(f"interrupted: run record so far in {record.path}/ "
+                                       f"(summary.json, metrics.jsonl, plots)", highlight=False, soft_wrap=True)
+            raise
         finally:
             record.close()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    print_result(console, summary)
+    return 0
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+def print_result(console: Console, summary: dict) -> None:
+    """The final output: accuracy per class before → after, the headline numbers, the files."""
+    before, after = summary.get("per_class_before"), summary.get("per_class_after")
+    if before:
+        t = Table(title="held-out accuracy per class", title_justify="left")
+        for col in ("class", "samples", "before", "after", "change"):
+            t.add_column(col, justify="right")
+        names = summary.get("class_names") or [str(c) for c in range(len(before))]
+        counts = summary.get("per_class_n") or [None] * len(before)
+        for c, name in enumerate(names):
+            b = before[c]
+            a = after[c] if after else None
+            delta = "" if a is None or b is None else f"{(a - b) * 100:+.1f} pt"
+            t.add_row(str(name), "" if counts[c] is None else str(counts[c]), _pct(b), _pct(a), delta)
+        console.print(t)
     i, f = summary["initial_eval"], summary["final_eval"]
     console.print(f"held-out accuracy {i['accuracy']:.1%} → [bold]{f['accuracy']:.1%}[/], "
                   f"loss {i['loss']:.4f} → {f['loss']:.4f}; "
                   f"{summary['cycles_per_sample']:,.0f} device cycles per training sample", highlight=False)
-    console.print(f"run record: {summary['run_dir']}/ (metrics.jsonl, summary.json, weights.npz)",
-                  highlight=False)
-    return 0
+    console.print(f"{summary['samples_trained']:,} samples trained ({summary['strategy']}, {summary['dtype']}); "
+                  f"{summary['bytes_on_wire']:,} bytes on the wire ({summary['bytes_sent']:,} sent, "
+                  f"{summary['bytes_received']:,} received)", highlight=False)
+    files = ["metrics.jsonl", "summary.json", summary.get("weights", "weights.npz"), *summary.get("plots", [])]
+    console.print(f"run record: {summary['run_dir']}/", highlight=False)
+    console.print(f"  {', '.join(files)}", highlight=False)
+    if summary.get("plots_error"):
+        console.print(f"[yellow]plots not written: {summary['plots_error']}[/]", highlight=False)
