@@ -167,12 +167,28 @@ def resolve_model(text: str, seed: int = 0, input_shape: tuple[int, ...] | None 
                   classes: int | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
     """What `--model` names → (description, initial parameters).
 
-    A built-in name or a .json description starts from PyTorch-style random
-    weights drawn from `seed`; `file.py:factory` (a PyTorch module) and
+    A built-in name starts from its pretrained weights (models/<name>.npz) when
+    the repo ships them, otherwise, like a .json description, from PyTorch-style
+    random weights drawn from `seed`; `file.py:factory` (a PyTorch module) and
     `file.onnx` bring their own weights (host.importer, needs the torch extra).
     """
     if text.endswith(".onnx") or ".py:" in text:
         from .importer import load_source
         return load_source(text, input_shape, classes)
     spec = load_model(text)
+    weights = MODELS_DIR / f"{text}.npz"
+    if not Path(text).suffix and weights.is_file():
+        return spec, load_weights(spec, weights)
     return spec, init_params(spec, seed)
+
+
+def load_weights(spec: ModelSpec, path: Path) -> dict[str, np.ndarray]:
+    """Pretrained parameters and buffers (`python -m host.pretrain` writes them), checked
+    against the model description."""
+    with np.load(path) as f:
+        params = {k: f[k].astype(np.float32) for k in f.files if not k.startswith("__")}
+    want = spec.param_shapes()
+    if set(params) != set(want) or any(params[k].shape != want[k] for k in want):
+        raise ModelError(f"{path}: its arrays do not match model {spec.name!r}",
+                         hint=f"re-run: python -m host.pretrain {spec.name} --dataset ...")
+    return params
