@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="training steps per model; the last is measured")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results.json")
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     try:
         board = load_board(args.board)
         if not firmware_path(board).is_file():
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"training-step cost on {args.board} (fp32, full backprop; target ≥ {TARGET_MPI} MAC/instr "
                         "on conv and linear)")
     for col in ("kind", "name", "instructions", "MACs", "MAC/instr"):
-        table.add_column(col, justify="right" if col in ("instructions", "MACs", "MAC/instr") else "left")
+        table.add_column(col, justify="right" if col in ("instructions", "MACs", "MAC/instr") else "left",
+                         no_wrap=True)
     for r in rows:
         mpi = r["mac_per_instruction"]
         flag = "" if r["kind"] == "model" or mpi >= TARGET_MPI else " [yellow](below)[/]"

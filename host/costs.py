@@ -38,8 +38,9 @@ def graph_macs(g: Graph, n: int, nodes: range | None = None) -> int:
 
 
 def is_matrix_work(node: Node) -> bool:
-    """Nodes the MAC-per-instruction target applies to (conv and linear, fw and bw)."""
-    return node.op in (OpCode.LINEAR, OpCode.CONV2D)
+    """Nodes the benchmark reports one by one: conv and linear (where the MAC-per-
+    instruction target applies, forward and backward) and attention."""
+    return node.op in (OpCode.LINEAR, OpCode.CONV2D, OpCode.MHSA)
 
 
 @rule(OpCode.LINEAR)
@@ -75,3 +76,17 @@ def _valid_taps(in_len: int, out_len: int, k: int, stride: int, dil: int, pad_lo
     """Σ over output positions of the kernel taps that land inside the input, along one axis."""
     pos = np.arange(out_len)[:, None] * stride + np.arange(k)[None, :] * dil - pad_lo
     return int(((pos >= 0) & (pos < in_len)).sum())
+
+
+@rule(OpCode.MHSA)
+def _mhsa(g: Graph, node: Node, n: int) -> int:
+    """Per sample with T tokens of D (docs/ops/attn_optim.md): forward is the Q/K/V and
+    output projections (4·T·D²) plus scores and P·V (2·T²·D); the input gradient
+    runs the projections' and attention's products backward (4·T·D² + 4·T²·D);
+    the parameter gradient the projections' weight products plus O = P·V again
+    (4·T·D² + T²·D)."""
+    x = node.inputs[0] if node.fn != OpFn.BW_INPUT else None
+    t, d = g.tensors[x].dims if x is not None else g.tensors[node.inputs[0]].dims
+    per = {OpFn.FW: 4 * t * d * d + 2 * t * t * d, OpFn.BW_INPUT: 4 * t * d * d + 4 * t * t * d,
+           OpFn.BW_PARAM: 4 * t * d * d + t * t * d}[node.fn]
+    return n * per
