@@ -79,7 +79,7 @@ def test_exit_ends_qemu_with_the_firmware_exit_code(board):
 @pytest.mark.parametrize("board_process", ["native", *EMULATED_BOARDS], indirect=True)
 def test_a_link_that_dies_mid_run_keeps_the_record(board_process, tmp_path):
     """Kill the board mid-stream: exit code 3 (link), metrics so far on disk, and a
-    summary that says the run failed and why."""
+    summary that says the run was interrupted and why."""
     import threading
     import time
 
@@ -98,7 +98,9 @@ def test_a_link_that_dies_mid_run_keeps_the_record(board_process, tmp_path):
     assert result["code"] == 3
     run = next(tmp_path.glob("*/"))
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "failed" and "LinkError" in summary["error"]
+    # a dead link interrupts the run (the device may still hold its weights): the
+    # record says so and why, and keeps everything measured until then
+    assert summary["status"] == "interrupted" and summary["reason"].startswith("LinkError")
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)   # every line whole
     assert summary["steps"] >= 10
