@@ -8,6 +8,7 @@
 #                                 programmed with pyOCD (pip install -e '.[flash]')
 #   make bench                    instructions per training step and MAC/instruction per op
 #                                 on the emulated Cortex-M4F → bench/results.json
+#   make fuzz                     longer fuzzing (libFuzzer, ASan+UBSan): FUZZ_SECONDS=600 per harness
 #   make setup                    only install what is missing (apt-get tools, pip venv)
 #
 # Everything Python runs from the project venv ($(VENV)); `host` is its CLI.
@@ -22,11 +23,11 @@ BUILD := $(CURDIR)/build
 TEST_BOARDS := native mps2-an386 mps2-an500 mps3-an547 netduinoplus2 nucleo-f446re
 FW_SOURCES := $(shell find firmware -name '*.[chS]' -o -name '*.in' -o -name Makefile)
 
-.PHONY: all setup tools venv firmware flash demo test bench clean help
+.PHONY: all setup tools venv firmware flash demo test bench fuzz clean help
 .DEFAULT_GOAL := help
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: tools venv
 
@@ -62,6 +63,7 @@ demo: setup
 	@$(HOST) stream --emulate --board mps2-an386 --dataset digits --epochs 3
 
 test: setup
+	@$(SYSPY) -m host.toolcheck --install fuzz
 	@for b in $(TEST_BOARDS); do $(MAKE) --no-print-directory firmware BOARD=$$b || exit 1; done
 	@$(PY) -m host.codegen --check
 	@echo "==> frame receiver unit test (C, ASan+UBSan)"
@@ -75,6 +77,11 @@ bench: setup
 	@$(MAKE) --no-print-directory firmware BOARD=mps2-an386
 	@echo "==> benchmark: training steps of every shipped model on the emulated mps2-an386"
 	@$(PY) -m host.bench --board mps2-an386
+
+# The fuzzers (tests/fuzz) for FUZZ_SECONDS each; make test runs short bounded ones.
+fuzz: setup
+	@$(SYSPY) -m host.toolcheck --install fuzz
+	@$(MAKE) --no-print-directory -C firmware fuzz
 
 clean:
 	rm -rf $(BUILD)

@@ -2,6 +2,9 @@
 
     python3 -m host.toolcheck [--install] BOARD...
 
+A name may also be a tool set that is not a board (TOOL_SETS): `fuzz` is clang
+able to link libFuzzer with ASan and UBSan (`make -C firmware fuzz`).
+
 Runs with the system python3 (stdlib only) before the project venv exists, so
 `make` can call it first thing on a fresh machine.
 """
@@ -10,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from .boards import load_board
 from .errors import EdgePropError
@@ -20,6 +26,37 @@ from .errors import EdgePropError
 
 #: local data the datasets read (host/datasets.py), by the path its Debian package installs
 DATA_PACKAGES = {"/usr/share/datasets/fashion-mnist": "dataset-fashion-mnist"}
+
+
+def _clang_links_libfuzzer() -> bool:
+    """clang is installed and links a libFuzzer program with ASan and UBSan (Debian
+    ships those runtimes in libclang-rt-N-dev, only a Recommends of clang, which
+    --no-install-recommends leaves out)."""
+    if shutil.which("clang") is None:
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "probe.c"
+        src.write_text("#include <stddef.h>\n#include <stdint.h>\n"
+                       "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n")
+        r = subprocess.run(["clang", "-fsanitize=fuzzer,address,undefined", str(src), "-o", str(Path(d) / "probe")],
+                           capture_output=True, check=False)
+        return r.returncode == 0
+
+
+def _clang_packages() -> list[str]:
+    """clang and the runtimes of its major version (Debian 12: clang 14)."""
+    major = "14"
+    if shutil.which("clang"):
+        out = subprocess.run(["clang", "--version"], capture_output=True, text=True, check=False).stdout
+        if m := re.search(r"clang version (\d+)", out):
+            major = m.group(1)
+    return ["clang", f"libclang-rt-{major}-dev"]
+
+
+#: tool sets that are not boards: name → [(what is missing, check, Debian packages)]
+TOOL_SETS = {
+    "fuzz": [("clang with libFuzzer/ASan/UBSan", _clang_links_libfuzzer, _clang_packages)],
+}
 
 
 def needed(boards: list[str]) -> tuple[list[str], list[str]]:
@@ -30,6 +67,12 @@ def needed(boards: list[str]) -> tuple[list[str], list[str]]:
             missing.append(path)
             packages.append(pkg)
     for name in boards:
+        if name in TOOL_SETS:
+            for what, ok, apt in TOOL_SETS[name]:
+                if what not in missing and not ok():
+                    missing.append(what)
+                    packages += [p for p in apt() if p not in packages]
+            continue
         b = load_board(name)
         wants = [(b.toolchain["prefix"] + "gcc", b.toolchain.get("apt", []))]
         if b.emulator:
@@ -44,7 +87,7 @@ def needed(boards: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m host.toolcheck")
     ap.add_argument("--install", action="store_true", help="apt-get install what is missing")
-    ap.add_argument("boards", nargs="+")
+    ap.add_argument("boards", nargs="+", metavar="BOARD", help=f"a board, or a tool set: {', '.join(TOOL_SETS)}")
     args = ap.parse_args(argv)
     try:
         missing, packages = needed(args.boards)

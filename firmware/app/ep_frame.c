@@ -10,20 +10,10 @@ void ep_frame_rx_init(ep_frame_rx_t *rx, uint64_t idle_timeout) {
     rx->idle_timeout = idle_timeout;
 }
 
-/* Forget the frame reported last; bytes held after it (found by a resync) stay. */
-static void drop_consumed(ep_frame_rx_t *rx) {
-    if (rx->consumed == 0) {
-        return;
-    }
-    rx->len -= rx->consumed;
-    memmove(rx->buf, rx->buf + rx->consumed, rx->len);
-    rx->consumed = 0;
-}
-
-/* buf[0] opened a damaged frame: keep the held bytes from the next sync pair on
- * (or a trailing sync0 whose sync1 is still to come), drop everything before it. */
-static void resync(ep_frame_rx_t *rx) {
-    uint32_t i = 1;
+/* Keep the held bytes from the first sync pair at or after `from` on (or a
+ * trailing sync0 whose sync1 is still to come), drop everything before it. */
+static void skip_to_sync(ep_frame_rx_t *rx, uint32_t from) {
+    uint32_t i = from;
     while (i < rx->len && !(rx->buf[i] == EP_FRAME_SYNC0 &&
                             (i + 1 == rx->len || rx->buf[i + 1] == EP_FRAME_SYNC1))) {
         i++;
@@ -31,6 +21,21 @@ static void resync(ep_frame_rx_t *rx) {
     rx->len -= i;
     memmove(rx->buf, rx->buf + i, rx->len);
 }
+
+/* Forget the frame reported last; bytes held after it (found by a resync) stay
+ * from their first sync pair on: they need not start with one. */
+static void drop_consumed(ep_frame_rx_t *rx) {
+    if (rx->consumed == 0) {
+        return;
+    }
+    rx->len -= rx->consumed;
+    memmove(rx->buf, rx->buf + rx->consumed, rx->len);
+    rx->consumed = 0;
+    skip_to_sync(rx, 0);
+}
+
+/* buf[0] opened a damaged frame: resynchronise on the held bytes after it. */
+static void resync(ep_frame_rx_t *rx) { skip_to_sync(rx, 1); }
 
 void ep_frame_push(ep_frame_rx_t *rx, uint8_t byte, uint64_t now) {
     drop_consumed(rx);
