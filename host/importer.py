@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ModelError, ToolError
 from . import layers as layer_rules
 from .layers import RULES, Layer, rule_for
-from .zoo import INPUT, ModelSpec, parse_model
+from .zoo import INPUT, MODELS_DIR, ModelSpec, init_params, load_model, load_weights, parse_model
 
 #: functional forms fx records as call_function / call_method, by layer type
 _FUNCTIONS = {"relu": "relu", "flatten": "flatten", "gelu": "gelu", "sigmoid": "sigmoid",
@@ -338,3 +338,21 @@ def load_source(text: str, input_shape: tuple[int, ...] | None = None, classes: 
     if factory is None:
         raise ModelError(f"{path} has no {attr!r}")
     return from_torch(factory(), input_shape, classes, name=attr, loss=loss)
+
+
+def resolve_model(text: str, seed: int = 0, input_shape: tuple[int, ...] | None = None,
+                  classes: int | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """What `--model` names → (description, initial parameters).
+
+    A built-in name starts from its pretrained weights (models/<name>.npz) when
+    the repo ships them, otherwise, like a .json description, from PyTorch-style
+    random weights drawn from `seed`; `file.py:factory` (a PyTorch module) and
+    `file.onnx` bring their own weights (host.importer, needs the torch extra).
+    """
+    if text.endswith(".onnx") or ".py:" in text:
+        return load_source(text, input_shape, classes)
+    spec = load_model(text)
+    weights = MODELS_DIR / f"{text}.npz"
+    if not Path(text).suffix and weights.is_file():
+        return spec, load_weights(spec, weights)
+    return spec, init_params(spec, seed)

@@ -7,7 +7,7 @@ split (`host stream`); the held-out test split is never used here. The model
 is the one the device runs (`host.importer.to_torch(spec)`), trained with Adam
 and cross-entropy (or MSE for autoencoders), deterministically for a seed.
 The weights go to `models/<model>.npz` (every parameter and buffer, named as
-in the model description), which `host.zoo.resolve_model` loads for a
+in the model description), which `host.importer.resolve_model` loads for a
 built-in model when present. The command prints held-out-free numbers only:
 accuracy on the pretrain split and on the calibration split before any
 calibration (the "non-adapted" baseline of docs/results.md).

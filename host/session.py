@@ -24,7 +24,7 @@ from .errors import LinkError, UsageError
 from .link import Link
 from .plots import write_plots
 from .runrecord import RunRecord
-from .zoo import resolve_model
+from .importer import resolve_model
 
 Event = Callable[[str, dict], None]
 

@@ -163,25 +163,6 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
-def resolve_model(text: str, seed: int = 0, input_shape: tuple[int, ...] | None = None,
-                  classes: int | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
-    """What `--model` names → (description, initial parameters).
-
-    A built-in name starts from its pretrained weights (models/<name>.npz) when
-    the repo ships them, otherwise, like a .json description, from PyTorch-style
-    random weights drawn from `seed`; `file.py:factory` (a PyTorch module) and
-    `file.onnx` bring their own weights (host.importer, needs the torch extra).
-    """
-    if text.endswith(".onnx") or ".py:" in text:
-        from .importer import load_source
-        return load_source(text, input_shape, classes)
-    spec = load_model(text)
-    weights = MODELS_DIR / f"{text}.npz"
-    if not Path(text).suffix and weights.is_file():
-        return spec, load_weights(spec, weights)
-    return spec, init_params(spec, seed)
-
-
 def load_weights(spec: ModelSpec, path: Path) -> dict[str, np.ndarray]:
     """Pretrained parameters and buffers (`python -m host.pretrain` writes them), checked
     against the model description."""

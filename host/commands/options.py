@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..compiler import OPTIMIZERS, TrainConfig
-from ..zoo import resolve_model
+from ..importer import resolve_model
 
 OPTIONS = {
     "port": (("-p", "--port"), dict(metavar="URL", help="serial port: /dev/ttyACM0, socket://HOST:PORT, fake://; "
@@ -67,5 +67,5 @@ def train_config(args) -> TrainConfig:
 
 
 def model_and_params(args):
-    """(spec, initial params) of --model (see host.zoo.resolve_model)."""
+    """(spec, initial params) of --model (see host.importer.resolve_model)."""
     return resolve_model(args.model, args.seed, args.input_shape, args.classes)
