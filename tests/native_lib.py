@@ -323,16 +323,23 @@ def fptr(a: np.ndarray):
     return a.ctypes.data_as(F32P)
 
 
-class Guarded:
-    """A float32 array of `shape` inside a buffer with GUARD sentinels on both sides,
-    filled with NaN (so an element the kernel forgot shows) or a copy of `init`."""
+SENTINEL_U8 = np.uint8(0x5A)
 
-    def __init__(self, shape, init=None):
+
+class Guarded:
+    """An array of `shape` (float32, or uint8 for masks) inside a buffer with GUARD
+    sentinels on both sides, filled with NaN (0xA5 for uint8: so an element the
+    kernel forgot shows) or a copy of `init`."""
+
+    def __init__(self, shape, init=None, dtype=np.float32):
         shape = tuple(int(s) for s in shape)
         size = int(np.prod(shape))
-        self.buf = np.full(size + 2 * GUARD, SENTINEL, np.float32)
+        self.u8 = np.dtype(dtype) == np.uint8
+        self.sentinel = SENTINEL_U8 if self.u8 else SENTINEL
+        self.buf = np.full(size + 2 * GUARD, self.sentinel, dtype)
         self.arr = self.buf[GUARD:GUARD + size].reshape(shape)
-        self.arr[...] = np.nan if init is None else f32(init).reshape(shape)
+        fill = 0xA5 if self.u8 else np.nan
+        self.arr[...] = fill if init is None else np.asarray(init, dtype).reshape(shape)
 
     @classmethod
     def of(cls, init):
@@ -340,10 +347,10 @@ class Guarded:
         return cls(a.shape, a)
 
     def ptr(self):
-        return fptr(self.arr)
+        return self.arr.ctypes.data_as(U8P) if self.u8 else fptr(self.arr)
 
     def get(self) -> np.ndarray:
         head, tail = self.buf[:GUARD], self.buf[-GUARD:]
-        assert (head == SENTINEL).all() and (tail == SENTINEL).all(), "kernel wrote outside its buffer"
+        assert (head == self.sentinel).all() and (tail == self.sentinel).all(), "kernel wrote outside its buffer"
         return self.arr.copy()
 

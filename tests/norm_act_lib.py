@@ -21,9 +21,7 @@ import numpy as np
 
 F32P = C.POINTER(C.c_float)
 U8P = C.POINTER(C.c_uint8)
-GUARD = 16
-SENTINEL = np.float32(-123456.75)
-SENTINEL_U8 = 0x5A
+GUARD, SENTINEL, SENTINEL_U8 = nl.GUARD, nl.SENTINEL, nl.SENTINEL_U8
 
 
 class BatchNormParams(C.Structure):
@@ -77,45 +75,16 @@ for _a in ACTS:
 @cache
 def lib() -> C.CDLL:
     """The runtime library (native_lib builds every ops/*.c) with these signatures declared."""
-    so = nl.load()
-    for name, (res, args) in _SIGNATURES.items():
-        fn = getattr(so, name)
-        fn.restype, fn.argtypes = res, args
-    return so
+    return nl.declare(_SIGNATURES)
 
 
 # -- buffers ------------------------------------------------------------------------
 
-def _f32(a) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
+_f32, _p = nl.f32, nl.fptr
 
 
-def _p(a: np.ndarray):
-    return a.ctypes.data_as(F32P)
-
-
-class _Out:
-    """An output of `shape` inside a guarded buffer (float32, or uint8 for masks)."""
-
-    def __init__(self, shape, dtype=np.float32, init=None):
-        size = int(np.prod(shape))
-        self.u8 = dtype == np.uint8
-        sent = SENTINEL_U8 if self.u8 else SENTINEL
-        self.buf = np.full(size + 2 * GUARD, sent, dtype)
-        if init is None:
-            self.buf[GUARD:GUARD + size] = 0xA5 if self.u8 else np.nan
-        else:
-            self.buf[GUARD:GUARD + size] = np.asarray(init, dtype).reshape(-1)
-        self.arr = self.buf[GUARD:GUARD + size].reshape(shape)
-        self.sent = sent
-
-    def ptr(self):
-        return self.arr.ctypes.data_as(U8P if self.u8 else F32P)
-
-    def get(self) -> np.ndarray:
-        head, tail = self.buf[:GUARD], self.buf[-GUARD:]
-        assert (head == self.sent).all() and (tail == self.sent).all(), "kernel wrote outside its output"
-        return self.arr.copy()
+def _Out(shape, dtype=np.float32, init=None):  # noqa: N802 - an output inside guards
+    return nl.Guarded(shape, init, dtype)
 
 
 def _run_out(out, shape, call):

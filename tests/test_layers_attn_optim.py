@@ -27,6 +27,7 @@ import struct
 import zlib
 
 import native_lib as nl
+from torch_golden import loss_of, torch_optimizer
 import numpy as np
 import pytest
 import torch
@@ -105,20 +106,7 @@ def make_batches(spec: ModelSpec, steps: int = STEPS, seed: int = 0):
 
 # -- PyTorch reference ---------------------------------------------------------------
 
-def _loss(spec, out, x, y):
-    n = x.shape[0]
-    if spec.loss == "mse":
-        return torch.nn.functional.mse_loss(out.reshape(n, -1), x.reshape(n, -1))
-    return torch.nn.functional.cross_entropy(out.reshape(n, -1), y)
-
-
-def _optimizer(params, cfg: TrainConfig):
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+_loss, _optimizer = loss_of, torch_optimizer
 
 
 def torch_run(spec, params, cfg: TrainConfig, batches, dtype):

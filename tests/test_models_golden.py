@@ -65,7 +65,7 @@ def torch_f32_steps(spec, params, cfg, data):
     from torch_golden import loss_of, torch_optimizer
 
     model = to_torch(spec, params).train()
-    opt = torch_optimizer(model, cfg)
+    opt = torch_optimizer(model.parameters(), cfg)
     losses = []
     for x, y in data:
         xt, yt = torch.from_numpy(x), torch.from_numpy(np.asarray(y, np.int64))

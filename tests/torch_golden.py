@@ -17,8 +17,9 @@ from host.importer import to_torch
 from host.zoo import ModelSpec
 
 
-def torch_optimizer(model, cfg: TrainConfig):
-    params = [p for p in model.parameters() if p.requires_grad]
+def torch_optimizer(params, cfg: TrainConfig):
+    """The torch.optim optimizer matching cfg, over the parameters that train."""
+    params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "momentum":
@@ -42,7 +43,7 @@ def torch_steps(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     if cfg.train_layers is not None:
         for n, p in model.named_parameters():
             p.requires_grad_(n.split(".", 1)[0] in cfg.train_layers)
-    opt = torch_optimizer(model, cfg)
+    opt = torch_optimizer(model.parameters(), cfg)
     losses, correct = [], []
     for x, y in batches:
         xt = torch.from_numpy(np.asarray(x, np.float32)).double()
