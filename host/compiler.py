@@ -21,7 +21,7 @@ lifetimes into offsets in one arena.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from .graph import Graph, Tensor
 from .ids import DType, OpCode, OpFn, TensorFlag
 from .layers import Emitter, rule_for
 from .planner import Plan, plan_graph
+from .strategies import trained_layers
 from .zoo import INPUT, ModelSpec
 
 B = TensorFlag.BATCHED
@@ -46,8 +47,10 @@ class TrainConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    #: names of the layers whose parameters train; None = every layer
+    #: names of the layers whose parameters train; None = as `strategy` says
     train_layers: tuple[str, ...] | None = None
+    #: what trains, by name (host.strategies): full, last, layers=NAME,...
+    strategy: str = "full"
     #: gradient accumulation: the optimizer steps once per this many TRAIN batches,
     #: on the mean of their gradients (an effective batch of accumulate × batch)
     accumulate: int = 1
@@ -65,6 +68,8 @@ class TrainConfig:
             raise ModelError(f"optimizer {self.optimizer!r}: want one of {', '.join(OPTIMIZERS)}")
         if not 0 <= self.momentum < 1 or not all(0 <= b < 1 for b in self.betas) or not self.eps > 0:
             raise ModelError("momentum and betas must be in [0, 1), eps > 0")
+        if self.train_layers is not None and self.strategy != "full":
+            raise ModelError("give the layers to train or a strategy, not both")
         if not 1 <= self.accumulate <= 0x7FFF:
             raise ModelError(f"accumulate {self.accumulate} must be in 1..32767")
         if not (np.isfinite(self.clip_norm) and self.clip_norm >= 0):
@@ -179,7 +184,8 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     e = Emitter(g, updates)
 
     names = [layer.name for layer in spec.layers]
-    train_layers = set(names if cfg.train_layers is None else cfg.train_layers)
+    chosen = cfg.train_layers if cfg.train_layers is not None else trained_layers(spec, cfg.strategy)
+    train_layers = set(names if chosen is None else chosen)
     if unknown := train_layers - set(names):
         raise ModelError(f"cannot train unknown layers {sorted(unknown)} (layers: {', '.join(names)})")
     buffers = spec.buffer_names()
@@ -276,5 +282,22 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
         raise ModelError(
             f"model {spec.name!r} needs a {plan.arena_bytes}-byte arena at batch {cfg.batch}; "
             f"the board has {arena_limit} (biggest: {biggest})",
-            hint="use a smaller --batch or a board with more RAM")
+            hint=_what_fits(spec, params, cfg, arena_limit, max_tensors, max_nodes))
     return Program(spec, cfg, graph, plan, names)
+
+
+def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensors: int, max_nodes: int) -> str:
+    """Suggestions for a program that does not fit: the last-layer strategy, smaller batches."""
+    tries = [("--strategy last", replace(cfg, train_layers=None, strategy="last"))]
+    tries += [(f"--batch {b}", replace(cfg, batch=b)) for b in (16, 8, 4, 2, 1) if b < cfg.batch]
+    fits = []
+    for flag, c in tries:
+        try:
+            need = plan_graph(build_graph(spec, params, c, max_tensors, max_nodes)[0]).arena_bytes
+        except ModelError:
+            continue
+        if need <= limit:
+            fits.append(f"{flag} ({need} B)")
+    if not fits:
+        return "no strategy or batch size fits this board: use a board with more RAM"
+    return "these fit: " + ", ".join(fits)

@@ -134,7 +134,7 @@ def test_host_compile_takes_a_pytorch_factory(tmp_path, capsys):
                    "    return nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))\n")
     out = tmp_path / "m.epm"
     assert main(["compile", "--model", f"{src}:build", "--input-shape", "3,4", "--classes", "3",
-                 "--optimizer", "sgd", "--train-layers", "layer_3", "-o", str(out), "--json"]) == 0
+                 "--optimizer", "sgd", "--strategy", "layers=layer_3", "-o", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["trainable_params"] == 6 * 3 + 3  # only the last linear layer trains
     assert nl.parse(out.read_bytes()).status == 0

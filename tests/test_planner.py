@@ -92,3 +92,56 @@ def test_a_flatten_is_a_view_sharing_its_input_span():
                                                for i, o in enumerate(p.plan.offsets)])
     with pytest.raises(AssertionError):
         check_plan(bad)
+
+
+def test_plan_all_lists_every_model_strategy_and_board(capsys):
+    import json
+
+    from host.boards import board_names, load_board
+    from host.cli import main
+    from host.zoo import model_names
+
+    assert main(["plan", "--all", "--json", "--batch", "8"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    boards = [b for b in board_names() if b != "native"]
+    assert {(r["model"], r["strategy"], r["board"]) for r in rows} == {
+        (m, s, b) for m in model_names() for s in ("full", "last") for b in boards}
+    for r in rows:
+        assert {"model", "board", "strategy", "dtype", "fits"} <= set(r)
+        if "peak_bytes" not in r:           # over the board's graph limits
+            assert not r["fits"] and "reason" in r
+            continue
+        assert r["lower_bound_bytes"] <= r["peak_bytes"] <= r["naive_bytes"]
+        assert r["fits"] == (r["peak_bytes"] <= load_board(r["board"]).arena_bytes)
+    full = {(r["model"], r["board"]): r for r in rows if r["strategy"] == "full" and "peak_bytes" in r}
+    for r in rows:
+        f = full.get((r["model"], r["board"]))
+        if r["strategy"] == "last" and f and "peak_bytes" in r:
+            # training only the last layer never needs more memory or parameters
+            assert r["peak_bytes"] <= f["peak_bytes"] and r["trainable_params"] <= f["trainable_params"]
+
+
+def test_a_model_too_big_for_the_board_says_what_would_fit():
+    spec = load_model("eognet-blink")
+    with pytest.raises(ModelError) as e:
+        compile_model(spec, init_params(spec), TrainConfig(batch=32), arena_limit=1_200_000)
+    assert "needs a" in str(e.value) and "biggest:" in str(e.value)
+    # the last-layer strategy (1.1 MB at batch 32) and smaller batches fit
+    assert "--strategy last" in e.value.hint and "--batch 16" in e.value.hint
+
+
+def test_strategies_name_what_trains():
+    from host.strategies import trained_layers
+
+    spec = load_model("eegnet-scp1")
+    assert trained_layers(spec, "full") is None
+    assert trained_layers(spec, "last") == ("classify",)
+    assert trained_layers(spec, "layers=bn3,0") == ("bn3", "temporal")
+    for bad, word in [("layers=nope", "no layer"), ("layers=99", "past"), ("lora=4", "not available"),
+                      ("wat", "unknown")]:
+        with pytest.raises(ModelError, match=word):
+            trained_layers(spec, bad)
+    g = compile_model(spec, init_params(spec), TrainConfig(batch=2, strategy="last")).graph
+    assert [g.tensors[i].name for i in g.trainable] == ["classify.weight", "classify.bias"]
+    # nothing before the classifier runs backward
+    assert all(n.fn.name == "FW" or n.layer in ("classify", "loss") for n in g.nodes)

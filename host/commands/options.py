@@ -41,8 +41,9 @@ def add_training_arguments(p) -> None:
                    help="gradient accumulation: one optimizer step per K batches (default 1)")
     p.add_argument("--clip-norm", type=float, default=0.0, metavar="MAX",
                    help="clip the gradient's global L2 norm to MAX (default 0: off)")
-    p.add_argument("--train-layers", type=_names, metavar="NAME,...",
-                   help="train only these layers (default: all); earlier layers run forward only")
+    p.add_argument("--strategy", default="full", metavar="S",
+                   help="what trains: full (default), last (the last layer with parameters), "
+                        "layers=NAME,... (or indices); earlier layers run forward only")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
 
 
@@ -56,14 +57,10 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
-
-
 def train_config(args) -> TrainConfig:
     return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
-                       optimizer=args.optimizer, train_layers=args.train_layers, accumulate=args.accumulate,
-                       clip_norm=args.clip_norm)
+                       optimizer=args.optimizer, strategy=args.strategy,
+                       accumulate=args.accumulate, clip_norm=args.clip_norm)
 
 
 def model_and_params(args):

@@ -1,0 +1,91 @@
+"""Show the static memory plan of a model on a board, or of every model everywhere.
+
+    host plan --model eegnet-scp1 --board netduinoplus2 --strategy last
+    host plan --all --json
+
+The plan (host.planner) gives every tensor an offset in one arena; its peak is
+compared with the lower bound (the largest total of tensors alive at once: no
+plan can be smaller) and with no sharing at all. `--all` plans every shipped
+model × strategy (full, last) × dtype (fp32) × board and says whether it fits.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from ..boards import board_names, load_board
+from ..compiler import TrainConfig, compile_model
+from ..errors import ModelError
+from ..importer import resolve_model
+from ..planner import format_plan
+from ..zoo import model_names
+from .options import add_options, add_training_arguments, model_and_params, train_config
+
+NAME = "plan"
+HELP = "show the memory plan of a model on a board (--all: every model, strategy and board)"
+
+STRATEGIES = ("full", "last")
+
+
+def add_arguments(p) -> None:
+    add_training_arguments(p)
+    add_options(p, "board", "json")
+    p.add_argument("--all", action="store_true",
+                   help="every shipped model x strategy (full, last) x dtype x board: fits, peak, bounds")
+
+
+def row(spec, params, cfg: TrainConfig, board) -> dict:
+    out = {"model": spec.name, "board": board.name, "strategy": cfg.strategy, "dtype": "fp32",
+           "batch": cfg.batch, "arena_bytes": board.arena_bytes}
+    try:
+        prog = compile_model(spec, params, cfg, max_tensors=board.max_tensors, max_nodes=board.max_nodes)
+    except ModelError as e:  # over the board's graph limits
+        return {**out, "fits": False, "reason": str(e)}
+    plan = prog.plan
+    g = prog.graph
+    return {**out, "fits": plan.arena_bytes <= board.arena_bytes, "peak_bytes": plan.arena_bytes,
+            "lower_bound_bytes": plan.lower_bound, "naive_bytes": plan.naive_bytes,
+            "peak_over_lower_bound": round(plan.arena_bytes / max(plan.lower_bound, 1), 4),
+            "trainable_params": sum(g.tensors[i].elems for i in g.trainable),
+            "tensors": len(g.tensors), "nodes": len(g.nodes)}
+
+
+def run(args) -> int:
+    c = Console(stderr=args.json)
+    if args.all:
+        rows = []
+        boards = [load_board(n) for n in board_names() if n != "native"]
+        for name in model_names():
+            spec, params = resolve_model(name, args.seed)
+            for strategy in STRATEGIES:
+                cfg = TrainConfig(batch=args.batch, strategy=strategy)
+                rows += [row(spec, params, cfg, b) for b in boards]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        t = Table(title=f"memory plans at batch {args.batch} (fp32)")
+        for col in ("model", "strategy", "board", "fits", "peak", "lower bound", "no sharing", "trainable"):
+            t.add_column(col, no_wrap=True)
+        for r in rows:
+            t.add_row(r["model"], r["strategy"], r["board"], "yes" if r["fits"] else "no",
+                      f"{r.get('peak_bytes', 0):,}", f"{r.get('lower_bound_bytes', 0):,}",
+                      f"{r.get('naive_bytes', 0):,}", f"{r.get('trainable_params', 0):,}")
+        c.print(t)
+        return 0
+    board = load_board(args.board or "mps2-an386")
+    spec, params = model_and_params(args)
+    cfg = train_config(args)
+    r = row(spec, params, cfg, board)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    prog = compile_model(spec, params, cfg, max_tensors=board.max_tensors, max_nodes=board.max_nodes)
+    c.print(format_plan(prog.graph, prog.plan), highlight=False)
+    c.print(f"{spec.name} on {board.name}, strategy {cfg.strategy}: peak {r['peak_bytes']:,} B, lower bound "
+            f"{r['lower_bound_bytes']:,} B (×{r['peak_over_lower_bound']}), no sharing {r['naive_bytes']:,} B; "
+            f"{'fits' if r['fits'] else 'does NOT fit'} the {board.arena_bytes:,}-byte arena; "
+            f"{r['trainable_params']:,} trainable parameters", highlight=False)
+    return 0
