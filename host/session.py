@@ -123,8 +123,18 @@ def evaluate(device: Device, ds: Dataset, batch: int) -> dict:
 
 
 def training_strategy(cfg: TrainConfig) -> str:
-    """"full" when every layer trains, else "layers=a,b" (TrainConfig.train_layers)."""
-    return "full" if cfg.train_layers is None else "layers=" + ",".join(cfg.train_layers)
+    """The strategy's name (host.strategies), or "layers=a,b" for TrainConfig.train_layers."""
+    return cfg.strategy if cfg.train_layers is None else "layers=" + ",".join(cfg.train_layers)
+
+
+def trained_layer_names(prog, cfg: TrainConfig) -> list[str] | None:
+    """The layers that train (None: all), from the compiled program where there is one."""
+    if cfg.train_layers is None and cfg.strategy == "full":
+        return None
+    if prog is None:
+        return list(cfg.train_layers or [])
+    names = [prog.graph.tensors[i].name.split(".", 1)[0] for i in prog.graph.trainable]
+    return list(dict.fromkeys(names))
 
 
 def training_dtype(cfg: TrainConfig) -> str:
@@ -181,7 +191,7 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
             "dataset": ds.name, "classes": ds.classes, "class_names": class_names,
             "train_samples": len(ds.y_train), "test_samples": len(ds.y_test),
             "strategy": training_strategy(opts.train), "dtype": training_dtype(opts.train),
-            "train_layers": list(opts.train.train_layers) if opts.train.train_layers is not None else None,
+            "train_layers": trained_layer_names(prog, opts.train),
             "epochs": opts.epochs, "epochs_completed": len(epoch_losses), "batch": opts.batch,
             "lr": opts.train.lr, "weight_decay": opts.train.weight_decay, "optimizer": opts.train.optimizer,
             "seed": opts.seed, "steps": step, "samples": samples, "samples_trained": samples,

@@ -100,7 +100,7 @@ def test_summary_holds_every_field_and_the_plots(main, capsys, tmp_path, digits)
 
 
 def test_strategy_names_the_trained_layers(main, capsys, tmp_path):
-    s = stream_cli(main, capsys, tmp_path, "--train-layers", "fc2")
+    s = stream_cli(main, capsys, tmp_path, "--strategy", "layers=fc2")
     assert s["strategy"] == "layers=fc2" and s["train_layers"] == ["fc2"] and s["status"] == "completed"
 
 
@@ -187,7 +187,7 @@ def test_ctrl_c_in_the_cli_exits_130_and_names_the_record(main, capsys, tmp_path
 
 def test_compare_two_runs(main, capsys, tmp_path):
     a = run_dir_of(stream_cli(main, capsys, tmp_path, "--lr", "0.5"))
-    b = run_dir_of(stream_cli(main, capsys, tmp_path, "--lr", "0.05", "--train-layers", "fc2"))
+    b = run_dir_of(stream_cli(main, capsys, tmp_path, "--lr", "0.05", "--strategy", "layers=fc2"))
     assert main(["compare", str(b), str(a)]) == 0
     out = capsys.readouterr().out
     assert a.name in out and b.name in out
