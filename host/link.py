@@ -42,11 +42,17 @@ class Link:
             # pyserial's socket:// open() drains whatever already arrived: that would
             # throw away the boot HELLO a device sends the moment we connect.
             port.reset_input_buffer = lambda: None
+            if isinstance(port, serial.Serial):
+                port.exclusive = True  # a second program on the same port would steal bytes
             try:
                 port.open()
             finally:
                 del port.reset_input_buffer
         except (serial.SerialException, OSError, ValueError) as e:
+            if "exclusively lock" in str(e):
+                raise LinkError(f"{url} is busy: another program has it open ({e})",
+                                hint="close the other program (a serial monitor, another `host` command) "
+                                     "and try again") from e
             raise LinkError(f"cannot open {url}: {e}") from e
         return cls(port, timeout, retries)
 

@@ -143,3 +143,24 @@ def test_flash_a_compiled_blob_on_the_fake(capsys, tmp_path):
 def test_console_script_and_module_entry_points():
     r = subprocess.run([sys.executable, "-m", "host", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "edgeprop host" in r.stdout
+
+
+def test_a_busy_serial_port_is_named_as_busy(tmp_path):
+    """Two programs on one serial port would steal each other's bytes: the second open
+    is refused, saying the port is busy (a pty stands in for a USB serial port)."""
+    import os
+    import pty
+
+    from host.errors import LinkError
+    from host.link import Link
+
+    master, slave = pty.openpty()
+    try:
+        path = os.ttyname(slave)
+        with Link.open(path, timeout=0.5):
+            with pytest.raises(LinkError, match="busy") as e:
+                Link.open(path, timeout=0.5)
+            assert "close the other program" in e.value.hint
+    finally:
+        os.close(master)
+        os.close(slave)
