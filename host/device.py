@@ -13,6 +13,12 @@ from .ids import Cap, Encoding, MsgType
 from .link import Link
 from .protocol import (
     BATCH_REQ,
+    BUF_BEGIN_REQ,
+    BUF_BEGIN_RESP,
+    BUF_CHUNK_MAX,
+    BUF_CHUNK_REQ,
+    BUF_CHUNK_RESP,
+    BUF_RUN_REQ,
     PROFILE_REQ,
     PROFILE_RESP,
     STAGE_REQ,
@@ -91,6 +97,99 @@ class Batch:
                                     zero=self.zero, labels=self.labels, data=self.data))
 
 
+#: sample-buffer encodings by their `host stream --encoding` name
+BUFFER_ENCODINGS = {"f32": Encoding.F32, "u8": Encoding.U8_AFFINE, "i8": Encoding.I8_AFFINE,
+                    "i16": Encoding.I16_AFFINE}
+#: code range of each affine encoding
+_CODE_RANGE = {Encoding.U8_AFFINE: (0, 255, np.uint8), Encoding.I8_AFFINE: (-127, 127, np.int8),
+               Encoding.I16_AFFINE: (-32767, 32767, np.dtype("<i2"))}
+
+
+@dataclass(frozen=True)
+class SampleBuffer:
+    """Samples for the device-side sample buffer (BUF_BEGIN/BUF_CHUNK), encoded.
+
+    f32 carries the values as they are. The affine encodings carry codes q with
+    x = q·scale[c] + zero[c] per channel c (a sample is [channels][elems/channels]):
+    the scale of each channel spans the range of the values given, so nothing is
+    clipped and the error is at most scale[c]/2 (u8: 255 steps, i8: 254, i16: 65534).
+    `quant=(scale, zero)` (u8 only) uses that exact global grid instead (pixel counts).
+    """
+
+    encoding: Encoding
+    count: int
+    elems: int
+    scale: tuple[float, ...]
+    zero: tuple[float, ...]
+    labels: bytes
+    codes: bytes
+
+    @property
+    def channels(self) -> int:
+        return len(self.scale)
+
+    @property
+    def bytes_per_sample(self) -> int:
+        """Bytes per sample on the wire: its values and its u8 label."""
+        return self.elems * ids.ENCODING_BYTES[self.encoding] + 1
+
+    @property
+    def stream(self) -> bytes:
+        """What the BUF_CHUNKs carry: the labels, then the samples."""
+        return self.labels + self.codes
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, encoding: Encoding | str = Encoding.F32,
+                    channels: int = 1, quant: tuple[float, float] | None = None) -> "SampleBuffer":
+        encoding = BUFFER_ENCODINGS[encoding] if isinstance(encoding, str) else Encoding(encoding)
+        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        n, elems = x.shape
+        labels = np.asarray(y, np.uint8).tobytes()
+        if not 1 <= n <= 0xFFFF:
+            raise ValueError(f"a sample buffer holds 1..65535 samples, not {n}")
+        if encoding == Encoding.F32:
+            return cls(encoding, n, elems, (), (), labels, x.astype("<f4").tobytes())
+        if encoding not in _CODE_RANGE:
+            raise ValueError(f"encoding {encoding.name} cannot be buffered")
+        lo_q, hi_q, dt = _CODE_RANGE[encoding]
+        if quant is not None:
+            if encoding != Encoding.U8_AFFINE:
+                raise ValueError("an exact quant grid is a u8 one")
+            channels = 1
+            scale = np.array([quant[0]], np.float32)
+            zero = np.array([quant[1]], np.float32)
+        else:
+            if channels < 1 or elems % channels:
+                raise ValueError(f"{channels} channels do not divide {elems} values per sample")
+            per = x.reshape(n, channels, -1)
+            lo = per.min(axis=(0, 2)).astype(np.float64)
+            hi = per.max(axis=(0, 2)).astype(np.float64)
+            span = np.where(hi > lo, hi - lo, 1.0)
+            scale = (span / (hi_q - lo_q)).astype(np.float32)
+            # codes lo_q..hi_q cover [lo, hi]: zero is the value of code 0
+            zero = (lo - lo_q * scale.astype(np.float64)).astype(np.float32)
+        q = np.rint((x.reshape(n, channels, -1).astype(np.float64) - zero[None, :, None])
+                    / scale[None, :, None].astype(np.float64))
+        if quant is not None and (q.min() < lo_q or q.max() > hi_q):
+            raise ValueError("values outside the u8 range of the given scale/zero")
+        q = np.clip(q, lo_q, hi_q).astype(dt)
+        return cls(encoding, n, elems, tuple(float(v) for v in scale), tuple(float(v) for v in zero), labels,
+                   q.tobytes())
+
+    def decoded(self) -> np.ndarray:
+        """The values the device decodes: [count, elems] float32, computed as it does."""
+        if self.encoding == Encoding.F32:
+            return np.frombuffer(self.codes, "<f4").reshape(self.count, self.elems).copy()
+        dt = _CODE_RANGE[self.encoding][2]
+        q = np.frombuffer(self.codes, dt).reshape(self.count, self.channels, -1).astype(np.float32)
+        x = q * np.asarray(self.scale, np.float32)[None, :, None] + np.asarray(self.zero, np.float32)[None, :, None]
+        return x.reshape(self.count, self.elems)
+
+    def begin_request(self) -> bytes:
+        return BUF_BEGIN_REQ.build(dict(count=self.count, encoding=int(self.encoding), elems=self.elems,
+                                        channels=self.channels, scale=list(self.scale), zero=list(self.zero)))
+
+
 class Device:
     def __init__(self, link: Link):
         self.link = link
@@ -147,6 +246,48 @@ class Device:
 
     def evaluate(self, batch: Batch) -> StepResult:
         return self._step(MsgType.EVAL, batch)
+
+    # -- the device-side sample buffer (Cap.SAMPLE_BUFFER) -------------------------
+    def buffer_begin(self, buf: SampleBuffer) -> dict:
+        """BUF_BEGIN: declare `buf` (replaces any buffer the device holds)."""
+        r = BUF_BEGIN_RESP.parse(self.link.request(MsgType.BUF_BEGIN, buf.begin_request()).payload)
+        return {"stream_bytes": r.stream_bytes, "buffer_bytes": r.buffer_bytes, "free_bytes": r.free_bytes}
+
+    def buffer_chunk(self, offset: int, data: bytes) -> int:
+        """BUF_CHUNK: stream bytes [offset, offset + len(data)); returns the bytes received so far."""
+        req = BUF_CHUNK_REQ.build(dict(offset=offset, data=data))
+        return BUF_CHUNK_RESP.parse(self.link.request(MsgType.BUF_CHUNK, req).payload).received
+
+    def upload_buffer(self, buf: SampleBuffer, progress=None) -> dict:
+        """Upload `buf` into the device's sample buffer: BUF_BEGIN, then the stream in
+        BUF_CHUNKs; `progress(sent, total)` after each chunk. Returns BUF_BEGIN's answer."""
+        info = self.buffer_begin(buf)
+        stream = buf.stream
+        if info["stream_bytes"] != len(stream):
+            raise ProtocolError(f"device expects {info['stream_bytes']} buffer bytes, host has {len(stream)}")
+        for off in range(0, len(stream), BUF_CHUNK_MAX):
+            chunk = stream[off:off + BUF_CHUNK_MAX]
+            got = self.buffer_chunk(off, chunk)
+            if got != off + len(chunk):
+                raise ProtocolError(f"device acknowledged {got} buffer bytes, expected {off + len(chunk)}")
+            if progress:
+                progress(off + len(chunk), len(stream))
+        return info
+
+    def _step_buffered(self, mtype: MsgType, indices) -> StepResult:
+        idx = [int(i) for i in indices]
+        r = STEP_RESP.parse(self.link.request(mtype, BUF_RUN_REQ.build(dict(n=len(idx), indices=idx))).payload)
+        if r.n != len(idx):
+            raise ProtocolError(f"device processed {r.n} samples of {len(idx)}")
+        return StepResult(r.loss, r.n, r.correct, r.step, r.cycles)
+
+    def train_buffered(self, indices) -> StepResult:
+        """TRAIN_BUF: one training step on the buffered samples `indices` (in that order)."""
+        return self._step_buffered(MsgType.TRAIN_BUF, indices)
+
+    def evaluate_buffered(self, indices) -> StepResult:
+        """EVAL_BUF: evaluate the buffered samples `indices`."""
+        return self._step_buffered(MsgType.EVAL_BUF, indices)
 
     def profile(self) -> list[int]:
         """Cycles each node of the installed model took in the last TRAIN/EVAL

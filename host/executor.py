@@ -91,6 +91,16 @@ class BlobExecutor:
         self.stage(0, encoding, scale, zero, data)
         return self._run_rows(n, train)
 
+    def run_decoded(self, x: np.ndarray, labels: bytes, train: bool) -> tuple[float, int]:
+        """Run on samples already decoded to float32 ([n, input elements]), e.g. from the
+        sample buffer."""
+        n = len(x)
+        if not 1 <= n <= self.h["max_batch"]:
+            raise StepError(Status.BAD_BATCH, "batch: n not in 1..max_batch")
+        self._labels(n, labels)
+        self.view(self.h["input_tensor"], n)[:] = np.asarray(x, np.float32).reshape(n, -1)
+        return self._run_rows(n, train)
+
     def run_staged(self, n: int, labels: bytes, train: bool) -> tuple[float, int]:
         if not 1 <= n <= self.h["max_batch"]:
             raise StepError(Status.BAD_BATCH, "n not in 1..max_batch")

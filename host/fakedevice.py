@@ -7,6 +7,7 @@ boot HELLO) and trains with `host.executor`. Reach it through pyserial as
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 
@@ -15,11 +16,19 @@ from construct import ConstructError
 from . import ids
 from .blob import parse_blob
 from .errors import ModelError
+from .device import SampleBuffer
 from .executor import BlobExecutor, StepError
 from .ids import Cap, Encoding, MsgType, Status, TensorFlag
 from .protocol import (
     BATCH_REQ,
     BATCH_REQ_FIXED,
+    BUF_BEGIN_REQ,
+    BUF_BEGIN_REQ_FIXED,
+    BUF_BEGIN_RESP,
+    BUF_CHUNK_REQ,
+    BUF_CHUNK_RESP,
+    BUF_RUN_REQ,
+    buffer_bytes,
     PROFILE_REQ,
     PROFILE_RESP,
     STAGE_REQ,
@@ -40,7 +49,7 @@ from .protocol import (
     FrameReader,
 )
 
-CAPS = Cap.F32 | Cap.SGD | Cap.CYCLES | Cap.U8_AFFINE_INPUT | Cap.STAGED_BATCH
+CAPS = Cap.F32 | Cap.SGD | Cap.CYCLES | Cap.U8_AFFINE_INPUT | Cap.STAGED_BATCH | Cap.SAMPLE_BUFFER
 
 
 class _Refused(Exception):
@@ -60,6 +69,8 @@ class FakeDevice:
         self.staged = 0  # input values [0, staged) hold STAGEd samples
         self.profiled = 0  # nodes of the last TRAIN/EVAL
         self.upload: bytearray | None = None
+        #: the sample buffer: its BUF_BEGIN header and the stream received so far; None if none
+        self.buf: dict | None = None
         self.upload_total = 0
         self.upload_crc = 0
         self.last: tuple[int, int, bytes] | None = None
@@ -150,6 +161,12 @@ class FakeDevice:
             return self._step(p, train=t == MsgType.TRAIN)
         if t == MsgType.STAGE:
             return self._stage(p)
+        if t == MsgType.BUF_BEGIN:
+            return self._buf_begin(p)
+        if t == MsgType.BUF_CHUNK:
+            return self._buf_chunk(p)
+        if t in (MsgType.TRAIN_BUF, MsgType.EVAL_BUF):
+            return self._buf_run(p, train=t == MsgType.TRAIN_BUF)
         if t == MsgType.PROFILE:
             # the fake measures nothing: every node of the last run cost 0 "cycles"
             first = PROFILE_REQ.parse(_exact(p, PROFILE_REQ.sizeof())).first
@@ -203,6 +220,7 @@ class FakeDevice:
             raise _Refused(Status.BAD_BLOB, f"the fake device does not implement {', '.join(missing)}; "
                                             "use the native build (--board native) for this model")
         self.model, self.staged, self.profiled = model, 0, 0
+        self.buf = None  # the new model's span may cover it
         h = parsed.header
         return LOAD_END_RESP.build(dict(model_crc=parsed.crc, arena_used=h["arena_bytes"],
                                         n_tensors=h["n_tensors"], n_nodes=h["n_nodes"]))
@@ -220,6 +238,80 @@ class FakeDevice:
             raise _Refused(e.status, str(e)) from e
         self.staged = max(self.staged, end)
         return STAGE_RESP.build(dict(staged=self.staged))
+
+    # -- the sample buffer (docs/protocol.md, "Sample buffer") -----------------------
+    def _buf_begin(self, p: bytes) -> bytes:
+        if len(p) < BUF_BEGIN_REQ_FIXED:
+            raise _Refused(Status.BAD_PAYLOAD, "payload shorter than the buffer header")
+        channels = int.from_bytes(p[8:10], "little")
+        if len(p) != BUF_BEGIN_REQ_FIXED + 8 * channels:
+            raise _Refused(Status.BAD_PAYLOAD, "payload length: not the header and channels x (scale, zero)")
+        r = BUF_BEGIN_REQ.parse(p)
+        width = ids.ENCODING_BYTES.get(r.encoding)
+        if width is None:
+            raise _Refused(Status.BAD_PAYLOAD, "encoding: not f32, u8, i8 or i16 affine")
+        if (channels != 0) if r.encoding == Encoding.F32 else (channels < 1 or r.elems % channels):
+            raise _Refused(Status.BAD_PAYLOAD, "channels: 0 for f32; else 1..elems and dividing elems")
+        if not all(math.isfinite(v) for v in [*r.scale, *r.zero]):
+            raise _Refused(Status.BAD_PAYLOAD, "scale, zero: not finite")
+        if r.count < 1:
+            raise _Refused(Status.BAD_PAYLOAD, "count: 0 samples")
+        m = self._need_model()
+        if r.elems != m.elems(m.h["input_tensor"]):
+            raise _Refused(Status.BAD_BATCH, "elems: not the installed model's input elements per sample")
+        model = m.h["arena_bytes"]
+        free = max(0, self.arena_bytes - (model + 7) // 8 * 8)
+        need = buffer_bytes(r.count, r.elems, r.encoding, channels)
+        if need > free:
+            raise _Refused(Status.TOO_LARGE, f"buffer: needs {need} bytes of arena; {free} are free beyond "
+                                             f"the model's {model} (arena {self.arena_bytes})")
+        stream = r.count * (1 + r.elems * width)
+        self.buf = dict(encoding=Encoding(r.encoding), count=r.count, elems=r.elems,
+                        scale=tuple(r.scale), zero=tuple(r.zero), stream=stream, data=bytearray(), x=None)
+        return BUF_BEGIN_RESP.build(dict(stream_bytes=stream, buffer_bytes=need, free_bytes=free))
+
+    def _buf_chunk(self, p: bytes) -> bytes:
+        r = BUF_CHUNK_REQ.parse(p)
+        b = self.buf
+        if b is None:
+            raise _Refused(Status.BAD_STATE, "BUF_CHUNK without BUF_BEGIN (or a model was installed since)")
+        if r.offset != len(b["data"]):
+            raise _Refused(Status.BAD_OFFSET, f"offset {r.offset}, expected {len(b['data'])}")
+        if r.offset + len(r.data) > b["stream"]:
+            raise _Refused(Status.TOO_LARGE, "data: runs past the buffer's count x sample bytes")
+        labels = r.data[:max(0, b["count"] - r.offset)]
+        if any(v >= self.model.h["num_classes"] for v in labels):
+            raise _Refused(Status.BAD_BATCH, "label: not below the model's num_classes")
+        b["data"] += r.data
+        if len(b["data"]) == b["stream"]:
+            n = b["count"]
+            sb = SampleBuffer(b["encoding"], n, b["elems"], b["scale"], b["zero"], bytes(b["data"][:n]),
+                              bytes(b["data"][n:]))
+            b["x"], b["labels"] = sb.decoded(), sb.labels
+        return BUF_CHUNK_RESP.build(dict(received=len(b["data"])))
+
+    def _buf_run(self, p: bytes, train: bool) -> bytes:
+        if len(p) < 2 or len(p) != 2 + 2 * int.from_bytes(p[:2], "little"):
+            raise _Refused(Status.BAD_PAYLOAD, "payload length: not n and n u16 indices")
+        r = BUF_RUN_REQ.parse(p)
+        m = self._need_model()
+        b = self.buf
+        if b is None or b["x"] is None:
+            raise _Refused(Status.BAD_STATE, "no complete sample buffer: BUF_BEGIN and every BUF_CHUNK first")
+        idx = list(r.indices)
+        try:
+            if not 1 <= r.n <= m.h["max_batch"]:
+                raise StepError(Status.BAD_BATCH, "batch: n not in 1..max_batch")
+            if any(i >= b["count"] for i in idx):
+                raise StepError(Status.BAD_BATCH, "index: not below the buffer's sample count")
+            labels = bytes(b["labels"][i] for i in idx)
+            loss, correct = m.run_decoded(b["x"][idx], labels, train)
+        except StepError as e:
+            raise _Refused(e.status, str(e)) from e
+        finally:
+            self.staged = 0
+            self.profiled = len(m.blob.nodes)
+        return self._answer_step(m, r.n, train, loss, correct)
 
     def _step(self, p: bytes, train: bool) -> bytes:
         if len(p) < BATCH_REQ_FIXED:
@@ -240,12 +332,15 @@ class FakeDevice:
         finally:
             self.staged = 0
             self.profiled = len(m.blob.nodes)
-        # the fake counts one "cycle" per multiply-accumulate it would do: a stand-in
-        cycles = r.n * m.elems(m.h["input_tensor"])
+        return self._answer_step(m, r.n, train, loss, correct)
+
+    def _answer_step(self, m: BlobExecutor, n: int, train: bool, loss: float, correct: int) -> bytes:
+        # the fake counts one "cycle" per input value it decodes: a stand-in
+        cycles = n * m.elems(m.h["input_tensor"])
         kind = "train" if train else "eval"
-        self.counters[f"samples_{'trained' if train else 'evaluated'}"] += r.n
+        self.counters[f"samples_{'trained' if train else 'evaluated'}"] += n
         self.counters[f"cycles_{kind}"] += cycles
-        return STEP_RESP.build(dict(loss=loss, n=r.n, correct=correct, step=m.steps, cycles=cycles))
+        return STEP_RESP.build(dict(loss=loss, n=n, correct=correct, step=m.steps, cycles=cycles))
 
 
 def _exact(payload: bytes, n: int) -> bytes:

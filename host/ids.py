@@ -67,6 +67,12 @@ class MsgType(enum.IntEnum):
     EXIT = 0x09
     STAGE = 0x0A
     PROFILE = 0x0B
+    #: the device-side sample buffer (docs/protocol.md, "Sample buffer"): declare it, fill it,
+    #: then TRAIN/EVAL on samples named by their index in it
+    BUF_BEGIN = 0x0C
+    BUF_CHUNK = 0x0D
+    TRAIN_BUF = 0x0E
+    EVAL_BUF = 0x0F
     #: device → host only: a frame it could not attribute (bad CRC, oversize, truncated)
     ERROR = 0x7F
 
@@ -102,6 +108,8 @@ class Cap(enum.IntFlag):
     U8_AFFINE_INPUT = 1 << 3
     #: STAGE and TRAIN/EVAL on staged rows: batches larger than one frame
     STAGED_BATCH = 1 << 4
+    #: BUF_BEGIN/BUF_CHUNK and TRAIN_BUF/EVAL_BUF: samples held in the arena beyond the model
+    SAMPLE_BUFFER = 1 << 5
 
 
 class DType(enum.IntEnum):
@@ -172,9 +180,18 @@ class OpFn(enum.IntEnum):
 
 
 class Encoding(enum.IntEnum):
-    """How TRAIN/EVAL carry samples: raw f32, or u8 with x = q * scale + zero."""
+    """How TRAIN/EVAL carry samples: raw f32, or u8 with x = q * scale + zero; and how the
+    sample buffer holds them (f32, or u8/i8/i16 with x = q * scale[c] + zero[c] per channel)."""
 
     F32 = 0
     U8_AFFINE = 1
     #: TRAIN/EVAL only: run on the rows sent before with STAGE (no labels, no data)
     STAGED = 2
+    #: BUF_BEGIN only: signed 8-bit codes, per-channel affine
+    I8_AFFINE = 3
+    #: BUF_BEGIN only: signed 16-bit codes (LE), per-channel affine
+    I16_AFFINE = 4
+
+
+#: bytes per value of each sample encoding (BUF_BEGIN; TRAIN/EVAL/STAGE take F32 and U8_AFFINE)
+ENCODING_BYTES = {Encoding.F32: 4, Encoding.U8_AFFINE: 1, Encoding.I8_AFFINE: 1, Encoding.I16_AFFINE: 2}

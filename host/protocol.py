@@ -11,6 +11,7 @@ import zlib
 from dataclasses import dataclass
 
 from construct import (
+    Array,
     Bytes,
     Const,
     Float32l,
@@ -197,6 +198,37 @@ STAGE_RESP = Struct("staged" / Int32ul)
 #: PROFILE: per-node cycles of the last TRAIN/EVAL, from node `first`
 PROFILE_REQ = Struct("first" / Int16ul)
 PROFILE_RESP = Struct("n_nodes" / Int16ul, "first" / Int16ul, "cycles" / GreedyRange(Int32ul))
+
+#: Sample buffer (docs/protocol.md, "Sample buffer"). BUF_BEGIN declares count samples of
+#: elems values for the installed model, with per-channel scale/zero for the affine encodings
+#: (channels 0 for f32); the BUF_CHUNK stream is the labels (u8 × count), then the samples.
+BUF_BEGIN_REQ = Struct(
+    "count" / Int16ul,
+    "encoding" / Int8ul,
+    "reserved0" / Const(0, Int8ul),
+    "elems" / Int32ul,
+    "channels" / Int16ul,
+    "reserved1" / Const(0, Int16ul),
+    "scale" / Array(this.channels, Float32l),
+    "zero" / Array(this.channels, Float32l),
+)
+BUF_BEGIN_REQ_FIXED = 12
+#: stream_bytes: what the BUF_CHUNKs carry; buffer_bytes: arena it takes; free_bytes: arena beyond the model
+BUF_BEGIN_RESP = Struct("stream_bytes" / Int32ul, "buffer_bytes" / Int32ul, "free_bytes" / Int32ul)
+BUF_CHUNK_REQ = Struct("offset" / Int32ul, "data" / GreedyBytes)
+BUF_CHUNK_RESP = Struct("received" / Int32ul)
+#: largest BUF_CHUNK data that fits one request payload
+BUF_CHUNK_MAX = ids.FRAME_MAX_PAYLOAD - 4
+#: TRAIN_BUF / EVAL_BUF: a batch of buffered samples, by index (response: STEP_RESP)
+BUF_RUN_REQ = Struct("n" / Int16ul, "indices" / Array(this.n, Int16ul))
+
+
+def buffer_bytes(count: int, elems: int, encoding: int, channels: int) -> int:
+    """Arena bytes a sample buffer takes on the device (the device's own rule):
+    the scale/zero table and the labels, rounded up to 8, then the samples."""
+    head = 8 * channels + count
+    return (head + 7) // 8 * 8 + count * elems * ids.ENCODING_BYTES[ids.Encoding(encoding)]
+
 
 STEP_RESP = Struct(
     "loss" / Float32l, "n" / Int16ul, "correct" / Int16ul, "step" / Int32ul, "cycles" / Int64ul

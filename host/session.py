@@ -1,5 +1,7 @@
-"""A training session on a device: connect, make sure it holds the model, stream
-batches, evaluate held-out data, read the weights back, record everything.
+"""A training session on a device: connect, make sure it holds the model, put the
+calibration (and held-out) samples into the device's sample buffer once when it has
+one (Cap.SAMPLE_BUFFER; else stream every batch), train by sample index, evaluate
+held-out data, read the weights back, record everything.
 
 The CLI (`host stream`) and the tests drive the same functions; display is a
 callback, so nothing here prints.
@@ -18,9 +20,11 @@ from .blob import blob_crc, build_blob
 from .boards import load_board
 from .compiler import Program, TrainConfig, compile_model
 from .datasets import Dataset
-from .device import Batch, Device, Hello
+from .device import BUFFER_ENCODINGS, Batch, Device, Hello, SampleBuffer
 from .emulator import running_boards, start
-from .errors import LinkError, UsageError
+from .errors import DeviceError, LinkError, UsageError
+from .ids import Cap, Status
+from .protocol import buffer_bytes
 from .link import Link
 from .plots import write_plots
 from .runrecord import RunRecord
@@ -64,6 +68,11 @@ class StreamOptions:
     train: TrainConfig = TrainConfig()
     seed: int = 0
     reflash: bool = False
+    #: how samples go into the device's sample buffer: "f32", "i16", "i8", "u8"; None picks
+    #: u8 for a dataset with an exact u8 grid (ds.quant), else i16 (see sample_encoding)
+    encoding: str | None = None
+    #: use the device-side sample buffer when the device has it (Cap.SAMPLE_BUFFER)
+    use_buffer: bool = True
 
     @property
     def batch(self) -> int:
@@ -90,26 +99,101 @@ def ensure_model(device: Device, hello: Hello, blob: bytes, reflash: bool, on_ev
     return True
 
 
-def _batches(x: np.ndarray, y: np.ndarray, size: int, order: np.ndarray | None = None):
-    idx = np.arange(len(y)) if order is None else order
-    for s in range(0, len(idx), size):
-        sel = idx[s:s + size]
-        yield x[sel], y[sel]
+def sample_encoding(ds: Dataset, requested: str | None) -> str:
+    """The sample-buffer encoding: `requested`, or u8 where the dataset has an exact u8
+    grid, else i16 (quantisation error at most 1/65534 of each channel's range)."""
+    if requested is None:
+        return "u8" if ds.quant is not None else "i16"
+    if requested not in BUFFER_ENCODINGS:
+        raise UsageError(f"encoding {requested!r}: choose one of {', '.join(BUFFER_ENCODINGS)}")
+    return requested
 
 
-def evaluate(device: Device, ds: Dataset, batch: int) -> dict:
+def _channels(ds: Dataset) -> int:
+    """Affine channels of a sample: every axis but the last ([1, C, T] → C); 1 if flat or
+    too many for one BUF_BEGIN frame."""
+    shape = tuple(ds.input_shape)
+    c = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return c if c <= 510 else 1
+
+
+@dataclass
+class BufferPlan:
+    """What the session put into the device's sample buffer: the calibration split at
+    indices [0, n_train) and, if it fitted, the held-out split at [n_train, n_train + n_test)."""
+
+    encoding: str
+    bytes_per_sample: int
+    n_train: int
+    n_test: int
+    info: dict
+
+    @property
+    def has_test(self) -> bool:
+        return self.n_test > 0
+
+
+def build_buffer(ds: Dataset, encoding: str, with_test: bool) -> SampleBuffer:
+    """The calibration split (and the held-out one after it), encoded for the sample buffer.
+    An affine scale spans each channel's range over the samples uploaded: nothing is clipped."""
+    x, y = ds.x_train, ds.y_train
+    if with_test:
+        x, y = np.concatenate([x, ds.x_test]), np.concatenate([y, ds.y_test])
+    quant = ds.quant if encoding == "u8" else None
+    return SampleBuffer.from_arrays(x, y, encoding, channels=_channels(ds), quant=quant)
+
+
+def upload_samples(device: Device, hello: Hello, ds: Dataset, prog: Program, encoding: str,
+                   on_event: Event) -> BufferPlan | None:
+    """Put the calibration split (and the held-out split, when both fit) into the device's
+    sample buffer, once. None when the device has no buffer or not even the calibration
+    split fits: the session then streams every batch as before."""
+    if Cap.SAMPLE_BUFFER not in hello.caps or not len(ds.y_train) or len(ds.y_train) > 0xFFFF:
+        return None
+    free = hello.arena_bytes - (prog.plan.arena_bytes + 7) // 8 * 8
+    for with_test in (True, False):
+        if with_test and (not len(ds.y_test) or len(ds.y_train) + len(ds.y_test) > 0xFFFF):
+            continue
+        buf = build_buffer(ds, encoding, with_test)
+        if buffer_bytes(buf.count, buf.elems, buf.encoding, buf.channels) > free:
+            continue
+        n_test = len(ds.y_test) if with_test else 0
+        t0 = time.monotonic()
+        meta = {"encoding": encoding, "samples": buf.count, "train": len(ds.y_train), "test": n_test,
+                "bytes_per_sample": buf.bytes_per_sample}
+        try:
+            info = device.upload_buffer(buf, progress=lambda sent, total: on_event(
+                "buffer", {**meta, "sent": sent, "total": total, "seconds": time.monotonic() - t0}))
+        except DeviceError as e:
+            if e.status == Status.TOO_LARGE:
+                continue  # the device counts its arena otherwise: try the smaller buffer
+            raise
+        info = {**meta, **info, "seconds": round(time.monotonic() - t0, 3)}
+        on_event("buffered", info)
+        return BufferPlan(encoding, buf.bytes_per_sample, len(ds.y_train), n_test, info)
+    on_event("buffer_skipped", {"encoding": encoding, "free_bytes": free,
+                                "reason": "the calibration split does not fit the arena beyond the model"})
+    return None
+
+
+def evaluate(device: Device, ds: Dataset, batch: int, buffer_offset: int | None = None) -> dict:
     """Evaluate the held-out split. The samples go in class-homogeneous batches (grouped by
     label, each group cut into batches of `batch`), so the device's per-batch `correct`
     gives the accuracy of each class with no protocol change; loss and accuracy over the
     whole split are the same as with mixed batches. `per_class[c]` is None for a class
-    with no held-out sample."""
+    with no held-out sample. With `buffer_offset`, the held-out samples are in the device's
+    sample buffer from that index on, and only their indices travel (EVAL_BUF)."""
     loss_sum, correct, n, cycles = 0.0, 0, 0, 0
     c_correct = np.zeros(ds.classes, np.int64)
     c_n = np.zeros(ds.classes, np.int64)
     for label in np.unique(ds.y_test):
         idx = np.flatnonzero(ds.y_test == label)
-        for xb, yb in _batches(ds.x_test, ds.y_test, batch, idx):
-            r = device.evaluate(Batch.from_arrays(xb, yb, ds.quant))
+        for s in range(0, len(idx), batch):
+            sel = idx[s:s + batch]
+            if buffer_offset is not None:
+                r = device.evaluate_buffered(sel + buffer_offset)
+            else:
+                r = device.evaluate(Batch.from_arrays(ds.x_test[sel], ds.y_test[sel], ds.quant))
             loss_sum += r.loss * r.n
             correct += r.correct
             n += r.n
@@ -164,11 +248,15 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
     evals: list[dict] = []
     trains: list[dict] = []
     epoch_losses: list[float] = []
+    plan: BufferPlan | None = None
+    # without the sample buffer, batches travel as Batch.from_arrays sends them
+    direct_encoding = "u8" if ds.quant is not None else "f32"
+    direct_bps = ds.features * (1 if ds.quant is not None else 4) + 1
     class_names = [str(c) for c in ds.class_names] if len(ds.class_names) == ds.classes \
         else [str(c) for c in range(ds.classes)]
 
     def eval_record(epoch: int) -> dict:
-        ev = evaluate(device, ds, opts.batch)
+        ev = evaluate(device, ds, opts.batch, plan.n_train if plan is not None and plan.has_test else None)
         rec = {"kind": "eval", "epoch": epoch, "step": step, "samples": samples, **ev,
                "time_s": round(time.monotonic() - t_start, 3)}
         record.log(rec)
@@ -209,6 +297,9 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
             "cycles_per_sample": train_cycles / samples if samples else None,
             "samples_per_s": samples / elapsed if elapsed > 0 else None,
             "seconds": round(elapsed, 3), "arena_bytes": prog.plan.arena_bytes if prog is not None else None,
+            "encoding": plan.encoding if plan is not None else direct_encoding,
+            "bytes_per_sample": plan.bytes_per_sample if plan is not None else direct_bps,
+            "sample_buffer": plan.info if plan is not None else None,
             "run_dir": str(record.path), **extra,
         }
         record.save_summary(out)
@@ -229,15 +320,24 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
         summary("running")
         prog, blob = prepare_program(opts, ds, hello)
         flashed = ensure_model(device, hello, blob, opts.reflash, on_event)
+        if opts.use_buffer:
+            encoding = sample_encoding(ds, opts.encoding)
+            plan = upload_samples(device, hello, ds, prog, encoding, on_event)
+            if plan is not None:
+                record.log({"kind": "buffer", **plan.info, "time_s": round(time.monotonic() - t_start, 3)})
         rng = np.random.default_rng(opts.seed)
         eval_record(0)
         summary("running")
         for epoch in range(1, opts.epochs + 1):
             losses = []
             order = rng.permutation(len(ds.y_train))
-            for xb, yb in _batches(ds.x_train, ds.y_train, opts.batch, order):
+            for s in range(0, len(order), opts.batch):
+                sel = order[s:s + opts.batch]
                 t0 = time.monotonic()
-                r = device.train(Batch.from_arrays(xb, yb, ds.quant))
+                if plan is not None:
+                    r = device.train_buffered(sel)  # the samples are on the device: only indices travel
+                else:
+                    r = device.train(Batch.from_arrays(ds.x_train[sel], ds.y_train[sel], ds.quant))
                 dt = time.monotonic() - t0
                 samples += r.n
                 train_cycles += r.cycles

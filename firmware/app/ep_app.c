@@ -1,6 +1,7 @@
 /* ep_app.c — protocol v1 command handling; see ep_app.h and docs/protocol.md. */
 #include "ep_app.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -17,6 +18,9 @@ enum {
     EXIT_REQ_BYTES = 1,
     PROFILE_REQ_BYTES = 2,
     PROFILE_RESP_MAX = (EP_FRAME_MAX_PAYLOAD - 4) / 4,
+    BUF_BEGIN_REQ_FIXED = 12,
+    BUF_CHUNK_REQ_FIXED = 4,
+    BUF_RUN_REQ_FIXED = 2,
     /* an ERROR frame's message is one of the short strings below */
     ERROR_MSG_MAX = 64,
 };
@@ -50,6 +54,18 @@ static struct {
         bool open;
         uint32_t total, crc, received;
     } upload;
+    /* The sample buffer (BUF_BEGIN): arena bytes [base, base + bytes), beyond the installed
+     * model's span; the stream of BUF_CHUNKs is the labels, then the samples. */
+    struct {
+        bool open;          /* declared for the installed model; [0, received) of stream arrived */
+        uint8_t encoding;
+        uint16_t count, channels;
+        uint32_t elems, stream, received;
+        uint32_t base, labels, samples; /* arena offsets: affine table, labels, samples */
+    } buf;
+#ifndef EP_STRIP_ERROR_STRINGS
+    char why[160];          /* a refusal message with numbers in it */
+#endif
     struct {
         uint32_t frames_bad;
         uint64_t samples_trained, samples_evaluated, cycles_train, cycles_eval;
@@ -188,6 +204,7 @@ static ep_status_t on_load_end(ep_call_t *c) {
     app.steps = 0;
     app.staged = 0;
     app.profiled = 0;
+    app.buf.open = false; /* the new model's span may cover it */
     uint8_t *p = put32(c->resp, installed->crc);
     p = put32(p, installed->arena_bytes);
     p = put16(p, installed->n_tensors);
@@ -220,6 +237,24 @@ static ep_status_t parse_batch(ep_call_t *c, const uint8_t *p, uint16_t len, ep_
     return EP_OK;
 }
 
+/* Count a successful run and answer it (the TRAIN/EVAL response). */
+static ep_status_t put_step(ep_call_t *c, bool train, const ep_step_result_t *r, uint64_t cycles) {
+    if (train) {
+        app.steps++;
+        app.stats.samples_trained += r->n;
+        app.stats.cycles_train += cycles;
+    } else {
+        app.stats.samples_evaluated += r->n;
+        app.stats.cycles_eval += cycles;
+    }
+    uint8_t *out = putf32(c->resp, r->loss);
+    out = put16(out, r->n);
+    out = put16(out, r->correct);
+    out = put32(out, app.steps);
+    set_resp_len(c, put64(out, cycles));
+    return EP_OK;
+}
+
 static ep_status_t run_batch(ep_call_t *c, bool train) {
     ep_batch_t b;
     ep_status_t st = parse_batch(c, c->req, c->req_len, &b);
@@ -248,20 +283,7 @@ static ep_status_t run_batch(ep_call_t *c, bool train) {
     if (st != EP_OK) {
         return st;
     }
-    if (train) {
-        app.steps++;
-        app.stats.samples_trained += r.n;
-        app.stats.cycles_train += cycles;
-    } else {
-        app.stats.samples_evaluated += r.n;
-        app.stats.cycles_eval += cycles;
-    }
-    uint8_t *out = putf32(c->resp, r.loss);
-    out = put16(out, r.n);
-    out = put16(out, r.correct);
-    out = put32(out, app.steps);
-    set_resp_len(c, put64(out, cycles));
-    return EP_OK;
+    return put_step(c, train, &r, cycles);
 }
 
 /* STAGE: input values [offset, offset + count) of the next batch, following on from those staged. */
@@ -297,6 +319,194 @@ static ep_status_t on_stage(ep_call_t *c) {
     set_resp_len(c, put32(c->resp, app.staged));
     return EP_OK;
 }
+
+static uint64_t roundup8(uint64_t v) { return (v + 7u) & ~(uint64_t)7u; }
+
+#ifndef EP_STRIP_ERROR_STRINGS
+static char *put_text(char *p, const char *end, const char *s) {
+    while (*s && p < end) {
+        *p++ = *s++;
+    }
+    return p;
+}
+
+static char *put_dec(char *p, const char *end, uint64_t v) {
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10u);
+        v /= 10u;
+    } while (v);
+    while (n && p < end) {
+        *p++ = digits[--n];
+    }
+    return p;
+}
+#endif
+
+/* "buffer: needs N bytes; F free in the arena beyond the model's M (arena A)" */
+static const char *too_large_why(uint64_t need, uint32_t avail, uint32_t model) {
+#ifdef EP_STRIP_ERROR_STRINGS
+    (void)need, (void)avail, (void)model;
+    return "";
+#else
+    char *p = app.why;
+    const char *end = app.why + sizeof app.why - 1;
+    p = put_text(p, end, "buffer: needs ");
+    p = put_dec(p, end, need);
+    p = put_text(p, end, " bytes of arena; ");
+    p = put_dec(p, end, avail);
+    p = put_text(p, end, " are free beyond the model's ");
+    p = put_dec(p, end, model);
+    p = put_text(p, end, " (arena ");
+    p = put_dec(p, end, EP_ARENA_BYTES);
+    p = put_text(p, end, ")");
+    *p = '\0';
+    return app.why;
+#endif
+}
+
+/* BUF_BEGIN: declare a sample buffer for the installed model (replaces any other). */
+static ep_status_t on_buf_begin(ep_call_t *c) {
+    if (c->req_len < BUF_BEGIN_REQ_FIXED) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload shorter than the buffer header"));
+    }
+    const uint8_t *p = c->req;
+    const uint16_t count = get16(&p);
+    const uint8_t encoding = get8(&p);
+    const uint8_t reserved0 = get8(&p);
+    const uint32_t elems = get32(&p);
+    const uint16_t channels = get16(&p);
+    const uint16_t reserved1 = get16(&p);
+    const uint8_t *affine = p;
+    if (reserved0 != 0 || reserved1 != 0) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("reserved: must be 0"));
+    }
+    if (c->req_len != BUF_BEGIN_REQ_FIXED + 8u * channels) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload length: not the header and channels x (scale, zero)"));
+    }
+    const uint32_t width = ep_sample_width(encoding);
+    if (width == 0) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("encoding: not f32, u8, i8 or i16 affine"));
+    }
+    if (encoding == EP_ENC_F32 ? channels != 0 : (channels < 1 || elems % channels != 0)) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("channels: 0 for f32; else 1..elems and dividing elems"));
+    }
+    for (uint32_t i = 0; i < 2u * channels; i++) {
+        const uint32_t u = ep_rd32(affine + 4u * i);
+        float v;
+        memcpy(&v, &u, sizeof v);
+        if (!isfinite(v)) {
+            return refuse(c, EP_BAD_PAYLOAD, EP_WHY("scale, zero: not finite"));
+        }
+    }
+    if (count < 1) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("count: 0 samples"));
+    }
+    if (!app.active) {
+        return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
+    }
+    if (elems != app.active->tensors[app.active->input_tensor].elems) {
+        return refuse(c, EP_BAD_BATCH, EP_WHY("elems: not the installed model's input elements per sample"));
+    }
+    const uint32_t model = app.active->arena_bytes;
+    const uint64_t base = roundup8(model);
+    const uint32_t avail = base < EP_ARENA_BYTES ? (uint32_t)(EP_ARENA_BYTES - base) : 0u;
+    const uint64_t head = roundup8(8u * (uint64_t)channels + count);
+    const uint64_t data = (uint64_t)count * elems * width;
+    if (head + data > avail) {
+        return refuse(c, EP_TOO_LARGE, too_large_why(head + data, avail, model));
+    }
+    app.buf.open = true;
+    app.buf.encoding = encoding;
+    app.buf.count = count;
+    app.buf.channels = channels;
+    app.buf.elems = elems;
+    app.buf.stream = (uint32_t)(count + data);
+    app.buf.received = 0;
+    app.buf.base = (uint32_t)base;
+    app.buf.labels = (uint32_t)(base + 8u * channels);
+    app.buf.samples = (uint32_t)(base + head);
+    memcpy(ep_arena + app.buf.base, affine, 8u * channels);
+    uint8_t *out = put32(c->resp, app.buf.stream);
+    out = put32(out, (uint32_t)(head + data));
+    set_resp_len(c, put32(out, avail));
+    return EP_OK;
+}
+
+/* BUF_CHUNK: the next bytes of the buffer's stream (labels, then samples). */
+static ep_status_t on_buf_chunk(ep_call_t *c) {
+    if (c->req_len < BUF_CHUNK_REQ_FIXED) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload shorter than the chunk offset"));
+    }
+    if (!app.buf.open) {
+        return refuse(c, EP_BAD_STATE, EP_WHY("BUF_CHUNK without BUF_BEGIN (or a model was installed since)"));
+    }
+    const uint8_t *p = c->req;
+    if (get32(&p) != app.buf.received) {
+        return refuse(c, EP_BAD_OFFSET, EP_WHY("offset: not the number of buffer bytes received so far"));
+    }
+    const uint32_t n = c->req_len - BUF_CHUNK_REQ_FIXED;
+    if (n > app.buf.stream - app.buf.received) {
+        return refuse(c, EP_TOO_LARGE, EP_WHY("data: runs past the buffer's count x sample bytes"));
+    }
+    uint32_t at = app.buf.received;
+    uint32_t left = n;
+    if (at < app.buf.count) { /* labels first */
+        const uint32_t k = left < app.buf.count - at ? left : app.buf.count - at;
+        for (uint32_t i = 0; i < k; i++) {
+            if (p[i] >= app.active->num_classes) {
+                return refuse(c, EP_BAD_BATCH, EP_WHY("label: not below the model's num_classes"));
+            }
+        }
+        memcpy(ep_arena + app.buf.labels + at, p, k);
+        at += k;
+        p += k;
+        left -= k;
+    }
+    memcpy(ep_arena + app.buf.samples + (at - app.buf.count), p, left);
+    app.buf.received += n;
+    set_resp_len(c, put32(c->resp, app.buf.received));
+    return EP_OK;
+}
+
+/* TRAIN_BUF / EVAL_BUF: one batch of buffered samples, named by index. */
+static ep_status_t run_buffered(ep_call_t *c, bool train) {
+    if (c->req_len < BUF_RUN_REQ_FIXED) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload shorter than n"));
+    }
+    const uint8_t *p = c->req;
+    const uint16_t n = get16(&p);
+    if (c->req_len != BUF_RUN_REQ_FIXED + 2u * n) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload length: not n and n u16 indices"));
+    }
+    if (!app.active) {
+        return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
+    }
+    if (!app.buf.open || app.buf.received != app.buf.stream) {
+        return refuse(c, EP_BAD_STATE, EP_WHY("no complete sample buffer: BUF_BEGIN and every BUF_CHUNK first"));
+    }
+    const ep_sample_buf_t sb = {
+        .encoding = app.buf.encoding, .count = app.buf.count, .channels = app.buf.channels,
+        .elems = app.buf.elems, .affine = ep_arena + app.buf.base, .labels = ep_arena + app.buf.labels,
+        .samples = ep_arena + app.buf.samples,
+    };
+    ep_step_result_t r;
+    const ep_profiler_t prof = {.clock = ep_port_cycles, .cycles = app.node_cycles};
+    memset(app.node_cycles, 0, sizeof app.node_cycles);
+    app.profiled = app.active->n_nodes;
+    const uint64_t t0 = ep_port_cycles();
+    ep_status_t st = ep_model_run_buffered(app.active, ep_arena, &sb, n, p, train, &prof, &r, &c->why);
+    const uint64_t cycles = ep_port_cycles() - t0;
+    app.staged = 0; /* the input rows were overwritten */
+    if (st != EP_OK) {
+        return st;
+    }
+    return put_step(c, train, &r, cycles);
+}
+
+static ep_status_t on_train_buf(ep_call_t *c) { return run_buffered(c, true); }
+static ep_status_t on_eval_buf(ep_call_t *c) { return run_buffered(c, false); }
 
 /* PROFILE: the per-node cycles of the last TRAIN/EVAL, from node `first` on. */
 static ep_status_t on_profile(ep_call_t *c) {
@@ -387,6 +597,10 @@ static const ep_handler_t handlers[] = {
     [EP_MSG_EVAL] = on_eval,
     [EP_MSG_STAGE] = on_stage,
     [EP_MSG_PROFILE] = on_profile,
+    [EP_MSG_BUF_BEGIN] = on_buf_begin,
+    [EP_MSG_BUF_CHUNK] = on_buf_chunk,
+    [EP_MSG_TRAIN_BUF] = on_train_buf,
+    [EP_MSG_EVAL_BUF] = on_eval_buf,
     [EP_MSG_STATS] = on_stats,
     [EP_MSG_READ_WEIGHTS] = on_read_weights,
     [EP_MSG_EXIT] = on_exit,

@@ -6,6 +6,9 @@
  * State (all static, no heap):
  *   - the training arena (EP_ARENA_BYTES, 8-aligned) and the upload staging
  *     buffer (EP_STAGING_BYTES);
+ *   - the sample buffer (BUF_BEGIN/BUF_CHUNK): samples and labels kept in the
+ *     arena beyond the installed model's span, decoded by TRAIN_BUF/EVAL_BUF;
+ *     installing a model discards it;
  *   - two model descriptors: the installed one and the candidate LOAD_END
  *     validates into; they swap only once a blob passed every check, so a bad
  *     upload leaves the installed model working;
@@ -24,7 +27,8 @@
 #include "ep_frame.h"
 
 /** Capabilities reported in HELLO. */
-#define EP_APP_CAPS (EP_CAP_F32 | EP_CAP_SGD | EP_CAP_CYCLES | EP_CAP_U8_AFFINE_INPUT | EP_CAP_STAGED_BATCH)
+#define EP_APP_CAPS \
+    (EP_CAP_F32 | EP_CAP_SGD | EP_CAP_CYCLES | EP_CAP_U8_AFFINE_INPUT | EP_CAP_STAGED_BATCH | EP_CAP_SAMPLE_BUFFER)
 
 /** Call once, after ep_port_init(): set up the state and send the unsolicited boot HELLO (req_id 0). */
 void ep_app_init(void);

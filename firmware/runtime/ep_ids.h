@@ -45,6 +45,10 @@ typedef enum {
     EP_MSG_EXIT = 9,
     EP_MSG_STAGE = 10,
     EP_MSG_PROFILE = 11,
+    EP_MSG_BUF_BEGIN = 12,
+    EP_MSG_BUF_CHUNK = 13,
+    EP_MSG_TRAIN_BUF = 14,
+    EP_MSG_EVAL_BUF = 15,
     EP_MSG_ERROR = 127,
 } ep_msg_type_t;
 
@@ -74,6 +78,7 @@ typedef enum {
     EP_CAP_CYCLES = 4,
     EP_CAP_U8_AFFINE_INPUT = 8,
     EP_CAP_STAGED_BATCH = 16,
+    EP_CAP_SAMPLE_BUFFER = 32,
 } ep_cap_t;
 
 typedef enum {
@@ -134,6 +139,8 @@ typedef enum {
     EP_ENC_F32 = 0,
     EP_ENC_U8_AFFINE = 1,
     EP_ENC_STAGED = 2,
+    EP_ENC_I8_AFFINE = 3,
+    EP_ENC_I16_AFFINE = 4,
 } ep_encoding_t;
 
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */

@@ -457,3 +457,87 @@ ep_status_t ep_model_run(const ep_model_t *m, uint8_t *arena, const ep_batch_t *
     }
     return st != EP_OK ? st : run_rows(m, arena, b->n, train, prof, r, why);
 }
+
+uint32_t ep_sample_width(uint8_t encoding) {
+    switch (encoding) {
+    case EP_ENC_F32: return 4u;
+    case EP_ENC_U8_AFFINE: return 1u;
+    case EP_ENC_I8_AFFINE: return 1u;
+    case EP_ENC_I16_AFFINE: return 2u;
+    default: return 0u;
+    }
+}
+
+static float rdf32(const uint8_t *p) {
+    const uint32_t u = ep_rd32(p);
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* Sample s of the buffer into x[0, elems): f32 as is, codes through their channel's scale and zero. */
+static void decode_sample(const ep_sample_buf_t *b, uint32_t s, float *x) {
+    const uint32_t width = ep_sample_width(b->encoding);
+    const uint8_t *q = b->samples + (size_t)s * b->elems * width;
+    if (b->encoding == EP_ENC_F32) {
+        memcpy(x, q, (size_t)b->elems * 4u);
+        return;
+    }
+    const uint32_t per = b->elems / b->channels;
+    for (uint32_t c = 0; c < b->channels; c++) {
+        const float scale = rdf32(b->affine + 4u * c);
+        const float zero = rdf32(b->affine + 4u * (b->channels + c));
+        const uint32_t first = c * per;
+        for (uint32_t i = first; i < first + per; i++) {
+            int32_t v;
+            if (b->encoding == EP_ENC_U8_AFFINE) {
+                v = q[i];
+            } else if (b->encoding == EP_ENC_I8_AFFINE) {
+                v = (int32_t)q[i] - ((q[i] & 0x80u) ? 256 : 0);
+            } else {
+                const uint16_t u = ep_rd16(q + 2u * i);
+                v = (int32_t)u - ((u & 0x8000u) ? 65536 : 0);
+            }
+            /* two statements: no compiler may fuse them into an fma (the host decodes alike) */
+            const float scaled = (float)v * scale;
+            x[i] = scaled + zero;
+        }
+    }
+}
+
+ep_status_t ep_model_run_buffered(const ep_model_t *m, uint8_t *arena, const ep_sample_buf_t *buf, uint16_t n,
+                                  const uint8_t *indices, bool train, const ep_profiler_t *prof,
+                                  ep_step_result_t *r, const char **why) {
+    EP_DCHECK(m != NULL && arena != NULL && buf != NULL && r != NULL && (indices != NULL || n == 0));
+    EP_DCHECK(((uintptr_t)arena & (EP_BLOB_ALIGN - 1)) == 0);
+    const char *unused;
+    why = why ? why : &unused;
+    *why = EP_WHY("");
+    clear_result(r);
+    const ep_tensor_t *in = &m->tensors[m->input_tensor];
+    if (n < 1 || n > m->max_batch) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("batch: n not in 1..max_batch"));
+    }
+    if (buf->elems != in->elems || ep_sample_width(buf->encoding) == 0 ||
+        (buf->encoding == EP_ENC_F32 ? buf->channels != 0
+                                     : buf->channels < 1 || buf->elems % buf->channels != 0)) {
+        return fail(why, EP_BAD_BATCH, EP_WHY("buffer: does not match the model's input (elems, encoding, channels)"));
+    }
+    for (uint16_t i = 0; i < n; i++) {
+        const uint16_t s = ep_rd16(indices + 2u * i);
+        if (s >= buf->count) {
+            return fail(why, EP_BAD_BATCH, EP_WHY("index: not below the buffer's sample count"));
+        }
+        if (buf->labels[s] >= m->num_classes) {
+            return fail(why, EP_BAD_BATCH, EP_WHY("buffer: label not below num_classes"));
+        }
+    }
+    int32_t *lab = (int32_t *)(void *)(arena + m->tensors[m->label_tensor].offset);
+    float *x = (float *)(void *)(arena + in->offset);
+    for (uint16_t i = 0; i < n; i++) {
+        const uint16_t s = ep_rd16(indices + 2u * i);
+        lab[i] = buf->labels[s];
+        decode_sample(buf, s, x + (size_t)i * in->elems);
+    }
+    return run_rows(m, arena, n, train, prof, r, why);
+}

@@ -19,7 +19,8 @@
  *                            same in both modes shares the forward
  *                            (train_begin 0); batch-norm or dropout models carry
  *                            an eval forward of their own. Never allocates,
- *                            never re-validates.
+ *                            never re-validates. ep_model_run_buffered() does
+ *                            the same with samples taken from a sample buffer.
  *
  * Invariants after a successful parse: every tensor lies inside
  * [0, arena_bytes); every node's op exists, implements the node's fn, and its
@@ -157,6 +158,37 @@ EP_NODISCARD ep_status_t ep_model_stage(const ep_model_t *m, uint8_t *arena, uin
 EP_NODISCARD ep_status_t ep_model_run_staged(const ep_model_t *m, uint8_t *arena, uint16_t n,
                                              const uint8_t *labels, bool train, const ep_profiler_t *prof,
                                              ep_step_result_t *r, const char **why);
+
+/**
+ * Samples held on the device (docs/protocol.md, "Sample buffer"): count samples of
+ * elems values each, f32 (LE) or affine codes x = q * scale[c] + zero[c], where
+ * channel c covers values [c * elems / channels, (c + 1) * elems / channels) of a
+ * sample. The bytes live wherever the caller put them (the app: its arena beyond
+ * the installed model); nothing here is aligned.
+ */
+typedef struct {
+    uint8_t encoding;       /**< EP_ENC_F32, EP_ENC_U8_AFFINE, EP_ENC_I8_AFFINE or EP_ENC_I16_AFFINE */
+    uint16_t count;         /**< samples */
+    uint16_t channels;      /**< affine: 1..elems, divides elems; f32: 0 */
+    uint32_t elems;         /**< values per sample */
+    const uint8_t *affine;  /**< f32 LE scale[channels], then zero[channels] */
+    const uint8_t *labels;  /**< count class indices */
+    const uint8_t *samples; /**< count x elems values of ep_sample_width(encoding) bytes */
+} ep_sample_buf_t;
+
+/** Bytes per value of a sample-buffer encoding; 0 if it is not one. */
+uint32_t ep_sample_width(uint8_t encoding);
+
+/**
+ * Run one batch made of buffered samples: n (1..max_batch) indices, u16 LE each,
+ * name the samples in order. Checks the buffer against the model (elems, encoding,
+ * channels), every index (< count) and every label (< num_classes) before decoding
+ * anything (EP_BAD_BATCH), then decodes the samples and labels into the
+ * input/label tensors and runs the schedule as ep_model_run does.
+ */
+EP_NODISCARD ep_status_t ep_model_run_buffered(const ep_model_t *m, uint8_t *arena, const ep_sample_buf_t *buf,
+                                               uint16_t n, const uint8_t *indices, bool train,
+                                               const ep_profiler_t *prof, ep_step_result_t *r, const char **why);
 
 /** crc32 (IEEE 802.3, the zlib one); pass 0 as crc to start, chain to continue. */
 uint32_t ep_crc32(uint32_t crc, const uint8_t *data, uint32_t len);

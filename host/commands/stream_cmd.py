@@ -1,8 +1,11 @@
 """Train a model on the device with a real dataset, and record the run.
 
 Connects (a serial port, the board `make flash` started, or --emulate), uploads
-the model unless the device already holds it, evaluates the held-out split,
-streams the training split for --epochs, evaluates after each epoch, reads the
+the model unless the device already holds it, uploads the calibration split (and
+the held-out split, if it fits too) once into the device's sample buffer in the
+--encoding chosen, evaluates the held-out split, trains for --epochs with only
+sample indices on the wire (a device without the buffer gets every batch as
+before), evaluates after each epoch, reads the
 trained weights back and writes runs/<timestamp>/: metrics.jsonl (one record
 per batch and per evaluation), summary.json, weights.npz and the plots loss.png,
 accuracy.png and per_class.png. Interrupted (Ctrl-C) or cut off (a dead link),
@@ -36,6 +39,12 @@ def add_arguments(p) -> None:
     p.add_argument("-d", "--dataset", default="digits", choices=sorted(REGISTRY), help="dataset to stream")
     p.add_argument("-e", "--epochs", type=int, default=3, help="passes over the training split")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders go")
+    p.add_argument("--encoding", choices=["f32", "i16", "i8", "u8"], default=None,
+                   help="how samples go into the device's sample buffer: f32 exact; i16/i8/u8 with a "
+                        "per-channel scale spanning each channel's range (default: u8 for datasets with an "
+                        "exact u8 grid, else i16)")
+    p.add_argument("--no-buffer", action="store_true", help="send every batch's samples in every epoch "
+                   "instead of using the device's sample buffer")
     p.add_argument("--reflash", action="store_true", help="upload the model even if the device holds it "
                    "(restarts from the initial weights)")
 
@@ -68,6 +77,21 @@ class LiveView:
             self.progress.update(self.task, description=f"flashing {d['sent']}/{d['total']} B")
         elif kind == "flashed":
             self.progress.update(self.task, description="training")
+        elif kind == "buffer":
+            rate = d["sent"] / d["seconds"] / 1024 if d["seconds"] > 0 else 0.0
+            self.progress.update(self.task, description=(
+                f"uploading {d['samples']} samples ({d['encoding']}, {d['bytes_per_sample']} B each): "
+                f"{d['sent']:,}/{d['total']:,} B, {rate:,.0f} KiB/s"))
+        elif kind == "buffered":
+            self.progress.update(self.task, description="training")
+            held = f" + {d['test']} held-out" if d["test"] else ""
+            self.console.print(f"sample buffer: {d['train']} calibration{held} samples, {d['encoding']}, "
+                               f"{d['stream_bytes']:,} B in {d['seconds']:.1f} s "
+                               f"({d['buffer_bytes']:,} of {d['free_bytes']:,} B free on the device)",
+                               highlight=False)
+        elif kind == "buffer_skipped":
+            self.console.print(f"[yellow]no sample buffer: {d['reason']}; streaming every batch[/]",
+                               highlight=False)
         elif kind == "train":
             c = self.cur
             if c.get("epoch") != str(d["epoch"]):
@@ -94,7 +118,7 @@ class LiveView:
 def run(args) -> int:
     ds = load_dataset(args.dataset, seed=args.seed)
     opts = StreamOptions(model=args.model, epochs=args.epochs, train=train_config(args), seed=args.seed,
-                         reflash=args.reflash)
+                         reflash=args.reflash, encoding=args.encoding, use_buffer=not args.no_buffer)
     console = Console(stderr=args.json)
     if not console.is_terminal:
         console.width = max(console.width, 110)  # logs and CI: room for the whole table
@@ -152,7 +176,9 @@ def print_result(console: Console, summary: dict) -> None:
                   f"{summary['cycles_per_sample']:,.0f} device cycles per training sample", highlight=False)
     console.print(f"{summary['samples_trained']:,} samples trained ({summary['strategy']}, {summary['dtype']}); "
                   f"{summary['bytes_on_wire']:,} bytes on the wire ({summary['bytes_sent']:,} sent, "
-                  f"{summary['bytes_received']:,} received)", highlight=False)
+                  f"{summary['bytes_received']:,} received); samples as {summary.get('encoding')}, "
+                  f"{summary.get('bytes_per_sample')} B each"
+                  f"{' (sample buffer)' if summary.get('sample_buffer') else ''}", highlight=False)
     files = ["metrics.jsonl", "summary.json", summary.get("weights", "weights.npz"), *summary.get("plots", [])]
     console.print(f"run record: {summary['run_dir']}/", highlight=False)
     console.print(f"  {', '.join(files)}", highlight=False)
