@@ -20,7 +20,7 @@ HOST := $(VENV)/bin/host
 SYSPY ?= python3
 BUILD := $(CURDIR)/build
 # boards the test suite builds; it runs all but the real ones (nucleo-f446re: built only)
-TEST_BOARDS := native mps2-an386 mps2-an500 mps3-an547 netduinoplus2 nucleo-f446re
+TEST_BOARDS := native mps2-an386 mps2-an500 mps3-an547 netduinoplus2 nucleo-f446re gap9
 FW_SOURCES := $(shell find firmware -name '*.[chS]' -o -name '*.in' -o -name Makefile)
 
 .PHONY: all setup tools venv firmware flash demo test bench fuzz clean help

@@ -2,7 +2,7 @@
 
 `device_url` (and `link`, `device` on top of it) runs a test on the fake
 device (pure Python), the native build of the firmware, and every emulated
-board (EMULATED_BOARDS: QEMU mps2-an386, mps2-an500, mps3-an547,
+board (EMULATED_BOARDS: QEMU mps2-an386, mps2-an500, mps3-an547, gap9 (RISC-V),
 netduinoplus2). Firmware images
 come from `make test` (which builds them first). Run pytest directly without
 them and those cases skip with the reason — except under CI (CI=true), where a
@@ -22,7 +22,7 @@ from host.device import Device
 from host.emulator import firmware_path, start
 from host.link import Link
 
-EMULATED_BOARDS = ["mps2-an386", "mps2-an500", "mps3-an547", "netduinoplus2"]
+EMULATED_BOARDS = ["mps2-an386", "mps2-an500", "mps3-an547", "netduinoplus2", "gap9"]
 DEVICE_KINDS = ["fake", "native", *EMULATED_BOARDS]
 
 

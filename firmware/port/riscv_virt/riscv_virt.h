@@ -1,0 +1,30 @@
+/*
+ * riscv_virt.h — the bare-metal RISC-V port on QEMU's `virt` machine (board gap9:
+ * the GAP9 fabric controller). Addresses come from the board's [port_settings]:
+ * RV_UART_BASE (NS16550A UART0) and RV_TEST_FINISHER (SiFive test device).
+ */
+#ifndef RISCV_VIRT_H
+#define RISCV_VIRT_H
+
+/* 16550 registers (byte offsets, reg-shift 0 on virt) */
+#define RV_UART_RBR 0 /* receive buffer (read) */
+#define RV_UART_THR 0 /* transmit holding (write) */
+#define RV_UART_IER 1
+#define RV_UART_FCR 2
+#define RV_UART_LCR 3
+#define RV_UART_LSR 5
+#define RV_UART_LSR_DR 0x01   /* a received byte is waiting */
+#define RV_UART_LSR_THRE 0x20 /* transmit holding register empty */
+#define RV_UART_FCR_ENABLE_CLEAR 0x07 /* FIFOs on, both cleared */
+#define RV_UART_LCR_8N1 0x03
+
+/* SiFive test finisher: (code << 16) | FAIL ends QEMU with exit status `code`. */
+#define RV_FINISHER_FAIL 0x3333
+
+/* exit code of an unexpected trap (startup.S) */
+#define RV_TRAP_EXIT_CODE 3
+
+/* mstatus.FS = Initial: enables the F extension (the C code is built for ilp32f) */
+#define RV_MSTATUS_FS_INITIAL 0x2000
+
+#endif /* RISCV_VIRT_H */
