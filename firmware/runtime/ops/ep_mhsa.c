@@ -264,22 +264,10 @@ static void col_sum(uint32_t rows, uint32_t M, const float *restrict y, float *r
     }
 }
 
-/* In-place softmax of one row of S elements, max-subtracted. */
+/* In-place softmax of one row of S elements (the SOFTMAX kernel, which allows y = x). */
 static void softmax_row(uint32_t S, float *row) {
-    float mx = row[0];
-    for (uint32_t s = 1; s < S; s++) {
-        mx = row[s] > mx ? row[s] : mx;
-    }
-    float sum = 0.0f;
-    for (uint32_t s = 0; s < S; s++) {
-        const float e = expf(row[s] - mx);
-        row[s] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / sum;
-    for (uint32_t s = 0; s < S; s++) {
-        row[s] *= inv;
-    }
+    const ep_softmax_params_t p = {.rows = 1, .cols = S};
+    ep_softmax_fw_f32(&p, row, row);
 }
 
 /* O = [P_0 V_0 | … | P_{H-1} V_{H-1}] [T][D] of one sample, from its saved qkv and P. */

@@ -42,22 +42,11 @@ void ep_seqpool_fw_f32(const ep_seqpool_params_t *p, const float *restrict x,
     const uint32_t n = p->n, T = p->t, D = p->d;
     const float bias = c[0];
     for (uint32_t i = 0; i < n; i++, x += T * D, y += D, wts += T) {
-        float mx = -INFINITY;
         for (uint32_t t = 0; t < T; t++) {
-            const float l = dot(D, x + t * D, g) + bias;
-            wts[t] = l;
-            mx = l > mx ? l : mx;
+            wts[t] = dot(D, x + t * D, g) + bias;
         }
-        float sum = 0.0f;
-        for (uint32_t t = 0; t < T; t++) {
-            const float e = expf(wts[t] - mx);
-            wts[t] = e;
-            sum += e;
-        }
-        const float inv = 1.0f / sum;
-        for (uint32_t t = 0; t < T; t++) {
-            wts[t] *= inv;
-        }
+        const ep_softmax_params_t sp = {.rows = 1, .cols = T};
+        ep_softmax_fw_f32(&sp, wts, wts); /* the SOFTMAX kernel, in place (allowed) */
         /* y = Σ_t w_t x_t, 4 tokens per pass over y */
         for (uint32_t j = 0; j < D; j++) {
             y[j] = 0.0f;
