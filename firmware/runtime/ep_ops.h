@@ -167,6 +167,27 @@ static inline bool ep_disjoint_or_same(const ep_model_t *m, uint16_t a, uint16_t
     return !ep_overlap(m, a, b) || (x->offset == y->offset && x->bytes == y->bytes);
 }
 
+/**
+ * True if no output of nd overlaps an input or another output, except that
+ * output 0 may alias input `alias_in` exactly (alias_in < 0: no aliasing).
+ */
+static inline bool ep_outputs_disjoint(const ep_model_t *m, const ep_node_t *nd, int alias_in) {
+    for (uint8_t o = 0; o < nd->n_out; o++) {
+        for (uint8_t i = 0; i < nd->n_in; i++) {
+            const bool may_alias = o == 0 && (int)i == alias_in;
+            if (may_alias ? !ep_disjoint_or_same(m, nd->out[o], nd->in[i]) : ep_overlap(m, nd->out[o], nd->in[i])) {
+                return false;
+            }
+        }
+        for (uint8_t p = 0; p < o; p++) {
+            if (ep_overlap(m, nd->out[o], nd->out[p])) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Kernels                                                                   */
 /* ------------------------------------------------------------------------- */

@@ -233,25 +233,6 @@ static bool bn_same_act(const ep_model_t *m, uint16_t a, uint16_t b) {
     return bn_is_act(m, a) && bn_is_act(m, b) && ep_same_shape(m, a, b);
 }
 
-/* Outputs outs[0..no) overlap neither each other nor any input; except that
- * output 0 may alias input `alias_in` exactly (alias_in < 0: no aliasing). */
-static bool bn_outputs_ok(const ep_model_t *m, const ep_node_t *nd, int alias_in) {
-    for (uint8_t o = 0; o < nd->n_out; o++) {
-        for (uint8_t i = 0; i < nd->n_in; i++) {
-            const bool may_alias = o == 0 && (int)i == alias_in;
-            if (may_alias ? !ep_disjoint_or_same(m, nd->out[o], nd->in[i]) : ep_overlap(m, nd->out[o], nd->in[i])) {
-                return false;
-            }
-        }
-        for (uint8_t p = 0; p < o; p++) {
-            if (ep_overlap(m, nd->out[o], nd->out[p])) {
-                return false;
-            }
-        }
-    }
-    return true;
-}
-
 static ep_status_t batchnorm_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
     const uint16_t mode = nd->iattr[0];
     if (mode != BN_MODE_TRAIN && mode != BN_MODE_EVAL) {
@@ -292,7 +273,7 @@ static ep_status_t batchnorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (train && !bn_is_vec(m, nd->out[1], 2u * C)) {
             return ep_reject(why, EP_WHY("batchnorm.fw: saved must be an unbatched f32 [2*C]"));
         }
-        if (!bn_outputs_ok(m, nd, train ? -1 : 0)) {
+        if (!ep_outputs_disjoint(m, nd, train ? -1 : 0)) {
             return ep_reject(why, EP_WHY("batchnorm.fw: an output overlaps an input or another output (only eval y may alias x exactly)"));
         }
         return EP_OK;
@@ -312,7 +293,7 @@ static ep_status_t batchnorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (!vecs) {
             return ep_reject(why, EP_WHY("batchnorm.bw_input: gamma/running_var must be unbatched f32 [C], saved [2*C]"));
         }
-        if (!bn_outputs_ok(m, nd, 0)) {
+        if (!ep_outputs_disjoint(m, nd, 0)) {
             return ep_reject(why, EP_WHY("batchnorm.bw_input: dx overlaps an input (only dy exactly)"));
         }
         return EP_OK;
@@ -331,7 +312,7 @@ static ep_status_t batchnorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (!vecs || !bn_is_vec(m, nd->out[0], C) || !bn_is_vec(m, nd->out[1], C)) {
             return ep_reject(why, EP_WHY("batchnorm.bw_param: dgamma, dbeta, running_mean, running_var must be unbatched f32 [C], saved [2*C]"));
         }
-        if (!bn_outputs_ok(m, nd, -1)) {
+        if (!ep_outputs_disjoint(m, nd, -1)) {
             return ep_reject(why, EP_WHY("batchnorm.bw_param: dgamma or dbeta overlaps another tensor of the node"));
         }
         return EP_OK;

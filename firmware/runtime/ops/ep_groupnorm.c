@@ -114,23 +114,6 @@ static bool gn_is_saved(const ep_model_t *m, const ep_node_t *nd, uint16_t s) {
     return ep_tensor_is(m, s, EP_DTYPE_F32, true, 1) && m->tensors[s].elems == 2u * nd->iattr[0];
 }
 
-static bool gn_outputs_ok(const ep_model_t *m, const ep_node_t *nd, int alias_in) {
-    for (uint8_t o = 0; o < nd->n_out; o++) {
-        for (uint8_t i = 0; i < nd->n_in; i++) {
-            const bool may_alias = o == 0 && (int)i == alias_in;
-            if (may_alias ? !ep_disjoint_or_same(m, nd->out[o], nd->in[i]) : ep_overlap(m, nd->out[o], nd->in[i])) {
-                return false;
-            }
-        }
-        for (uint8_t p = 0; p < o; p++) {
-            if (ep_overlap(m, nd->out[o], nd->out[p])) {
-                return false;
-            }
-        }
-    }
-    return true;
-}
-
 static ep_status_t groupnorm_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
     for (uint8_t i = 1; i < EP_NODE_IATTRS; i++) {
         if (nd->iattr[i] != 0) {
@@ -179,7 +162,7 @@ static ep_status_t groupnorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
     if (!vecs) {
         return ep_reject(why, EP_WHY("groupnorm: gamma, beta, dgamma, dbeta must be unbatched f32 [C], saved a batched f32 [2*groups]"));
     }
-    if (!gn_outputs_ok(m, nd, alias_in)) {
+    if (!ep_outputs_disjoint(m, nd, alias_in)) {
         return ep_reject(why, EP_WHY("groupnorm: an output overlaps another tensor of the node (only bw_input dx over dy exactly)"));
     }
     return EP_OK;

@@ -121,24 +121,6 @@ static bool ln_is_saved(const ep_model_t *m, uint16_t s, uint16_t x) {
     return ep_tensor_is(m, s, EP_DTYPE_F32, true, 1) && m->tensors[s].elems == 2u * (m->tensors[x].elems / ln_d(m, x));
 }
 
-/* No output overlaps an input or another output, except output 0 over input alias_in exactly. */
-static bool ln_outputs_ok(const ep_model_t *m, const ep_node_t *nd, int alias_in) {
-    for (uint8_t o = 0; o < nd->n_out; o++) {
-        for (uint8_t i = 0; i < nd->n_in; i++) {
-            const bool may_alias = o == 0 && (int)i == alias_in;
-            if (may_alias ? !ep_disjoint_or_same(m, nd->out[o], nd->in[i]) : ep_overlap(m, nd->out[o], nd->in[i])) {
-                return false;
-            }
-        }
-        for (uint8_t p = 0; p < o; p++) {
-            if (ep_overlap(m, nd->out[o], nd->out[p])) {
-                return false;
-            }
-        }
-    }
-    return true;
-}
-
 static ep_status_t layernorm_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
     for (uint8_t i = 0; i < EP_NODE_IATTRS; i++) {
         if (nd->iattr[i] != 0) {
@@ -168,7 +150,7 @@ static ep_status_t layernorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (!ln_is_saved(m, nd->out[1], x)) {
             return ep_reject(why, EP_WHY("layernorm.fw: saved must be a batched f32 [2*R], R = x elements / D"));
         }
-        if (!ln_outputs_ok(m, nd, -1)) {
+        if (!ep_outputs_disjoint(m, nd, -1)) {
             return ep_reject(why, EP_WHY("layernorm.fw: y or saved overlaps another tensor of the node"));
         }
         return EP_OK;
@@ -184,7 +166,7 @@ static ep_status_t layernorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (!ln_is_vec(m, nd->in[2], ln_d(m, x)) || !ln_is_saved(m, nd->in[3], x)) {
             return ep_reject(why, EP_WHY("layernorm.bw_input: gamma must be an unbatched f32 [D], saved a batched f32 [2*R]"));
         }
-        if (!ln_outputs_ok(m, nd, 0)) {
+        if (!ep_outputs_disjoint(m, nd, 0)) {
             return ep_reject(why, EP_WHY("layernorm.bw_input: dx overlaps an input (only dy exactly)"));
         }
         return EP_OK;
@@ -201,7 +183,7 @@ static ep_status_t layernorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
             !ln_is_vec(m, nd->out[1], ln_d(m, x))) {
             return ep_reject(why, EP_WHY("layernorm.bw_param: dgamma and dbeta must be unbatched f32 [D], saved a batched f32 [2*R]"));
         }
-        if (!ln_outputs_ok(m, nd, -1)) {
+        if (!ep_outputs_disjoint(m, nd, -1)) {
             return ep_reject(why, EP_WHY("layernorm.bw_param: dgamma or dbeta overlaps another tensor of the node"));
         }
         return EP_OK;
