@@ -77,6 +77,8 @@ bench: setup
 	@$(MAKE) --no-print-directory firmware BOARD=mps2-an386
 	@echo "==> benchmark: training steps of every shipped model on the emulated mps2-an386"
 	@$(PY) -m host.bench --board mps2-an386
+	@echo "==> benchmark: memory plans of every shipped model x strategy (peak, lower bound, naive)"
+	@$(PY) -m host.bench_plan
 
 # The fuzzers (tests/fuzz) for FUZZ_SECONDS each; make test runs short bounded ones.
 fuzz: setup

@@ -15,7 +15,7 @@ from construct import Array, Const, ConstructError, Float32l, Int8ul, Int16ul, I
 
 from . import ids
 from .errors import ModelError
-from .graph import align
+from .graph import NUMPY_DTYPE, align
 from .compiler import Program
 
 HEADER = Struct(
@@ -87,7 +87,7 @@ def build_blob(prog: Program) -> bytes:
         init = ids.NO_INIT
         if t.init is not None:
             init = len(data)
-            raw = np.ascontiguousarray(t.init, dtype="<f4").tobytes()
+            raw = np.ascontiguousarray(t.init, dtype=NUMPY_DTYPE[t.dtype]).tobytes()
             data += raw + bytes(plan.sizes[i] - len(raw))
         tensor_rows.append(TENSOR.build(dict(
             dtype=int(t.dtype), flags=int(t.flags), rank=len(t.dims),

@@ -25,13 +25,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import ids
+from . import ids, passes
 from .errors import ModelError
 from .graph import Graph, Tensor
 from .ids import DType, OpCode, OpFn, TensorFlag
-from .layers import Emitter, rule_for
+from .layers import Emitter, rule_for, split_attrs
 from .planner import Plan, plan_graph
-from .strategies import trained_layers
+from .strategies import Selection, lora_init, lora_shapes, select
 from .zoo import INPUT, ModelSpec
 
 B = TensorFlag.BATCHED
@@ -49,8 +49,11 @@ class TrainConfig:
     eps: float = 1e-8
     #: names of the layers whose parameters train; None = as `strategy` says
     train_layers: tuple[str, ...] | None = None
-    #: what trains, by name (host.strategies): full, last, layers=NAME,...
+    #: what trains, by name (host.strategies): full, last, layers=NAME,..., bias, sparse, lora=R
     strategy: str = "full"
+    #: `sparse`: the channels chosen per layer (host.sparse.choose_channels), as
+    #: ((layer, (channel, ...)), ...); a layer named with all its channels trains whole
+    train_channels: tuple[tuple[str, tuple[int, ...]], ...] | None = None
     #: gradient accumulation: the optimizer steps once per this many TRAIN batches,
     #: on the mean of their gradients (an effective batch of accumulate × batch)
     accumulate: int = 1
@@ -92,6 +95,56 @@ class Program:
                 return i
         raise KeyError(name)
 
+    def report(self) -> dict:
+        """What the strategy trains and what it costs (per training step of a full batch):
+        trained values (a sparse layer counts only its chosen rows), the bytes of their
+        gradients and of the optimizer state, forward and backward MACs, and the plan."""
+        from .costs import graph_macs
+
+        g, n = self.graph, self.config.batch
+        rows = dict(self.config.train_channels or ())
+        trained = 0
+        for i in g.trainable:
+            t = g.tensors[i]
+            layer = t.name.split(".", 1)[0]
+            if t.name.endswith(".rows"):  # a sparse update's working copy (_step)
+                continue
+            if layer in rows and ".lora_" not in t.name:
+                trained += len(rows[layer]) * int(np.prod(t.dims[1:]))
+            else:
+                trained += t.elems
+        grads = [i for i, t in enumerate(g.tensors) if t.flags & TensorFlag.GRAD
+                 and not t.flags & TensorFlag.BATCHED]
+        state = [i for i, t in enumerate(g.tensors) if t.is_param and not t.flags & TensorFlag.TRAINABLE
+                 and t.name.endswith(_OPTIMIZER_STATE)]
+        return {"strategy": self.config.strategy, "trainable_params": trained,
+                "gradient_bytes": sum(self.plan.sizes[i] for i in grads),
+                "optimizer_state_bytes": sum(self.plan.sizes[i] for i in state),
+                "forward_macs": graph_macs(g, n, range(g.train_begin, g.train_loss_end)),
+                "backward_macs": graph_macs(g, n, range(g.train_loss_end, len(g.nodes))),
+                "peak_bytes": self.plan.arena_bytes, "lower_bound_bytes": self.plan.lower_bound,
+                "naive_bytes": self.plan.naive_bytes}
+
+
+#: name endings of the optimizer's persistent state (host.compiler._optimizer_step, _Updates)
+_OPTIMIZER_STATE = (".momentum", ".adam_m", ".adam_v", ".adam_t", ".grad_sum")
+
+
+def _step(e: Emitter, cfg: TrainConfig, p: int, gp: int, scale: float = 1.0, rows=None) -> None:
+    """The optimizer step of p; with rows = (index, C, inner), of p's rows the index names:
+    gathered into a temporary, stepped (its optimizer state has the gathered shape),
+    scattered back."""
+    if rows is None:
+        _optimizer_step(e, cfg, p, gp, scale)
+        return
+    idx, channels, inner = rows
+    # the optimizer ops step only TRAINABLE tensors, and TRAINABLE implies PARAM (persistent):
+    # the gathered rows are a small persistent buffer, like the optimizer's own state
+    part = e.gather(p, idx, channels, inner, e.g.tensors[p].name.split(".", 1)[1] + ".rows",
+                    flags=TensorFlag.PARAM | TensorFlag.TRAINABLE)
+    _optimizer_step(e, cfg, part, gp, scale)
+    e.node(OpCode.SCATTER, OpFn.FW, [part, idx], [p], iattrs=split_attrs(channels, inner))
+
 
 def _optimizer_step(e: Emitter, cfg: TrainConfig, p: int, gp: int, scale: float = 1.0) -> None:
     """The optimizer node(s) for one parameter (docs/blob.md), on gradient gp · scale."""
@@ -126,18 +179,17 @@ class _Updates:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.defer = cfg.accumulate > 1 or cfg.clip_norm > 0
-        self.deferred: list[tuple[int, int, str]] = []
+        self.deferred: list[tuple[int, int, str, tuple | None]] = []
 
-    def __call__(self, e: Emitter, p: int, gp: int, layer: str) -> None:
+    def __call__(self, e: Emitter, p: int, gp: int, layer: str, rows=None) -> None:
         if not self.defer:
-            _optimizer_step(e, self.cfg, p, gp)
+            _step(e, self.cfg, p, gp, rows=rows)
             return
         if self.cfg.accumulate > 1:
-            t = e.g.tensors[p]
-            acc = e.state(f"{t.name}.grad_sum", t.dims)
+            acc = e.state(f"{e.g.tensors[p].name}.grad_sum", e.g.tensors[gp].dims)
             e.node(OpCode.ACCUMULATE, OpFn.FW, [acc, gp], [acc])
             gp = acc
-        self.deferred.append((p, gp, layer))
+        self.deferred.append((p, gp, layer, rows))
 
     def emit_section(self, e: Emitter, g: Graph) -> None:
         if not self.defer:
@@ -146,7 +198,7 @@ class _Updates:
         g.update_begin, g.update_every = len(g.nodes), k
         if k > 1:
             g.counter_tensor = g.add_tensor(Tensor("train.batches_since_update", (1,), DType.I32, TensorFlag.PARAM))
-        grads = [gp for _, gp, _ in self.deferred]
+        grads = [gp for _, gp, _, _ in self.deferred]
         if self.cfg.clip_norm > 0:
             e.begin("clip")
             sumsq = e.g.add_tensor(Tensor("clip.sumsq", (1,)))
@@ -155,9 +207,9 @@ class _Updates:
             for i in range(0, len(grads), ids.MAX_NODE_OUTPUTS):
                 e.node(OpCode.CLIP_NORM, OpFn.FW, [sumsq], grads[i:i + ids.MAX_NODE_OUTPUTS], iattrs=(1,),
                        fattrs=(self.cfg.clip_norm * k,))
-        for p, gp, layer in self.deferred:
+        for p, gp, layer, rows in self.deferred:
             e.begin(layer)
-            _optimizer_step(e, self.cfg, p, gp, scale=1.0 / k)
+            _step(e, self.cfg, p, gp, scale=1.0 / k, rows=rows)
             if k > 1:
                 e.node(OpCode.ZERO, OpFn.FW, [], [gp])
 
@@ -183,29 +235,28 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     updates = _Updates(cfg)
     e = Emitter(g, updates)
 
-    names = [layer.name for layer in spec.layers]
-    chosen = cfg.train_layers if cfg.train_layers is not None else trained_layers(spec, cfg.strategy)
-    train_layers = set(names if chosen is None else chosen)
-    if unknown := train_layers - set(names):
-        raise ModelError(f"cannot train unknown layers {sorted(unknown)} (layers: {', '.join(names)})")
+    sel = select(spec, cfg.strategy, cfg.train_layers, cfg.train_channels)
+    e.lora = {name: sel.lora_rank for name in sel.lora_layers}
+    e.channels = dict(sel.channels)
     buffers = spec.buffer_names()
-    for name, shape in spec.param_shapes().items():
+    shapes = {**spec.param_shapes(), **lora_shapes(spec, sel.lora_rank)}
+    for name, shape in shapes.items():
         value = params.get(name)
+        if value is None and ".lora_" in name:
+            value = lora_init(name, shape)
         if value is None or tuple(value.shape) != shape:
             got = None if value is None else tuple(value.shape)
             raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
-        layer_name = name.split(".", 1)[0]  # layer names have no dots; locals may (out_proj.weight)
-        trains = layer_name in train_layers and name not in buffers
+        trains = name in sel.trainable and name not in buffers
         flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if trains else 0)
         idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
         e.params[name] = idx
         e.param_names[idx] = name
-    in_shapes = spec.in_shapes()
     # a layer needs backward if it trains or feeds (directly or not) a layer that does
     needs_grad: dict[str, bool] = {INPUT: False}
-    for layer, shape_in in zip(spec.layers, in_shapes):
-        own = layer.name in train_layers and bool(rule_for(layer.type).param_shapes(layer, shape_in))
-        needs_grad[layer.name] = own or any(needs_grad[src] for src in layer.inputs)
+    owners = {name.split(".", 1)[0] for name in sel.trainable}
+    for layer in spec.layers:
+        needs_grad[layer.name] = layer.name in owners or any(needs_grad[src] for src in layer.inputs)
     if not any(needs_grad.values()):
         raise ModelError("nothing to train: no chosen layer has parameters")
 
@@ -261,6 +312,8 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
                 e.node(OpCode.ACCUMULATE, OpFn.FW, [grads[src], dx], [grads[src]])
 
     updates.emit_section(e, g)
+    passes.relu_masks(g)
+    passes.in_place(g)
     if len(g.tensors) > max_tensors or len(g.nodes) > max_nodes:
         raise ModelError(f"graph has {len(g.tensors)} tensors and {len(g.nodes)} nodes; "
                          f"the device takes at most {max_tensors} and {max_nodes}",
@@ -287,8 +340,11 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
 
 
 def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensors: int, max_nodes: int) -> str:
-    """Suggestions for a program that does not fit: the last-layer strategy, smaller batches."""
-    tries = [("--strategy last", replace(cfg, train_layers=None, strategy="last"))]
+    """Suggestions for a program that does not fit: lighter strategies, smaller batches (a
+    sparse choice needs data, so it is suggested by name: --strategy sparse picks within the
+    board's memory)."""
+    tries = [(f"--strategy {s}", replace(cfg, train_layers=None, strategy=s, train_channels=None))
+             for s in ("lora=4", "bias", "last") if s != cfg.strategy]
     tries += [(f"--batch {b}", replace(cfg, batch=b)) for b in (16, 8, 4, 2, 1) if b < cfg.batch]
     fits = []
     for flag, c in tries:
@@ -300,4 +356,4 @@ def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensor
             fits.append(f"{flag} ({need} B)")
     if not fits:
         return "no strategy or batch size fits this board: use a board with more RAM"
-    return "these fit: " + ", ".join(fits)
+    return "these fit: " + ", ".join(fits) + "; --strategy sparse chooses channels within the board's memory"

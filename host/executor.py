@@ -12,16 +12,17 @@ import numpy as np
 
 from . import ids
 from .blob import ParsedBlob
+from .graph import NUMPY_DTYPE
 from .ids import DType, Encoding, OpCode, OpFn, Status, TensorFlag
 
-_NP = {DType.F32: np.float32, DType.I32: np.int32, DType.U8: np.uint8, DType.S8: np.int8}
 
 
 #: (op, fn) pairs _node implements
 _SUPPORTED = {(OpCode.LINEAR, OpFn.FW), (OpCode.LINEAR, OpFn.BW_INPUT), (OpCode.LINEAR, OpFn.BW_PARAM),
               (OpCode.RELU, OpFn.FW), (OpCode.RELU, OpFn.BW_INPUT), (OpCode.SOFTMAX_CE, OpFn.FW),
               (OpCode.SOFTMAX_CE, OpFn.BW_INPUT), (OpCode.SGD, OpFn.FW), (OpCode.ZERO, OpFn.FW),
-              (OpCode.ACCUMULATE, OpFn.FW), (OpCode.ADD, OpFn.FW)}
+              (OpCode.ACCUMULATE, OpFn.FW), (OpCode.ADD, OpFn.FW), (OpCode.GATHER, OpFn.FW),
+              (OpCode.SCATTER, OpFn.FW), (OpCode.BIAS_GRAD, OpFn.FW)}
 
 
 class StepError(Exception):
@@ -49,7 +50,7 @@ class BlobExecutor:
     def view(self, i: int, n: int | None = None) -> np.ndarray:
         """Tensor i as an array; batched tensors as [n, elems]."""
         t = self.blob.tensors[i]
-        dt = _NP[DType(t["dtype"])]
+        dt = NUMPY_DTYPE[DType(t["dtype"])]
         dims = tuple(t["dims"][: t["rank"]])
         count = self.elems(i) * (n if (t["flags"] & TensorFlag.BATCHED) else 1)
         flat = self.arena[t["offset"]:t["offset"] + count * np.dtype(dt).itemsize].view(dt)
@@ -136,6 +137,22 @@ class BlobExecutor:
         return sorted({f"{OpCode(nd['op']).name.lower()}.{OpFn(nd['fn']).name.lower()}"
                        for nd in self.blob.nodes if (nd["op"], nd["fn"]) not in _SUPPORTED})
 
+    def _channels(self, op: OpCode, node: dict, i: list, o: list, n: int) -> None:
+        """GATHER / SCATTER / BIAS_GRAD: tensors as [rows][C or k][inner] (docs/blob.md)."""
+        c, inner = node["iattrs"][0], node["iattrs"][1] | node["iattrs"][2] << 16
+        split = lambda k, ch: self.view(k, n).reshape(-1, ch, inner)  # noqa: E731
+        if op == OpCode.BIAS_GRAD:
+            self.view(o[0], n)[:] = split(i[0], c).sum(axis=(0, 2), dtype=np.float32)
+            return
+        idx = self.view(i[1], n).astype(np.int64)
+        ok = idx < c  # untrusted indices: out of range reads zeros, writes nothing
+        if op == OpCode.GATHER:
+            part = split(o[0], len(idx))
+            part[:] = 0
+            part[:, ok] = split(i[0], c)[:, idx[ok]]
+        else:
+            split(o[0], c)[:, idx[ok]] = split(i[0], len(idx))[:, ok]
+
     def _node(self, node: dict, n: int) -> None:
         i = node["inputs"][: node["n_in"]]
         o = node["outputs"][: node["n_out"]]
@@ -155,9 +172,19 @@ class BlobExecutor:
             dw[:] = dy.T @ x
             v(o[1])[:] = dy.sum(axis=0)
         elif op == OpCode.RELU and fn == OpFn.FW:
-            v(o[0])[:] = np.maximum(v(i[0]), 0)
+            x = v(i[0])
+            if len(o) == 2:  # the bit mask first: y may overwrite x (docs/blob.md, RELU)
+                v(o[1])[:] = np.packbits(x > 0, axis=1, bitorder="little")
+            v(o[0])[:] = np.maximum(x, 0)
         elif op == OpCode.RELU and fn == OpFn.BW_INPUT:
-            v(o[0])[:] = v(i[0]) * (v(i[1]) > 0)
+            dy = v(i[0])
+            if self.blob.tensors[i[1]]["dtype"] == DType.U8:
+                on = np.unpackbits(v(i[1]), axis=1, count=dy.shape[1], bitorder="little").astype(bool)
+            else:
+                on = v(i[1]) > 0
+            v(o[0])[:] = np.where(on, dy, np.float32(0))
+        elif op in (OpCode.GATHER, OpCode.SCATTER, OpCode.BIAS_GRAD):
+            self._channels(op, node, i, o, n)
         elif op == OpCode.SOFTMAX_CE and fn == OpFn.FW:
             z = v(i[0]).astype(np.float64)
             lab = v(i[1])[:, 0]

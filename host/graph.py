@@ -15,6 +15,11 @@ from . import ids
 from .ids import DType, OpCode, OpFn, TensorFlag
 
 
+#: each dtype's little-endian NumPy type (blob data, arena views)
+NUMPY_DTYPE = {DType.F32: np.dtype("<f4"), DType.I32: np.dtype("<i4"), DType.U8: np.dtype("u1"),
+               DType.S8: np.dtype("i1")}
+
+
 def align(n: int, a: int = ids.BLOB_ALIGN) -> int:
     return (n + a - 1) // a * a
 
@@ -28,6 +33,9 @@ class Tensor:
     init: np.ndarray | None = None  # initial values (parameters)
     #: a view: this tensor is tensor `alias_of` under another shape (same span)
     alias_of: int | None = None
+    #: the view is an in-place result (host.passes), not a reshape: a plan without
+    #: sharing would give it its own buffer
+    in_place: bool = False
 
     @property
     def elems(self) -> int:

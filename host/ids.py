@@ -169,6 +169,11 @@ class OpCode(enum.IntEnum):
     ACCUMULATE = 27
     CLIP_NORM = 28
     ZERO = 29
+    #: rows of a tensor picked by an index list, and written back (sparse channel updates)
+    GATHER = 30
+    SCATTER = 31
+    #: a bias's gradient alone (bias-only training): the sum of dy over all but the channel axis
+    BIAS_GRAD = 32
 
 
 class OpFn(enum.IntEnum):

@@ -35,10 +35,9 @@ class Plan:
     #: per tensor, the tensor it is a view of (same span), or None
     views: tuple[int | None, ...] = ()
 
-    @property
-    def naive_bytes(self) -> int:
-        """Arena size if nothing shared memory (views are free)."""
-        return sum(s for i, s in enumerate(self.sizes) if not (self.views and self.views[i] is not None))
+    #: arena size if nothing shared memory: every tensor its own buffer, except that
+    #: reshapes (flatten) are free; in-place results count as buffers of their own
+    naive_bytes: int = 0
 
 
 def lifetimes(g: Graph) -> tuple[list[int], list[int]]:
@@ -89,8 +88,9 @@ def plan_graph(g: Graph) -> Plan:
     arena = max((o + s for o, s in zip(offsets, sizes)), default=0)
     bound = max((sum(sizes[i] for i in range(len(sizes)) if first[i] <= t <= last[i] and i not in views)
                  for t in range(max(len(g.nodes), 1))), default=0)
+    naive = sum(s for i, s in enumerate(sizes) if g.tensors[i].alias_of is None or g.tensors[i].in_place)
     plan = Plan(offsets, sizes, first, last, align(arena), bound,
-                tuple(g.tensors[i].alias_of if i in views else None for i in range(len(sizes))))
+                tuple(g.tensors[i].alias_of if i in views else None for i in range(len(sizes))), naive)
     check_plan(plan)
     return plan
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .blob import blob_crc, build_blob
 from .boards import load_board
+from . import sparse
 from .compiler import Program, TrainConfig, compile_model
 from .datasets import Dataset
 from .device import BUFFER_ENCODINGS, Batch, Device, Hello, SampleBuffer
@@ -84,7 +85,9 @@ def prepare_program(opts: StreamOptions, ds: Dataset, hello: Hello) -> tuple[Pro
     if int(np.prod(spec.input)) != ds.features or spec.classes != ds.classes:
         raise UsageError(f"model {spec.name} takes {spec.input} → {spec.classes} classes; "
                          f"dataset {ds.name} has {ds.features} features and {ds.classes} classes")
-    prog = compile_model(spec, params, opts.train, arena_limit=hello.arena_bytes)
+    # a sparse strategy chooses its channels on this calibration set, within the device's arena
+    cfg = sparse.configure(spec, params, opts.train, ds, hello.arena_bytes)
+    prog = compile_model(spec, params, cfg, arena_limit=hello.arena_bytes)
     return prog, build_blob(prog)
 
 

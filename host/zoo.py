@@ -45,6 +45,9 @@ class ModelSpec:
     layers: tuple[Layer, ...]
     loss: str
     description: str = ""
+    #: the dataset the model is made for (host.datasets): what `host plan --all` and the
+    #: benchmark score a sparse choice on, and what pretraining uses by default
+    dataset: str = ""
 
     def shapes(self) -> list[tuple[int, ...]]:
         """Per-sample activation shape after each layer (index 0 = the input)."""
@@ -120,7 +123,7 @@ def parse_model(d: dict) -> ModelSpec:
             layers.append(Layer(t, name, attrs, tuple(inputs)))
         spec = ModelSpec(name=d["name"], input=tuple(int(x) for x in d["input"]),
                          classes=int(d["classes"]), layers=tuple(layers), loss=d["loss"],
-                         description=d.get("description", ""))
+                         description=d.get("description", ""), dataset=d.get("dataset", ""))
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f"malformed model description: {e!r}") from e
     if spec.loss not in LOSSES:

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from host import cli
@@ -102,6 +103,23 @@ def test_summary_holds_every_field_and_the_plots(main, capsys, tmp_path, digits)
 def test_strategy_names_the_trained_layers(main, capsys, tmp_path):
     s = stream_cli(main, capsys, tmp_path, "--strategy", "layers=fc2")
     assert s["strategy"] == "layers=fc2" and s["train_layers"] == ["fc2"] and s["status"] == "completed"
+
+
+@pytest.mark.parametrize("strategy", ["bias", "sparse", "lora=2"])
+def test_every_strategy_streams_on_the_fake_device(main, capsys, tmp_path, strategy):
+    s = stream_cli(main, capsys, tmp_path, "--strategy", strategy)
+    assert s["strategy"] == strategy and s["status"] == "completed" and s["train_layers"]
+    with np.load(run_dir_of(s) / "weights.npz") as w:
+        assert any(".lora_" in k for k in w.files) == strategy.startswith("lora")
+
+
+def test_merge_lora_writes_a_plain_model(main, capsys, tmp_path):
+    s = stream_cli(main, capsys, tmp_path, "--strategy", "lora=2")
+    assert main(["merge-lora", str(run_dir_of(s))]) == 0
+    with np.load(run_dir_of(s) / "weights_merged.npz") as w:
+        assert w.files and not any(".lora_" in k for k in w.files)
+    assert main(["merge-lora", str(tmp_path / "nowhere")]) == 2
+    assert "no such weights file" in capsys.readouterr().err
 
 
 def _session(tmp_path, digits, on_event, epochs=3):

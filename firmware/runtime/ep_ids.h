@@ -127,6 +127,9 @@ typedef enum {
     EP_OP_ACCUMULATE = 27,
     EP_OP_CLIP_NORM = 28,
     EP_OP_ZERO = 29,
+    EP_OP_GATHER = 30,
+    EP_OP_SCATTER = 31,
+    EP_OP_BIAS_GRAD = 32,
 } ep_opcode_t;
 
 typedef enum {
@@ -146,6 +149,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 30
+#define EP_OPCODE_COUNT 33
 
 #endif /* EP_IDS_H */

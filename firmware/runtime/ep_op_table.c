@@ -36,6 +36,9 @@ static const ep_op_t *const k_ops[EP_OPCODE_COUNT] = {
     [EP_OP_ACCUMULATE] = &ep_op_accumulate,
     [EP_OP_CLIP_NORM] = &ep_op_clip_norm,
     [EP_OP_ZERO] = &ep_op_zero,
+    [EP_OP_GATHER] = &ep_op_gather,
+    [EP_OP_SCATTER] = &ep_op_scatter,
+    [EP_OP_BIAS_GRAD] = &ep_op_bias_grad,
 };
 
 const ep_op_t *ep_op_lookup(uint8_t opcode) {

@@ -114,6 +114,9 @@ EP_OP_DECL(adam);
 EP_OP_DECL(accumulate);
 EP_OP_DECL(clip_norm);
 EP_OP_DECL(zero);
+EP_OP_DECL(gather);
+EP_OP_DECL(scatter);
+EP_OP_DECL(bias_grad);
 
 /* Helpers for prepare() and the node adapters. */
 
@@ -252,6 +255,15 @@ void ep_relu_fw_f32(const ep_dims_t *d, const float *x, float *y);
  * the forward output. dx may alias dy or y exactly; no partial overlap.
  */
 void ep_relu_bw_f32(const ep_dims_t *d, const float *dy, const float *y, float *dx);
+
+/**
+ * The sign mask a ReLU backward needs: for each of d->n samples of d->c elements,
+ * ceil(c / 8) bytes, bit i % 8 of byte i / 8 set iff x[i] > 0. mask and x disjoint.
+ */
+void ep_relu_mask_u8(const ep_dims_t *d, const float *x, uint8_t *mask);
+
+/** ReLU input gradient from the mask: dx = bit set ? dy : 0. dx may alias dy exactly. */
+void ep_relu_bw_mask_f32(const ep_dims_t *d, const float *dy, const uint8_t *mask, float *dx);
 
 /**
  * Softmax + cross-entropy forward over n samples of C = d->c classes (C ≥ 1).

@@ -43,7 +43,10 @@ def add_training_arguments(p) -> None:
                    help="clip the gradient's global L2 norm to MAX (default 0: off)")
     p.add_argument("--strategy", default="full", metavar="S",
                    help="what trains: full (default), last (the last layer with parameters), "
-                        "layers=NAME,... (or indices); earlier layers run forward only")
+                        "layers=NAME,... (or indices), bias (biases only), sparse[=RATIO] (the channels "
+                        "that matter most on the calibration data, within RATIO of full backprop's "
+                        "backward MACs; default 0.25), lora=RANK (low-rank adapters on linear and 1x1 "
+                        "conv layers); layers before the first trained one run forward only")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
 
 
@@ -61,6 +64,14 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                        optimizer=args.optimizer, strategy=args.strategy,
                        accumulate=args.accumulate, clip_norm=args.clip_norm)
+
+
+def compile_config(args, spec, params, arena_limit: int | None) -> TrainConfig:
+    """train_config(args), with a sparse strategy's channels chosen on --dataset (or the
+    model's own dataset) within the board's arena."""
+    from ..sparse import configure
+
+    return configure(spec, params, train_config(args), getattr(args, "dataset", None), arena_limit)
 
 
 def model_and_params(args):

@@ -6,7 +6,9 @@
 The plan (host.planner) gives every tensor an offset in one arena; its peak is
 compared with the lower bound (the largest total of tensors alive at once: no
 plan can be smaller) and with no sharing at all. `--all` plans every shipped
-model × strategy (full, last) × dtype (fp32) × board and says whether it fits.
+model × strategy (full, last, bias, sparse, lora=4) × dtype (fp32) × board and
+says whether it fits; `sparse` chooses its channels on each model's own dataset
+(and, as compile does, within each board's arena).
 """
 
 from __future__ import annotations
@@ -22,35 +24,48 @@ from ..errors import ModelError
 from ..importer import resolve_model
 from ..planner import format_plan
 from ..zoo import model_names
-from .options import add_options, add_training_arguments, model_and_params, train_config
+from ..sparse import configure
+from .options import add_options, add_training_arguments, compile_config, model_and_params
 
 NAME = "plan"
 HELP = "show the memory plan of a model on a board (--all: every model, strategy and board)"
 
-STRATEGIES = ("full", "last")
+STRATEGIES = ("full", "last", "bias", "sparse", "lora=4")
 
 
 def add_arguments(p) -> None:
     add_training_arguments(p)
     add_options(p, "board", "json")
     p.add_argument("--all", action="store_true",
-                   help="every shipped model x strategy (full, last) x dtype x board: fits, peak, bounds")
+                   help="every shipped model x strategy (full, last, bias, sparse, lora=4) x dtype x board: "
+                        "fits, peak, bounds")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="calibration data a sparse strategy scores channels on (default: the model's)")
 
 
-def row(spec, params, cfg: TrainConfig, board) -> dict:
+def row(spec, params, cfg: TrainConfig, board, dataset=None) -> dict:
     out = {"model": spec.name, "board": board.name, "strategy": cfg.strategy, "dtype": "fp32",
            "batch": cfg.batch, "arena_bytes": board.arena_bytes}
     try:
+        cfg = configure(spec, params, cfg, dataset, board.arena_bytes)
         prog = compile_model(spec, params, cfg, max_tensors=board.max_tensors, max_nodes=board.max_nodes)
-    except ModelError as e:  # over the board's graph limits
+    except ModelError as e:  # over the board's graph limits, or no data for a sparse choice
         return {**out, "fits": False, "reason": str(e)}
     plan = prog.plan
-    g = prog.graph
-    return {**out, "fits": plan.arena_bytes <= board.arena_bytes, "peak_bytes": plan.arena_bytes,
-            "lower_bound_bytes": plan.lower_bound, "naive_bytes": plan.naive_bytes,
+    return {**out, **prog.report(), "fits": plan.arena_bytes <= board.arena_bytes,
             "peak_over_lower_bound": round(plan.arena_bytes / max(plan.lower_bound, 1), 4),
-            "trainable_params": sum(g.tensors[i].elems for i in g.trainable),
-            "tensors": len(g.tensors), "nodes": len(g.nodes)}
+            "tensors": len(prog.graph.tensors), "nodes": len(prog.graph.nodes)}
+
+
+def _dataset(spec):
+    """The model's own dataset for a sparse choice, or None when it cannot be had here (the
+    sparse rows then say why)."""
+    from ..datasets import DatasetError, load_dataset
+
+    try:
+        return load_dataset(spec.dataset) if spec.dataset else None
+    except DatasetError:
+        return None
 
 
 def run(args) -> int:
@@ -60,9 +75,10 @@ def run(args) -> int:
         boards = [load_board(n) for n in board_names() if n != "native"]
         for name in model_names():
             spec, params = resolve_model(name, args.seed)
+            data = _dataset(spec)
             for strategy in STRATEGIES:
                 cfg = TrainConfig(batch=args.batch, strategy=strategy)
-                rows += [row(spec, params, cfg, b) for b in boards]
+                rows += [row(spec, params, cfg, b, data) for b in boards]
         if args.json:
             print(json.dumps(rows, indent=1))
             return 0
@@ -77,7 +93,7 @@ def run(args) -> int:
         return 0
     board = load_board(args.board or "mps2-an386")
     spec, params = model_and_params(args)
-    cfg = train_config(args)
+    cfg = compile_config(args, spec, params, board.arena_bytes)
     r = row(spec, params, cfg, board)
     if args.json:
         print(json.dumps(r, indent=1))

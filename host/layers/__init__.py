@@ -14,6 +14,10 @@ A model description (`host.zoo`) is a list of layers; each layer type has one
 - `backward(e, layer, saved, dy, need_dx)`: the gradient nodes — parameter
   gradients and their optimizer updates (`e.update`) for trainable parameters,
   and the input gradient only if `need_dx` (the first trained layer skips it);
+  which parameters train, carry adapters or update only some channels is the
+  strategy's (host.strategies), asked through the emitter (`is_trainable`,
+  `lora_rank`, `channel_index`); `e.bias_grad` and `e.update(..., rows=...)` do
+  the bias-only and sparse parts;
 - `torch_module(layer, in_shape)`: the PyTorch module computing the same thing
   (golden tests and pretraining build models from it), and `torch_types` /
   `from_torch(module)` for importing a PyTorch model (`host.importer`).
@@ -75,6 +79,11 @@ class LayerRule:
         return {}
 
     def init_params(self, layer: Layer, in_shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {}
+
+    def lora_shapes(self, layer: Layer, in_shape: Shape, rank: int) -> dict[str, Shape]:
+        """Low-rank adapter parameters (lora_A, lora_B) of this layer for `--strategy lora=rank`;
+        {} where the rule takes no adapters."""
         return {}
 
     def forward(self, e: "Emitter", layer: Layer, x: int, train: bool) -> tuple[int, Any]:
@@ -174,6 +183,10 @@ class Emitter:
         #: "layer.local" → tensor index
         self.params: dict[str, int] = {}
         self._current = ""
+        #: from the strategy (host.strategies.Selection): adapters and sparse channels
+        self.lora: dict[str, int] = {}
+        self.channels: dict[str, tuple[int, ...]] = {}
+        self._indices: dict[tuple[str, int], int] = {}
 
     def begin(self, layer: Layer | str) -> None:
         """Name the layer (or section, e.g. "loss") the next tensors and nodes belong to."""
@@ -215,9 +228,11 @@ class Emitter:
     def is_trainable(self, p: int) -> bool:
         return bool(self.g.tensors[p].flags & TensorFlag.TRAINABLE)
 
-    def param_grad(self, p: int) -> int:
+    def param_grad(self, p: int, rows: int | None = None) -> int:
+        """The gradient of parameter p; of only `rows` of its first-axis rows for a sparse update."""
         t = self.g.tensors[p]
-        return self.g.add_tensor(Tensor(f"{t.name}.grad", t.dims, flags=TensorFlag.GRAD))
+        dims = t.dims if rows is None else (rows, *t.dims[1:])
+        return self.g.add_tensor(Tensor(f"{t.name}.grad", dims, flags=TensorFlag.GRAD))
 
     def state(self, local: str, dims: Shape, init: np.ndarray | None = None) -> int:
         """Persistent, non-trainable state (running statistics, optimizer moments)."""
@@ -229,9 +244,55 @@ class Emitter:
              iattrs: tuple[int, ...] = (), fattrs: tuple[float, ...] = ()) -> None:
         self.g.add_node(Node(op, fn, list(ins), list(outs), tuple(iattrs), tuple(fattrs), layer=self._current))
 
-    def update(self, p: int, gp: int) -> None:
-        """The optimizer step of parameter p from its gradient gp (as the config says)."""
-        self._update(self, p, gp, self._current)
+    def update(self, p: int, gp: int, rows: tuple[int, int, int] | None = None) -> None:
+        """The optimizer step of parameter p from its gradient gp (as the config says).
+        rows = (index tensor, C, inner): gp holds only the channels the index names
+        (a sparse update): p's rows are gathered, stepped and scattered back."""
+        self._update(self, p, gp, self._current, rows)
+
+    def lora_rank(self, layer: Layer) -> int:
+        """The adapter rank of this layer (0: none)."""
+        return self.lora.get(layer.name, 0)
+
+    def channel_index(self, layer: Layer, divide: int = 1) -> int | None:
+        """The i32 index tensor of the output channels a sparse update trains in this layer
+        (each divided by `divide`: a depthwise conv's input channels), or None: all of them."""
+        chosen = self.channels.get(layer.name)
+        if chosen is None:
+            return None
+        key = (layer.name, divide)
+        if key not in self._indices:
+            values = np.asarray([c // divide for c in chosen], np.int32)
+            suffix = "channels" if divide == 1 else f"channels_div{divide}"
+            self._indices[key] = self.g.add_tensor(Tensor(f"{layer.name}.{suffix}", (len(values),), DType.I32,
+                                                          TensorFlag.PARAM, init=values))
+        return self._indices[key]
+
+    def gather(self, x: int, idx: int, channels: int, inner: int, local: str,
+               flags: TensorFlag | None = None) -> int:
+        """x's channels idx (x's elements as [outer][channels][inner]): a new tensor (with
+        x's batching, or `flags`)."""
+        t = self.g.tensors[x]
+        k = self.g.tensors[idx].elems
+        axis = next(a for a in range(len(t.dims)) if t.dims[a] == channels
+                    and int(np.prod(t.dims[a + 1:])) == inner)
+        dims = (*t.dims[:axis], k, *t.dims[axis + 1:])
+        if flags is None:
+            flags = t.flags & (TensorFlag.BATCHED | TensorFlag.GRAD)
+        y = self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), t.dtype, flags))
+        self.node(OpCode.GATHER, OpFn.FW, [x, idx], [y], iattrs=split_attrs(channels, inner))
+        return y
+
+    def bias_grad(self, b: int, dy: int, channels: int, inner: int) -> None:
+        """A bias's gradient alone (dy summed over all but the channel axis) and its update."""
+        db = self.param_grad(b)
+        self.node(OpCode.BIAS_GRAD, OpFn.FW, [dy], [db], iattrs=split_attrs(channels, inner))
+        self.update(b, db)
+
+
+def split_attrs(channels: int, inner: int) -> tuple[int, int, int]:
+    """iattrs of GATHER / SCATTER / BIAS_GRAD: C, inner (low, high 16 bits)."""
+    return (channels, inner & 0xFFFF, inner >> 16)
 
 
 # The rule families; importing registers them.

@@ -218,13 +218,17 @@ class MhsaRule(LayerRule):
         dx = e.grad("in.grad", (T, D)) if need_dx else None
         e.node(OpCode.MHSA, OpFn.BW_INPUT, [dy, params[0], params[2], st, self._scratch(e, layer, "bw_input", T, D)],
                [dqkv] + ([dx] if need_dx else []), iattrs=(H,))
-        if trains:
+        if e.is_trainable(params[0]) or e.is_trainable(params[2]):
             grads = [e.param_grad(p) for p in params]
             e.node(OpCode.MHSA, OpFn.BW_PARAM, [dy, x, st, dqkv, self._scratch(e, layer, "bw_param", T, D)],
                    grads, iattrs=(H,))
             for p, gp in zip(params, grads):
                 if e.is_trainable(p):
                     e.update(p, gp)
+        else:  # bias-only: the projections' biases are dqkv and dy summed over tokens
+            for b, g, width in ((params[1], dqkv, 3 * D), (params[3], dy, D)):
+                if e.is_trainable(b):
+                    e.bias_grad(b, g, width, 1)
         return dx
 
     def torch_module(self, layer, in_shape):

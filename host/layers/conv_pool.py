@@ -178,6 +178,11 @@ def _f_pads(g: _Geom) -> tuple[int, ...]:
 
 # -- convolution ------------------------------------------------------------------------
 
+#: iattrs of a 1×1 conv with stride 1 and no padding (a LoRA adapter's B): one row per
+#: output channel of the 1-D and 2-D convs alike
+_POINTWISE = (1, 1, 0, 0, 0, 0, 1, 1, 1)
+
+
 class _Conv(LayerRule):
     rank = 3
 
@@ -225,27 +230,82 @@ class _Conv(LayerRule):
         g = _Geom.of(layer)
         return (g.stride[0], g.stride[1], *g.pads, g.dilation[0], g.dilation[1], layer["groups"])
 
+    def lora_shapes(self, layer, in_shape, rank):
+        """Adapters on pointwise convs only (a 1×1 kernel, no groups): A [r][C_in][1..] with
+        the layer's geometry, B [C_out][r][1..] a plain 1×1 conv; a wider kernel is not low rank
+        per pixel and keeps no adapter."""
+        if any(k != 1 for k in self._kernel_dims(layer)) or layer["groups"] != 1:
+            return {}
+        c = self._check_in(layer, in_shape)[0]
+        ones = (1,) * len(self._kernel_dims(layer))
+        return {"lora_A": (rank, c, *ones), "lora_B": (layer["out"], rank, *ones)}
+
     def forward(self, e, layer, x, train):
         ins = [x, e.param("weight")] + ([e.param("bias")] if layer["bias"] else [])
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(OpCode.CONV2D, OpFn.FW, ins, [y], iattrs=self.iattrs(layer))
-        return y, x
+        r = e.lora_rank(layer)
+        if not r:
+            return y, (x, None)
+        h = e.act("lora.h", (r, *e.dims(y)[1:]))
+        e.node(OpCode.CONV2D, OpFn.FW, [x, e.param("lora_A")], [h], iattrs=self.iattrs(layer))
+        z = e.act("lora.z", e.dims(y))
+        e.node(OpCode.CONV2D, OpFn.FW, [h, e.param("lora_B")], [z], iattrs=_POINTWISE)
+        e.node(OpCode.ACCUMULATE, OpFn.FW, [y, z], [y])
+        return y, (x, h)
 
-    def backward(self, e, layer, x, dy, need_dx):
+    def sparse_ok(self, layer, in_shape) -> bool:
+        """Whether single output channels can train: each output channel's weights read
+        either every input channel (groups 1) or exactly one (depthwise, any multiplier)."""
+        c = self._check_in(layer, in_shape)[0]
+        return layer["groups"] == 1 or c == layer["groups"]
+
+    def backward(self, e, layer, saved, dy, need_dx):
+        x, h = saved
         w = e.param("weight")
-        grads = []
+        b = e.param("bias") if layer["bias"] else None
+        out = layer["out"]
+        inner = int(np.prod(e.dims(dy)[1:]))
+        grads, rows = [], None
         if e.is_trainable(w):
-            grads = [(w, e.param_grad(w))]
-            if layer["bias"]:
-                b = e.param("bias")
-                grads.append((b, e.param_grad(b)))
-            e.node(OpCode.CONV2D, OpFn.BW_PARAM, [dy, x], [gp for _, gp in grads], iattrs=self.iattrs(layer))
+            idx = e.channel_index(layer)
+            if idx is None:
+                dys, xs, attrs, k = dy, x, self.iattrs(layer), None
+            else:  # sparse: only the chosen output channels (and, depthwise, their inputs)
+                k = e.dims(idx)[0]
+                dys = e.gather(dy, idx, out, inner, "out.grad.rows")
+                attrs, xs = self.iattrs(layer), x
+                if layer["groups"] != 1:
+                    c_in = e.dims(x)[0]
+                    xs = e.gather(x, e.channel_index(layer, out // layer["groups"]), c_in,
+                                  int(np.prod(e.dims(x)[1:])), "in.rows")
+                    attrs = (*attrs[:-1], k)
+                rows = (idx, out)
+            grads = [(w, e.param_grad(w, k))] + ([(b, e.param_grad(b, k))] if b is not None else [])
+            e.node(OpCode.CONV2D, OpFn.BW_PARAM, [dys, xs], [gp for _, gp in grads], iattrs=attrs)
+        elif b is not None and e.is_trainable(b):
+            e.bias_grad(b, dy, out, inner)
+        dh = None
+        if h is not None:  # adapters: dB from (dy, h), dh = Bᵀ·dy, dA from (dh, x)
+            a, bb = e.param("lora_A"), e.param("lora_B")
+            d_b, d_a = e.param_grad(bb), e.param_grad(a)
+            e.node(OpCode.CONV2D, OpFn.BW_PARAM, [dy, h], [d_b], iattrs=_POINTWISE)
+            dh = e.grad("lora.h.grad", e.dims(h))
+            e.node(OpCode.CONV2D, OpFn.BW_INPUT, [dy, bb], [dh], iattrs=_POINTWISE)
+            e.node(OpCode.CONV2D, OpFn.BW_PARAM, [dh, x], [d_a], iattrs=self.iattrs(layer))
+            grads += [(a, d_a), (bb, d_b)]
         dx = None
         if need_dx:
             dx = e.grad("in.grad", e.dims(x))
             e.node(OpCode.CONV2D, OpFn.BW_INPUT, [dy, w], [dx], iattrs=self.iattrs(layer))
+            if dh is not None:
+                dxa = e.grad("lora.in.grad", e.dims(x))
+                e.node(OpCode.CONV2D, OpFn.BW_INPUT, [dh, e.param("lora_A")], [dxa], iattrs=self.iattrs(layer))
+                e.node(OpCode.ACCUMULATE, OpFn.FW, [dx, dxa], [dx])
         for p, gp in grads:
-            e.update(p, gp)
+            if e.is_trainable(p):
+                e.update(p, gp, None if rows is None or p not in (w, b)
+                         else (rows[0], rows[1], int(np.prod(e.dims(p)[1:]))))
         return dx
 
     def torch_module(self, layer, in_shape):

@@ -35,11 +35,23 @@ class Linear(LayerRule):
         return {"weight": uniform(rng, bound, (layer["out"], in_shape[-1])),
                 "bias": uniform(rng, bound, (layer["out"],))}
 
+    def lora_shapes(self, layer, in_shape, rank):
+        return {"lora_A": (rank, in_shape[-1]), "lora_B": (layer["out"], rank)}
+
     def forward(self, e, layer, x, train):
         w, b = e.param("weight"), e.param("bias")
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(OpCode.LINEAR, OpFn.FW, [x, w, b], [y])
-        return y, x
+        r = e.lora_rank(layer)
+        if not r:
+            return y, (x, None)
+        # y += B·(A·x): two bias-free products (LINEAR takes a bias: zeros, kept once)
+        h = e.act("lora.h", (*e.dims(x)[:-1], r))
+        e.node(OpCode.LINEAR, OpFn.FW, [x, e.param("lora_A"), _zeros(e, layer, r)], [h])
+        z = e.act("lora.z", e.dims(y))
+        e.node(OpCode.LINEAR, OpFn.FW, [h, e.param("lora_B"), _zeros(e, layer, layer["out"])], [z])
+        e.node(OpCode.ACCUMULATE, OpFn.FW, [y, z], [y])
+        return y, (x, h)
 
     torch_types = ("Linear",)
 
@@ -54,19 +66,53 @@ class Linear(LayerRule):
             raise ModelError(f"in_features {m.in_features} but the input's last dimension is {in_shape[-1]}")
         return {"out": m.out_features}
 
-    def backward(self, e, layer, x, dy, need_dx):
+    def backward(self, e, layer, saved, dy, need_dx):
+        x, h = saved
         w, b = e.param("weight"), e.param("bias")
+        out, rows = layer["out"], None
+        grads = []
         if e.is_trainable(w):
-            dw, db = e.param_grad(w), e.param_grad(b)
-            e.node(OpCode.LINEAR, OpFn.BW_PARAM, [dy, x], [dw, db])
+            idx = e.channel_index(layer)
+            dys = dy if idx is None else e.gather(dy, idx, out, 1, "out.grad.rows")
+            k = None if idx is None else e.dims(idx)[0]
+            dw, db = e.param_grad(w, k), e.param_grad(b, k)
+            e.node(OpCode.LINEAR, OpFn.BW_PARAM, [dys, x], [dw, db])
+            rows = None if idx is None else (idx, out)
+            grads = [(w, dw, x), (b, db, None)]
+        elif e.is_trainable(b):
+            e.bias_grad(b, dy, out, 1)
+        dh = None
+        if h is not None:  # adapters: dB = dyᵀh, dh = dy·B, dA = dhᵀx
+            a, bb = e.param("lora_A"), e.param("lora_B")
+            r = e.dims(h)[-1]
+            d_b, junk = e.param_grad(bb), e.scratch("lora.dbias_out", out)
+            e.node(OpCode.LINEAR, OpFn.BW_PARAM, [dy, h], [d_b, junk])
+            dh = e.grad("lora.h.grad", e.dims(h))
+            e.node(OpCode.LINEAR, OpFn.BW_INPUT, [dy, bb], [dh])
+            d_a, junk = e.param_grad(a), e.scratch("lora.dbias_r", r)
+            e.node(OpCode.LINEAR, OpFn.BW_PARAM, [dh, x], [d_a, junk])
+            grads += [(a, d_a, None), (bb, d_b, None)]
         dx = None
         if need_dx:
             dx = e.grad("in.grad", e.dims(x))
             e.node(OpCode.LINEAR, OpFn.BW_INPUT, [dy, w], [dx])
-        if e.is_trainable(w):
-            e.update(w, dw)
-            e.update(b, db)
+            if dh is not None:
+                dxa = e.grad("lora.in.grad", e.dims(x))
+                e.node(OpCode.LINEAR, OpFn.BW_INPUT, [dh, e.param("lora_A")], [dxa])
+                e.node(OpCode.ACCUMULATE, OpFn.FW, [dx, dxa], [dx])
+        for p, gp, _ in grads:
+            if e.is_trainable(p):
+                e.update(p, gp, None if rows is None else (rows[0], rows[1], int(np.prod(e.dims(p)[1:]))))
         return dx
+
+
+def _zeros(e, layer, n: int) -> int:
+    """A constant zero vector of n floats (the bias of an adapter's products), one per size."""
+    name = f"{layer.name}.lora.zeros{n}"
+    for i, t in enumerate(e.g.tensors):
+        if t.name == name:
+            return i
+    return e.state(name, (n,), init=np.zeros(n, np.float32))
 
 
 @register

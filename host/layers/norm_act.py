@@ -63,6 +63,12 @@ def _affine_backward(e, op, dy, need_dx, iattrs, fattrs, bw_input_ins, bw_param_
     if trains:
         dw, db = e.param_grad(w), e.param_grad(b)
         e.node(op, OpFn.BW_PARAM, [dy, *bw_param_ins], [dw, db], iattrs=iattrs, fattrs=fattrs)
+    elif e.is_trainable(b):  # bias-only: beta's gradient is dy summed per channel
+        dims = e.dims(dy)
+        if op == OpCode.LAYERNORM:  # over the last dimension
+            e.bias_grad(b, dy, dims[-1], 1)
+        else:
+            e.bias_grad(b, dy, dims[0], int(np.prod(dims[1:])))
     dx = None
     if need_dx:
         dx = e.grad("in.grad", e.dims(dy))
@@ -357,7 +363,7 @@ class Dropout(LayerRule):
         dims = e.dims(x)
         y = e.act("out", dims)
         mask = e.saved("mask", ((_elems(dims) + 7) // 8,), batched=True, dtype=DType.U8)
-        seed = np.array([dropout_seed(layer.name)], np.uint32).view(np.float32)
+        seed = np.array([dropout_seed(layer.name)], np.uint32).view(np.int32)
         state = e.g.add_tensor(Tensor(f"{layer.name}.rng_state", (1,), DType.I32, TensorFlag.PARAM, init=seed))
         e.node(OpCode.DROPOUT, OpFn.FW, [x], [y, mask, state], iattrs=(DROPOUT_TRAIN,), fattrs=(layer["p"],))
         return y, mask
