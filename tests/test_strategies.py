@@ -20,23 +20,21 @@ Parameters the strategy does not train must come back bit-identical.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from host.blob import build_blob
 from host.compiler import TrainConfig, compile_model
 from host.device import Batch
 from host.errors import ModelError
+from host.finetune import TorchFinetune, adapter
 from host.importer import to_torch
 from host.strategies import merge_lora, select
 from host.zoo import init_params, load_model, model_names
 from test_models_golden import TOL_FACTOR, TOL_FLOOR, batches, train_on_host_build, without_dropout
-from torch_golden import loss_of
 
 LR = 0.05
 STRATEGIES = ["bias", "lora=2", "sparse"]
@@ -62,54 +60,12 @@ def config(spec, strategy: str) -> TrainConfig:
     return dataclasses.replace(cfg, train_channels=fixed_channels(spec)) if strategy == "sparse" else cfg
 
 
-def _adapter(module, a, b):
-    """B·(A·x) for a linear or a pointwise conv module (the conv keeps its own padding and stride)."""
-    if isinstance(module, torch.nn.Linear):
-        return lambda x: F.linear(F.linear(x, a), b)
-    ma = copy.deepcopy(module)
-    ma.weight = a if isinstance(a, torch.nn.Parameter) else torch.nn.Parameter(a, requires_grad=False)
-    ma.bias = None
-    conv = F.conv2d if b.dim() == 4 else F.conv1d
-    return lambda x: conv(ma(x), b)
-
-
 def torch_strategy_steps(spec, params, prog, data, dtype):
-    """SGD steps in PyTorch (dtype) training what prog's strategy trains; the final state."""
-    sel = select(spec, prog.config.strategy, None, prog.config.train_channels)
+    """The same SGD steps in PyTorch (dtype), training what prog's strategy trains."""
     init = {n: prog.graph.tensors[i].init for i, n in prog.param_names.items()}
-    model = to_torch(spec, params).to(dtype).train()
-    named = dict(model.named_parameters())
-    for n, p in named.items():
-        p.requires_grad_(n in sel.trainable)
-    adapters = {}
-    for layer in sel.lora_layers:
-        a = torch.nn.Parameter(torch.from_numpy(init[f"{layer}.lora_A"]).to(dtype))
-        b = torch.nn.Parameter(torch.from_numpy(init[f"{layer}.lora_B"]).to(dtype))
-        adapters[f"{layer}.lora_A"], adapters[f"{layer}.lora_B"] = a, b
-        module = getattr(model, layer)
-        extra = _adapter(module, a, b)
-        module.register_forward_hook(lambda m, i, out, extra=extra: out + extra(i[0]))
-    trained = [p for p in model.parameters() if p.requires_grad] + list(adapters.values())
-    opt = torch.optim.SGD(trained, lr=LR)
-    losses = []
-    for x, y in data:
-        xt = torch.from_numpy(x).to(dtype)
-        opt.zero_grad()
-        loss = loss_of(spec, model(xt), xt, torch.from_numpy(np.asarray(y, np.int64)))
-        loss.backward()
-        for layer, chans in sel.channels.items():
-            keep = torch.zeros(named[f"{layer}.weight"].shape[0], dtype=torch.bool)
-            keep[list(chans)] = True
-            for local in ("weight", "bias"):
-                p = named.get(f"{layer}.{local}")
-                if p is not None and p.grad is not None:
-                    p.grad[~keep] = 0
-        opt.step()
-        losses.append(loss.item())
-    state = {k: v.detach().double().numpy() for k, v in model.state_dict().items()
-             if not k.endswith("num_batches_tracked")}
-    state.update({k: v.detach().double().numpy() for k, v in adapters.items()})
-    return losses, state
+    ref = TorchFinetune(spec, params, prog.config, dtype, adapters=init)
+    losses = [ref.step(x, y) for x, y in data]
+    return losses, ref.state()
 
 
 def check(spec, params, prog, data, dev_losses, dev_state):
@@ -222,7 +178,7 @@ def test_merge_lora_folds_adapters_into_the_weights():
         a = torch.from_numpy(trained[f"{layer}.lora_A"]).double()
         b = torch.from_numpy(trained[f"{layer}.lora_B"]).double()
         module = getattr(with_adapters, layer)
-        extra = _adapter(module, a, b)
+        extra = adapter(module, a, b)
         module.register_forward_hook(lambda m, i, out, extra=extra: out + extra(i[0]))
     plain = to_torch(spec, merged).double().eval()
     with torch.no_grad():

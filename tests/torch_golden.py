@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from host import finetune
 from host.compiler import TrainConfig
 from host.importer import to_torch
 from host.zoo import ModelSpec
@@ -19,13 +20,7 @@ from host.zoo import ModelSpec
 
 def torch_optimizer(params, cfg: TrainConfig):
     """The torch.optim optimizer matching cfg, over the parameters that train."""
-    params = [p for p in params if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return finetune.torch_optimizer([p for p in params if p.requires_grad], cfg)
 
 
 def loss_of(spec: ModelSpec, out, x, y):
