@@ -36,6 +36,7 @@ from .zoo import INPUT, ModelSpec
 
 B = TensorFlag.BATCHED
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+DTYPES = ("fp32", "int8", "mixed")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class TrainConfig:
     accumulate: int = 1
     #: clip the gradient's global L2 norm to this (torch.nn.utils.clip_grad_norm_); 0 = off
     clip_norm: float = 0.0
+    #: arithmetic (docs/ops/int8.md): fp32; int8 = linear/conv/relu layers in int8 forward and
+    #: backward, f32 master weights for what trains; mixed = int8 for the frozen layers that run
+    #: forward only, fp32 where anything trains (the practical choice for last, sparse, lora)
+    dtype: str = "fp32"
 
     def validate(self) -> None:
         if not 1 <= self.batch <= 0xFFFF:
@@ -77,6 +82,8 @@ class TrainConfig:
             raise ModelError(f"accumulate {self.accumulate} must be in 1..32767")
         if not (np.isfinite(self.clip_norm) and self.clip_norm >= 0):
             raise ModelError(f"clip norm {self.clip_norm} must be ≥ 0 (0 = off)")
+        if self.dtype not in DTYPES:
+            raise ModelError(f"dtype {self.dtype!r}: want one of {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -181,15 +188,17 @@ class _Updates:
         self.defer = cfg.accumulate > 1 or cfg.clip_norm > 0
         self.deferred: list[tuple[int, int, str, tuple | None]] = []
 
-    def __call__(self, e: Emitter, p: int, gp: int, layer: str, rows=None) -> None:
+    def __call__(self, e: Emitter, p: int, gp: int, layer: str, rows=None, then=None) -> None:
         if not self.defer:
             _step(e, self.cfg, p, gp, rows=rows)
+            if then is not None:
+                then(e)
             return
         if self.cfg.accumulate > 1:
             acc = e.state(f"{e.g.tensors[p].name}.grad_sum", e.g.tensors[gp].dims)
             e.node(OpCode.ACCUMULATE, OpFn.FW, [acc, gp], [acc])
             gp = acc
-        self.deferred.append((p, gp, layer, rows))
+        self.deferred.append((p, gp, layer, rows, then))
 
     def emit_section(self, e: Emitter, g: Graph) -> None:
         if not self.defer:
@@ -198,7 +207,7 @@ class _Updates:
         g.update_begin, g.update_every = len(g.nodes), k
         if k > 1:
             g.counter_tensor = g.add_tensor(Tensor("train.batches_since_update", (1,), DType.I32, TensorFlag.PARAM))
-        grads = [gp for _, gp, _, _ in self.deferred]
+        grads = [gp for _, gp, _, _, _ in self.deferred]
         if self.cfg.clip_norm > 0:
             e.begin("clip")
             sumsq = e.g.add_tensor(Tensor("clip.sumsq", (1,)))
@@ -207,9 +216,11 @@ class _Updates:
             for i in range(0, len(grads), ids.MAX_NODE_OUTPUTS):
                 e.node(OpCode.CLIP_NORM, OpFn.FW, [sumsq], grads[i:i + ids.MAX_NODE_OUTPUTS], iattrs=(1,),
                        fattrs=(self.cfg.clip_norm * k,))
-        for p, gp, layer, rows in self.deferred:
+        for p, gp, layer, rows, then in self.deferred:
             e.begin(layer)
             _step(e, self.cfg, p, gp, scale=1.0 / k, rows=rows)
+            if then is not None:
+                then(e)
             if k > 1:
                 e.node(OpCode.ZERO, OpFn.FW, [], [gp])
 
@@ -238,20 +249,6 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     sel = select(spec, cfg.strategy, cfg.train_layers, cfg.train_channels)
     e.lora = {name: sel.lora_rank for name in sel.lora_layers}
     e.channels = dict(sel.channels)
-    buffers = spec.buffer_names()
-    shapes = {**spec.param_shapes(), **lora_shapes(spec, sel.lora_rank)}
-    for name, shape in shapes.items():
-        value = params.get(name)
-        if value is None and ".lora_" in name:
-            value = lora_init(name, shape)
-        if value is None or tuple(value.shape) != shape:
-            got = None if value is None else tuple(value.shape)
-            raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
-        trains = name in sel.trainable and name not in buffers
-        flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if trains else 0)
-        idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
-        e.params[name] = idx
-        e.param_names[idx] = name
     # a layer needs backward if it trains or feeds (directly or not) a layer that does
     needs_grad: dict[str, bool] = {INPUT: False}
     owners = {name.split(".", 1)[0] for name in sel.trainable}
@@ -259,16 +256,37 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
         needs_grad[layer.name] = layer.name in owners or any(needs_grad[src] for src in layer.inputs)
     if not any(needs_grad.values()):
         raise ModelError("nothing to train: no chosen layer has parameters")
+    buffers = spec.buffer_names()
+    shapes = {**spec.param_shapes(), **lora_shapes(spec, sel.lora_rank)}
+    e.values = {name: params[name] if name in params else lora_init(name, shape)
+                for name, shape in shapes.items() if name in params or ".lora_" in name}
+    e.q8_layers = _int8_layers(spec, cfg.dtype, sel, shapes, needs_grad)
+    for name, shape in shapes.items():
+        value = e.values.get(name)
+        if value is None or tuple(value.shape) != shape:
+            got = None if value is None else tuple(value.shape)
+            raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
+        trains = name in sel.trainable and name not in buffers
+        if not trains and name.split(".", 1)[0] in e.q8_layers:
+            continue  # a frozen int8 layer holds only its int8 codes (host.layers.q8)
+        flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if trains else 0)
+        idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
+        e.params[name] = idx
+        e.param_names[idx] = name
 
     def forward(train: bool) -> tuple[int, list]:
         out, saved = {INPUT: g.input_tensor}, []
+        e.new_pass()  # conversions of one forward are not visible to the other (eval and TRAIN)
         for layer in spec.layers:
             e.begin(layer)
             rule = rule_for(layer.type)
             xs = [out[src] for src in layer.inputs]
+            if not (rule.any_dtype or e.is_q8(layer)):
+                xs = [e.to_f32(x) for x in xs]
             out[layer.name], s = rule.forward(e, layer, xs[0] if rule.n_inputs == 1 else xs, train)
             saved.append(s)
-        return out[spec.layers[-1].name], saved
+        e.begin("loss")
+        return e.to_f32(out[spec.layers[-1].name]), saved
 
     if any(rule_for(layer.type).mode_dependent for layer in spec.layers):
         out, _ = forward(train=False)
@@ -296,13 +314,19 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
         e.begin(layer)
         rule = rule_for(layer.type)
         need = [needs_grad[src] for src in layer.inputs]
-        dxs = rule.backward(e, layer, saved[i], grads.pop(layer.name), need[0] if rule.n_inputs == 1 else need)
+        dy = grads.pop(layer.name)
+        if not (rule.any_dtype or e.is_q8(layer)):
+            dy = e.to_f32(dy)
+        dxs = rule.backward(e, layer, saved[i], dy, need[0] if rule.n_inputs == 1 else need)
         for src, dx, wanted in zip(layer.inputs, [dxs] if rule.n_inputs == 1 else dxs, need):
             if not wanted:
                 continue
             if src not in grads:
                 grads[src] = dx
-            elif any(t == grads[src] for k, t in grads.items() if k != src):
+                continue
+            if DType.S8 in (g.tensors[dx].dtype, g.tensors[grads[src]].dtype):  # gradient sums are f32
+                grads[src], dx = e.to_f32(grads[src]), e.to_f32(dx)
+            if any(t == grads[src] for k, t in grads.items() if k != src):
                 # a pass-through (flatten, add) shares this tensor with a layer whose
                 # backward has not run yet: sum into a new tensor instead of in place
                 total = e.grad(f"{src}.grad.sum", g.tensors[grads[src]].dims)
@@ -319,6 +343,28 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
                          f"the device takes at most {max_tensors} and {max_nodes}",
                          hint="train fewer layers, or use a board with larger limits")
     return g, e.param_names
+
+
+def _int8_layers(spec: ModelSpec, dtype: str, sel: Selection, shapes: dict, needs_grad: dict) -> set[str]:
+    """The layers that run in int8 under `dtype` (TrainConfig.dtype). A layer qualifies if its
+    rule has an int8 form and it trains whole or not at all (no adapters, no sparse rows, not
+    bias-only); under mixed, only if it runs forward only; an int8 ReLU only right after an
+    int8 layer (a QUANTIZE just for a ReLU would cost more than it saves); flatten and reshape
+    pass int8 through."""
+    if dtype == "fp32":
+        return set()
+    chosen: set[str] = set()
+    for layer in spec.layers:
+        rule = rule_for(layer.type)
+        own = [n for n in shapes if n.split(".", 1)[0] == layer.name]
+        trained = [n for n in own if n in sel.trainable]
+        ok = rule.int8 and layer.name not in sel.lora_layers and layer.name not in sel.channels \
+            and len(trained) in (0, len(own)) and (dtype == "int8" or not needs_grad[layer.name])
+        if ok and layer.type == "relu":
+            ok = layer.inputs[0] in chosen
+        if ok or (rule.any_dtype and layer.inputs[0] in chosen):
+            chosen.add(layer.name)
+    return {n for n in chosen if rule_for(next(l.type for l in spec.layers if l.name == n)).int8}
 
 
 def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig | None = None,

@@ -9,7 +9,8 @@ import numpy as np
 
 from . import ids
 from .errors import ProtocolError
-from .ids import Cap, Encoding, MsgType
+from .graph import NUMPY_DTYPE
+from .ids import DTYPE_BYTES, Cap, Encoding, MsgType
 from .link import Link
 from .protocol import (
     BATCH_REQ,
@@ -321,8 +322,8 @@ class Device:
         out = {}
         for idx, name in prog.param_names.items():
             t = prog.graph.tensors[idx]
-            raw = self.read_tensor(idx, t.elems * 4)
-            out[name] = np.frombuffer(raw, "<f4").reshape(t.dims).copy()
+            raw = self.read_tensor(idx, t.elems * DTYPE_BYTES[t.dtype])  # int8 codes, i32 exponents too
+            out[name] = np.frombuffer(raw, NUMPY_DTYPE[t.dtype]).reshape(t.dims).copy()
         return out
 
     def exit(self, code: int = 0) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ids
+from . import ids, quant
 from .blob import ParsedBlob
 from .graph import NUMPY_DTYPE
 from .ids import DType, Encoding, OpCode, OpFn, Status, TensorFlag
@@ -22,7 +22,11 @@ _SUPPORTED = {(OpCode.LINEAR, OpFn.FW), (OpCode.LINEAR, OpFn.BW_INPUT), (OpCode.
               (OpCode.RELU, OpFn.FW), (OpCode.RELU, OpFn.BW_INPUT), (OpCode.SOFTMAX_CE, OpFn.FW),
               (OpCode.SOFTMAX_CE, OpFn.BW_INPUT), (OpCode.SGD, OpFn.FW), (OpCode.ZERO, OpFn.FW),
               (OpCode.ACCUMULATE, OpFn.FW), (OpCode.ADD, OpFn.FW), (OpCode.GATHER, OpFn.FW),
-              (OpCode.SCATTER, OpFn.FW), (OpCode.BIAS_GRAD, OpFn.FW)}
+              (OpCode.SCATTER, OpFn.FW), (OpCode.BIAS_GRAD, OpFn.FW),
+              # int8 (docs/ops/int8.md), from host.quant: linear layers with f32 master weights
+              (OpCode.QUANTIZE, OpFn.FW), (OpCode.DEQUANTIZE, OpFn.FW), (OpCode.LINEAR_Q8, OpFn.FW),
+              (OpCode.LINEAR_Q8, OpFn.BW_INPUT), (OpCode.LINEAR_Q8, OpFn.BW_PARAM), (OpCode.RELU_Q8, OpFn.FW),
+              (OpCode.RELU_Q8, OpFn.BW_INPUT), (OpCode.REQUANT_WEIGHTS, OpFn.FW)}
 
 
 class StepError(Exception):
@@ -153,6 +157,38 @@ class BlobExecutor:
         else:
             split(o[0], c)[:, idx[ok]] = split(i[0], len(idx))[:, ok]
 
+    def _int8(self, op: OpCode, fn: OpFn, node: dict, i: list, o: list, n: int) -> None:
+        """The int8 ops, as host.quant computes them (the reference the device matches bit for bit)."""
+        v = lambda k: self.view(k, n)  # noqa: E731
+        e = lambda k: int(self.view(k, n)[0])  # noqa: E731  an I32 [1] exponent
+        if op == OpCode.QUANTIZE:
+            v(o[0])[:], v(o[1])[0] = quant.quantize(v(i[0]))
+        elif op == OpCode.DEQUANTIZE:
+            v(o[0])[:] = quant.dequantize(v(i[0]), e(i[1]))
+        elif op == OpCode.RELU_Q8 and fn == OpFn.FW:
+            v(o[0])[:], v(o[1])[0] = quant.relu_fw(v(i[0]), e(i[1]))
+        elif op == OpCode.RELU_Q8:
+            v(o[0])[:], v(o[1])[0] = quant.relu_bw(v(i[0]), e(i[1]), v(i[2]))
+        elif op == OpCode.REQUANT_WEIGHTS and len(i) == 1:
+            v(o[0])[:], v(o[1])[:] = quant.quantize_weights(v(i[0]), node["iattrs"][0])
+        elif op == OpCode.REQUANT_WEIGHTS:
+            v(o[0])[:] = quant.quantize_bias(v(i[0]), e(i[1]))
+        elif fn == OpFn.FW:  # LINEAR_Q8: rows of K → rows of M
+            w = v(i[2])
+            bias = (v(i[4]), e(i[5])) if len(i) == 6 else (None, 0)
+            y, v(o[1])[0] = quant.linear_fw(v(i[0]).reshape(-1, w.shape[1]), e(i[1]), w, v(i[3]), *bias)
+            v(o[0])[:] = y.reshape(v(o[0]).shape)
+        elif fn == OpFn.BW_INPUT:
+            w = v(i[2])
+            dx, v(o[1])[0] = quant.linear_bw_input(v(i[0]).reshape(-1, w.shape[0]), e(i[1]), w, v(i[3]))
+            v(o[0])[:] = dx.reshape(v(o[0]).shape)
+        else:  # BW_PARAM, f32 mode: the sums as f32 gradients
+            dw = v(o[0])
+            sums_w, sums_b, (e_w, e_b) = quant.linear_bw_param(v(i[0]).reshape(-1, dw.shape[0]), e(i[1]),
+                                                               v(i[2]).reshape(-1, dw.shape[1]), e(i[3]))
+            dw[:] = quant.acc_to_f32(sums_w, e_w)
+            v(o[1])[:] = quant.acc_to_f32(sums_b, e_b)
+
     def _node(self, node: dict, n: int) -> None:
         i = node["inputs"][: node["n_in"]]
         o = node["outputs"][: node["n_out"]]
@@ -185,6 +221,8 @@ class BlobExecutor:
             v(o[0])[:] = np.where(on, dy, np.float32(0))
         elif op in (OpCode.GATHER, OpCode.SCATTER, OpCode.BIAS_GRAD):
             self._channels(op, node, i, o, n)
+        elif op in (OpCode.QUANTIZE, OpCode.DEQUANTIZE, OpCode.LINEAR_Q8, OpCode.RELU_Q8, OpCode.REQUANT_WEIGHTS):
+            self._int8(op, fn, node, i, o, n)
         elif op == OpCode.SOFTMAX_CE and fn == OpFn.FW:
             z = v(i[0]).astype(np.float64)
             lab = v(i[1])[:, 0]

@@ -73,6 +73,13 @@ class MsgType(enum.IntEnum):
     BUF_CHUNK = 0x0D
     TRAIN_BUF = 0x0E
     EVAL_BUF = 0x0F
+    #: checkpoints in non-volatile storage (docs/protocol.md, "Checkpoints"): save the
+    #: installed model's parameters, restore the newest valid checkpoint, report what is stored
+    CKPT_SAVE = 0x10
+    CKPT_RESTORE = 0x11
+    CKPT_INFO = 0x12
+    #: training guards: the loss-spike factor (NaN/Inf rollback is always on)
+    GUARD = 0x13
     #: device → host only: a frame it could not attribute (bad CRC, oversize, truncated)
     ERROR = 0x7F
 
@@ -97,6 +104,10 @@ class Status(enum.IntEnum):
     BAD_TENSOR = 14
     NUMERIC = 15
     INTERNAL = 16
+    #: the device has no non-volatile storage (or it failed): no checkpoints
+    NO_STORAGE = 17
+    #: no valid checkpoint of the installed model is stored
+    NO_CHECKPOINT = 18
 
 
 class Cap(enum.IntFlag):
@@ -110,6 +121,10 @@ class Cap(enum.IntFlag):
     STAGED_BATCH = 1 << 4
     #: BUF_BEGIN/BUF_CHUNK and TRAIN_BUF/EVAL_BUF: samples held in the arena beyond the model
     SAMPLE_BUFFER = 1 << 5
+    #: CKPT_SAVE/CKPT_RESTORE/CKPT_INFO, the model and checkpoints kept across resets
+    CHECKPOINTS = 1 << 6
+    #: GUARD, and TRAIN rolls back to the last checkpoint on NaN/Inf or a loss spike
+    GUARDS = 1 << 7
 
 
 class DType(enum.IntEnum):
@@ -174,6 +189,17 @@ class OpCode(enum.IntEnum):
     SCATTER = 31
     #: a bias's gradient alone (bias-only training): the sum of dy over all but the channel axis
     BIAS_GRAD = 32
+    #: int8 training (docs/ops/int8.md): f32 → int8 with a dynamic power-of-two exponent, and back
+    QUANTIZE = 33
+    DEQUANTIZE = 34
+    #: int8 linear / conv: int32 accumulation, dynamic output exponent, per-channel weight exponents
+    LINEAR_Q8 = 35
+    CONV2D_Q8 = 36
+    RELU_Q8 = 37
+    #: SGD on int8 weights (or int32 biases) with stochastic rounding, QAS-scaled
+    SGD_Q8 = 38
+    #: f32 master weights → int8 codes + per-channel exponents (or int32 bias codes)
+    REQUANT_WEIGHTS = 39
 
 
 class OpFn(enum.IntEnum):

@@ -7,9 +7,10 @@ TFLM's greedy planner:
    touches it to the last. Parameters live for the whole program (they persist
    between steps); the input and labels are written before node 0; the stats
    tensor is read after the eval prefix, so it lives to the end.
-2. Tensors are placed largest first (ties: earliest first use, then index). Each
-   goes at the lowest 8-aligned offset where it overlaps no already-placed
-   tensor whose lifetime intersects its own.
+2. Tensors are placed one by one, each at the lowest 8-aligned offset where it
+   overlaps no already-placed tensor whose lifetime intersects its own. The order
+   matters; the planner tries a few (largest first, as TFLM; longest-lived first;
+   largest bytes × lifetime first; earliest first) and keeps the smallest arena.
 3. `check_plan` proves the result: no two tensors that are live at the same time
    share a byte, and every tensor lies inside the arena.
 
@@ -66,14 +67,21 @@ def lifetimes(g: Graph) -> tuple[list[int], list[int]]:
     return first, last
 
 
-def plan_graph(g: Graph) -> Plan:
-    sizes = [t.nbytes(g.max_batch) for t in g.tensors]
-    first, last = lifetimes(g)
+#: placement orders the planner tries (the smallest arena wins): largest first, longest-lived
+#: first, largest area (bytes × lifetime) first, earliest first
+_ORDERS = (
+    lambda sizes, first, last, i: (-sizes[i], first[i], i),
+    lambda sizes, first, last, i: (-(last[i] - first[i]), -sizes[i], i),
+    lambda sizes, first, last, i: (-sizes[i] * (last[i] - first[i] + 1), i),
+    lambda sizes, first, last, i: (first[i], -sizes[i], i),
+)
+
+
+def _place(order: list[int], sizes: list[int], first: list[int], last: list[int]) -> list[int]:
+    """Greedy: each tensor at the lowest 8-aligned offset free over its whole lifetime."""
     offsets = [0] * len(sizes)
     placed: list[int] = []
-    views = [i for i, t in enumerate(g.tensors) if t.alias_of is not None]
-    for i in sorted(set(range(len(sizes))) - set(views), key=lambda i: (-sizes[i], first[i], i)):
-        # intervals already taken by tensors live at the same time, by offset
+    for i in order:
         busy = sorted((offsets[j], offsets[j] + sizes[j]) for j in placed
                       if first[j] <= last[i] and first[i] <= last[j])
         off = 0
@@ -83,9 +91,25 @@ def plan_graph(g: Graph) -> Plan:
             off = max(off, align(hi))
         offsets[i] = off
         placed.append(i)
+    return offsets
+
+
+def plan_graph(g: Graph) -> Plan:
+    sizes = [t.nbytes(g.max_batch) for t in g.tensors]
+    first, last = lifetimes(g)
+    views = [i for i, t in enumerate(g.tensors) if t.alias_of is not None]
+    roots = sorted(set(range(len(sizes))) - set(views))
+    best = None
+    for key in _ORDERS:
+        offsets = _place(sorted(roots, key=lambda i: key(sizes, first, last, i)), sizes, first, last)
+        arena = max((offsets[i] + sizes[i] for i in roots), default=0)
+        if best is None or arena < best[0]:
+            best = (arena, offsets)
+        if arena == 0:
+            break
+    arena, offsets = best
     for i in views:
         offsets[i] = offsets[g.tensors[i].alias_of]
-    arena = max((o + s for o, s in zip(offsets, sizes)), default=0)
     bound = max((sum(sizes[i] for i in range(len(sizes)) if first[i] <= t <= last[i] and i not in views)
                  for t in range(max(len(g.nodes), 1))), default=0)
     naive = sum(s for i, s in enumerate(sizes) if g.tensors[i].alias_of is None or g.tensors[i].in_place)

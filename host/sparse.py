@@ -47,9 +47,20 @@ def _weighted(spec: ModelSpec) -> list:
     return [l for l in spec.layers if l.type in ("linear", "conv2d", "conv1d")]
 
 
+_SCORES: dict[tuple, dict[str, np.ndarray]] = {}
+
+
 def fisher_scores(spec: ModelSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
                   batch: int = 32) -> dict[str, np.ndarray]:
-    """Per conv/linear layer, the Fisher potential of each output channel (float64 [C])."""
+    """Per conv/linear layer, the Fisher potential of each output channel (float64 [C]);
+    remembered for the same model, weights and data objects (host plan --all asks per board)."""
+    key = (spec.name, id(params), id(x), id(y), batch)
+    if key not in _SCORES:
+        _SCORES[key] = _fisher_scores(spec, params, x, y, batch)
+    return _SCORES[key]
+
+
+def _fisher_scores(spec, params, x, y, batch):
     try:
         import torch
     except ImportError:

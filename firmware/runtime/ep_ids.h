@@ -49,6 +49,10 @@ typedef enum {
     EP_MSG_BUF_CHUNK = 13,
     EP_MSG_TRAIN_BUF = 14,
     EP_MSG_EVAL_BUF = 15,
+    EP_MSG_CKPT_SAVE = 16,
+    EP_MSG_CKPT_RESTORE = 17,
+    EP_MSG_CKPT_INFO = 18,
+    EP_MSG_GUARD = 19,
     EP_MSG_ERROR = 127,
 } ep_msg_type_t;
 
@@ -70,6 +74,8 @@ typedef enum {
     EP_BAD_TENSOR = 14,
     EP_NUMERIC = 15,
     EP_INTERNAL = 16,
+    EP_NO_STORAGE = 17,
+    EP_NO_CHECKPOINT = 18,
 } ep_status_t;
 
 typedef enum {
@@ -79,6 +85,8 @@ typedef enum {
     EP_CAP_U8_AFFINE_INPUT = 8,
     EP_CAP_STAGED_BATCH = 16,
     EP_CAP_SAMPLE_BUFFER = 32,
+    EP_CAP_CHECKPOINTS = 64,
+    EP_CAP_GUARDS = 128,
 } ep_cap_t;
 
 typedef enum {
@@ -130,6 +138,13 @@ typedef enum {
     EP_OP_GATHER = 30,
     EP_OP_SCATTER = 31,
     EP_OP_BIAS_GRAD = 32,
+    EP_OP_QUANTIZE = 33,
+    EP_OP_DEQUANTIZE = 34,
+    EP_OP_LINEAR_Q8 = 35,
+    EP_OP_CONV2D_Q8 = 36,
+    EP_OP_RELU_Q8 = 37,
+    EP_OP_SGD_Q8 = 38,
+    EP_OP_REQUANT_WEIGHTS = 39,
 } ep_opcode_t;
 
 typedef enum {
@@ -149,6 +164,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 33
+#define EP_OPCODE_COUNT 40
 
 #endif /* EP_IDS_H */

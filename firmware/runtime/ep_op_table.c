@@ -39,6 +39,13 @@ static const ep_op_t *const k_ops[EP_OPCODE_COUNT] = {
     [EP_OP_GATHER] = &ep_op_gather,
     [EP_OP_SCATTER] = &ep_op_scatter,
     [EP_OP_BIAS_GRAD] = &ep_op_bias_grad,
+    [EP_OP_QUANTIZE] = &ep_op_quantize,
+    [EP_OP_DEQUANTIZE] = &ep_op_dequantize,
+    [EP_OP_LINEAR_Q8] = &ep_op_linear_q8,
+    [EP_OP_CONV2D_Q8] = &ep_op_conv2d_q8,
+    [EP_OP_RELU_Q8] = &ep_op_relu_q8,
+    [EP_OP_SGD_Q8] = &ep_op_sgd_q8,
+    [EP_OP_REQUANT_WEIGHTS] = &ep_op_requant_weights,
 };
 
 const ep_op_t *ep_op_lookup(uint8_t opcode) {

@@ -117,6 +117,13 @@ EP_OP_DECL(zero);
 EP_OP_DECL(gather);
 EP_OP_DECL(scatter);
 EP_OP_DECL(bias_grad);
+EP_OP_DECL(quantize);       /* int8 ops: ops/ep_q8_*.c, ep_q8.h */
+EP_OP_DECL(dequantize);
+EP_OP_DECL(linear_q8);
+EP_OP_DECL(conv2d_q8);
+EP_OP_DECL(relu_q8);
+EP_OP_DECL(sgd_q8);
+EP_OP_DECL(requant_weights);
 
 /* Helpers for prepare() and the node adapters. */
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..compiler import OPTIMIZERS, TrainConfig
+from ..compiler import DTYPES, OPTIMIZERS, TrainConfig
 from ..importer import resolve_model
 
 OPTIONS = {
@@ -47,6 +47,10 @@ def add_training_arguments(p) -> None:
                         "that matter most on the calibration data, within RATIO of full backprop's "
                         "backward MACs; default 0.25), lora=RANK (low-rank adapters on linear and 1x1 "
                         "conv layers); layers before the first trained one run forward only")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+                   help="arithmetic: fp32 (default); int8 (linear/conv/relu in int8 forward and backward, "
+                        "f32 master weights for what trains); mixed (int8 for frozen layers that run "
+                        "forward only, fp32 where anything trains)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
 
 
@@ -63,7 +67,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def train_config(args) -> TrainConfig:
     return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                        optimizer=args.optimizer, strategy=args.strategy,
-                       accumulate=args.accumulate, clip_norm=args.clip_norm)
+                       accumulate=args.accumulate, clip_norm=args.clip_norm, dtype=args.dtype)
 
 
 def compile_config(args, spec, params, arena_limit: int | None) -> TrainConfig:

@@ -6,7 +6,7 @@
 The plan (host.planner) gives every tensor an offset in one arena; its peak is
 compared with the lower bound (the largest total of tensors alive at once: no
 plan can be smaller) and with no sharing at all. `--all` plans every shipped
-model × strategy (full, last, bias, sparse, lora=4) × dtype (fp32) × board and
+model × strategy (full, last, bias, sparse, lora=4) × dtype (fp32, int8, mixed) × board and
 says whether it fits; `sparse` chooses its channels on each model's own dataset
 (and, as compile does, within each board's arena).
 """
@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..boards import board_names, load_board
-from ..compiler import TrainConfig, compile_model
+from ..compiler import DTYPES, TrainConfig, compile_model
 from ..errors import ModelError
 from ..importer import resolve_model
 from ..planner import format_plan
@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
 
 
 def row(spec, params, cfg: TrainConfig, board, dataset=None) -> dict:
-    out = {"model": spec.name, "board": board.name, "strategy": cfg.strategy, "dtype": "fp32",
+    out = {"model": spec.name, "board": board.name, "strategy": cfg.strategy, "dtype": cfg.dtype,
            "batch": cfg.batch, "arena_bytes": board.arena_bytes}
     try:
         cfg = configure(spec, params, cfg, dataset, board.arena_bytes)
@@ -77,16 +77,17 @@ def run(args) -> int:
             spec, params = resolve_model(name, args.seed)
             data = _dataset(spec)
             for strategy in STRATEGIES:
-                cfg = TrainConfig(batch=args.batch, strategy=strategy)
-                rows += [row(spec, params, cfg, b, data) for b in boards]
+                for dtype in DTYPES:
+                    cfg = TrainConfig(batch=args.batch, strategy=strategy, dtype=dtype)
+                    rows += [row(spec, params, cfg, b, data) for b in boards]
         if args.json:
             print(json.dumps(rows, indent=1))
             return 0
-        t = Table(title=f"memory plans at batch {args.batch} (fp32)")
-        for col in ("model", "strategy", "board", "fits", "peak", "lower bound", "no sharing", "trainable"):
+        t = Table(title=f"memory plans at batch {args.batch}")
+        for col in ("model", "strategy", "dtype", "board", "fits", "peak", "lower bound", "no sharing", "trainable"):
             t.add_column(col, no_wrap=True)
         for r in rows:
-            t.add_row(r["model"], r["strategy"], r["board"], "yes" if r["fits"] else "no",
+            t.add_row(r["model"], r["strategy"], r["dtype"], r["board"], "yes" if r["fits"] else "no",
                       f"{r.get('peak_bytes', 0):,}", f"{r.get('lower_bound_bytes', 0):,}",
                       f"{r.get('naive_bytes', 0):,}", f"{r.get('trainable_params', 0):,}")
         c.print(t)

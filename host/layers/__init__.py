@@ -62,6 +62,11 @@ class LayerRule:
     #: the layer computes something else in training than in evaluation
     #: (batch statistics, dropout): the compiler then emits a separate eval forward
     mode_dependent: bool = False
+    #: the rule has an int8 form (host.layers.q8): with --dtype int8 (or mixed, when frozen)
+    #: forward and backward get and give S8 tensors; rules without one get f32
+    int8: bool = False
+    #: the rule only reshapes (a view): it passes tensors of any dtype through
+    any_dtype: bool = False
     #: inputs the layer reads; with more than one, forward gets a list of tensors and
     #: in_shape is a list of shapes, backward gets need_dx as a list and returns a list
     n_inputs: int = 1
@@ -187,6 +192,14 @@ class Emitter:
         self.lora: dict[str, int] = {}
         self.channels: dict[str, tuple[int, ...]] = {}
         self._indices: dict[tuple[str, int], int] = {}
+        #: int8 (docs/ops/int8.md): the layers that run in int8, each S8 activation's
+        #: I32 [1] exponent tensor, and the conversions made so far (one per tensor)
+        self.q8_layers: set[str] = set()
+        self.qexp: dict[int, int] = {}
+        self._converted: dict[tuple[int, str], int] = {}
+        #: f32 values of every parameter by name (int8 layers quantise them), int8 tensors per layer
+        self.values: dict[str, np.ndarray] = {}
+        self.q8_cache: dict = {}
 
     def begin(self, layer: Layer | str) -> None:
         """Name the layer (or section, e.g. "loss") the next tensors and nodes belong to."""
@@ -209,8 +222,10 @@ class Emitter:
         assert int(np.prod(dims)) == base.elems, (dims, base.dims)
         root = t if base.alias_of is None else base.alias_of
         flags = base.flags & ~(TensorFlag.INPUT | TensorFlag.LABEL)  # roles stay on the base
-        return self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), base.dtype, flags,
-                                        alias_of=root))
+        v = self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), base.dtype, flags, alias_of=root))
+        if t in self.qexp:  # an int8 view keeps its exponent
+            self.qexp[v] = self.qexp[t]
+        return v
 
     def saved(self, local: str, dims: Shape, batched: bool = False, dtype: DType = DType.F32) -> int:
         """State a forward writes for its backward (batch statistics, masks)."""
@@ -244,11 +259,12 @@ class Emitter:
              iattrs: tuple[int, ...] = (), fattrs: tuple[float, ...] = ()) -> None:
         self.g.add_node(Node(op, fn, list(ins), list(outs), tuple(iattrs), tuple(fattrs), layer=self._current))
 
-    def update(self, p: int, gp: int, rows: tuple[int, int, int] | None = None) -> None:
+    def update(self, p: int, gp: int, rows: tuple[int, int, int] | None = None, then=None) -> None:
         """The optimizer step of parameter p from its gradient gp (as the config says).
         rows = (index tensor, C, inner): gp holds only the channels the index names
-        (a sparse update): p's rows are gathered, stepped and scattered back."""
-        self._update(self, p, gp, self._current, rows)
+        (a sparse update): p's rows are gathered, stepped and scattered back. then(e):
+        nodes that must follow the step (an int8 layer requantises its weights)."""
+        self._update(self, p, gp, self._current, rows, then)
 
     def lora_rank(self, layer: Layer) -> int:
         """The adapter rank of this layer (0: none)."""
@@ -290,10 +306,59 @@ class Emitter:
         self.update(b, db)
 
 
+    # -- int8 -----------------------------------------------------------------------
+
+    def new_pass(self) -> None:
+        """Forget the conversions made so far: the next forward is a separate pass."""
+        self._converted.clear()
+
+    def is_q8(self, layer: Layer) -> bool:
+        return layer.name in self.q8_layers
+
+    def act_q8(self, local: str, dims: Shape, grad: bool = False) -> int:
+        """A batched S8 activation (or gradient) of the current layer and its exponent."""
+        flags = B | (TensorFlag.GRAD if grad else TensorFlag(0))
+        q = self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), DType.S8, flags))
+        self.qexp[q] = self.g.add_tensor(Tensor(f"{self._current}.{local}.exp", (1,), DType.I32))
+        return q
+
+    def scratch_bytes(self, local: str, nbytes: int) -> int:
+        """Temporary memory of one int8 node (its accumulators and operand rows), in bytes."""
+        n = max(int(nbytes), 1)
+        dims = (n,) if n <= 0xFFFF else (-(-n // 0x8000), 0x8000)  # a blob dim is a u16
+        return self.g.add_tensor(Tensor(f"{self._current}.{local}", dims, DType.S8))
+
+    def to_q8(self, t: int) -> int:
+        """t as int8: itself, or QUANTIZE t (a dynamic exponent), once per tensor."""
+        if self.g.tensors[t].dtype == DType.S8:
+            return t
+        key = (t, "q8")
+        if key not in self._converted:
+            name = self.g.tensors[t].name
+            q = self.g.add_tensor(Tensor(f"{name}.q8", self.g.tensors[t].dims, DType.S8,
+                                         self.g.tensors[t].flags & (B | TensorFlag.GRAD)))
+            self.qexp[q] = self.g.add_tensor(Tensor(f"{name}.q8.exp", (1,), DType.I32))
+            self.node(OpCode.QUANTIZE, OpFn.FW, [t], [q, self.qexp[q]])
+            self._converted[key] = q
+        return self._converted[key]
+
+    def to_f32(self, t: int) -> int:
+        """t as f32: itself, or DEQUANTIZE t, once per tensor."""
+        if self.g.tensors[t].dtype == DType.F32:
+            return t
+        key = (t, "f32")
+        if key not in self._converted:
+            src = self.g.tensors[t]
+            y = self.g.add_tensor(Tensor(f"{src.name}.f32", src.dims, DType.F32, src.flags & (B | TensorFlag.GRAD)))
+            self.node(OpCode.DEQUANTIZE, OpFn.FW, [t, self.qexp[t]], [y])
+            self._converted[key] = y
+        return self._converted[key]
+
+
 def split_attrs(channels: int, inner: int) -> tuple[int, int, int]:
     """iattrs of GATHER / SCATTER / BIAS_GRAD: C, inner (low, high 16 bits)."""
     return (channels, inner & 0xFFFF, inner >> 16)
 
 
 # The rule families; importing registers them.
-from . import attn_optim, conv_pool, core, norm_act  # noqa: E402,F401
+from . import attn_optim, conv_pool, core, norm_act, q8  # noqa: E402,F401

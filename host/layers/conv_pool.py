@@ -17,8 +17,9 @@ from functools import cache
 import numpy as np
 
 from ..errors import ModelError
+from .. import quant
 from ..ids import OpCode, OpFn
-from . import LayerRule, Shape, int_attr, pair_attr, register, register_onnx, uniform
+from . import LayerRule, Shape, int_attr, pair_attr, q8, register, register_onnx, uniform
 
 U16 = 0xFFFF
 
@@ -240,7 +241,22 @@ class _Conv(LayerRule):
         ones = (1,) * len(self._kernel_dims(layer))
         return {"lora_A": (rank, c, *ones), "lora_B": (layer["out"], rank, *ones)}
 
+    int8 = True
+
+    def _scratch(self, e, layer, x) -> dict[str, int]:
+        """CONV2D_Q8's scratch bytes per fn (host.quant.conv_scratch_bytes; 1-D as height 1)."""
+        c, h, w = _spatial(layer, e.dims(x), self.rank)
+        g = _Geom.of(layer)
+        geom = quant.ConvGeom(g.stride, g.pads, g.dilation, layer["groups"])
+        w_shape = (layer["out"], c // layer["groups"], *g.kernel)
+        return {fn: quant.conv_scratch_bytes(fn, e.g.max_batch, (c, h, w), w_shape, geom)
+                for fn in ("fw", "bw_input", "bw_param_f32")}
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):
+            y, xq = q8.forward(e, layer, OpCode.CONV2D_Q8, x, self.out_shape(layer, e.dims(x)), self.iattrs(layer),
+                               self._scratch(e, layer, x)["fw"], layer["bias"])
+            return y, (xq, None)
         ins = [x, e.param("weight")] + ([e.param("bias")] if layer["bias"] else [])
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(OpCode.CONV2D, OpFn.FW, ins, [y], iattrs=self.iattrs(layer))
@@ -262,6 +278,9 @@ class _Conv(LayerRule):
 
     def backward(self, e, layer, saved, dy, need_dx):
         x, h = saved
+        if e.is_q8(layer):
+            return q8.backward(e, layer, OpCode.CONV2D_Q8, x, dy, need_dx, self.iattrs(layer),
+                               self._scratch(e, layer, x), layer["bias"])
         w = e.param("weight")
         b = e.param("bias") if layer["bias"] else None
         out = layer["out"]

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..ids import OpCode, OpFn
-from . import LayerRule, Shape, int_attr, register, register_onnx, uniform
+from .. import quant
+from . import LayerRule, Shape, int_attr, q8, register, register_onnx, uniform
 
 
 def elems(shape: Shape) -> int:
@@ -38,7 +39,18 @@ class Linear(LayerRule):
     def lora_shapes(self, layer, in_shape, rank):
         return {"lora_A": (rank, in_shape[-1]), "lora_B": (layer["out"], rank)}
 
+    int8 = True
+
+    def _scratch(self, e, layer, x) -> dict[str, int]:
+        rows = e.g.max_batch * elems(e.dims(x)) // e.dims(x)[-1]
+        m, k = layer["out"], e.dims(x)[-1]
+        return {fn: quant.linear_scratch_bytes(fn, rows, m, k) for fn in ("fw", "bw_input", "bw_param_f32")}
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):
+            y, xq = q8.forward(e, layer, OpCode.LINEAR_Q8, x, self.out_shape(layer, e.dims(x)), (),
+                               self._scratch(e, layer, x)["fw"], True)
+            return y, (xq, None)
         w, b = e.param("weight"), e.param("bias")
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(OpCode.LINEAR, OpFn.FW, [x, w, b], [y])
@@ -68,6 +80,8 @@ class Linear(LayerRule):
 
     def backward(self, e, layer, saved, dy, need_dx):
         x, h = saved
+        if e.is_q8(layer):
+            return q8.backward(e, layer, OpCode.LINEAR_Q8, x, dy, need_dx, (), self._scratch(e, layer, x), True)
         w, b = e.param("weight"), e.param("bias")
         out, rows = layer["out"], None
         grads = []
@@ -124,7 +138,14 @@ class ReLU(LayerRule):
         import torch.nn as nn
         return nn.ReLU()
 
+    int8 = True
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):
+            x = e.to_q8(x)
+            y = e.act_q8("out", e.dims(x))
+            e.node(OpCode.RELU_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y]])
+            return y, y
         y = e.act("out", e.dims(x))
         e.node(OpCode.RELU, OpFn.FW, [x], [y])
         return y, y
@@ -132,6 +153,11 @@ class ReLU(LayerRule):
     def backward(self, e, layer, y, dy, need_dx):
         if not need_dx:
             return None
+        if e.is_q8(layer):
+            dy = e.to_q8(dy)
+            dx = e.act_q8("in.grad", e.dims(y), grad=True)
+            e.node(OpCode.RELU_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], y], [dx, e.qexp[dx]])
+            return dx
         dx = e.grad("in.grad", e.dims(y))
         e.node(OpCode.RELU, OpFn.BW_INPUT, [dy, y], [dx])
         return dx
@@ -144,6 +170,7 @@ class Flatten(LayerRule):
 
     type = "flatten"
     torch_types = ("Flatten",)
+    any_dtype = True
 
     def torch_module(self, layer, in_shape):
         import torch.nn as nn
@@ -238,6 +265,7 @@ class Reshape(LayerRule):
     a view, like flatten, so no node and no copy."""
 
     type = "reshape"
+    any_dtype = True
 
     def parse(self, d):
         shape = d.get("shape")

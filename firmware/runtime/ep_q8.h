@@ -1,0 +1,266 @@
+/*
+ * ep_q8.h — the int8 training arithmetic: numbers, kernels and their exact rules.
+ *
+ * Every rule here has a NumPy twin in host/quant.py and the two agree bit for bit
+ * (tests/test_ops_int8.py); docs/ops/int8.md explains the choices.
+ *
+ * Numbers
+ *   An int8 tensor q with exponent e stands for the reals q · 2^e (symmetric, no
+ *   zero point; codes in [-127, 127], -128 is never produced but accepted).
+ *   Scales are powers of two, so every rescaling is an integer shift and C and
+ *   NumPy agree without any float arithmetic in the hot paths.
+ *     activations, errors   one exponent per tensor (I32 [1]), chosen at run time
+ *                           from the tensor's largest magnitude (dynamic);
+ *     weights               one exponent per output channel (I32 [C_out]), fixed
+ *                           between REQUANT_WEIGHTS runs; the spread
+ *                           max(e) - min(e) is at most EP_Q8_SPREAD (see bw_input);
+ *     biases                int32 codes with one exponent (I32 [1]);
+ *     accumulators          int32, exact (no overflow: every prepare() bounds the
+ *                           number of terms, see EP_Q8_MAX_TERMS_*).
+ *   Exponents read from tensors are clamped to [-EP_Q8_EXP_LIMIT, EP_Q8_EXP_LIMIT]
+ *   first, so sums of two never overflow, whatever an untrusted blob holds.
+ *
+ * Requantisation (int32 accumulators → int8 with a fresh exponent)
+ *   Channel c of acc has exponent E_c. The output exponent is
+ *       e_out = max_c (bitlen(max |acc| over channel c) + E_c) - 7
+ *   (bitlen(0) = 0), and y = sat8(rshift_round(acc, e_out - E_c)), where
+ *   rshift_round(v, s) = floor((v + 2^(s-1)) / 2^s) for s > 0 (round half up),
+ *   v · 2^-s saturated to int32 for s ≤ 0, and 0 for s ≥ 32; sat8 clamps to
+ *   [-127, 127] (only a value rounded up to 128 ever needs it).
+ *
+ * Float boundaries (QUANTIZE, DEQUANTIZE, REQUANT_WEIGHTS, f32 gradients) use
+ * only operations that IEEE 754 defines exactly and that C and NumPy both do in
+ * single precision: a product with a power of two made from its bit pattern, rintf
+ * (ties to even), int ↔ float conversion, comparisons. No fused multiply-add can
+ * arise (no a·b + c anywhere), so -ffp-contract does not matter.
+ *
+ * SIMD: on cores with the DSP extension (__ARM_FEATURE_DSP: Cortex-M4/M7/M33/M55)
+ * the inner products run two 16-bit MACs per SMLAD; -DEP_Q8_PORTABLE forces the
+ * plain C loops. Integer sums are exact in any order, so both give the same bits.
+ */
+#ifndef EP_Q8_H
+#define EP_Q8_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ep_ops.h"
+
+/** Exponents read from tensors are clamped to ± this before any arithmetic. */
+#define EP_Q8_EXP_LIMIT 4096
+/** Largest weight-exponent spread the backward pass represents exactly. */
+#define EP_Q8_SPREAD 4
+/** Float boundary exponents: 2^e and 2^-e must both be normal floats. */
+#define EP_Q8_FEXP_MIN (-126)
+#define EP_Q8_FEXP_MAX 120
+/** Bias codes added to an accumulator are clamped to ± this (headroom for the MACs). */
+#define EP_Q8_BIAS_LIMIT (1 << 30)
+
+/*
+ * Largest number of products summed into one int32 (checked by prepare()):
+ *   fw       |x|,|w| ≤ 128: T · 2^14 + 2^30 (bias) < 2^31
+ *   bw_input |dy · 2^spread| ≤ 2^11, |w| ≤ 128: T · 2^18 < 2^31
+ *   bw_param |dy|, |x| ≤ 128: T · 2^14 < 2^31 (T = samples × positions)
+ */
+#define EP_Q8_MAX_TERMS_FW 65535u
+#define EP_Q8_MAX_TERMS_BW_INPUT 8191u
+#define EP_Q8_MAX_TERMS_BW_PARAM 131071u
+
+/** Output positions per im2col chunk of the conv kernels (scratch size, see docs). */
+#define EP_Q8_CONV_CHUNK 128u
+
+/* ------------------------------------------------------------------------- */
+/* Scalar rules                                                              */
+/* ------------------------------------------------------------------------- */
+
+/** An exponent read from a tensor, clamped to [-EP_Q8_EXP_LIMIT, EP_Q8_EXP_LIMIT]. */
+static inline int32_t ep_q8_exp(int32_t e) {
+    return e < -EP_Q8_EXP_LIMIT ? -EP_Q8_EXP_LIMIT : (e > EP_Q8_EXP_LIMIT ? EP_Q8_EXP_LIMIT : e);
+}
+
+/** rshift_round of the header comment. */
+static inline int32_t ep_q8_rshift_round(int32_t v, int32_t s) {
+    if (s >= 32) {
+        return 0;
+    }
+    if (s > 0) {
+        return (int32_t)(((int64_t)v + ((int64_t)1 << (s - 1))) >> s);
+    }
+    if (s == 0 || v == 0) {
+        return v;
+    }
+    if (s <= -31) {
+        return v > 0 ? INT32_MAX : INT32_MIN;
+    }
+    const int64_t w = (int64_t)v * ((int64_t)1 << -s);
+    return w > INT32_MAX ? INT32_MAX : (w < INT32_MIN ? INT32_MIN : (int32_t)w);
+}
+
+/** A bias code b (exponent e_b) moved to an accumulator of exponent E, clamped to ±EP_Q8_BIAS_LIMIT. */
+static inline int32_t ep_q8_bias_at(int32_t b, int32_t e_b, int32_t E) {
+    const int32_t v = ep_q8_rshift_round(b, E - e_b);
+    return v > EP_Q8_BIAS_LIMIT ? EP_Q8_BIAS_LIMIT : (v < -EP_Q8_BIAS_LIMIT ? -EP_Q8_BIAS_LIMIT : v);
+}
+
+static inline int8_t ep_q8_sat8(int32_t v) {
+    return (int8_t)(v > 127 ? 127 : (v < -127 ? -127 : v));
+}
+
+/** Number of bits of |v| (0 for 0, 32 for INT32_MIN). */
+static inline int32_t ep_q8_bitlen(uint32_t mag) {
+    int32_t n = 0;
+    while (mag != 0) {
+        n++;
+        mag >>= 1;
+    }
+    return n;
+}
+
+/** 2^e as a float, e in [-126, 127], built from its bit pattern (exact). */
+static inline float ep_q8_pow2f(int32_t e) {
+    union {
+        uint32_t u;
+        float f;
+    } b = {.u = (uint32_t)(e + 127) << 23};
+    return b.f;
+}
+
+/**
+ * Exponent for int8 codes of reals whose largest magnitude is a (a ≥ 0 or NaN):
+ * with a = m · 2^E, m in [0.5, 1), e = clamp(E - 7, EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX);
+ * 0, subnormal and NaN count as 2^-126 (E = -125), +inf as E = 128.
+ */
+int32_t ep_q8_exp_for_maxabs(float a);
+
+/** sat8(rint(x · 2^-e)) with NaN → 0; e in [EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX]. */
+int8_t ep_q8_quantize1(float x, int32_t e);
+
+/* ------------------------------------------------------------------------- */
+/* Kernels                                                                   */
+/* ------------------------------------------------------------------------- */
+
+/**
+ * The one inner product every int8 MAC runs through:
+ *   c[r·ldc + q] += Σ_{t < T} a[r·T + t] · b[q·T + t]   for r < R, q < Q
+ * a [R][T], b [Q][T] int16, T even, both 4-byte aligned; c int32, disjoint.
+ * The caller guarantees no partial sum overflows (EP_Q8_MAX_TERMS_*).
+ */
+void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
+                   int32_t *restrict c, uint32_t ldc);
+
+/**
+ * Widen int8 to the int16 rows of ep_q8_dot_s16, with a stride for each axis:
+ *   dst[i·Jp + j] = src[i·si + j·sj] · 2^d_j   (j < J),   0 for J ≤ j < Jp
+ * d_j = clamp(ep_q8_exp(e_j[j]) - e_lo, 0, EP_Q8_SPREAD), or 0 when e_j is NULL
+ * (the per-channel weight exponents folded into dy by the backward passes).
+ */
+void ep_q8_pack(const int8_t *restrict src, uint32_t I, uint32_t J, uint32_t si, uint32_t sj,
+                const int32_t *restrict e_j, int32_t e_lo, int16_t *restrict dst, uint32_t Jp);
+
+/**
+ * The exponent the backward passes fold weights to: e_lo = max(min e_w, max e_w -
+ * EP_Q8_SPREAD) over the n clamped exponents e_w.
+ */
+int32_t ep_q8_weight_exp_lo(const int32_t *e_w, uint32_t n);
+
+/**
+ * Requantise acc [outer][C][inner] (channel c has exponent e_base + e_ch[c], or
+ * e_base for all when e_ch is NULL) into y; returns the output exponent. See
+ * "Requantisation" above. e_ch entries are clamped with ep_q8_exp() here; e_base
+ * is a sum of clamped exponents.
+ */
+int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
+                      const int32_t *restrict e_ch, int8_t *restrict y);
+
+/** QUANTIZE over count floats: returns e = ep_q8_exp_for_maxabs(max |x|), q = quantize1(x, e). */
+int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *restrict q);
+
+/** DEQUANTIZE: y = q · 2^clamp(e, EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX) (exact). */
+void ep_q8_dequantize_f32(uint32_t count, const int8_t *restrict q, int32_t e, float *restrict y);
+
+/** int32 sums → f32: y = float(acc) · 2^clamp(e, -126, 127) (one rounding, to nearest even). */
+void ep_q8_acc_to_f32(uint32_t count, const int32_t *restrict acc, int32_t e, float *restrict y);
+
+/**
+ * Per-channel int8 codes of f32 weights w [C][per] (REQUANT_WEIGHTS, and host
+ * post-training quantisation): e_c from the channel's max |w|, raised to
+ * max_c e_c - spread where lower (spread ≤ EP_Q8_SPREAD), then q = quantize1(w, e_c).
+ */
+void ep_q8_quantize_weights(uint32_t C, uint32_t per, uint32_t spread, const float *restrict w,
+                            int8_t *restrict q, int32_t *restrict e);
+
+/** Bias codes: q = rint(b · 2^-e), e clamped to [-126, 126], saturated to ±(2^31 - 1), NaN → 0. */
+void ep_q8_quantize_bias(uint32_t count, const float *restrict b, int32_t e, int32_t *restrict q);
+
+/** xorshift32 (Marsaglia 2003: 13, 17, 5) over *state; a zero state is first set to 0x6D2B79F5. */
+static inline uint32_t ep_q8_xorshift32(uint32_t *state) {
+    uint32_t x = *state ? *state : 0x6D2B79F5u;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *state = x;
+    return x;
+}
+
+/** SGD_Q8 settings: lr = lr_q · 2^-lr_shift. */
+typedef struct {
+    uint32_t lr_q;     /**< 1..65535 */
+    uint32_t lr_shift; /**< 0..62 */
+} ep_q8_sgd_params_t;
+
+/**
+ * SGD on integer parameters with stochastic rounding (QAS-scaled, see docs):
+ *   v = g[i] · lr_q (int64), s = lr_shift + e_p(i) - e_g (clamped to ≤ 62),
+ *   Δ = floor(v / 2^s) + [u < frac]  (s > 0; u from one xorshift32 draw per element)
+ *   Δ = v · 2^-s saturated            (s ≤ 0; a draw is still taken)
+ *   p[i] = clamp(p[i] - Δ, -lim, lim)
+ * frac is v - floor(v / 2^s)·2^s; for s ≤ 32 the test is (u >> (32 - s)) < frac,
+ * for s > 32 it is u < (frac >> (s - 32)). e_p(i) = e_p[i / (count / n_ep)].
+ * p is int8 (lim 127) when p8 is non-NULL, else int32 p32 (lim 2^31 - 1).
+ */
+void ep_q8_sgd(const ep_q8_sgd_params_t *sp, uint32_t count, const int32_t *restrict g, int32_t e_g,
+               const int32_t *restrict e_p, uint32_t n_ep, int8_t *restrict p8, int32_t *restrict p32,
+               uint32_t *restrict rng);
+
+/* ------------------------------------------------------------------------- */
+/* Helpers for the int8 nodes                                                */
+/* ------------------------------------------------------------------------- */
+
+/** True if t is an unbatched I32 tensor of `elems` elements (an exponent vector). */
+static inline bool ep_q8_is_exp(const ep_model_t *m, uint16_t t, uint32_t elems) {
+    const ep_tensor_t *x = &m->tensors[t];
+    return x->dtype == EP_DTYPE_I32 && (x->flags & EP_TF_BATCHED) == 0 && x->elems == elems;
+}
+
+/** True if t has this dtype and is batched. */
+static inline bool ep_q8_is_batched(const ep_model_t *m, uint16_t t, uint8_t dtype) {
+    return m->tensors[t].dtype == dtype && (m->tensors[t].flags & EP_TF_BATCHED) != 0;
+}
+
+/** True if t is an unbatched S8 scratch tensor of at least `bytes` bytes. */
+static inline bool ep_q8_scratch_ok(const ep_model_t *m, uint16_t t, uint64_t bytes) {
+    const ep_tensor_t *x = &m->tensors[t];
+    return x->dtype == EP_DTYPE_S8 && (x->flags & (EP_TF_BATCHED | EP_TF_PARAM)) == 0 && x->elems >= bytes;
+}
+
+static inline int8_t *ep_ctx_s8(const ep_ctx_t *c, uint16_t t) {
+    return (int8_t *)(void *)(c->arena + c->model->tensors[t].offset);
+}
+
+/** Elements of t in this batch (× n if batched). */
+static inline uint32_t ep_q8_count(const ep_ctx_t *c, uint16_t t) {
+    const ep_tensor_t *x = &c->model->tensors[t];
+    return x->elems * ((x->flags & EP_TF_BATCHED) ? c->n : 1u);
+}
+
+/** The clamped exponent stored in element i of I32 tensor t. */
+static inline int32_t ep_q8_ctx_exp(const ep_ctx_t *c, uint16_t t, uint32_t i) {
+    return ep_q8_exp(ep_ctx_i32(c, t)[i]);
+}
+
+/** Round n up to even (int16 rows of the inner product). */
+static inline uint32_t ep_q8_even(uint32_t n) {
+    return n + (n & 1u);
+}
+
+#endif /* EP_Q8_H */

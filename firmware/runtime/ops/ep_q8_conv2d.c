@@ -1,0 +1,395 @@
+/*
+ * ep_q8_conv2d.c — CONV2D_Q8: the int8 2-D (and 1-D) convolution, grouped and
+ * depthwise included (docs/ops/int8.md).
+ *
+ * Geometry, iattrs and tensor shapes as CONV2D (docs/ops/conv_pool.md): iattr
+ * [0] sh [1] sw [2..5] pad top, bottom, left, right [6] dh [7] dw [8] groups; x/dx
+ * [C_in][H][W] or [C_in][L], W [C_out][C_in/groups][kh][kw] or [..][k]. Dtypes and
+ * the extra exponent and scratch tensors as LINEAR_Q8:
+ *   FW        in (x, e_x, W, e_w[C_out], [b i32 [C_out], e_b])  out (y, e_y, scratch)
+ *   BW_INPUT  in (dy, e_dy, W, e_w[C_out])                      out (dx, e_dx, scratch)
+ *   BW_PARAM  in (dy, e_dy, x, e_x)   out (dW f32, db f32, scratch) | (dW i32, db i32, e_g i32 [2], scratch)
+ * Every product runs through ep_q8_dot_s16 over im2col rows built a chunk of whole
+ * output rows (≤ EP_Q8_CONV_CHUNK positions, at least one row) at a time; padding
+ * taps are zeros (symmetric quantisation: code 0 is the real 0), so they add nothing.
+ */
+#include "ep_conv_pool.h"
+#include "ep_q8.h"
+
+enum { CONV_SH, CONV_SW, CONV_PT, CONV_PB, CONV_PL, CONV_PR, CONV_DH, CONV_DW, CONV_GROUPS, CONV_N_IATTR };
+enum { C_FW, C_BWI, C_BWP_F32, C_BWP_I32 };
+
+/* Output positions per chunk: whole output rows, at most EP_Q8_CONV_CHUNK (but ≥ 1 row). */
+static uint32_t chunk_positions(const ep_conv2d_params_t *p) {
+    uint32_t rows = EP_Q8_CONV_CHUNK / p->w_out;
+    rows = rows == 0 ? 1 : (rows > p->h_out ? p->h_out : rows);
+    return rows * p->w_out;
+}
+
+/* Scratch bytes of one fn for p (p->n = max_batch). */
+static uint64_t scratch_bytes(int fn, const ep_conv2d_params_t *p) {
+    const uint64_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G;
+    const uint64_t J = cig * p->kh * p->kw, Jp = J + (J & 1), COgp = cog + (cog & 1);
+    const uint64_t P = (uint64_t)p->h_out * p->w_out, CHP = chunk_positions(p), CHPp = CHP + (CHP & 1);
+    switch (fn) {
+    case C_FW:
+        return 4 * (uint64_t)p->n * p->c_out * P + 2 * (uint64_t)p->c_out * Jp + 2 * CHP * Jp;
+    case C_BWI:
+        return 4 * (uint64_t)p->n * p->c_in * p->h_in * p->w_in + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J;
+    case C_BWP_F32:
+        return 4 * (uint64_t)p->c_out * J + 2 * cog * CHPp + 2 * J * CHPp;
+    default:
+        return 2 * cog * CHPp + 2 * J * CHPp;
+    }
+}
+
+static bool is_act(const ep_model_t *m, uint16_t t) {
+    const ep_tensor_t *x = &m->tensors[t];
+    return x->dtype == EP_DTYPE_S8 && (x->flags & EP_TF_BATCHED) != 0 && (x->rank == 2 || x->rank == 3);
+}
+
+/* Kernel shape from the node's tensors and iattrs (n = 1; no checks). */
+static ep_conv2d_params_t geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t w, uint16_t y) {
+    const ep_tensor_t *xt = &m->tensors[x], *wt = &m->tensors[w], *yt = &m->tensors[y];
+    const bool two_d = xt->rank == 3;
+    const uint16_t *a = nd->iattr;
+    ep_conv2d_params_t p = {
+        .n = 1, .c_in = xt->dims[0], .h_in = two_d ? xt->dims[1] : 1u, .w_in = xt->dims[two_d ? 2 : 1],
+        .c_out = yt->dims[0], .h_out = two_d ? yt->dims[1] : 1u, .w_out = yt->dims[two_d ? 2 : 1],
+        .kh = two_d ? wt->dims[2] : 1u, .kw = wt->dims[two_d ? 3 : 2],
+        .sh = a[CONV_SH], .sw = a[CONV_SW], .pad_top = a[CONV_PT], .pad_bottom = a[CONV_PB],
+        .pad_left = a[CONV_PL], .pad_right = a[CONV_PR], .dh = a[CONV_DH], .dw = a[CONV_DW],
+        .groups = a[CONV_GROUPS],
+    };
+    return p;
+}
+
+/* Checks shared by the three fns; wdtype is W's (fw, bw_input: s8) or dW's dtype. */
+static ep_status_t check(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t w, uint8_t wdtype,
+                         uint16_t y, ep_conv2d_params_t *out, const char **why) {
+    if (!is_act(m, x) || !is_act(m, y) || m->tensors[x].rank != m->tensors[y].rank) {
+        return ep_reject(why, EP_WHY("conv2d_q8: x/dx and y/dy must be batched s8 of rank 3 ([C][H][W]) or 2 ([C][L]), the same rank"));
+    }
+    const bool two_d = m->tensors[x].rank == 3;
+    if (!ep_tensor_is(m, w, wdtype, false, (uint8_t)(m->tensors[x].rank + 1))) {
+        return ep_reject(why, EP_WHY("conv2d_q8: W/dW must be unbatched [C_out][C_in/groups][kh][kw] (rank 3 for 1-D) of the fn's dtype"));
+    }
+    for (uint8_t i = CONV_N_IATTR; i < EP_NODE_IATTRS; i++) {
+        if (nd->iattr[i] != 0) {
+            return ep_reject(why, EP_WHY("conv2d_q8: iattr[9..11] must be 0"));
+        }
+    }
+    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
+        if (nd->fattr[i] != 0.0f) {
+            return ep_reject(why, EP_WHY("conv2d_q8: fattrs must be 0"));
+        }
+    }
+    ep_conv2d_params_t p = geom(m, nd, x, w, y);
+    if (!two_d && (p.sh != 1 || p.dh != 1 || p.pad_top != 0 || p.pad_bottom != 0)) {
+        return ep_reject(why, EP_WHY("conv2d_q8: 1-D node needs sh = dh = 1 and no top/bottom padding"));
+    }
+    if (!ep_conv2d_params_ok(&p)) {
+        return ep_reject(why, EP_WHY("conv2d_q8: stride, dilation, groups, padding or output size inconsistent with the tensors"));
+    }
+    if (m->tensors[w].dims[0] != p.c_out || m->tensors[w].dims[1] != p.c_in / p.groups) {
+        return ep_reject(why, EP_WHY("conv2d_q8: W dims [0..1] are not [C_out][C_in/groups]"));
+    }
+    p.n = m->max_batch;
+    *out = p;
+    return EP_OK;
+}
+
+static bool is_bias(const ep_model_t *m, uint16_t b, uint32_t c_out, uint8_t dtype) {
+    return ep_tensor_is(m, b, dtype, false, 1) && m->tensors[b].dims[0] == c_out;
+}
+
+static ep_status_t conv2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    ep_conv2d_params_t p;
+    ep_status_t st;
+    switch (nd->fn) {
+    case EP_FN_FW: {
+        if ((nd->n_in != 4 && nd->n_in != 6) || nd->n_out != 3) {
+            return ep_reject(why, EP_WHY("conv2d_q8.fw: needs inputs (x, e_x, W, e_w[, b, e_b]) and outputs (y, e_y, scratch)"));
+        }
+        if ((st = check(m, nd, nd->in[0], nd->in[2], EP_DTYPE_S8, nd->out[0], &p, why)) != EP_OK) {
+            return st;
+        }
+        if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->in[3], p.c_out) || !ep_q8_is_exp(m, nd->out[1], 1) ||
+            (nd->n_in == 6 && (!is_bias(m, nd->in[4], p.c_out, EP_DTYPE_I32) || !ep_q8_is_exp(m, nd->in[5], 1)))) {
+            return ep_reject(why, EP_WHY("conv2d_q8.fw: e_x, e_y, e_b must be i32 [1], e_w and b i32 [C_out]"));
+        }
+        if ((uint64_t)(p.c_in / p.groups) * p.kh * p.kw > EP_Q8_MAX_TERMS_FW) {
+            return ep_reject(why, EP_WHY("conv2d_q8.fw: C_in/groups*kh*kw above 65535 could overflow the int32 sums"));
+        }
+        if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(C_FW, &p))) {
+            return ep_reject(why, EP_WHY("conv2d_q8.fw: scratch too small or not an unbatched s8"));
+        }
+        break;
+    }
+    case EP_FN_BW_INPUT: {
+        if (nd->n_in != 4 || nd->n_out != 3) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_input: needs inputs (dy, e_dy, W, e_w) and outputs (dx, e_dx, scratch)"));
+        }
+        if ((st = check(m, nd, nd->out[0], nd->in[2], EP_DTYPE_S8, nd->in[0], &p, why)) != EP_OK) {
+            return st;
+        }
+        if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->in[3], p.c_out) || !ep_q8_is_exp(m, nd->out[1], 1)) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_input: e_dy, e_dx must be i32 [1], e_w i32 [C_out]"));
+        }
+        if ((uint64_t)(p.c_out / p.groups) * p.kh * p.kw > EP_Q8_MAX_TERMS_BW_INPUT) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_input: C_out/groups*kh*kw above 8191 could overflow the int32 sums"));
+        }
+        if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(C_BWI, &p))) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_input: scratch too small or not an unbatched s8"));
+        }
+        break;
+    }
+    case EP_FN_BW_PARAM: {
+        const bool f32 = nd->n_out == 3;
+        if (nd->n_in != 4 || (nd->n_out != 3 && nd->n_out != 4)) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_param: needs inputs (dy, e_dy, x, e_x) and outputs (dW, db, scratch) or (dW, db, e_g, scratch)"));
+        }
+        const uint8_t gt = f32 ? EP_DTYPE_F32 : EP_DTYPE_I32;
+        if ((st = check(m, nd, nd->in[2], nd->out[0], gt, nd->in[0], &p, why)) != EP_OK) {
+            return st;
+        }
+        if (!is_bias(m, nd->out[1], p.c_out, gt) || !ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->in[3], 1) ||
+            (!f32 && !ep_q8_is_exp(m, nd->out[2], 2))) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_param: db [C_out] of dW's dtype, e_dy, e_x i32 [1], e_g i32 [2]"));
+        }
+        if ((uint64_t)p.n * p.h_out * p.w_out > EP_Q8_MAX_TERMS_BW_PARAM) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_param: max_batch*H_out*W_out above 131071 could overflow the int32 sums"));
+        }
+        if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(f32 ? C_BWP_F32 : C_BWP_I32, &p))) {
+            return ep_reject(why, EP_WHY("conv2d_q8.bw_param: scratch too small or not an unbatched s8"));
+        }
+        break;
+    }
+    default:
+        return ep_reject(why, EP_WHY("conv2d_q8: unknown fn"));
+    }
+    if (!ep_outputs_disjoint(m, nd, -1)) {
+        return ep_reject(why, EP_WHY("conv2d_q8: outputs overlap inputs or each other"));
+    }
+    return EP_OK;
+}
+
+/* ---- im2col ---------------------------------------------------------------------------- */
+
+/*
+ * Columns of output rows [oh0, oh0 + nrows) for one sample and group: x points at
+ * the group's first input channel. Tap j = (ci·kh + ki)·kw + kj of position p
+ * (counted from the chunk's first) goes to dst[p·sp + j·sj]; taps in the padding
+ * are 0. The caller zeroes any padding of dst beyond the taps.
+ */
+/* The output columns [*lo, *hi) whose tap kj lands inside the input row (others are padding). */
+static void valid_cols(const ep_conv2d_params_t *p, uint32_t kj, uint32_t *lo, uint32_t *hi) {
+    const int32_t iw0 = (int32_t)(kj * p->dw) - (int32_t)p->pad_left, W = (int32_t)p->w_in;
+    const int32_t sw = (int32_t)p->sw;
+    int32_t l = iw0 < 0 ? (-iw0 + sw - 1) / sw : 0;
+    int32_t h = iw0 < W ? (W - 1 - iw0) / sw + 1 : 0;
+    h = h > (int32_t)p->w_out ? (int32_t)p->w_out : h;
+    l = l > h ? h : l;
+    *lo = (uint32_t)l;
+    *hi = (uint32_t)h;
+}
+
+static void im2col(const ep_conv2d_params_t *p, const int8_t *x, uint32_t cig, uint32_t oh0, uint32_t nrows,
+                   int16_t *dst, uint32_t sp, uint32_t sj) {
+    const int32_t H = (int32_t)p->h_in;
+    uint32_t j = 0;
+    for (uint32_t ci = 0; ci < cig; ci++) {
+        const int8_t *xc = x + ci * p->h_in * p->w_in;
+        for (uint32_t ki = 0; ki < p->kh; ki++) {
+            for (uint32_t kj = 0; kj < p->kw; kj++, j++) {
+                uint32_t lo, hi;
+                valid_cols(p, kj, &lo, &hi);
+                const int32_t iw_lo = (int32_t)(lo * p->sw + kj * p->dw) - (int32_t)p->pad_left;
+                int16_t *d = dst + j * sj;
+                for (uint32_t r = 0; r < nrows; r++) {
+                    const int32_t ih = (int32_t)((oh0 + r) * p->sh + ki * p->dh) - (int32_t)p->pad_top;
+                    const uint32_t l = (ih >= 0 && ih < H) ? lo : p->w_out, h = (ih >= 0 && ih < H) ? hi : p->w_out;
+                    uint32_t ow = 0;
+                    for (; ow < l; ow++, d += sp) {
+                        *d = 0;
+                    }
+                    if (ow < h) {
+                        const int8_t *xs = xc + (uint32_t)ih * p->w_in + (uint32_t)iw_lo;
+                        for (; ow < h; ow++, d += sp, xs += p->sw) {
+                            *d = *xs;
+                        }
+                    }
+                    for (; ow < p->w_out; ow++, d += sp) {
+                        *d = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- node functions --------------------------------------------------------------------- */
+
+static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
+    ep_conv2d_params_t p = geom(c->model, nd, nd->in[0], nd->in[2], nd->out[0]);
+    p.n = c->n;
+    const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw, Jp = ep_q8_even(J);
+    const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;
+    const int32_t e_x = ep_q8_ctx_exp(c, nd->in[1], 0);
+    const int32_t *e_w = ep_ctx_i32(c, nd->in[3]);
+    const int8_t *x = ep_ctx_s8(c, nd->in[0]);
+    int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
+    int16_t *w16 = (int16_t *)(void *)(acc + p.n * p.c_out * P), *cols = w16 + p.c_out * Jp;
+
+    for (uint32_t co = 0; co < p.c_out; co++) {
+        int32_t b0 = 0;
+        if (nd->n_in == 6) {
+            b0 = ep_q8_bias_at(ep_ctx_i32(c, nd->in[4])[co], ep_q8_ctx_exp(c, nd->in[5], 0), e_x + ep_q8_exp(e_w[co]));
+        }
+        for (uint32_t i = 0; i < p.n; i++) {
+            int32_t *a = acc + (i * p.c_out + co) * P;
+            for (uint32_t q = 0; q < P; q++) {
+                a[q] = b0;
+            }
+        }
+    }
+    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), p.c_out, J, J, 1, NULL, 0, w16, Jp);
+    for (uint32_t i = 0; i < p.n; i++) {
+        for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
+            const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
+            for (uint32_t g = 0; g < G; g++) {
+                im2col(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, cols, Jp, 1);
+                if (Jp != J) {
+                    for (uint32_t q = 0; q < pc; q++) {
+                        cols[q * Jp + J] = 0;
+                    }
+                }
+                ep_q8_dot_s16(cog, pc, Jp, w16 + g * cog * Jp, cols, acc + (i * p.c_out + g * cog) * P + oh0 * p.w_out, P);
+            }
+        }
+    }
+    ep_ctx_i32(c, nd->out[1])[0] = ep_q8_requant(acc, p.n, p.c_out, P, e_x, e_w, ep_ctx_s8(c, nd->out[0]));
+}
+
+static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
+    ep_conv2d_params_t p = geom(c->model, nd, nd->out[0], nd->in[2], nd->in[0]);
+    p.n = c->n;
+    const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw, COgp = ep_q8_even(cog);
+    const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;
+    const int32_t *e_w = ep_ctx_i32(c, nd->in[3]);
+    const int32_t e_lo = ep_q8_weight_exp_lo(e_w, p.c_out);
+    const int8_t *dy = ep_ctx_s8(c, nd->in[0]);
+    int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
+    int16_t *wt = (int16_t *)(void *)(acc + p.n * p.c_in * HW), *dyt = wt + G * J * COgp;
+    int32_t *dcols = (int32_t *)(void *)(dyt + CHP * COgp);
+
+    for (uint32_t i = 0; i < p.n * p.c_in * HW; i++) {
+        acc[i] = 0;
+    }
+    for (uint32_t g = 0; g < G; g++) { /* Wᵀ per group: [J][cog] */
+        ep_q8_pack(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, NULL, 0, wt + g * J * COgp, COgp);
+    }
+    for (uint32_t i = 0; i < p.n; i++) {
+        for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
+            const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
+            for (uint32_t g = 0; g < G; g++) {
+                const uint32_t co0 = g * cog;
+                ep_q8_pack(dy + (i * p.c_out + co0) * P + oh0 * p.w_out, pc, cog, 1, P, e_w + co0, e_lo, dyt, COgp);
+                for (uint32_t k = 0; k < pc * J; k++) {
+                    dcols[k] = 0;
+                }
+                ep_q8_dot_s16(pc, J, COgp, dyt, wt + g * J * COgp, dcols, J);
+                /* col2im: scatter-add every tap back onto its input element */
+                int32_t *ax = acc + (i * p.c_in + g * cig) * HW;
+                uint32_t j = 0;
+                for (uint32_t ci = 0; ci < cig; ci++) {
+                    for (uint32_t ki = 0; ki < p.kh; ki++) {
+                        for (uint32_t kj = 0; kj < p.kw; kj++, j++) {
+                            const int32_t *dc = dcols + j;
+                            for (uint32_t r = 0; r < nr; r++) {
+                                const int32_t ih = (int32_t)((oh0 + r) * p.sh + ki * p.dh) - (int32_t)p.pad_top;
+                                if (ih < 0 || ih >= (int32_t)p.h_in) {
+                                    dc += p.w_out * J;
+                                    continue;
+                                }
+                                uint32_t lo, hi;
+                                valid_cols(&p, kj, &lo, &hi);
+                                if (lo < hi) {
+                                    int32_t *ar = ax + ci * HW + (uint32_t)ih * p.w_in +
+                                                  (uint32_t)((int32_t)(lo * p.sw + kj * p.dw) - (int32_t)p.pad_left);
+                                    const int32_t *d = dc + lo * J;
+                                    for (uint32_t ow = lo; ow < hi; ow++, ar += p.sw, d += J) {
+                                        *ar += *d;
+                                    }
+                                }
+                                dc += p.w_out * J;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ep_ctx_i32(c, nd->out[1])[0] =
+        ep_q8_requant(acc, p.n * p.c_in * HW, 1, 1, ep_q8_ctx_exp(c, nd->in[1], 0) + e_lo, NULL, ep_ctx_s8(c, nd->out[0]));
+}
+
+static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool f32 = nd->n_out == 3;
+    ep_conv2d_params_t p = geom(c->model, nd, nd->in[2], nd->out[0], nd->in[0]);
+    p.n = c->n;
+    const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw;
+    const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;
+    const uint32_t CHPp = ep_q8_even(CHP);
+    const int32_t e_dy = ep_q8_ctx_exp(c, nd->in[1], 0), e_x = ep_q8_ctx_exp(c, nd->in[3], 0);
+    const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
+    int8_t *scratch = ep_ctx_s8(c, nd->out[f32 ? 2 : 3]);
+    int32_t *acc = f32 ? (int32_t *)(void *)scratch : ep_ctx_i32(c, nd->out[0]);
+    int16_t *dy16 = (int16_t *)(void *)(f32 ? scratch + 4 * p.c_out * J : scratch), *colt = dy16 + cog * CHPp;
+
+    for (uint32_t k = 0; k < p.c_out * J; k++) {
+        acc[k] = 0;
+    }
+    for (uint32_t i = 0; i < p.n; i++) {
+        for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
+            const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out, pcp = ep_q8_even(pc);
+            for (uint32_t g = 0; g < G; g++) {
+                im2col(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, colt, 1, pcp);
+                if (pcp != pc) {
+                    for (uint32_t j = 0; j < J; j++) {
+                        colt[j * pcp + pc] = 0;
+                    }
+                }
+                ep_q8_pack(dy + (i * p.c_out + g * cog) * P + oh0 * p.w_out, cog, pc, P, 1, NULL, 0, dy16, pcp);
+                ep_q8_dot_s16(cog, J, pcp, dy16, colt, acc + g * cog * J, J);
+            }
+        }
+    }
+    if (f32) {
+        ep_q8_acc_to_f32(p.c_out * J, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0]));
+    } else {
+        int32_t *eg = ep_ctx_i32(c, nd->out[2]);
+        eg[0] = e_dy + e_x;
+        eg[1] = e_dy;
+    }
+    for (uint32_t co = 0; co < p.c_out; co++) {
+        int32_t s = 0; /* |s| ≤ 128 · n · P < 2^31 */
+        for (uint32_t i = 0; i < p.n; i++) {
+            const int8_t *d = dy + (i * p.c_out + co) * P;
+            for (uint32_t q = 0; q < P; q++) {
+                s += d[q];
+            }
+        }
+        if (f32) {
+            ep_q8_acc_to_f32(1, &s, e_dy, ep_ctx_f32(c, nd->out[1]) + co);
+        } else {
+            ep_ctx_i32(c, nd->out[1])[co] = s;
+        }
+    }
+}
+
+const ep_op_t ep_op_conv2d_q8 = {
+    .name = "conv2d_q8",
+    .prepare = conv2d_q8_prepare,
+    .fn = {[EP_FN_FW] = conv2d_q8_fw, [EP_FN_BW_INPUT] = conv2d_q8_bw_input, [EP_FN_BW_PARAM] = conv2d_q8_bw_param},
+};

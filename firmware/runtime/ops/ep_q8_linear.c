@@ -1,0 +1,253 @@
+/*
+ * ep_q8_linear.c — LINEAR_Q8: the int8 linear layer (docs/ops/int8.md).
+ *
+ * Shapes as LINEAR: W s8 [M, K]; a sample holds R rows, y has R·M elements and x
+ * R·K. rows = n·R. Every fn takes a scratch tensor (unbatched s8, at least
+ * ep_q8_linear_scratch_bytes() for max_batch) the host planner places; it holds
+ * int32 accumulators and the int16 operand rows of ep_q8_dot_s16.
+ *
+ *   FW        in (x, e_x, W, e_w[M], [b i32 [M], e_b])  out (y, e_y, scratch)
+ *             y = requant(b·2^e_b + Σ_k x·W)  (int32 sums at exponent e_x + e_w[m])
+ *   BW_INPUT  in (dy, e_dy, W, e_w[M])                  out (dx, e_dx, scratch)
+ *             dx = requant(Σ_m (dy · 2^d_m) · W)  at exponent e_dy + e_lo
+ *   BW_PARAM  in (dy, e_dy, x, e_x)  out (dW f32, db f32, scratch)            f32 mode
+ *                                    out (dW i32, db i32, e_g i32 [2], scratch) int mode
+ *             dW = Σ_rows dy·x at 2^(e_dy + e_x), db = Σ_rows dy at 2^e_dy; the f32
+ *             mode converts (ep_q8_acc_to_f32), the int mode stores the sums and
+ *             e_g = (e_dy + e_x, e_dy) for SGD_Q8.
+ */
+#include "ep_q8.h"
+
+enum { L_FW, L_BWI, L_BWP_F32, L_BWP_I32 };
+
+/* Scratch bytes of one fn for `rows` rows (n·R), W [M, K]. */
+static uint64_t scratch_bytes(int fn, uint64_t rows, uint64_t M, uint64_t K) {
+    const uint64_t Kp = K + (K & 1), Mp = M + (M & 1), Rp = rows + (rows & 1);
+    switch (fn) {
+    case L_FW:
+        return 4 * rows * M + 2 * rows * Kp + 2 * M * Kp;
+    case L_BWI:
+        return 4 * rows * K + 2 * rows * Mp + 2 * K * Mp;
+    case L_BWP_F32:
+        return 4 * M * K + 2 * M * Rp + 2 * K * Rp;
+    default:
+        return 2 * M * Rp + 2 * K * Rp;
+    }
+}
+
+/* W s8 [M, K] unbatched; out (y/dy) s8 batched of R·M, in (x/dx) s8 batched of R·K elements. */
+static bool shapes_ok(const ep_model_t *m, uint16_t w, uint8_t wdtype, uint16_t out, uint16_t in) {
+    if (!ep_tensor_is(m, w, wdtype, false, 2) || !ep_q8_is_batched(m, out, EP_DTYPE_S8) ||
+        !ep_q8_is_batched(m, in, EP_DTYPE_S8)) {
+        return false;
+    }
+    const uint32_t M = m->tensors[w].dims[0], K = m->tensors[w].dims[1];
+    const uint32_t rows = m->tensors[out].elems / M;
+    return rows * M == m->tensors[out].elems && (uint64_t)rows * K == m->tensors[in].elems;
+}
+
+static bool attrs_zero(const ep_node_t *nd) {
+    for (uint8_t i = 0; i < EP_NODE_IATTRS; i++) {
+        if (nd->iattr[i] != 0) {
+            return false;
+        }
+    }
+    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
+        if (nd->fattr[i] != 0.0f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static ep_status_t prepare_fw(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    if ((nd->n_in != 4 && nd->n_in != 6) || nd->n_out != 3) {
+        return ep_reject(why, EP_WHY("linear_q8.fw: needs inputs (x, e_x, W, e_w[, b, e_b]) and outputs (y, e_y, scratch)"));
+    }
+    const uint16_t x = nd->in[0], w = nd->in[2], y = nd->out[0];
+    if (!shapes_ok(m, w, EP_DTYPE_S8, y, x)) {
+        return ep_reject(why, EP_WHY("linear_q8.fw: want W s8 [M, K], x and y batched s8 of R*K and R*M elements"));
+    }
+    const uint32_t M = m->tensors[w].dims[0], K = m->tensors[w].dims[1];
+    if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->in[3], M) || !ep_q8_is_exp(m, nd->out[1], 1)) {
+        return ep_reject(why, EP_WHY("linear_q8.fw: e_x, e_y must be i32 [1] and e_w i32 [M]"));
+    }
+    if (nd->n_in == 6 && (!ep_tensor_is(m, nd->in[4], EP_DTYPE_I32, false, 1) || m->tensors[nd->in[4]].dims[0] != M ||
+                          !ep_q8_is_exp(m, nd->in[5], 1))) {
+        return ep_reject(why, EP_WHY("linear_q8.fw: b must be an unbatched i32 [M] and e_b an i32 [1]"));
+    }
+    if (K > EP_Q8_MAX_TERMS_FW) {
+        return ep_reject(why, EP_WHY("linear_q8.fw: K above 65535 could overflow the int32 sums"));
+    }
+    const uint64_t rows = (uint64_t)m->max_batch * (m->tensors[y].elems / M);
+    if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(L_FW, rows, M, K))) {
+        return ep_reject(why, EP_WHY("linear_q8.fw: scratch must be an unbatched s8 of ep_q8 linear fw scratch bytes"));
+    }
+    if (!attrs_zero(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+        return ep_reject(why, EP_WHY("linear_q8.fw: attrs must be 0 and outputs disjoint from inputs and each other"));
+    }
+    return EP_OK;
+}
+
+static ep_status_t prepare_bw_input(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    if (nd->n_in != 4 || nd->n_out != 3) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_input: needs inputs (dy, e_dy, W, e_w) and outputs (dx, e_dx, scratch)"));
+    }
+    const uint16_t dy = nd->in[0], w = nd->in[2], dx = nd->out[0];
+    if (!shapes_ok(m, w, EP_DTYPE_S8, dy, dx)) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_input: want W s8 [M, K], dx and dy batched s8 of R*K and R*M elements"));
+    }
+    const uint32_t M = m->tensors[w].dims[0], K = m->tensors[w].dims[1];
+    if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->in[3], M) || !ep_q8_is_exp(m, nd->out[1], 1)) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_input: e_dy, e_dx must be i32 [1] and e_w i32 [M]"));
+    }
+    if (M > EP_Q8_MAX_TERMS_BW_INPUT) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_input: M above 8191 could overflow the int32 sums"));
+    }
+    const uint64_t rows = (uint64_t)m->max_batch * (m->tensors[dy].elems / M);
+    if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(L_BWI, rows, M, K))) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_input: scratch too small or not an unbatched s8"));
+    }
+    if (!attrs_zero(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_input: attrs must be 0 and outputs disjoint from inputs and each other"));
+    }
+    return EP_OK;
+}
+
+static ep_status_t prepare_bw_param(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const bool f32 = nd->n_out == 3;
+    if (nd->n_in != 4 || (nd->n_out != 3 && nd->n_out != 4)) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_param: needs inputs (dy, e_dy, x, e_x) and outputs (dW, db, scratch) or (dW, db, e_g, scratch)"));
+    }
+    const uint16_t dy = nd->in[0], x = nd->in[2], dw = nd->out[0], db = nd->out[1];
+    const uint8_t gt = f32 ? EP_DTYPE_F32 : EP_DTYPE_I32;
+    if (!shapes_ok(m, dw, gt, dy, x)) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_param: want dW f32 or i32 [M, K], x and dy batched s8 of R*K and R*M elements"));
+    }
+    const uint32_t M = m->tensors[dw].dims[0], K = m->tensors[dw].dims[1];
+    if (!ep_tensor_is(m, db, gt, false, 1) || m->tensors[db].dims[0] != M) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_param: db must be unbatched [M] of dW's dtype"));
+    }
+    if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->in[3], 1) || (!f32 && !ep_q8_is_exp(m, nd->out[2], 2))) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_param: e_dy, e_x must be i32 [1], e_g i32 [2]"));
+    }
+    const uint64_t rows = (uint64_t)m->max_batch * (m->tensors[dy].elems / M);
+    if (rows > EP_Q8_MAX_TERMS_BW_PARAM) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_param: max_batch x rows above 131071 could overflow the int32 sums"));
+    }
+    if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(f32 ? L_BWP_F32 : L_BWP_I32, rows, M, K))) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_param: scratch too small or not an unbatched s8"));
+    }
+    if (!attrs_zero(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+        return ep_reject(why, EP_WHY("linear_q8.bw_param: attrs must be 0 and outputs disjoint from inputs and each other"));
+    }
+    return EP_OK;
+}
+
+static ep_status_t linear_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    switch (nd->fn) {
+    case EP_FN_FW:
+        return prepare_fw(m, nd, why);
+    case EP_FN_BW_INPUT:
+        return prepare_bw_input(m, nd, why);
+    case EP_FN_BW_PARAM:
+        return prepare_bw_param(m, nd, why);
+    default:
+        return ep_reject(why, EP_WHY("linear_q8: unknown fn"));
+    }
+}
+
+/* ---- node functions ------------------------------------------------------------------ */
+
+static void linear_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
+    const ep_tensor_t *wt = &c->model->tensors[nd->in[2]];
+    const uint32_t M = wt->dims[0], K = wt->dims[1], Kp = ep_q8_even(K);
+    const uint32_t rows = c->n * (c->model->tensors[nd->out[0]].elems / M);
+    const int32_t e_x = ep_q8_ctx_exp(c, nd->in[1], 0);
+    const int32_t *e_w = ep_ctx_i32(c, nd->in[3]);
+    int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
+    int16_t *x16 = (int16_t *)(void *)(acc + rows * M), *w16 = x16 + rows * Kp;
+
+    if (nd->n_in == 6) {
+        const int32_t *b = ep_ctx_i32(c, nd->in[4]);
+        const int32_t e_b = ep_q8_ctx_exp(c, nd->in[5], 0);
+        for (uint32_t j = 0; j < M; j++) {
+            acc[j] = ep_q8_bias_at(b[j], e_b, e_x + ep_q8_exp(e_w[j]));
+        }
+    } else {
+        for (uint32_t j = 0; j < M; j++) {
+            acc[j] = 0;
+        }
+    }
+    for (uint32_t r = 1; r < rows; r++) {
+        for (uint32_t j = 0; j < M; j++) {
+            acc[r * M + j] = acc[j];
+        }
+    }
+    ep_q8_pack(ep_ctx_s8(c, nd->in[0]), rows, K, K, 1, NULL, 0, x16, Kp);
+    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), M, K, K, 1, NULL, 0, w16, Kp);
+    ep_q8_dot_s16(rows, M, Kp, x16, w16, acc, M);
+    ep_ctx_i32(c, nd->out[1])[0] = ep_q8_requant(acc, rows, M, 1, e_x, e_w, ep_ctx_s8(c, nd->out[0]));
+}
+
+static void linear_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
+    const ep_tensor_t *wt = &c->model->tensors[nd->in[2]];
+    const uint32_t M = wt->dims[0], K = wt->dims[1], Mp = ep_q8_even(M);
+    const uint32_t rows = c->n * (c->model->tensors[nd->in[0]].elems / M);
+    const int32_t *e_w = ep_ctx_i32(c, nd->in[3]);
+    const int32_t e_lo = ep_q8_weight_exp_lo(e_w, M);
+    int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
+    int16_t *dy16 = (int16_t *)(void *)(acc + rows * K), *wt16 = dy16 + rows * Mp;
+
+    for (uint32_t i = 0; i < rows * K; i++) {
+        acc[i] = 0;
+    }
+    ep_q8_pack(ep_ctx_s8(c, nd->in[0]), rows, M, M, 1, e_w, e_lo, dy16, Mp);
+    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), K, M, 1, K, NULL, 0, wt16, Mp); /* Wᵀ */
+    ep_q8_dot_s16(rows, K, Mp, dy16, wt16, acc, K);
+    ep_ctx_i32(c, nd->out[1])[0] =
+        ep_q8_requant(acc, rows * K, 1, 1, ep_q8_ctx_exp(c, nd->in[1], 0) + e_lo, NULL, ep_ctx_s8(c, nd->out[0]));
+}
+
+static void linear_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool f32 = nd->n_out == 3;
+    const ep_tensor_t *wt = &c->model->tensors[nd->out[0]];
+    const uint32_t M = wt->dims[0], K = wt->dims[1];
+    const uint32_t rows = c->n * (c->model->tensors[nd->in[0]].elems / M), Rp = ep_q8_even(rows);
+    const int32_t e_dy = ep_q8_ctx_exp(c, nd->in[1], 0), e_x = ep_q8_ctx_exp(c, nd->in[3], 0);
+    const int8_t *dy = ep_ctx_s8(c, nd->in[0]);
+    int8_t *scratch = ep_ctx_s8(c, nd->out[f32 ? 2 : 3]);
+    int32_t *acc = f32 ? (int32_t *)(void *)scratch : ep_ctx_i32(c, nd->out[0]);
+    int16_t *dyt = (int16_t *)(void *)(f32 ? scratch + 4 * M * K : scratch), *xt = dyt + M * Rp;
+
+    for (uint32_t i = 0; i < M * K; i++) {
+        acc[i] = 0;
+    }
+    ep_q8_pack(dy, M, rows, 1, M, NULL, 0, dyt, Rp);                            /* dyᵀ [M][rows] */
+    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), K, rows, 1, K, NULL, 0, xt, Rp);         /* xᵀ [K][rows] */
+    ep_q8_dot_s16(M, K, Rp, dyt, xt, acc, K);
+    if (f32) {
+        ep_q8_acc_to_f32(M * K, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0]));
+    } else {
+        int32_t *eg = ep_ctx_i32(c, nd->out[2]);
+        eg[0] = e_dy + e_x;
+        eg[1] = e_dy;
+    }
+    for (uint32_t j = 0; j < M; j++) {
+        int32_t s = 0; /* |s| ≤ 128 · rows < 2^31 */
+        for (uint32_t r = 0; r < rows; r++) {
+            s += dy[r * M + j];
+        }
+        if (f32) {
+            ep_q8_acc_to_f32(1, &s, e_dy, ep_ctx_f32(c, nd->out[1]) + j);
+        } else {
+            ep_ctx_i32(c, nd->out[1])[j] = s;
+        }
+    }
+}
+
+const ep_op_t ep_op_linear_q8 = {
+    .name = "linear_q8",
+    .prepare = linear_q8_prepare,
+    .fn = {[EP_FN_FW] = linear_q8_fw, [EP_FN_BW_INPUT] = linear_q8_bw_input, [EP_FN_BW_PARAM] = linear_q8_bw_param},
+};

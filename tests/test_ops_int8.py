@@ -1,0 +1,782 @@
+"""The int8 ops (firmware/runtime/ops/ep_q8_*.c) against their NumPy reference
+(host/quant.py), bit for bit, on every build: the runtime library (ctypes), the
+native firmware, and the emulated boards — the Cortex-M4F twice, with the DSP SIMD
+inner loops (the normal build) and with -DEP_Q8_PORTABLE (plain C), the Cortex-M7,
+the Cortex-M55, and GAP9's RISC-V core.
+
+Each case builds a one-op (or few-op) graph whose int8 inputs are initial values of
+the blob (tests/int8_lib.py), runs it over max_batch samples, reads every output
+back and compares it with the reference: codes and exponents must be EQUAL, and
+f32 outputs equal as bit patterns. Integer sums are exact in any order, and the
+float boundaries use only IEEE-exact operations (docs/ops/int8.md), so there is no
+tolerance anywhere in the device-vs-reference comparison.
+
+Then: the reference against PyTorch (the int8 ops approximate the fp32 ops within
+an error bound derived from the quantisation steps), rejection of malformed nodes,
+and a short int8 training run on real data (scikit-learn digits) on the native
+build, bit-exact against the reference at every step, with accuracy near fp32's.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import int8_lib as il
+import native_lib as nl
+from host import quant as q
+from host.ids import DType, OpCode, OpFn, TensorFlag
+
+B, P, T = TensorFlag.BATCHED, TensorFlag.PARAM, TensorFlag.TRAINABLE
+FW, BWI, BWP = OpFn.FW, OpFn.BW_INPUT, OpFn.BW_PARAM
+
+#: the builds every op runs on: the runtime library and native firmware (portable C, x86), the
+#: Cortex-M4F with SMLAD, and gap9 (RISC-V, portable C). EDGEPROP_EXHAUSTIVE=1 adds the M4F's
+#: portable build, the M7 and the M55 (the same DSP code as the M4F): about 4 more minutes.
+_BOARDS = ("mps2-an386", "gap9") + (("mps2-an386-portable", "mps2-an500", "mps3-an547")
+                                    if os.environ.get("EDGEPROP_EXHAUSTIVE") else ())
+TARGETS = ["lib", "native"] + [pytest.param(b, marks=pytest.mark.emulated) for b in _BOARDS]
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def target(request):
+    """A factory (QGraph, blob) → runner on one build; boards boot once per module."""
+    name = request.param
+    if name == "lib":
+        yield lambda qg, blob: il.LibRunner(qg, blob)
+        return
+    from conftest import _require_firmware
+    from host.device import Device
+    from host.emulator import start
+    from host.link import Link
+
+    board_name = name.removesuffix("-portable")
+    board = _require_firmware(board_name)
+    elf = il.portable_firmware(board_name) if name.endswith("-portable") else None
+    with start(board, elf=elf) as running, Link.open(running.url, timeout=60.0) as lk:
+        dev = Device(lk)
+        dev.hello()
+        yield lambda qg, blob: il.DeviceRunner(name, dev, qg, blob)
+
+
+@pytest.fixture
+def rng(request):
+    """Seeded from the test id (without the target): the same codes on every build."""
+    return np.random.default_rng(zlib.crc32(request.node.originalname.encode() +
+                                            str(request.node.callspec.params.get("case", "")).encode()))
+
+
+def codes(rng, shape, sparsity=0.1) -> np.ndarray:
+    """Random int8 codes over the whole range (-128 included: the ops accept it), some zeros."""
+    c = rng.integers(-128, 128, size=shape)
+    c[rng.random(shape) < sparsity] = 0
+    return c.astype(np.int8)
+
+
+def run_eval(target, qg: il.QGraph):
+    r = target(qg, qg.blob())
+    r.run(np.zeros((qg.max_batch, 1), np.float32), np.zeros(qg.max_batch, np.int64))
+    return r
+
+
+def assert_same(got, want, what: str) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    if got.dtype.kind == "f":
+        got, want = got.view(np.uint32), np.asarray(want, np.float32).view(np.uint32)
+    bad = got != want
+    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} elements differ, first at "
+                           f"{np.argwhere(bad)[0].tolist()}: {got[bad][0]} != {want[bad][0]}")
+
+
+def assert_exp(runner, name: str, want: int) -> None:
+    assert int(runner.read(name)[0]) == want, f"{name}: {int(runner.read(name)[0])} != {want}"
+
+
+# -- the reference's own rules ---------------------------------------------------------------
+
+def test_rshift_round_rules():
+    v = np.array([5, -5, 6, -6, 7, -7, 2**31 - 1, -(2**31)], np.int64)
+    assert q.rshift_round(v, 1).tolist() == [3, -2, 3, -3, 4, -3, 2**30, -(2**30)]  # half up
+    assert q.rshift_round(v, 32).tolist() == [0] * 8
+    assert q.rshift_round(np.array([1, -1, 3]), -31).tolist() == [2**31 - 1, -(2**31), 2**31 - 1]
+    assert q.rshift_round(np.array([3, -3]), -2).tolist() == [12, -12]
+
+
+def test_exponent_and_quantize_rules():
+    assert q.exp_for_maxabs(np.float32(1.0)) == -6          # 1.0 → code 64
+    assert q.exp_for_maxabs(np.float32(127.0)) == 0
+    assert q.exp_for_maxabs(np.float32(0.0)) == q.FEXP_MIN
+    assert q.exp_for_maxabs(np.float32(np.inf)) == q.FEXP_MAX
+    x = np.array([0.5, 1.5, 2.5, -2.5, 126.6, 1e30, -1e30, np.nan], np.float32)
+    assert q.quantize_with(x, 0).tolist() == [0, 2, 2, -2, 127, 127, -127, 0]  # ties to even, saturated
+
+
+def test_lr_fixed_is_accurate_to_16_bits():
+    for lr in (1.0, 0.05, 3e-4, 0.3, 7.0):
+        lq, sh = q.lr_fixed(lr)
+        assert 2**15 <= lq < 2**16
+        assert abs(lq * 2.0**-sh - lr) <= lr * 2.0**-16
+
+
+# -- QUANTIZE / DEQUANTIZE ------------------------------------------------------------------------
+
+def test_quantize_dequantize(target, rng):
+    mb, k = 4, 37
+    qg = il.QGraph("quantize", mb, input_dims=(k,))
+    qg.add("q", (k,), DType.S8, B)
+    qg.exp("e")
+    qg.add("y", (k,), DType.F32, B)
+    qg.node(OpCode.QUANTIZE, FW, ["input"], ["q", "e"])
+    qg.node(OpCode.DEQUANTIZE, FW, ["q", "e"], ["y"])
+    qg.readable("q", "e", "y")
+    r = target(qg, qg.blob())
+    for n, scale in ((4, 3.7), (3, 1e-3), (1, 250.0)):
+        x = (rng.standard_normal((mb, k)) * scale).astype(np.float32)
+        x[0, :3] = [0.0, -0.0, x[0, 3] / 2]
+        r.run(x[:n], np.zeros(n, np.int64))
+        want_q, want_e = q.quantize(x[:n])
+        assert_same(r.read("q", n), want_q, f"q (n={n})")
+        assert_exp(r, "e", want_e)
+        assert_same(r.read("y", n), q.dequantize(want_q, want_e), f"y (n={n})")
+
+
+# -- LINEAR_Q8 ----------------------------------------------------------------------------------------
+
+# (max_batch, rows per sample R, K, M, bias, exponent spread of W)
+LINEAR_CASES = {
+    "odd_k_bias": (3, 1, 37, 10, True, 3),
+    "k64_m16": (4, 1, 64, 16, True, 4),
+    "tokens_r3": (2, 3, 8, 5, False, 2),
+    "single_m1": (1, 1, 9, 1, True, 0),
+    "m7_k130_wide_spread": (5, 1, 130, 7, True, 6),  # spread > 4: folded exponents, defined result
+}
+
+
+def linear_inputs(rng, mb, R, K, M, spread):
+    x = codes(rng, (mb, R * K))
+    w = codes(rng, (M, K))
+    e_w = (-9 + rng.integers(-spread, 1, M)).astype(np.int32)
+    b = rng.integers(-(2**20), 2**20, M).astype(np.int32)
+    return x, w, e_w, b
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_linear_q8(target, rng, case):
+    mb, R, K, M, bias, spread = LINEAR_CASES[case]
+    x, w, e_w, b = linear_inputs(rng, mb, R, K, M, spread)
+    dy = codes(rng, (mb, R * M))
+    e_x, e_b, e_dy = -7, -20, -12
+    rows = mb * R
+    qg = il.QGraph("linear_q8", mb)
+    qg.add("x", (R * K,), DType.S8, B, x)
+    qg.exp("e_x", e_x)
+    qg.add("W", (M, K), DType.S8, P, w)
+    qg.exp("e_w", e_w, M)
+    qg.add("b", (M,), DType.I32, P, b)
+    qg.exp("e_b", e_b)
+    qg.add("dy", (R * M,), DType.S8, B, dy)
+    qg.exp("e_dy", e_dy)
+    for name, dims in (("y", (R * M,)), ("dx", (R * K,))):
+        qg.add(name, dims, DType.S8, B)
+        qg.exp("e_" + name)
+    qg.add("dW", (M, K), DType.F32)
+    qg.add("db", (M,), DType.F32)
+    qg.add("gW", (M, K), DType.I32)
+    qg.add("gb", (M,), DType.I32)
+    qg.exp("e_g", None, 2)
+    for fn in ("fw", "bw_input", "bw_param_f32", "bw_param_i32"):
+        qg.scratch("s_" + fn, q.linear_scratch_bytes(fn, rows, M, K))
+    fw_in = ["x", "e_x", "W", "e_w"] + (["b", "e_b"] if bias else [])
+    qg.node(OpCode.LINEAR_Q8, FW, fw_in, ["y", "e_y", "s_fw"])
+    qg.node(OpCode.LINEAR_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"])
+    qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param_f32"])
+    qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param_i32"])
+    qg.readable("y", "e_y", "dx", "e_dx", "dW", "db", "gW", "gb", "e_g")
+    r = run_eval(target, qg)
+
+    y, e_y = q.linear_fw(x.reshape(rows, K), e_x, w, e_w, b if bias else None, e_b)
+    assert_same(r.read("y"), y.reshape(mb, R * M), "y")
+    assert_exp(r, "e_y", e_y)
+    dx, e_dx = q.linear_bw_input(dy.reshape(rows, M), e_dy, w, e_w)
+    assert_same(r.read("dx"), dx.reshape(mb, R * K), "dx")
+    assert_exp(r, "e_dx", e_dx)
+    gw, gb, (e_gw, e_gb) = q.linear_bw_param(dy.reshape(rows, M), e_dy, x.reshape(rows, K), e_x)
+    assert_same(r.read("gW"), gw, "gW")
+    assert_same(r.read("gb"), gb, "gb")
+    assert r.read("e_g").tolist() == [e_gw, e_gb]
+    assert_same(r.read("dW"), q.acc_to_f32(gw, e_gw), "dW f32")
+    assert_same(r.read("db"), q.acc_to_f32(gb, e_gb), "db f32")
+
+
+# -- CONV2D_Q8 ----------------------------------------------------------------------------------------
+
+# (max_batch, c_in, h, w, c_out, (kh, kw), stride, pad (t, b, l, r), dilation, groups, bias)
+CONV_CASES = {
+    "3x3_pad1": (2, 3, 7, 9, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+    "3x5_stride2_asympad": (2, 4, 10, 13, 5, (3, 5), (2, 2), (1, 2, 0, 3), (1, 1), 1, True),
+    "dilation2": (1, 4, 12, 11, 6, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, False),
+    "groups2": (2, 6, 8, 9, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True),
+    "depthwise3x3": (3, 6, 9, 10, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6, True),
+    "depthwise_mult2": (2, 4, 8, 8, 8, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 4, False),
+    "pointwise": (2, 8, 5, 7, 12, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
+    "16x16_two_chunks": (1, 3, 16, 16, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+    "conv1d_long_rows": (2, 2, 1, 150, 3, (1, 5), (1, 1), (0, 0, 2, 2), (1, 1), 1, True),
+    # EEGNet shapes (shortened): temporal (1, 16) 'same', depthwise spatial (C, 1) D = 2, separable
+    "eegnet_temporal": (2, 1, 6, 40, 4, (1, 16), (1, 1), (0, 0, 8, 7), (1, 1), 1, False),
+    "eegnet_spatial_D2": (2, 4, 6, 20, 8, (6, 1), (1, 1), (0, 0, 0, 0), (1, 1), 4, False),
+    "eegnet_separable_dw": (2, 8, 1, 21, 8, (1, 8), (1, 1), (0, 0, 4, 3), (1, 1), 8, False),
+}
+
+
+def conv_inputs(rng, case):
+    mb, ci, h, w, co, (kh, kw), stride, pad, dil, groups, bias = case
+    g = q.ConvGeom(stride, pad, dil, groups)
+    ho, wo = g.out_shape(h, w, kh, kw)
+    x = codes(rng, (mb, ci, h, w))
+    wt = codes(rng, (co, ci // groups, kh, kw))
+    e_w = (-8 + rng.integers(-4, 1, co)).astype(np.int32)
+    b = rng.integers(-(2**22), 2**22, co).astype(np.int32) if bias else None
+    dy = codes(rng, (mb, co, ho, wo))
+    return g, x, wt, e_w, b, dy
+
+
+def conv_act_dims(c, h, w, one_d):
+    """[C][H][W], or [C][L] for a 1-D conv (input H = 1, as CONV2D)."""
+    return (c, w) if one_d else (c, h, w)
+
+
+def conv_w_dims(wt, h):
+    return (wt.shape[0], wt.shape[1], wt.shape[3]) if h == 1 else wt.shape
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv2d_q8(target, rng, case):
+    mb, ci, h, w, co, (kh, kw), *_ = CONV_CASES[case]
+    bias = CONV_CASES[case][-1]
+    g, x, wt, e_w, b, dy = conv_inputs(rng, CONV_CASES[case])
+    ho, wo = dy.shape[2:]
+    e_x, e_b, e_dy = -6, -21, -11
+    qg = il.QGraph("conv2d_q8", mb)
+    qg.add("x", conv_act_dims(ci, h, w, h == 1), DType.S8, B, x)
+    qg.exp("e_x", e_x)
+    qg.add("W", conv_w_dims(wt, h), DType.S8, P, wt)
+    qg.exp("e_w", e_w, co)
+    if bias:
+        qg.add("b", (co,), DType.I32, P, b)
+        qg.exp("e_b", e_b)
+    qg.add("dy", conv_act_dims(co, ho, wo, h == 1), DType.S8, B, dy)
+    qg.exp("e_dy", e_dy)
+    qg.add("y", conv_act_dims(co, ho, wo, h == 1), DType.S8, B)
+    qg.exp("e_y")
+    qg.add("dx", conv_act_dims(ci, h, w, h == 1), DType.S8, B)
+    qg.exp("e_dx")
+    qg.add("dW", conv_w_dims(wt, h), DType.F32)
+    qg.add("db", (co,), DType.F32)
+    qg.add("gW", conv_w_dims(wt, h), DType.I32)
+    qg.add("gb", (co,), DType.I32)
+    qg.exp("e_g", None, 2)
+    for fn in ("fw", "bw_input", "bw_param_f32", "bw_param_i32"):
+        qg.scratch("s_" + fn, q.conv_scratch_bytes(fn, mb, (ci, h, w), wt.shape, g))
+    fw_in = ["x", "e_x", "W", "e_w"] + (["b", "e_b"] if bias else [])
+    qg.node(OpCode.CONV2D_Q8, FW, fw_in, ["y", "e_y", "s_fw"], g.iattrs)
+    qg.node(OpCode.CONV2D_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], g.iattrs)
+    qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param_f32"], g.iattrs)
+    qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param_i32"], g.iattrs)
+    qg.readable("y", "e_y", "dx", "e_dx", "dW", "db", "gW", "gb", "e_g")
+    r = run_eval(target, qg)
+
+    y, e_y = q.conv_fw(x, e_x, wt, e_w, g, b, e_b)
+    assert_same(r.read("y").reshape(y.shape), y, "y")
+    assert_exp(r, "e_y", e_y)
+    dx, e_dx = q.conv_bw_input(dy, e_dy, wt, e_w, x.shape, g)
+    assert_same(r.read("dx").reshape(dx.shape), dx, "dx")
+    assert_exp(r, "e_dx", e_dx)
+    gw, gb, (e_gw, e_gb) = q.conv_bw_param(dy, e_dy, x, e_x, wt.shape, g)
+    assert_same(r.read("gW").reshape(gw.shape), gw, "gW")
+    assert_same(r.read("gb"), gb, "gb")
+    assert r.read("e_g").tolist() == [e_gw, e_gb]
+    assert_same(r.read("dW").reshape(gw.shape), q.acc_to_f32(gw, e_gw), "dW f32")
+    assert_same(r.read("db"), q.acc_to_f32(gb, e_gb), "db f32")
+
+
+# -- RELU_Q8, SGD_Q8, REQUANT_WEIGHTS --------------------------------------------------------------
+
+def test_relu_q8(target, rng):
+    mb, k = 3, 29
+    x, dy = codes(rng, (mb, k)), codes(rng, (mb, k))
+    qg = il.QGraph("relu_q8", mb)
+    qg.add("x", (k,), DType.S8, B, x)
+    qg.exp("e_x", -5)
+    qg.add("dy", (k,), DType.S8, B, dy)
+    qg.exp("e_dy", -13)
+    qg.add("y", (k,), DType.S8, B)
+    qg.exp("e_y")
+    qg.add("dx", (k,), DType.S8, B)
+    qg.exp("e_dx")
+    qg.node(OpCode.RELU_Q8, FW, ["x", "e_x"], ["y", "e_y"])
+    qg.node(OpCode.RELU_Q8, BWI, ["dy", "e_dy", "y"], ["dx", "e_dx"])
+    qg.readable("y", "e_y", "dx", "e_dx")
+    r = run_eval(target, qg)
+    y, e_y = q.relu_fw(x, -5)
+    assert_same(r.read("y"), y, "y")
+    assert_exp(r, "e_y", e_y)
+    dx, e_dx = q.relu_bw(dy, -13, y)
+    assert_same(r.read("dx"), dx, "dx")
+    assert_exp(r, "e_dx", e_dx)
+
+
+@pytest.mark.parametrize("case", ["s8_per_channel", "i32_bias", "s8_coarse_and_fine"])
+def test_sgd_q8(target, rng, case):
+    """Three EVALs of the same SGD_Q8 step: the PRNG state carries over between them."""
+    M, K = 6, 11
+    if case == "i32_bias":
+        p0 = rng.integers(-(2**28), 2**28, (M,)).astype(np.int32)
+        g = rng.integers(-(2**20), 2**20, (M,)).astype(np.int32)
+        e_p, e_g, lr, dt = np.array([-20], np.int32), -14, 0.05, DType.I32
+    else:
+        p0 = codes(rng, (M, K))
+        g = rng.integers(-(2**24), 2**24, (M, K)).astype(np.int32)
+        e_p, e_g, lr, dt = (-8 + rng.integers(-4, 1, M)).astype(np.int32), -22, 0.1, DType.S8
+        if case == "s8_coarse_and_fine":  # steps far below and far above one code (s > 32 and s ≤ 0)
+            g[:3] = rng.integers(-3, 4, (3, K))
+            g[3:] = rng.integers(-(2**30), 2**30, (M - 3, K))
+            e_g = -40
+            e_p[3:] = -80
+    lr_q, lr_shift = q.lr_fixed(lr)
+    qg = il.QGraph("sgd_q8", 1)
+    qg.add("p", p0.shape, dt, P | T, p0)
+    qg.add("g", g.shape, DType.I32, init=g)
+    qg.exp("e_g", [e_g, 0], 2)
+    qg.exp("e_p", e_p, e_p.size)
+    qg.add("rng", (1,), DType.I32, P, np.array([12345], np.int32))
+    qg.node(OpCode.SGD_Q8, FW, ["g", "e_g", "e_p"], ["p", "rng"], (lr_q, lr_shift, 0))
+    r = target(qg, qg.blob())
+    p, state = p0, 12345
+    for _ in range(3):
+        r.run(np.zeros((1, 1), np.float32), [0])
+        p, state = q.sgd_q8(p, g, e_g, e_p, lr_q, lr_shift, state)
+        assert_same(r.read("p"), p, "p")
+        assert int(r.read("rng")[0]) & 0xFFFFFFFF == state
+    assert (p != p0).any()
+
+
+def test_requant_weights(target, rng):
+    w = (rng.standard_normal((5, 3, 2, 2)) * np.array([1.0, 0.01, 3.0, 1e-9, 0.2])[:, None, None, None]).astype(np.float32)
+    w[3] = 0.0
+    b = (rng.standard_normal(5) * 0.3).astype(np.float32)
+    e_b = q.bias_exponent(b)
+    qg = il.QGraph("requant", 1)
+    qg.add("w", w.shape, DType.F32, P | T, w)
+    qg.add("b", b.shape, DType.F32, P | T, b)
+    qg.exp("e_b", e_b)
+    qg.add("wq", w.shape, DType.S8, P)
+    qg.exp("e_w", None, 5)
+    qg.add("bq", b.shape, DType.I32, P)
+    qg.node(OpCode.REQUANT_WEIGHTS, FW, ["w"], ["wq", "e_w"], (q.SPREAD,))
+    qg.node(OpCode.REQUANT_WEIGHTS, FW, ["b", "e_b"], ["bq"])
+    qg.readable("e_w")
+    r = run_eval(target, qg)
+    wq, e_w = q.quantize_weights(w, q.SPREAD)
+    assert_same(r.read("wq"), wq, "wq")
+    assert_same(r.read("e_w"), e_w, "e_w")
+    assert e_w.max() - e_w.min() == q.SPREAD  # the 1e-9 and zero channels were raised
+    assert_same(r.read("bq"), q.quantize_bias(b, e_b), "bq")
+
+
+def test_the_two_cortex_m4_builds_differ_in_their_inner_loop():
+    """The portable build really runs plain C: its inner product has no SMLAD, the
+    normal build's does (so the bit-exact tests above compare two different codes)."""
+    import shutil
+    import subprocess
+
+    objdump = shutil.which("arm-none-eabi-objdump")
+    if objdump is None:
+        pytest.skip("arm-none-eabi-objdump not found (install binutils-arm-none-eabi)")
+    from conftest import _require_firmware
+    from host.emulator import firmware_path
+
+    simd = firmware_path(_require_firmware("mps2-an386"))
+    portable = il.portable_firmware("mps2-an386")
+
+    def smlads(elf) -> int:
+        dis = subprocess.run([objdump, "-d", "--disassemble=ep_q8_dot_s16", str(elf)], capture_output=True,
+                             text=True, check=True).stdout
+        assert "<ep_q8_dot_s16>:" in dis
+        return dis.count("smlad")
+
+    assert smlads(simd) >= 4 and smlads(portable) == 0
+
+
+# -- malformed nodes are refused --------------------------------------------------------------------
+
+def _linear_graph(mutate=None) -> bytes:
+    M, K, mb = 4, 6, 2
+    qg = il.QGraph("bad", mb)
+    qg.add("x", (K,), DType.S8, B)
+    qg.exp("e_x", 0)
+    qg.add("W", (M, K), DType.S8, P)
+    qg.exp("e_w", 0, M)
+    qg.add("y", (M,), DType.S8, B)
+    qg.exp("e_y")
+    qg.scratch("s", q.linear_scratch_bytes("fw", mb, M, K))
+    node = dict(ins=["x", "e_x", "W", "e_w"], outs=["y", "e_y", "s"], iattrs=())
+    if mutate:
+        mutate(qg, node)
+    qg.node(OpCode.LINEAR_Q8, FW, node["ins"], node["outs"], node["iattrs"])
+    return qg.blob()
+
+
+def _set_tensor(name, **kw):
+    def f(qg, node):
+        t = qg.g.tensors[qg.names[name]]
+        for k, v in kw.items():
+            setattr(t, k, v)
+    return f
+
+
+BAD_NODES = {
+    "W is f32": (_set_tensor("W", dtype=DType.F32), "W s8"),
+    "x is unbatched": (_set_tensor("x", flags=TensorFlag(0)), "batched"),
+    "e_w of the wrong size": (_set_tensor("e_w", dims=(3,)), "e_w"),
+    "scratch too small": (_set_tensor("s", dims=(8,)), "scratch"),
+    "scratch is a parameter": (_set_tensor("s", flags=P), "scratch"),
+    "x shape not R*K": (_set_tensor("x", dims=(7,)), "R*K"),
+    "e_y is e_x": (lambda qg, node: node["outs"].__setitem__(1, "e_x"), "disjoint"),
+    "missing output": (lambda qg, node: node["outs"].pop(), "needs"),
+    "non-zero iattr": (lambda qg, node: node.__setitem__("iattrs", (1,)), "attrs"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_NODES))
+def test_malformed_linear_q8_is_refused(case):
+    assert nl.parse(_linear_graph()).status == 0
+    mutate, why = BAD_NODES[case]
+    p = nl.parse(_linear_graph(mutate))
+    assert p.status != 0 and why in p.why, (p.status, p.why)
+
+
+def _update_graph(lr_shift=3, rng_dims=(1,), spread=2, p_flags=P | T) -> bytes:
+    qg = il.QGraph("bad_upd", 1)
+    qg.add("p", (3, 4), DType.S8, p_flags)
+    qg.add("g", (3, 4), DType.I32)
+    qg.exp("e_g", 0, 2)
+    qg.exp("e_p", 0, 3)
+    qg.add("rng", rng_dims, DType.I32, P)
+    qg.add("w", (3, 4), DType.F32, P)
+    qg.add("wq", (3, 4), DType.S8, P)
+    qg.exp("e_wq", 0, 3)
+    qg.node(OpCode.SGD_Q8, FW, ["g", "e_g", "e_p"], ["p", "rng"], (100, lr_shift, 1))
+    qg.node(OpCode.REQUANT_WEIGHTS, FW, ["w"], ["wq", "e_wq"], (spread,))
+    return qg.blob()
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(lr_shift=63), "lr_shift"),
+    (dict(rng_dims=(2,)), "rng"),
+    (dict(p_flags=P), "TRAINABLE"),
+    (dict(spread=5), "spread"),
+])
+def test_malformed_updates_are_refused(kw, why):
+    assert nl.parse(_update_graph()).status == 0
+    p = nl.parse(_update_graph(**kw))
+    assert p.status != 0 and why in p.why, (p.status, p.why)
+
+
+def test_oversized_sums_are_refused():
+    """bw_input sums over M = 8192 outputs could overflow int32: refused at parse."""
+    M, K, mb = 8192, 2, 1
+    qg = il.QGraph("big", mb)
+    qg.add("dy", (M,), DType.S8, B)
+    qg.exp("e_dy", 0)
+    qg.add("W", (M, K), DType.S8, P)
+    qg.exp("e_w", 0, M)
+    qg.add("dx", (K,), DType.S8, B)
+    qg.exp("e_dx")
+    qg.scratch("s", q.linear_scratch_bytes("bw_input", mb, M, K))
+    qg.node(OpCode.LINEAR_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s"])
+    p = nl.parse(qg.blob(), arena_bytes=1 << 26)
+    assert p.status != 0 and "8191" in p.why
+
+
+# -- the reference against PyTorch -------------------------------------------------------------------
+
+def _quantized_layer(rng, w_shape, bias=True):
+    w = (rng.standard_normal(w_shape) * 0.3).astype(np.float32)
+    w[0] *= 0.2  # a channel with a smaller range: per-channel exponents matter
+    b = (rng.standard_normal(w_shape[0]) * 0.5).astype(np.float32)
+    wq, e_w = q.quantize_weights(w)
+    e_b = q.bias_exponent(b)
+    return w, b, wq, e_w, q.quantize_bias(b, e_b), e_b
+
+
+def _step(e) -> np.ndarray:
+    return np.asarray([2.0 ** int(v) for v in np.atleast_1d(e)])
+
+
+def test_reference_linear_approximates_fp32_within_the_quantisation_bound():
+    """|y_int8 - y_fp32| ≤ |x|·δw + δx·|W| + K·δx·δw + δb + δy per element, where a step
+    δ = 2^e is a whole code step: rounding costs half a step and saturating the one
+    value that rounds to 128 another half (x, W), the bias code is exact to half a step
+    at its exponent and half a step again when moved to the accumulator, and the
+    requantised output is off by at most one step (rounding + saturation)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    w, b, wq, e_w, bq, e_b = _quantized_layer(rng, (9, 40))
+    xq, e_x = q.quantize(x)
+    y, e_y = q.linear_fw(xq, e_x, wq, e_w, bq, e_b)
+    ref = F.linear(torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64),
+                   torch.tensor(b, dtype=torch.float64)).numpy()
+    dw, dx = _step(e_w), 2.0 ** e_x
+    bound = (np.abs(x) @ np.broadcast_to(dw[:, None], w.shape).T + dx * np.abs(w).sum(1) + 40 * dx * dw
+             + 2.0 ** e_b + _step(e_x + e_w) + 2.0 ** e_y)
+    err = np.abs(q.dequantize(y, e_y) - ref)
+    assert (err <= bound).all(), (err / bound).max()
+    # the worst-case bound grows with K; the typical error is far smaller (rounding
+    # errors are independent and cancel): 2 % of the output's spread, fixed seed
+    assert np.sqrt((err**2).mean()) < 0.02 * ref.std()
+    # an off-by-one exponent (a plausible bug) breaks it
+    assert (np.abs(q.dequantize(y, e_y + 1) - ref) > bound).any()
+
+    # bw_input: dx = dy W, weights folded exactly (spread ≤ SPREAD)
+    g = rng.standard_normal((6, 9)).astype(np.float32)
+    gq, e_g = q.quantize(g)
+    gx, e_gx = q.linear_bw_input(gq, e_g, wq, e_w)
+    ref = g.astype(np.float64) @ w
+    bound = np.abs(g) @ np.broadcast_to(dw[:, None], w.shape) + 2.0 ** e_g * np.abs(w).sum(0) + 9 * 2.0 ** e_g * dw.max() + 2.0 ** e_gx
+    assert (np.abs(q.dequantize(gx, e_gx) - ref) <= bound).all()
+
+    # bw_param: the int sums are exact, so dW is dyᵀx of the quantised values (f32-rounded)
+    gw, gb, (e_gw, e_gb) = q.linear_bw_param(gq, e_g, xq, e_x)
+    exact = q.dequantize(gq, e_g).astype(np.float64).T @ q.dequantize(xq, e_x).astype(np.float64)
+    np.testing.assert_allclose(q.acc_to_f32(gw, e_gw), exact, rtol=2.0 ** -24, atol=0)
+
+
+def test_reference_conv_approximates_fp32_within_the_quantisation_bound():
+    """The same bound as the linear test for a grouped, strided, padded conv: every
+    output sums ≤ C_in/groups·kh·kw products (padding taps are exact zeros)."""
+    rng = np.random.default_rng(6)
+    g = q.ConvGeom((2, 1), (1, 0, 2, 1), (1, 1), 2)
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    w, b, wq, e_w, bq, e_b = _quantized_layer(rng, (6, 2, 3, 3))
+    xq, e_x = q.quantize(x)
+    y, e_y = q.conv_fw(xq, e_x, wq, e_w, g, bq, e_b)
+    t64 = lambda a: torch.tensor(np.asarray(a, np.float64))  # noqa: E731
+    conv = lambda xx, ww: F.conv2d(F.pad(xx, (2, 1, 1, 0)), ww, None, (2, 1), 0, 1, 2)  # noqa: E731
+    ref = (conv(t64(x), t64(w)) + t64(b)[None, :, None, None]).numpy()
+    dw = np.broadcast_to(_step(e_w)[:, None, None, None], w.shape)
+    dx = 2.0 ** e_x
+    bound = (conv(t64(np.abs(x)), t64(dw)) + conv(t64(np.full_like(x, dx)), t64(np.abs(w) + dw))).numpy() \
+        + (2.0 ** e_b + _step(e_x + e_w))[None, :, None, None] + 2.0 ** e_y
+    err = np.abs(q.dequantize(y, e_y) - ref)
+    assert (err <= bound).all(), (err / bound).max()
+    assert np.sqrt((err**2).mean()) < 0.02 * ref.std()
+    assert (np.abs(q.dequantize(y, e_y + 1) - ref) > bound).any()
+
+
+# -- int8 training on real data ------------------------------------------------------------------------
+
+HIDDEN, BATCH, EPOCHS, LR = 32, 16, 2, 0.1
+
+
+def _mlp_init(features, classes, seed=0):
+    """PyTorch's nn.Linear initialisation, seeded: U(±1/√fan_in) for weights and biases."""
+    r = np.random.default_rng(seed)
+    shapes = [(HIDDEN, features), (classes, HIDDEN)]
+    return [((r.uniform(-1, 1, s) / np.sqrt(s[1])).astype(np.float32),
+             (r.uniform(-1, 1, s[0]) / np.sqrt(s[1])).astype(np.float32)) for s in shapes]
+
+
+class Int8Mlp:
+    """A 2-layer int8 MLP as a training graph, and the same training step in NumPy.
+
+    mode "sr": int8 weights and int32 biases trained in place by SGD_Q8 (stochastic
+    rounding); mode "master": f32 master weights trained by the f32 SGD op, then
+    REQUANT_WEIGHTS to the int8 codes the forward pass uses. The loss is the f32
+    SOFTMAX_CE on dequantised logits; its gradient is quantised again. The reference
+    computes SOFTMAX_CE with the very kernel the device runs (ctypes): that op has its
+    own golden tests against PyTorch, and exp() differs between libms, so using it
+    here keeps the comparison about the int8 arithmetic."""
+
+    def __init__(self, features, classes, mode, init):
+        self.mode, self.classes = mode, classes
+        self.lr_q, self.lr_shift = q.lr_fixed(LR)
+        self.s = {"rng": 2463534242}
+        qg = il.QGraph(f"mlp-{mode}", BATCH, input_dims=(features,), num_classes=classes)
+        dims = {1: (features, HIDDEN), 2: (HIDDEN, classes)}
+        for i, (w, b) in enumerate(init, 1):
+            wq, e_w = q.quantize_weights(w, headroom=1 if mode == "sr" else 0)
+            e_b = q.bias_exponent(b)
+            self.s.update({f"W{i}": wq, f"e_W{i}": e_w, f"b{i}": q.quantize_bias(b, e_b), f"e_b{i}": e_b})
+            code_flags = P | T if mode == "sr" else P
+            qg.add(f"W{i}", w.shape, DType.S8, code_flags, wq)
+            qg.add(f"e_W{i}", (w.shape[0],), DType.I32, P, e_w)  # model state: PARAM
+            qg.add(f"b{i}", b.shape, DType.I32, code_flags, self.s[f"b{i}"])
+            qg.add(f"e_b{i}", (1,), DType.I32, P, np.array([e_b]))
+            if mode == "master":
+                self.s.update({f"W{i}f": w.copy(), f"b{i}f": b.copy()})
+                qg.add(f"W{i}f", w.shape, DType.F32, P | T, w)
+                qg.add(f"b{i}f", b.shape, DType.F32, P | T, b)
+            k, m = dims[i]
+            gdt = DType.I32 if mode == "sr" else DType.F32
+            qg.add(f"gW{i}", w.shape, gdt)
+            qg.add(f"gb{i}", b.shape, gdt)
+            qg.exp(f"eg{i}", None, 2)
+            qg.scratch(f"s_fw{i}", q.linear_scratch_bytes("fw", BATCH, m, k))
+            qg.scratch(f"s_bwp{i}", q.linear_scratch_bytes("bw_param_i32" if mode == "sr" else "bw_param_f32",
+                                                            BATCH, m, k))
+        qg.add("rng", (1,), DType.I32, P, np.array([self.s["rng"]], np.int64).astype(np.uint32).view(np.int32))
+        qg.scratch("s_bwi2", q.linear_scratch_bytes("bw_input", BATCH, classes, HIDDEN))
+        for name, n in (("xq", features), ("h1", HIDDEN), ("a1", HIDDEN), ("z", classes), ("dz", classes),
+                        ("da1", HIDDEN), ("dh1", HIDDEN)):
+            qg.add(name, (n,), DType.S8, B)
+            qg.exp("e_" + name)
+        for name in ("logits", "probs", "dlogits"):
+            qg.add(name, (classes,), DType.F32, B)
+        N = OpCode
+        qg.node(N.QUANTIZE, FW, ["input"], ["xq", "e_xq"])
+        qg.node(N.LINEAR_Q8, FW, ["xq", "e_xq", "W1", "e_W1", "b1", "e_b1"], ["h1", "e_h1", "s_fw1"])
+        qg.node(N.RELU_Q8, FW, ["h1", "e_h1"], ["a1", "e_a1"])
+        qg.node(N.LINEAR_Q8, FW, ["a1", "e_a1", "W2", "e_W2", "b2", "e_b2"], ["z", "e_z", "s_fw2"])
+        qg.node(N.DEQUANTIZE, FW, ["z", "e_z"], ["logits"])
+        qg.node(N.SOFTMAX_CE, FW, ["logits", "labels"], ["probs", "stats"])
+        n_fw = len(qg.g.nodes)
+        qg.node(N.SOFTMAX_CE, BWI, ["probs", "labels"], ["dlogits"])
+        qg.node(N.QUANTIZE, FW, ["dlogits"], ["dz", "e_dz"])
+        gouts = lambda i: [f"gW{i}", f"gb{i}"] + ([f"eg{i}"] if mode == "sr" else []) + [f"s_bwp{i}"]  # noqa: E731
+        qg.node(N.LINEAR_Q8, BWP, ["dz", "e_dz", "a1", "e_a1"], gouts(2))
+        qg.node(N.LINEAR_Q8, BWI, ["dz", "e_dz", "W2", "e_W2"], ["da1", "e_da1", "s_bwi2"])
+        qg.node(N.RELU_Q8, BWI, ["da1", "e_da1", "a1"], ["dh1", "e_dh1"])
+        qg.node(N.LINEAR_Q8, BWP, ["dh1", "e_dh1", "xq", "e_xq"], gouts(1))
+        for i in (2, 1):
+            if mode == "sr":
+                lr = (self.lr_q, self.lr_shift)
+                qg.node(N.SGD_Q8, FW, [f"gW{i}", f"eg{i}", f"e_W{i}"], [f"W{i}", "rng"], (*lr, 0))
+                qg.node(N.SGD_Q8, FW, [f"gb{i}", f"eg{i}", f"e_b{i}"], [f"b{i}", "rng"], (*lr, 1))
+            else:
+                qg.node(N.SGD, FW, [f"gW{i}"], [f"W{i}f"], (), (LR, 0.0))
+                qg.node(N.SGD, FW, [f"gb{i}"], [f"b{i}f"], (), (LR, 0.0))
+                qg.node(N.REQUANT_WEIGHTS, FW, [f"W{i}f"], [f"W{i}", f"e_W{i}"], (q.SPREAD,))
+                qg.node(N.REQUANT_WEIGHTS, FW, [f"b{i}f", f"e_b{i}"], [f"b{i}"])
+        self.qg = qg
+        self.blob = qg.blob(eval_nodes=n_fw, train_loss_end=n_fw)
+
+    def param_names(self):
+        names = ["W1", "e_W1", "b1", "W2", "e_W2", "b2"]
+        return names + (["rng"] if self.mode == "sr" else ["W1f", "b1f", "W2f", "b2f"])
+
+    def ref_step(self, x, y) -> float:
+        """One training step of the reference on self.s; returns the loss."""
+        s = self.s
+        xq, e_xq = q.quantize(x)
+        h1, e_h1 = q.linear_fw(xq, e_xq, s["W1"], s["e_W1"], s["b1"], s["e_b1"])
+        a1, e_a1 = q.relu_fw(h1, e_h1)
+        z, e_z = q.linear_fw(a1, e_a1, s["W2"], s["e_W2"], s["b2"], s["e_b2"])
+        probs, loss, _ = nl.softmax_ce_fw(q.dequantize(z, e_z), y)
+        dz, e_dz = q.quantize(nl.softmax_ce_bw(probs, y))
+        g2 = q.linear_bw_param(dz, e_dz, a1, e_a1)
+        da1, e_da1 = q.linear_bw_input(dz, e_dz, s["W2"], s["e_W2"])
+        dh1, e_dh1 = q.relu_bw(da1, e_da1, a1)
+        g1 = q.linear_bw_param(dh1, e_dh1, xq, e_xq)
+        for i, (gw, gb, (e_gw, e_gb)) in ((2, g2), (1, g1)):
+            if self.mode == "sr":
+                s[f"W{i}"], s["rng"] = q.sgd_q8(s[f"W{i}"], gw, e_gw, s[f"e_W{i}"], self.lr_q, self.lr_shift, s["rng"])
+                s[f"b{i}"], s["rng"] = q.sgd_q8(s[f"b{i}"], gb, e_gb, s[f"e_b{i}"], self.lr_q, self.lr_shift, s["rng"])
+            else:
+                lr, zero = np.float32(LR), np.float32(0.0)
+                for p, g, e in ((f"W{i}f", gw, e_gw), (f"b{i}f", gb, e_gb)):
+                    s[p] = s[p] - lr * (q.acc_to_f32(g, e) + zero * s[p])  # ep_sgd_update_f32, weight decay 0
+                s[f"W{i}"], s[f"e_W{i}"] = q.quantize_weights(s[f"W{i}f"])
+                s[f"b{i}"] = q.quantize_bias(s[f"b{i}f"], s[f"e_b{i}"])
+        return loss
+
+
+def _batches(n, epochs, seed=1):
+    r = np.random.default_rng(seed)
+    for _ in range(epochs):
+        perm = r.permutation(n)
+        for i in range(0, n - BATCH + 1, BATCH):
+            yield perm[i:i + BATCH]
+
+
+def _fp32_accuracy(ds, init) -> float:
+    """The same MLP, init, batches and learning rate in PyTorch float32."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(ds.features, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, ds.classes))
+    with torch.no_grad():
+        for layer, (w, b) in zip((model[0], model[2]), init):
+            layer.weight.copy_(torch.from_numpy(w))
+            layer.bias.copy_(torch.from_numpy(b))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    for idx in _batches(len(ds.x_train), EPOCHS):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.from_numpy(ds.x_train[idx])), torch.from_numpy(ds.y_train[idx])).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((model(torch.from_numpy(ds.x_test)).argmax(1).numpy() == ds.y_test).mean())
+
+
+@pytest.fixture(scope="module")
+def native_device():
+    from conftest import _require_firmware
+    from host.device import Device
+    from host.emulator import start
+    from host.link import Link
+
+    with start(_require_firmware("native")) as running, Link.open(running.url, timeout=30.0) as lk:
+        dev = Device(lk)
+        dev.hello()
+        yield dev
+
+
+@pytest.mark.parametrize("mode", ["sr", "master"])
+def test_int8_mlp_trains_on_digits_bit_exact_every_step(native_device, mode):
+    from host.datasets import load_dataset
+
+    ds = load_dataset("digits")
+    init = _mlp_init(ds.features, ds.classes)
+    net = Int8Mlp(ds.features, ds.classes, mode, init)
+    r = il.DeviceRunner("native", native_device, net.qg, net.blob)
+    for step, idx in enumerate(_batches(len(ds.x_train), EPOCHS)):
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        got = r.run(x, y, train=True)
+        want = net.ref_step(x, y)
+        assert np.float32(got.loss) == np.float32(want), f"step {step}: loss {got.loss} != {want}"
+        if step >= 32 and step % 16:  # every parameter after each of the first 32 steps, then every 16th
+            continue
+        for name in net.param_names():
+            ref = np.asarray(net.s[name]) if name != "rng" else np.array([net.s["rng"]], np.uint32).view(np.int32)
+            assert_same(r.read(name).reshape(np.shape(ref)), ref.astype(r.read(name).dtype), f"step {step}: {name}")
+    assert step + 1 == EPOCHS * (len(ds.x_train) // BATCH)
+
+    correct = 0
+    for i in range(0, len(ds.x_test), BATCH):
+        correct += r.run(ds.x_test[i:i + BATCH], ds.y_test[i:i + BATCH]).correct
+    acc, acc32 = correct / len(ds.x_test), _fp32_accuracy(ds, init)
+    print(f"\n{mode}: int8 test accuracy {acc:.4f}, fp32 {acc32:.4f} after {step + 1} steps")
+    # a short run (2 epochs): int8 within 3 points of fp32 (the issue's 1.5-point
+    # target is for full runs, reported by the benchmark)
+    assert acc >= acc32 - 0.03, (acc, acc32)
+    assert acc > 0.8
+
+
+def test_under_sanitizers():
+    """The op tests on the runtime library again, built with -fsanitize=address,undefined:
+    an out-of-bounds access of a tensor or scratch, a signed overflow or a bad shift in
+    the int8 kernels aborts the subprocess (arena buffers are exact-size NumPy arrays)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
+           "-k", "lib and not mlp and not test_under_sanitizers", str(Path(__file__))]
+    nl.build("sanitize")
+    proc = subprocess.run(cmd, env=nl.sanitized_env(), capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=600)
+    assert proc.returncode == 0, proc.stderr[:6000] + proc.stdout[-3000:]
+    assert " passed" in proc.stdout
