@@ -65,6 +65,9 @@ demo: setup
 test: setup
 	@$(SYSPY) -m host.toolcheck --install fuzz
 	@for b in $(TEST_BOARDS); do $(MAKE) --no-print-directory firmware BOARD=$$b || exit 1; done
+	@echo "==> native firmware with ASan+UBSan into $(BUILD)/native-asan (the device tests run on it too)"
+	@$(SYSPY) -m host.boards render native $(BUILD)/native-asan
+	@$(MAKE) --no-print-directory -C firmware BUILD=$(BUILD)/native-asan SANITIZE=1
 	@$(PY) -m host.codegen --check
 	@echo "==> frame receiver unit test (C, ASan+UBSan)"
 	@$(MAKE) --no-print-directory -C firmware test-frame BUILD=$(BUILD)/native

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import ids
-from .errors import ProtocolError
+from .errors import DeviceError, LinkError, ProtocolError
 from .graph import NUMPY_DTYPE
 from .ids import DTYPE_BYTES, Cap, Encoding, MsgType
 from .link import Link
 from .protocol import (
     BATCH_REQ,
+    CKPT_INFO_RESP,
+    CKPT_RESP,
+    GUARD_REQ,
+    GUARD_RESP,
+    NvFlag,
     BUF_BEGIN_REQ,
     BUF_BEGIN_RESP,
     BUF_CHUNK_MAX,
@@ -51,12 +57,41 @@ class Hello:
     model_loaded: bool
     model_crc: int
     board: str
+    #: what non-volatile storage holds (NvFlag; 0 from firmware without checkpoints)
+    nv_flags: NvFlag = NvFlag(0)
+    #: the checkpoint the device's weights are (restored at boot, saved or restored since); 0 = none
+    ckpt_seq: int = 0
+    #: TRAIN steps applied to the installed model (a restored checkpoint's count included)
+    steps: int = 0
 
     def to_json(self) -> dict:
         return {"protocol": self.protocol, "firmware": self.firmware, "board": self.board,
                 "caps": [c.name for c in Cap if c in self.caps], "arena_bytes": self.arena_bytes,
                 "staging_bytes": self.staging_bytes, "model_loaded": self.model_loaded,
-                "model_crc": f"{self.model_crc:08x}"}
+                "model_crc": f"{self.model_crc:08x}", "nv": [f.name for f in NvFlag if f in self.nv_flags],
+                "ckpt_seq": self.ckpt_seq, "steps": self.steps}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as CKPT_SAVE / CKPT_RESTORE report it."""
+
+    seq: int
+    steps: int
+    payload_bytes: int
+    slot: int
+
+
+class RolledBack(DeviceError):
+    """A TRAIN the device refused with NUMERIC: the runtime found the loss NaN/Inf (the step
+    was not applied), or the guards rejected the update (a NaN/Inf parameter, a loss spike)
+    and restored the newest checkpoint (`rolled_back`; the message says which), or, with
+    no checkpoint stored, could not (`rolled_back` False: the weights are as the step left them)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message, status=status,
+                         hint="lower the learning rate, or raise the spike factor (GUARD)")
+        self.rolled_back = "rolled back to checkpoint" in message
 
 
 @dataclass(frozen=True)
@@ -196,12 +231,53 @@ class Device:
         self.link = link
 
     def hello(self) -> Hello:
-        r = HELLO_RESP.parse(self.link.request(MsgType.HELLO).payload)
+        try:
+            frame = self.link.request(MsgType.HELLO)
+        except LinkError as e:
+            raise LinkError(f"{self.link.url or 'the port'} does not answer HELLO: {e}",
+                            hint="is this the EdgeProp device's port, and is its firmware running? "
+                                 "(`host boards`, `make flash`, or pass another --port)") from e
+        try:
+            r = HELLO_RESP.parse(frame.payload)
+        except Exception as e:  # construct's errors: a frame that is not our HELLO
+            raise ProtocolError(f"the HELLO answer is not EdgeProp's ({e})",
+                                hint="the port answers, but not with this protocol: another device?") from e
         if r.protocol != ids.PROTOCOL_VERSION:
             raise ProtocolError(f"device speaks protocol v{r.protocol}; this host speaks v{ids.PROTOCOL_VERSION}")
+        nv = r.nv
         return Hello(r.protocol, f"{r.fw_major}.{r.fw_minor}.{r.fw_patch}", Cap(r.caps), r.arena_bytes,
                      r.staging_bytes, r.max_payload, bool(r.model_loaded), r.model_crc,
-                     r.board.decode("ascii", "replace"))
+                     r.board.decode("ascii", "replace"), NvFlag(nv.flags) if nv else NvFlag(0),
+                     nv.ckpt_seq if nv else 0, nv.steps if nv else 0)
+
+    def reopen(self, attempts: int = 5, wait: float = 0.5) -> Hello:
+        """Close the link and open it again at the same URL (after the link dropped or the
+        device was reset); returns the device's HELLO. Tries `attempts` times, `wait` s apart."""
+        if not self.link.url:
+            raise LinkError("this link cannot be reopened: it was not opened from a URL")
+        old, last = self.link, None
+        old.close()
+        for _ in range(attempts):
+            try:
+                self.link = type(old).open(old.url, timeout=old.timeout, retries=old.retries)
+                # a device that was reset sends its boot HELLO as the link opens; bytes sent
+                # before it may be lost (a UART not set up yet), so give it a moment first
+                self.link.read_frames(0.3)
+                return self.hello()
+            except LinkError as e:
+                last = e
+                if self.link is not old:
+                    self.link.close()
+                time.sleep(wait)
+        raise LinkError(f"could not reconnect to {old.url} after {attempts} tries: {last}")
+
+    def require_model(self, hello: Hello, model_crc: int) -> None:
+        """Refuse to go on with a device that runs another model than `model_crc`."""
+        if not hello.model_loaded or hello.model_crc != model_crc:
+            have = f"model {hello.model_crc:08x}" if hello.model_loaded else "no model"
+            raise DeviceError(f"the device runs {have}, not this run's model {model_crc:08x}",
+                              hint="it was re-flashed or reset without storage: start the run again "
+                                   "(it will upload the model)")
 
     def load(self, blob: bytes, progress=None) -> dict:
         """Upload and install a model blob; `progress(sent, total)` after each chunk."""
@@ -225,10 +301,18 @@ class Device:
             self._stage(batch)
             payload = BATCH_REQ.build(dict(n=batch.n, encoding=int(Encoding.STAGED), scale=0.0, zero=0.0,
                                            labels=batch.labels, data=b""))
-        r = STEP_RESP.parse(self.link.request(mtype, payload).payload)
+        r = STEP_RESP.parse(self._request_step(mtype, payload).payload)
         if r.n != batch.n:
             raise ProtocolError(f"device processed {r.n} samples of {batch.n}")
         return StepResult(r.loss, r.n, r.correct, r.step, r.cycles)
+
+    def _request_step(self, mtype: MsgType, payload: bytes):
+        try:
+            return self.link.request(mtype, payload)
+        except DeviceError as e:
+            if e.status == ids.Status.NUMERIC and mtype in (MsgType.TRAIN, MsgType.TRAIN_BUF):
+                raise RolledBack(str(e), status=e.status) from e
+            raise
 
     def _stage(self, batch: Batch) -> None:
         """Send the values of a batch too large for one frame as STAGE requests."""
@@ -277,7 +361,7 @@ class Device:
 
     def _step_buffered(self, mtype: MsgType, indices) -> StepResult:
         idx = [int(i) for i in indices]
-        r = STEP_RESP.parse(self.link.request(mtype, BUF_RUN_REQ.build(dict(n=len(idx), indices=idx))).payload)
+        r = STEP_RESP.parse(self._request_step(mtype, BUF_RUN_REQ.build(dict(n=len(idx), indices=idx))).payload)
         if r.n != len(idx):
             raise ProtocolError(f"device processed {r.n} samples of {len(idx)}")
         return StepResult(r.loss, r.n, r.correct, r.step, r.cycles)
@@ -325,6 +409,29 @@ class Device:
             raw = self.read_tensor(idx, t.elems * DTYPE_BYTES[t.dtype])  # int8 codes, i32 exponents too
             out[name] = np.frombuffer(raw, NUMPY_DTYPE[t.dtype]).reshape(t.dims).copy()
         return out
+
+    # -- checkpoints and training guards (Cap.CHECKPOINTS, Cap.GUARDS) -------------
+    def checkpoint_save(self) -> Checkpoint:
+        """CKPT_SAVE: write the installed model's parameters to the older storage slot."""
+        r = CKPT_RESP.parse(self.link.request(MsgType.CKPT_SAVE, timeout=max(self.link.timeout, 30)).payload)
+        return Checkpoint(r.seq, r.steps, r.payload_bytes, r.slot)
+
+    def checkpoint_restore(self) -> Checkpoint:
+        """CKPT_RESTORE: load the newest valid checkpoint of the installed model into RAM."""
+        r = CKPT_RESP.parse(self.link.request(MsgType.CKPT_RESTORE, timeout=max(self.link.timeout, 30)).payload)
+        return Checkpoint(r.seq, r.steps, r.payload_bytes, r.slot)
+
+    def checkpoint_info(self) -> dict:
+        """CKPT_INFO: storage size, what it holds, what was restored at boot."""
+        r = CKPT_INFO_RESP.parse(self.link.request(MsgType.CKPT_INFO, timeout=max(self.link.timeout, 30)).payload)
+        d = {k: v for k, v in r.items() if not k.startswith(("_", "reserved"))}
+        d["flags"] = NvFlag(r.flags)
+        return d
+
+    def set_guard(self, spike_k: float) -> dict:
+        """GUARD: roll back a TRAIN whose loss exceeds spike_k x the mean of the recent ones (0: off)."""
+        r = GUARD_RESP.parse(self.link.request(MsgType.GUARD, GUARD_REQ.build(dict(spike_k=spike_k))).payload)
+        return {k: v for k, v in r.items() if not k.startswith("_")}
 
     def exit(self, code: int = 0) -> None:
         self.link.request(MsgType.EXIT, EXIT_REQ.build(dict(code=code)))

@@ -12,6 +12,7 @@ import time
 import zlib
 
 from construct import ConstructError
+import numpy as np
 
 from . import ids
 from .blob import parse_blob
@@ -20,6 +21,11 @@ from .device import SampleBuffer
 from .executor import BlobExecutor, StepError
 from .ids import Cap, Encoding, MsgType, Status, TensorFlag
 from .protocol import (
+    CKPT_INFO_RESP,
+    CKPT_RESP,
+    GUARD_REQ,
+    GUARD_RESP,
+    NvFlag,
     BATCH_REQ,
     BATCH_REQ_FIXED,
     BUF_BEGIN_REQ,
@@ -49,7 +55,10 @@ from .protocol import (
     FrameReader,
 )
 
-CAPS = Cap.F32 | Cap.SGD | Cap.CYCLES | Cap.U8_AFFINE_INPUT | Cap.STAGED_BATCH | Cap.SAMPLE_BUFFER
+CAPS = (Cap.F32 | Cap.SGD | Cap.CYCLES | Cap.U8_AFFINE_INPUT | Cap.STAGED_BATCH | Cap.SAMPLE_BUFFER
+        | Cap.CHECKPOINTS | Cap.GUARDS)
+#: the device's loss-spike window (firmware/app/ep_app.c GUARD_WINDOW)
+GUARD_WINDOW = 8
 
 
 class _Refused(Exception):
@@ -58,9 +67,26 @@ class _Refused(Exception):
         self.status = status
 
 
+class FakeNv:
+    """The fake device's non-volatile storage: the stored model blob and two checkpoint slots,
+    each (seq, model_crc, steps, payload) or None. Share one between FakeDevices to model a reboot."""
+
+    def __init__(self) -> None:
+        self.model: bytes | None = None
+        self.slots: list[tuple[int, int, int, bytes] | None] = [None, None]
+
+
 class FakeDevice:
-    def __init__(self, board: str = "fake", arena_bytes: int = 1 << 20, staging_bytes: int = 1 << 19):
+    def __init__(self, board: str = "fake", arena_bytes: int = 1 << 20, staging_bytes: int = 1 << 19,
+                 nv: FakeNv | None = None):
         self.board = board
+        self.nv = nv if nv is not None else FakeNv()
+        self.nv_flags = NvFlag.PRESENT
+        self.ckpt_seq = 0
+        self.boot_seq = 0
+        self.spike_k = 0.0
+        self.losses: list[float] = []
+        self.rollbacks = 0
         self.arena_bytes = arena_bytes
         self.staging_bytes = staging_bytes
         self.reader = FrameReader()
@@ -78,6 +104,7 @@ class FakeDevice:
         self._last_rx = time.monotonic()
         self.counters = dict(frames_bad=0, samples_trained=0, samples_evaluated=0,
                              cycles_train=0, cycles_eval=0)
+        self._restore_at_boot()
         self._send(Frame(MsgType.HELLO | ids.FRAME_RESPONSE_BIT, 0, self._hello()))
 
     # -- bytes in, bytes out ------------------------------------------------
@@ -132,7 +159,8 @@ class FakeDevice:
             fw_minor=ids.FIRMWARE_VERSION[1], fw_patch=ids.FIRMWARE_VERSION[2], caps=int(CAPS),
             arena_bytes=self.arena_bytes, staging_bytes=self.staging_bytes,
             max_payload=ids.FRAME_MAX_PAYLOAD, model_loaded=int(self.model is not None),
-            board_len=len(board), model_crc=self.model.blob.crc if self.model else 0, board=board))
+            board_len=len(board), model_crc=self.model.blob.crc if self.model else 0, board=board,
+            nv=dict(flags=int(self.nv_flags), ckpt_seq=self.ckpt_seq, steps=self.model.steps if self.model else 0)))
 
     def _dispatch(self, f: Frame) -> bytes:
         t, p = f.type, f.payload
@@ -191,6 +219,22 @@ class FakeDevice:
             start = td["offset"] + r.offset
             return READ_WEIGHTS_RESP.build(dict(tensor=r.tensor, offset=r.offset,
                                                 data=m.arena[start:start + r.length].tobytes()))
+        if t == MsgType.CKPT_SAVE:
+            _exact(p, 0)
+            return self._ckpt_save()
+        if t == MsgType.CKPT_RESTORE:
+            _exact(p, 0)
+            return self._ckpt_restore()
+        if t == MsgType.CKPT_INFO:
+            _exact(p, 0)
+            return self._ckpt_info()
+        if t == MsgType.GUARD:
+            r = GUARD_REQ.parse(_exact(p, 8))
+            if not math.isfinite(r.spike_k) or r.spike_k < 0 or 0 < r.spike_k <= 1:
+                raise _Refused(Status.BAD_PAYLOAD, "spike_k: 0 (off) or a finite factor above 1")
+            self.spike_k = r.spike_k
+            return GUARD_RESP.build(dict(spike_k=r.spike_k, window=GUARD_WINDOW, filled=len(self.losses),
+                                         rollbacks=self.rollbacks))
         if t == MsgType.EXIT:
             self.exit_code = EXIT_REQ.parse(_exact(p, 1)).code
             return b""
@@ -221,6 +265,9 @@ class FakeDevice:
                                             "use the native build (--board native) for this model")
         self.model, self.staged, self.profiled = model, 0, 0
         self.buf = None  # the new model's span may cover it
+        self.nv.model, self.nv.slots = blob, [None, None]  # old checkpoints belong to another upload
+        self.nv_flags = NvFlag.PRESENT | NvFlag.MODEL_STORED
+        self.ckpt_seq, self.losses = 0, []
         h = parsed.header
         return LOAD_END_RESP.build(dict(model_crc=parsed.crc, arena_used=h["arena_bytes"],
                                         n_tensors=h["n_tensors"], n_nodes=h["n_nodes"]))
@@ -334,7 +381,93 @@ class FakeDevice:
             self.profiled = len(m.blob.nodes)
         return self._answer_step(m, r.n, train, loss, correct)
 
+    # -- checkpoints and guards (the device's rules: firmware/app/ep_ckpt.h, ep_app.c) ----------
+    def _params(self, m: BlobExecutor) -> list[dict]:
+        return [t for t in m.blob.tensors if t["flags"] & TensorFlag.PARAM]
+
+    def _payload(self, m: BlobExecutor) -> bytes:
+        return b"".join(m.arena[t["offset"]:t["offset"] + t["bytes"]].tobytes() for t in self._params(m))
+
+    def _newest(self, m: BlobExecutor) -> tuple[int, tuple[int, int, int, bytes]] | None:
+        size = sum(t["bytes"] for t in self._params(m))
+        best = None
+        for i, slot in enumerate(self.nv.slots):
+            if slot and slot[1] == m.blob.crc and len(slot[3]) == size and (best is None or slot[0] > best[1][0]):
+                best = (i, slot)
+        return best
+
+    def _ckpt_save(self) -> bytes:
+        m = self._need_model()
+        seqs = [(s[0], i) for i, s in enumerate(self.nv.slots) if s]
+        seq, newest = max(seqs) if seqs else (0, 1)
+        target = 1 - newest
+        self.nv.slots[target] = (seq + 1, m.blob.crc, m.steps, self._payload(m))
+        self.ckpt_seq = seq + 1
+        return CKPT_RESP.build(dict(seq=seq + 1, steps=m.steps, payload_bytes=len(self.nv.slots[target][3]),
+                                    slot=target))
+
+    def _restore(self, m: BlobExecutor) -> tuple[int, tuple[int, int, int, bytes]]:
+        found = self._newest(m)
+        if found is None:
+            raise _Refused(Status.NO_CHECKPOINT, "no valid checkpoint of the installed model")
+        at = 0
+        for t in self._params(m):
+            m.arena[t["offset"]:t["offset"] + t["bytes"]] = np.frombuffer(found[1][3], np.uint8, t["bytes"], at)
+            at += t["bytes"]
+        m.steps, self.ckpt_seq, self.losses = found[1][2], found[1][0], []
+        return found
+
+    def _ckpt_restore(self) -> bytes:
+        slot, (seq, _, steps, payload) = self._restore(self._need_model())
+        return CKPT_RESP.build(dict(seq=seq, steps=steps, payload_bytes=len(payload), slot=slot))
+
+    def _ckpt_info(self) -> bytes:
+        found = self._newest(self.model) if self.model else None
+        stored = parse_blob(self.nv.model).crc if self.nv.model else 0
+        return CKPT_INFO_RESP.build(dict(
+            nv_bytes=0, slot_bytes=0, flags=int(self.nv_flags), stored_model_crc=stored,
+            newest_seq=found[1][0] if found else 0, newest_steps=found[1][2] if found else 0,
+            boot_seq=self.boot_seq, current_seq=self.ckpt_seq, rollbacks=self.rollbacks,
+            payload_bytes=sum(t["bytes"] for t in self._params(self.model)) if self.model else 0))
+
+    def _restore_at_boot(self) -> None:
+        if self.nv.model is None:
+            return
+        self.model = BlobExecutor(parse_blob(self.nv.model))
+        self.nv_flags = NvFlag.PRESENT | NvFlag.MODEL_STORED | NvFlag.MODEL_RESTORED
+        try:
+            self._restore(self.model)
+        except _Refused:
+            return
+        self.boot_seq = self.ckpt_seq
+        self.nv_flags |= NvFlag.CKPT_RESTORED
+
+    def _guard(self, m: BlobExecutor, loss: float) -> None:
+        """Reject a TRAIN step like the device: NaN/Inf loss or parameter, or a loss spike."""
+        cause = None
+        if not math.isfinite(loss):
+            cause = "loss is NaN or infinite"
+        elif any(t["dtype"] == ids.DType.F32 and not np.isfinite(
+                m.arena[t["offset"]:t["offset"] + t["bytes"]].view("<f4")).all() for t in self._params(m)):
+            cause = "a parameter is NaN or infinite after the update"
+        elif (self.spike_k > 0 and len(self.losses) == GUARD_WINDOW
+              and np.float32(loss) > np.float32(self.spike_k) * np.float32(np.mean(np.float32(self.losses)))):
+            cause = f"loss spike: above spike_k x the mean of the last {GUARD_WINDOW} losses"
+        if cause is None:
+            self.losses = (self.losses + [loss])[-GUARD_WINDOW:]
+            return
+        m.steps -= 1  # the step is not applied
+        self.losses = []
+        try:
+            _, (seq, _, steps, _) = self._restore(m)
+        except _Refused as e:
+            raise _Refused(Status.NUMERIC, f"{cause}; NOT rolled back: {e}") from None
+        self.rollbacks += 1
+        raise _Refused(Status.NUMERIC, f"{cause}; rolled back to checkpoint {seq} (step {steps})")
+
     def _answer_step(self, m: BlobExecutor, n: int, train: bool, loss: float, correct: int) -> bytes:
+        if train:
+            self._guard(m, loss)
         # the fake counts one "cycle" per input value it decodes: a stand-in
         cycles = n * m.elems(m.h["input_tensor"])
         kind = "train" if train else "eval"

@@ -7,6 +7,7 @@ fake device (host/transports) — and speaks docs/protocol.md over it.
 
 from __future__ import annotations
 
+import random
 import time
 
 import serial
@@ -23,12 +24,15 @@ DEFAULT_BAUD = 921_600
 
 
 class Link:
-    def __init__(self, port: serial.SerialBase, timeout: float = 5.0, retries: int = 2):
+    def __init__(self, port: serial.SerialBase, timeout: float = 5.0, retries: int = 2, url: str | None = None):
         self.port = port
+        self.url = url
         self.timeout = timeout
         self.retries = retries
         self.reader = FrameReader()
-        self._next_id = 1
+        # A random first request id: the device answers a repeat of its last (type, id) from
+        # its cache, so a new link (after a reconnect) must not reuse the ids of the old one.
+        self._next_id = random.randrange(1, 0x10000)
         #: frames received that answered nothing we asked (boot HELLO, late replies)
         self.unsolicited: list[Frame] = []
         #: bytes this link wrote to / read from the port since it opened (retries and noise included)
@@ -54,7 +58,7 @@ class Link:
                                 hint="close the other program (a serial monitor, another `host` command) "
                                      "and try again") from e
             raise LinkError(f"cannot open {url}: {e}") from e
-        return cls(port, timeout, retries)
+        return cls(port, timeout, retries, url)
 
     def close(self) -> None:
         try:

@@ -7,11 +7,13 @@ are the message bodies. Numbers come from `host.ids`.
 
 from __future__ import annotations
 
+import enum
 import zlib
 from dataclasses import dataclass
 
 from construct import (
     Array,
+    Optional,
     Bytes,
     Const,
     Float32l,
@@ -161,7 +163,28 @@ HELLO_RESP = Struct(
     "board_len" / Int8ul,
     "model_crc" / Int32ul,
     "board" / Bytes(this.board_len),
+    # after the board name (absent from firmware without Cap.CHECKPOINTS): what storage holds
+    # (NvFlag), the checkpoint the RAM weights are (0 = none), and the TRAIN steps applied
+    "nv" / Optional(Struct(
+        "flags" / Int8ul,
+        "reserved0" / Const(0, Int8ul),
+        "reserved1" / Const(0, Int16ul),
+        "ckpt_seq" / Int32ul,
+        "steps" / Int32ul,
+    )),
 )
+
+
+class NvFlag(enum.IntFlag):
+    """nv flags of HELLO and CKPT_INFO (firmware/app/ep_app.h EP_NV_*; a test checks they agree)."""
+
+    PRESENT = 1
+    #: the installed model is also in storage: it survives a reset
+    MODEL_STORED = 2
+    #: the installed model was reinstalled from storage at boot...
+    MODEL_RESTORED = 4
+    #: ...with the weights of a checkpoint (CKPT_INFO boot_seq)
+    CKPT_RESTORED = 8
 
 LOAD_BEGIN_REQ = Struct("total_bytes" / Int32ul, "crc32" / Int32ul)
 LOAD_CHUNK_REQ = Struct("offset" / Int32ul, "data" / GreedyBytes)
@@ -255,3 +278,31 @@ READ_WEIGHTS_MAX = ids.FRAME_MAX_PAYLOAD - 8
 LOAD_CHUNK_MAX = ids.FRAME_MAX_PAYLOAD - 4
 
 EXIT_REQ = Struct("code" / Int8ul)
+
+#: Checkpoints (docs/protocol.md, "Checkpoints"). CKPT_SAVE and CKPT_RESTORE carry no
+#: payload and answer with the checkpoint the RAM weights now are.
+CKPT_RESP = Struct(
+    "seq" / Int32ul,
+    "steps" / Int32ul,
+    "payload_bytes" / Int32ul,
+    "slot" / Int8ul,
+    "reserved0" / Const(0, Int8ul),
+    "reserved1" / Const(0, Int16ul),
+)
+CKPT_INFO_RESP = Struct(
+    "nv_bytes" / Int32ul,
+    "slot_bytes" / Int32ul,
+    "flags" / Int8ul,
+    "reserved0" / Const(0, Int8ul),
+    "reserved1" / Const(0, Int16ul),
+    "stored_model_crc" / Int32ul,
+    "newest_seq" / Int32ul,
+    "newest_steps" / Int32ul,
+    "boot_seq" / Int32ul,
+    "current_seq" / Int32ul,
+    "rollbacks" / Int32ul,
+    "payload_bytes" / Int32ul,
+)
+#: GUARD: spike_k 0 turns the loss-spike rule off, else a factor > 1 (NaN/Inf checks are always on)
+GUARD_REQ = Struct("spike_k" / Float32l, "reserved" / Const(0, Int32ul))
+GUARD_RESP = Struct("spike_k" / Float32l, "window" / Int16ul, "filled" / Int16ul, "rollbacks" / Int32ul)

@@ -21,11 +21,11 @@ from .boards import load_board
 from . import sparse
 from .compiler import Program, TrainConfig, compile_model
 from .datasets import Dataset
-from .device import BUFFER_ENCODINGS, Batch, Device, Hello, SampleBuffer
+from .device import BUFFER_ENCODINGS, Batch, Device, Hello, RolledBack, SampleBuffer, StepResult
 from .emulator import running_boards, start
 from .errors import DeviceError, LinkError, UsageError
 from .ids import Cap, Status
-from .protocol import buffer_bytes
+from .protocol import NvFlag, buffer_bytes
 from .link import Link
 from .plots import write_plots
 from .runrecord import RunRecord
@@ -74,6 +74,12 @@ class StreamOptions:
     encoding: str | None = None
     #: use the device-side sample buffer when the device has it (Cap.SAMPLE_BUFFER)
     use_buffer: bool = True
+    #: how often a dropped link (or a reset device) is reconnected and the epoch resumed
+    #: from the last batch the device applied (train_batches); 0 = give up at once
+    reconnects: int = 3
+    #: the device's loss-spike guard (Device.set_guard): roll back a step whose loss is above
+    #: this factor x the mean of the recent ones; 0 = off (NaN/Inf are always rolled back)
+    spike_k: float = 0.0
 
     @property
     def batch(self) -> int:
@@ -209,6 +215,54 @@ def evaluate(device: Device, ds: Dataset, batch: int, buffer_offset: int | None 
             "cycles": cycles, "per_class": per_class, "per_class_n": [int(v) for v in c_n]}
 
 
+def train_batches(device: Device, batches: list, *, buffered: bool, model_crc: int, reconnects: int = 3,
+                  on_reset: Callable[[Hello], None] | None = None, on_event: Event = lambda kind, data: None
+                  ) -> Iterator[tuple[int, StepResult | RolledBack]]:
+    """Train on `batches` in order (index lists if `buffered`, else Batch objects) so that each is
+    applied once, whatever happens to the link; yields (index, StepResult) per applied batch, or
+    (index, RolledBack) for a step the device's guards rejected (the run goes on with the next).
+
+    Lost frames are retried by the link (same request id: never applied twice). When the link
+    itself drops, or the device resets, the device is reopened (up to `reconnects` times), its
+    HELLO must show the same model, and the batches resume from its step count: a device that
+    lost the link resumes after the last batch it applied; one that was reset comes back at its
+    last checkpoint and the batches since are replayed (`on_reset(hello)` first, e.g. to upload
+    the sample buffer again). A device back before this list began cannot resume: LinkError.
+    """
+    step0 = device.stats()["steps"]  # the device's step count before batches[0]
+    i = 0
+    while i < len(batches):
+        try:
+            r = device.train_buffered(batches[i]) if buffered else device.train(batches[i])
+        except RolledBack as e:
+            step0 = device.stats()["steps"] - (i + 1)  # the device went back to its checkpoint
+            yield i, e
+            i += 1
+            continue
+        except LinkError as e:
+            if reconnects <= 0:
+                raise
+            reconnects -= 1
+            on_event("reconnect", {"batch": i, "reason": str(e)})
+            try:
+                hello = device.reopen()
+                device.require_model(hello, model_crc)
+                if NvFlag.MODEL_RESTORED in hello.nv_flags and on_reset is not None:
+                    on_reset(hello)
+                done = hello.steps - step0
+                if not 0 <= done <= len(batches):
+                    raise DeviceError(f"the device is at step {hello.steps}, before this epoch "
+                                      f"(which began at step {step0}): it was reset to an older checkpoint")
+            except (LinkError, DeviceError) as why:
+                # the run stops as a dead link does (an interrupted record), saying why it could not go on
+                raise LinkError(f"{e} (resuming failed: {why})", hint=getattr(why, "hint", None)) from why
+            on_event("resumed", {"batch": done, "step": hello.steps, "ckpt_seq": hello.ckpt_seq})
+            i = done
+            continue
+        yield i, r
+        i += 1
+
+
 def training_strategy(cfg: TrainConfig) -> str:
     """The strategy's name (host.strategies), or "layers=a,b" for TrainConfig.train_layers."""
     return cfg.strategy if cfg.train_layers is None else "layers=" + ",".join(cfg.train_layers)
@@ -250,6 +304,7 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
     step = 0
     evals: list[dict] = []
     trains: list[dict] = []
+    rollbacks: list[dict] = []  # TRAIN steps the device's guards rejected
     epoch_losses: list[float] = []
     plan: BufferPlan | None = None
     # without the sample buffer, batches travel as Batch.from_arrays sends them
@@ -303,6 +358,7 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
             "encoding": plan.encoding if plan is not None else direct_encoding,
             "bytes_per_sample": plan.bytes_per_sample if plan is not None else direct_bps,
             "sample_buffer": plan.info if plan is not None else None,
+            "rollbacks": len(rollbacks), "rollback_reasons": [r["reason"] for r in rollbacks],
             "run_dir": str(record.path), **extra,
         }
         record.save_summary(out)
@@ -329,19 +385,38 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
             if plan is not None:
                 record.log({"kind": "buffer", **plan.info, "time_s": round(time.monotonic() - t_start, 3)})
         rng = np.random.default_rng(opts.seed)
+        if opts.spike_k and Cap.GUARDS in hello.caps:
+            device.set_guard(opts.spike_k)
         eval_record(0)
         summary("running")
+
+        def upload_again(h: Hello) -> None:
+            nonlocal plan
+            if plan is not None:  # a reset device lost its sample buffer (RAM)
+                plan = upload_samples(device, h, ds, prog, plan.encoding, on_event)
+                if plan is None:
+                    raise LinkError("the reset device no longer takes the sample buffer")
+
         for epoch in range(1, opts.epochs + 1):
             losses = []
             order = rng.permutation(len(ds.y_train))
-            for s in range(0, len(order), opts.batch):
-                sel = order[s:s + opts.batch]
-                t0 = time.monotonic()
-                if plan is not None:
-                    r = device.train_buffered(sel)  # the samples are on the device: only indices travel
-                else:
-                    r = device.train(Batch.from_arrays(ds.x_train[sel], ds.y_train[sel], ds.quant))
+            sels = [order[s:s + opts.batch] for s in range(0, len(order), opts.batch)]
+            # the samples are on the device: only indices travel
+            batches = sels if plan is not None else \
+                [Batch.from_arrays(ds.x_train[sel], ds.y_train[sel], ds.quant) for sel in sels]
+            t0 = time.monotonic()
+            for _, r in train_batches(device, batches, buffered=plan is not None, model_crc=blob_crc(blob),
+                                      reconnects=opts.reconnects, on_reset=upload_again, on_event=on_event):
+                if isinstance(r, RolledBack):
+                    rec = {"kind": "rollback", "epoch": epoch, "rolled_back": r.rolled_back, "reason": str(r),
+                           "time_s": round(time.monotonic() - t_start, 3)}
+                    record.log(rec)
+                    rollbacks.append(rec)
+                    on_event("rollback", rec)
+                    t0 = time.monotonic()
+                    continue
                 dt = time.monotonic() - t0
+                t0 = time.monotonic()
                 samples += r.n
                 train_cycles += r.cycles
                 step = r.step
@@ -353,7 +428,7 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
                 record.log(rec)
                 trains.append(rec)
                 on_event("train", rec)
-            epoch_losses.append(float(np.mean(losses)))
+            epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
             eval_record(epoch)
             summary("running")
         weights_path = record.save_weights(device.read_params(prog))

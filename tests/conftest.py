@@ -23,15 +23,33 @@ from host.emulator import firmware_path, start
 from host.link import Link
 
 EMULATED_BOARDS = ["mps2-an386", "mps2-an500", "mps3-an547", "netduinoplus2", "gap9"]
-DEVICE_KINDS = ["fake", "native", *EMULATED_BOARDS]
+#: the native build with AddressSanitizer + UBSan (`make test` builds it into build/native-asan):
+#: every device test runs on it too, so a memory error anywhere in the app fails the suite
+ASAN_KIND = "native-asan"
+DEVICE_KINDS = ["fake", "native", ASAN_KIND, *EMULATED_BOARDS]
+
+
+def _firmware(kind: str):
+    """(board, firmware image) of a device kind: a board name, or ASAN_KIND."""
+    if kind == ASAN_KIND:
+        board = load_board("native")
+        return board, firmware_path(board).parent.parent / ASAN_KIND / "edgeprop"
+    board = load_board(kind)
+    return board, firmware_path(board)
+
+
+def start_kind(kind: str, **kw):
+    """emulator.start for a device kind (a board name or ASAN_KIND); skips like _require_firmware."""
+    board = _require_firmware(kind)
+    return start(board, elf=_firmware(kind)[1], **kw)
 
 
 def _require_firmware(board_name: str):
-    board = load_board(board_name)
-    fw = firmware_path(board)
+    board, fw = _firmware(board_name)
     problem = None
     if not fw.is_file():
-        problem = f"{fw} is not built (run `make firmware BOARD={board_name}`)"
+        how = ("make test" if board_name == ASAN_KIND else f"make firmware BOARD={board_name}")
+        problem = f"{fw} is not built (run `{how}`)"
     elif not board.emulated:
         problem = f"the emulator for {board_name} is not installed (run `make setup`)"
     if problem:
@@ -65,8 +83,7 @@ def device_url(request):
     if request.param == "fake":
         yield "fake://"
         return
-    board = _require_firmware(request.param)
-    with start(board) as running:
+    with start_kind(request.param) as running:
         yield running.url
 
 

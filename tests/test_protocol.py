@@ -10,7 +10,7 @@ import pytest
 from host import codegen, ids
 from host.ids import MsgType, Status
 from host.protocol import (
-    BATCH_REQ, HELLO_RESP, LOAD_END_RESP, READ_WEIGHTS_REQ, READ_WEIGHTS_RESP, STATS_RESP, STEP_RESP,
+    BATCH_REQ, CKPT_INFO_RESP, CKPT_RESP, GUARD_REQ, GUARD_RESP, HELLO_RESP, LOAD_END_RESP, READ_WEIGHTS_REQ, READ_WEIGHTS_RESP, STATS_RESP, STEP_RESP,
     Frame, FrameReader,
 )
 
@@ -94,6 +94,12 @@ def test_payload_too_long_cannot_be_sent():
                       cycles_eval=6, arena_used=7, arena_bytes=8)),
     (READ_WEIGHTS_REQ, dict(tensor=3, length=100, offset=4)),
     (READ_WEIGHTS_RESP, dict(tensor=3, offset=4, data=b"abcd")),
+    (CKPT_RESP, dict(seq=5, steps=40, payload_bytes=9640, slot=1)),
+    (CKPT_INFO_RESP, dict(nv_bytes=1 << 22, slot_bytes=1 << 20, flags=15, stored_model_crc=0xDEADBEEF,
+                          newest_seq=5, newest_steps=40, boot_seq=4, current_seq=5, rollbacks=1,
+                          payload_bytes=9640)),
+    (GUARD_REQ, dict(spike_k=3.0)),
+    (GUARD_RESP, dict(spike_k=3.0, window=8, filled=2, rollbacks=0)),
 ])
 def test_message_bodies_round_trip(struct, value):
     parsed = struct.parse(struct.build(value))
@@ -105,3 +111,27 @@ def test_generated_c_header_is_current():
     assert codegen.HEADER_PATH.read_text() == codegen.render(), "run `python -m host.codegen`"
     assert "#define EP_FRAME_MAX_PAYLOAD 4096" in codegen.render()
     assert "EP_MSG_TRAIN = 5," in codegen.render()
+
+
+def test_nv_flags_agree_with_the_firmware():
+    """NvFlag mirrors the EP_NV_* enum of firmware/app/ep_app.h (not generated: it is the app's)."""
+    import re
+    from pathlib import Path
+
+    from host.protocol import NvFlag
+
+    header = (Path(__file__).resolve().parents[1] / "firmware" / "app" / "ep_app.h").read_text()
+    in_c = {m[0]: int(m[1]) for m in re.findall(r"EP_NV_([A-Z_]+) = (\d+)", header)}
+    assert in_c == {f.name: int(f.value) for f in NvFlag}
+
+
+def test_hello_without_the_storage_fields_still_parses():
+    """Firmware without Cap.CHECKPOINTS ends HELLO at the board name: nv is then None."""
+    base = dict(protocol=1, fw_major=0, fw_minor=1, fw_patch=0, caps=1, arena_bytes=1024, staging_bytes=512,
+                max_payload=4096, model_loaded=0, board_len=3, model_crc=0, board=b"abc")
+    old = HELLO_RESP.build(dict(base, nv=None))
+    assert HELLO_RESP.parse(old).nv is None
+    new = HELLO_RESP.build(dict(base, nv=dict(flags=3, ckpt_seq=7, steps=42)))
+    assert len(new) == len(old) + 12
+    nv = HELLO_RESP.parse(new).nv
+    assert (nv.flags, nv.ckpt_seq, nv.steps) == (3, 7, 42)

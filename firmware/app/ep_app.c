@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "ep_ckpt.h"
 #include "ep_port.h"
 
 /* Fixed payload sizes of docs/protocol.md ("Messages"). */
@@ -21,6 +22,9 @@ enum {
     BUF_BEGIN_REQ_FIXED = 12,
     BUF_CHUNK_REQ_FIXED = 4,
     BUF_RUN_REQ_FIXED = 2,
+    GUARD_REQ_BYTES = 8,
+    /* training guards: the loss-spike rule compares with the mean of this many accepted losses */
+    GUARD_WINDOW = 8,
     /* an ERROR frame's message is one of the short strings below */
     ERROR_MSG_MAX = 64,
 };
@@ -76,6 +80,21 @@ static struct {
         uint16_t req_id;
         uint32_t wire_len;  /* the response, on the wire, in tx */
     } last;
+    /* non-volatile storage (ep_ckpt.h): what was restored at boot, what the RAM weights are */
+    struct {
+        uint8_t boot_flags;     /* EP_NV_MODEL_RESTORED | EP_NV_CKPT_RESTORED */
+        uint32_t boot_seq;      /* checkpoint restored at boot, 0 = none */
+        uint32_t seq;           /* checkpoint last saved or restored for the installed model, 0 = none */
+        bool model_stored;      /* the installed model is the stored one */
+    } nv;
+    /* training guards: a TRAIN that gives a non-finite loss or parameter, or a loss above
+     * spike_k x the mean of the last GUARD_WINDOW accepted losses, is rolled back */
+    struct {
+        float spike_k;          /* 0: no spike rule */
+        float losses[GUARD_WINDOW];
+        uint16_t filled, next;
+        uint32_t rollbacks;
+    } guard;
     bool exit_requested;
     uint8_t exit_code;
     uint8_t tx[EP_FRAME_MAX_BYTES];
@@ -116,6 +135,44 @@ static ep_status_t need_len(ep_call_t *c, uint16_t len) {
     return c->req_len == len ? EP_OK : refuse(c, EP_BAD_PAYLOAD, EP_WHY("payload length does not match the message"));
 }
 
+#ifndef EP_STRIP_ERROR_STRINGS
+static char *put_text(char *p, const char *end, const char *s) {
+    while (*s && p < end) {
+        *p++ = *s++;
+    }
+    return p;
+}
+
+static char *put_dec(char *p, const char *end, uint64_t v) {
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10u);
+        v /= 10u;
+    } while (v);
+    while (n && p < end) {
+        *p++ = digits[--n];
+    }
+    return p;
+}
+#endif
+
+static uint8_t nv_flags(void) {
+    uint8_t f = app.nv.boot_flags;
+    if (ep_ckpt_nv_bytes()) {
+        f |= EP_NV_PRESENT;
+    }
+    if (app.nv.model_stored) {
+        f |= EP_NV_MODEL_STORED;
+    }
+    return f;
+}
+
+static void guard_reset(void) {
+    app.guard.filled = 0;
+    app.guard.next = 0;
+}
+
 static uint16_t put_hello(uint8_t *out) {
     uint8_t *p = put16(out, EP_PROTOCOL_VERSION);
     p = put8(p, EP_FW_VERSION_MAJOR);
@@ -131,6 +188,11 @@ static uint16_t put_hello(uint8_t *out) {
     p = put32(p, app.active ? app.active->crc : 0);
     memcpy(p, EP_BOARD_NAME, sizeof EP_BOARD_NAME - 1);
     p += sizeof EP_BOARD_NAME - 1;
+    p = put8(p, nv_flags());
+    p = put8(p, 0);
+    p = put16(p, 0);
+    p = put32(p, app.nv.seq);
+    p = put32(p, app.steps);
     return (uint16_t)(p - out);
 }
 
@@ -181,6 +243,25 @@ static ep_status_t on_load_chunk(ep_call_t *c) {
     return EP_OK;
 }
 
+/* Validate the blob in staging[0, len) into the candidate slot and make it the installed model. */
+static ep_status_t install(uint32_t len, const char **why) {
+    ep_status_t st = ep_model_parse(app.candidate, ep_staging, len, EP_ARENA_BYTES, why);
+    if (st != EP_OK) {
+        return st;
+    }
+    ep_model_init_arena(app.candidate, ep_staging, ep_arena);
+    ep_model_t *installed = app.candidate;
+    app.candidate = installed == &app.models[0] ? &app.models[1] : &app.models[0];
+    app.active = installed;
+    app.steps = 0;
+    app.staged = 0;
+    app.profiled = 0;
+    app.buf.open = false; /* the new model's span may cover it */
+    app.nv.seq = 0;
+    guard_reset();
+    return EP_OK;
+}
+
 static ep_status_t on_load_end(ep_call_t *c) {
     ep_status_t st = need_len(c, 0);
     if (st != EP_OK) {
@@ -193,18 +274,14 @@ static ep_status_t on_load_end(ep_call_t *c) {
     if (ep_crc32(0, ep_staging, app.upload.total) != app.upload.crc) {
         return refuse(c, EP_BAD_HASH, EP_WHY("crc32: the blob does not match LOAD_BEGIN"));
     }
-    st = ep_model_parse(app.candidate, ep_staging, app.upload.total, EP_ARENA_BYTES, &c->why);
+    st = install(app.upload.total, &c->why);
     if (st != EP_OK) {
         return st;
     }
-    ep_model_init_arena(app.candidate, ep_staging, ep_arena);
-    ep_model_t *installed = app.candidate;
-    app.candidate = installed == &app.models[0] ? &app.models[1] : &app.models[0];
-    app.active = installed;
-    app.steps = 0;
-    app.staged = 0;
-    app.profiled = 0;
-    app.buf.open = false; /* the new model's span may cover it */
+    const char *ignored;
+    app.nv.model_stored = ep_ckpt_store_model(ep_staging, app.upload.total, app.active->crc, &ignored) == EP_OK;
+    app.nv.boot_flags = 0;
+    const ep_model_t *installed = app.active;
     uint8_t *p = put32(c->resp, installed->crc);
     p = put32(p, installed->arena_bytes);
     p = put16(p, installed->n_tensors);
@@ -237,9 +314,82 @@ static ep_status_t parse_batch(ep_call_t *c, const uint8_t *p, uint16_t len, ep_
     return EP_OK;
 }
 
-/* Count a successful run and answer it (the TRAIN/EVAL response). */
+/* Why the TRAIN step that gave `loss` must not stand, or NULL; an accepted loss joins the window. */
+static const char *guard_check(float loss) {
+    if (!isfinite(loss)) {
+        return EP_WHY("loss is NaN or infinite");
+    }
+    const ep_model_t *m = app.active;
+    for (uint16_t i = 0; i < m->n_tensors; i++) {
+        const ep_tensor_t *t = &m->tensors[i];
+        if ((t->flags & EP_TF_PARAM) && t->dtype == EP_DTYPE_F32) {
+            const float *v = (const float *)(const void *)(ep_arena + t->offset);
+            for (uint32_t k = 0; k < t->bytes / 4u; k++) {
+                if (!isfinite(v[k])) {
+                    return EP_WHY("a parameter is NaN or infinite after the update");
+                }
+            }
+        }
+    }
+    if (app.guard.spike_k > 0 && app.guard.filled == GUARD_WINDOW) {
+        float mean = 0;
+        for (int k = 0; k < GUARD_WINDOW; k++) {
+            mean += app.guard.losses[k];
+        }
+        mean /= GUARD_WINDOW;
+        if (loss > app.guard.spike_k * mean) {
+            return EP_WHY("loss spike: above spike_k x the mean of the last 8 losses");
+        }
+    }
+    app.guard.losses[app.guard.next] = loss;
+    app.guard.next = (uint16_t)((app.guard.next + 1u) % GUARD_WINDOW);
+    if (app.guard.filled < GUARD_WINDOW) {
+        app.guard.filled++;
+    }
+    return NULL;
+}
+
+/* Restore the newest checkpoint after a rejected step; the refusal message says what happened. */
+static const char *rollback(const char *cause) {
+    ep_ckpt_info_t info;
+    const char *why = "";
+    ep_status_t st = ep_ckpt_restore(app.active, ep_arena, &info, &why);
+    guard_reset();
+    if (st == EP_OK) {
+        app.steps = info.steps;
+        app.nv.seq = info.seq;
+        app.guard.rollbacks++;
+    }
+#ifdef EP_STRIP_ERROR_STRINGS
+    (void)cause, (void)why;
+    return "";
+#else
+    char *p = app.why;
+    const char *end = app.why + sizeof app.why - 1;
+    p = put_text(p, end, cause);
+    if (st == EP_OK) {
+        p = put_text(p, end, "; rolled back to checkpoint ");
+        p = put_dec(p, end, info.seq);
+        p = put_text(p, end, " (step ");
+        p = put_dec(p, end, info.steps);
+        p = put_text(p, end, ")");
+    } else {
+        p = put_text(p, end, "; NOT rolled back: ");
+        p = put_text(p, end, why);
+    }
+    *p = '\0';
+    return app.why;
+#endif
+}
+
+/* Count a successful run and answer it (the TRAIN/EVAL response); a TRAIN the guards
+ * reject is rolled back and answered with EP_NUMERIC instead. */
 static ep_status_t put_step(ep_call_t *c, bool train, const ep_step_result_t *r, uint64_t cycles) {
     if (train) {
+        const char *bad = guard_check(r->loss);
+        if (bad) {
+            return refuse(c, EP_NUMERIC, rollback(bad));
+        }
         app.steps++;
         app.stats.samples_trained += r->n;
         app.stats.cycles_train += cycles;
@@ -322,27 +472,6 @@ static ep_status_t on_stage(ep_call_t *c) {
 
 static uint64_t roundup8(uint64_t v) { return (v + 7u) & ~(uint64_t)7u; }
 
-#ifndef EP_STRIP_ERROR_STRINGS
-static char *put_text(char *p, const char *end, const char *s) {
-    while (*s && p < end) {
-        *p++ = *s++;
-    }
-    return p;
-}
-
-static char *put_dec(char *p, const char *end, uint64_t v) {
-    char digits[20];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10u);
-        v /= 10u;
-    } while (v);
-    while (n && p < end) {
-        *p++ = digits[--n];
-    }
-    return p;
-}
-#endif
 
 /* "buffer: needs N bytes; F free in the arena beyond the model's M (arena A)" */
 static const char *too_large_why(uint64_t need, uint32_t avail, uint32_t model) {
@@ -579,6 +708,101 @@ static ep_status_t on_read_weights(ep_call_t *c) {
     return EP_OK;
 }
 
+/* CKPT_SAVE / CKPT_RESTORE answer: the checkpoint now matching the RAM weights. */
+static void put_ckpt(ep_call_t *c, const ep_ckpt_info_t *info) {
+    uint8_t *p = put32(c->resp, info->seq);
+    p = put32(p, info->steps);
+    p = put32(p, info->payload_bytes);
+    p = put8(p, info->slot);
+    p = put8(p, 0);
+    set_resp_len(c, put16(p, 0));
+}
+
+static ep_status_t on_ckpt_save(ep_call_t *c) {
+    ep_status_t st = need_len(c, 0);
+    if (st != EP_OK) {
+        return st;
+    }
+    if (!app.active) {
+        return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
+    }
+    ep_ckpt_info_t info;
+    st = ep_ckpt_save(app.active, ep_arena, app.steps, &info, &c->why);
+    if (st == EP_OK) {
+        app.nv.seq = info.seq;
+        put_ckpt(c, &info);
+    }
+    return st;
+}
+
+static ep_status_t on_ckpt_restore(ep_call_t *c) {
+    ep_status_t st = need_len(c, 0);
+    if (st != EP_OK) {
+        return st;
+    }
+    if (!app.active) {
+        return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
+    }
+    ep_ckpt_info_t info;
+    st = ep_ckpt_restore(app.active, ep_arena, &info, &c->why);
+    if (st == EP_OK) {
+        app.steps = info.steps;
+        app.nv.seq = info.seq;
+        guard_reset();
+        put_ckpt(c, &info);
+    }
+    return st;
+}
+
+static ep_status_t on_ckpt_info(ep_call_t *c) {
+    ep_status_t st = need_len(c, 0);
+    if (st != EP_OK) {
+        return st;
+    }
+    ep_ckpt_info_t newest = {0};
+    const char *ignored;
+    if (app.active) {
+        if (ep_ckpt_newest(app.active, &newest, &ignored) != EP_OK) {
+            newest.seq = 0; /* none */
+        }
+    }
+    uint8_t *p = put32(c->resp, ep_ckpt_nv_bytes());
+    p = put32(p, ep_ckpt_slot_bytes());
+    p = put8(p, nv_flags());
+    p = put8(p, 0);
+    p = put16(p, 0);
+    p = put32(p, ep_ckpt_stored_model_crc());
+    p = put32(p, newest.seq);
+    p = put32(p, newest.steps);
+    p = put32(p, app.nv.boot_seq);
+    p = put32(p, app.nv.seq);
+    p = put32(p, app.guard.rollbacks);
+    set_resp_len(c, put32(p, app.active ? ep_ckpt_payload_bytes(app.active) : 0));
+    return EP_OK;
+}
+
+/* GUARD: set the loss-spike factor (0 turns the spike rule off; NaN/Inf checks stay on). */
+static ep_status_t on_guard(ep_call_t *c) {
+    ep_status_t st = need_len(c, GUARD_REQ_BYTES);
+    if (st != EP_OK) {
+        return st;
+    }
+    const uint8_t *p = c->req;
+    const float k = getf32(&p);
+    if (get32(&p) != 0) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("reserved: must be 0"));
+    }
+    if (!isfinite(k) || k < 0 || (k > 0 && k <= 1)) {
+        return refuse(c, EP_BAD_PAYLOAD, EP_WHY("spike_k: 0 (off) or a finite factor above 1"));
+    }
+    app.guard.spike_k = k;
+    uint8_t *out = putf32(c->resp, k);
+    out = put16(out, GUARD_WINDOW);
+    out = put16(out, app.guard.filled);
+    set_resp_len(c, put32(out, app.guard.rollbacks));
+    return EP_OK;
+}
+
 static ep_status_t on_exit(ep_call_t *c) {
     ep_status_t st = need_len(c, EXIT_REQ_BYTES);
     if (st == EP_OK) {
@@ -604,6 +828,10 @@ static const ep_handler_t handlers[] = {
     [EP_MSG_STATS] = on_stats,
     [EP_MSG_READ_WEIGHTS] = on_read_weights,
     [EP_MSG_EXIT] = on_exit,
+    [EP_MSG_CKPT_SAVE] = on_ckpt_save,
+    [EP_MSG_CKPT_RESTORE] = on_ckpt_restore,
+    [EP_MSG_CKPT_INFO] = on_ckpt_info,
+    [EP_MSG_GUARD] = on_guard,
 };
 
 static uint16_t put_message(uint8_t *out, uint16_t cap, const char *msg) {
@@ -624,8 +852,29 @@ static void send_error(ep_status_t status, uint16_t req_id) {
     ep_port_write(app.err, n);
 }
 
+/* Reinstall the stored model, then its newest checkpoint: the device comes back as it was
+ * at the last checkpoint (or as uploaded). Anything that fails a check is ignored. */
+static void restore_at_boot(void) {
+    uint32_t len;
+    const char *ignored;
+    if (ep_ckpt_load_model(ep_staging, EP_STAGING_BYTES, &len, &ignored) != EP_OK ||
+        install(len, &ignored) != EP_OK) {
+        return;
+    }
+    app.nv.model_stored = true;
+    app.nv.boot_flags = EP_NV_MODEL_RESTORED;
+    ep_ckpt_info_t info;
+    if (ep_ckpt_restore(app.active, ep_arena, &info, &ignored) == EP_OK) {
+        app.steps = info.steps;
+        app.nv.seq = info.seq;
+        app.nv.boot_seq = info.seq;
+        app.nv.boot_flags |= EP_NV_CKPT_RESTORED;
+    }
+}
+
 void ep_app_init(void) {
     app.candidate = &app.models[0];
+    restore_at_boot();
     uint16_t len = put_hello(app.tx + EP_FRAME_HEADER_BYTES);
     ep_port_write(app.tx, ep_frame_encode(app.tx, sizeof app.tx, EP_MSG_HELLO | EP_FRAME_RESPONSE_BIT, EP_OK, 0, len));
 }

@@ -15,7 +15,14 @@
  *   - the last executed request (type, req_id) and its response on the wire: a
  *     repeat is answered from it without running again (retries never apply a
  *     TRAIN batch or a LOAD_CHUNK twice). ERROR frames do not touch it;
- *   - the STATS counters since boot (steps count since the model was installed).
+ *   - the STATS counters since boot (steps count since the model was installed);
+ *   - what non-volatile storage holds (ep_ckpt.h): at boot the stored model is
+ *     validated and reinstalled with its newest valid checkpoint; LOAD_END
+ *     stores the new model; CKPT_SAVE/CKPT_RESTORE write and read checkpoints;
+ *   - the training guards: a TRAIN whose loss or updated parameters are NaN or
+ *     infinite, or whose loss exceeds spike_k x the mean of the last 8 accepted
+ *     losses (GUARD; off until set), is rolled back to the newest checkpoint and
+ *     answered with EP_NUMERIC and a message saying to which.
  *
  * Untrusted input: every payload length and field is checked before use;
  * refusals carry a status and a UTF-8 message naming the field (the runtime's
@@ -27,8 +34,17 @@
 #include "ep_frame.h"
 
 /** Capabilities reported in HELLO. */
-#define EP_APP_CAPS \
-    (EP_CAP_F32 | EP_CAP_SGD | EP_CAP_CYCLES | EP_CAP_U8_AFFINE_INPUT | EP_CAP_STAGED_BATCH | EP_CAP_SAMPLE_BUFFER)
+#define EP_APP_CAPS                                                                                       \
+    (EP_CAP_F32 | EP_CAP_SGD | EP_CAP_CYCLES | EP_CAP_U8_AFFINE_INPUT | EP_CAP_STAGED_BATCH | EP_CAP_SAMPLE_BUFFER | \
+     EP_CAP_CHECKPOINTS | EP_CAP_GUARDS)
+
+/** nv_flags of HELLO and CKPT_INFO (docs/protocol.md; host/protocol.py NvFlag mirrors them). */
+enum {
+    EP_NV_PRESENT = 1,          /**< the device has non-volatile storage */
+    EP_NV_MODEL_STORED = 2,     /**< the installed model is also stored: it survives a reset */
+    EP_NV_MODEL_RESTORED = 4,   /**< the installed model was reinstalled from storage at boot */
+    EP_NV_CKPT_RESTORED = 8,    /**< ...with the weights of a checkpoint (boot_seq) */
+};
 
 /** Call once, after ep_port_init(): set up the state and send the unsolicited boot HELLO (req_id 0). */
 void ep_app_init(void);

@@ -47,4 +47,37 @@ void ep_port_idle(void);
 /** Stop the program with an exit code (semihosting on QEMU, exit() natively). */
 _Noreturn void ep_port_exit(int code);
 
+/*
+ * Non-volatile storage with flash semantics (used by firmware/app/ep_ckpt.c).
+ *
+ * The storage is ep_port_nv_size() bytes in pages of ep_port_nv_page_bytes().
+ * Like NOR flash: erasing a page sets all its bytes to 0xFF; programming can
+ * only clear bits (the stored byte becomes old & new), so a byte is written
+ * once per erase. A reset at any moment leaves every byte either as it was,
+ * or as the interrupted operation would have left it, or (for the byte being
+ * programmed or the page being erased) something in between: callers commit
+ * data by programming a checksummed header last.
+ *
+ * Where it lives: posix — the file given with `--nv FILE`; emulated Arm and
+ * RISC-V boards — the host file `edgeprop-nv.bin` in the emulator's working
+ * directory, through semihosting (host/emulator.py picks the directory); real
+ * STM32F4 boards — the flash sectors the board names, or none. A port without
+ * storage reports size 0 and refuses every call.
+ */
+
+/** Bytes of non-volatile storage, 0 when the port has none. */
+uint32_t ep_port_nv_size(void);
+
+/** Erase granularity in bytes (a power of two dividing ep_port_nv_size()); 0 without storage. */
+uint32_t ep_port_nv_page_bytes(void);
+
+/** Read [off, off + len). 0 on success, -1 out of range or on an I/O error. */
+__attribute__((warn_unused_result)) int ep_port_nv_read(uint32_t off, uint8_t *buf, uint32_t len);
+
+/** Erase page `page` (bytes [page·P, (page+1)·P) become 0xFF). 0 on success, -1 on error. */
+__attribute__((warn_unused_result)) int ep_port_nv_erase(uint32_t page);
+
+/** Program [off, off + len): each stored byte becomes old & buf[i]. 0 on success, -1 on error. */
+__attribute__((warn_unused_result)) int ep_port_nv_write(uint32_t off, const uint8_t *buf, uint32_t len);
+
 #endif /* EP_PORT_H */

@@ -1,6 +1,9 @@
 """`fake://` — pyserial port backed by an in-process FakeDevice.
 
-Options as a query string: `fake://?board=NAME&arena=BYTES`.
+Options as a query string: `fake://?board=NAME&arena=BYTES&nv=NAME`. Every open
+is a fresh boot of a fake device; ports opened with the same `nv` name share its
+non-volatile storage (the stored model and checkpoints), so reopening one models
+a reset of the same device. Without `nv` each device has storage of its own.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import urllib.parse
 
 from serial import PortNotOpenError, SerialBase, SerialException
 
-from ..fakedevice import FakeDevice
+from ..fakedevice import FakeDevice, FakeNv
+
+#: non-volatile storage of the fake devices, by their `nv` name (lives as long as the process)
+_NV: dict[str, FakeNv] = {}
 
 
 class Serial(SerialBase):
@@ -19,7 +25,8 @@ class Serial(SerialBase):
             raise SerialException("port must be configured before it can be used")
         q = urllib.parse.parse_qs(urllib.parse.urlsplit(self._port).query)
         self.device = FakeDevice(board=q.get("board", ["fake"])[0],
-                                 arena_bytes=int(q.get("arena", [1 << 20])[0]))
+                                 arena_bytes=int(q.get("arena", [1 << 20])[0]),
+                                 nv=_NV.setdefault(q["nv"][0], FakeNv()) if "nv" in q else None)
         self._rx = bytearray()
         self.is_open = True
 

@@ -27,6 +27,10 @@
  *     STATS report the model installed by the last successful LOAD_END (a
  *     refused upload leaves the installed model in place);
  *   - EXIT answers, then leaves through ep_port_exit (the harness longjmps out).
+ *
+ * Non-volatile storage is an in-memory flash (erase to 0xFF, programming only
+ * clears bits, out-of-range calls fail), erased before every input, so
+ * checkpoints (ep_ckpt.c) and the training guards are fuzzed too.
  */
 #include <setjmp.h>
 #include <stddef.h>
@@ -36,6 +40,7 @@
 #include <string.h>
 
 #include "../../firmware/app/ep_app.c"
+#include "../../firmware/app/ep_ckpt.c"
 
 #define FUZZ_CHECK(cond)                                                                  \
     do {                                                                                  \
@@ -73,11 +78,40 @@ void ep_port_write(const uint8_t *buf, uint32_t len) {
     FUZZ_CHECK(plen <= EP_FRAME_MAX_PAYLOAD && len == EP_FRAME_HEADER_BYTES + (uint32_t)plen + EP_FRAME_CRC_BYTES);
     FUZZ_CHECK(ep_crc32(0, buf + 2, len - 6u) == ep_rd32(buf + len - 4u));
     FUZZ_CHECK(buf[EP_FRAME_OFF_TYPE] & EP_FRAME_RESPONSE_BIT);
-    FUZZ_CHECK(buf[EP_FRAME_OFF_STATUS] <= EP_INTERNAL);
+    FUZZ_CHECK(buf[EP_FRAME_OFF_STATUS] <= EP_NO_CHECKPOINT);
     FUZZ_CHECK(port.frames == 0); /* one answer per event */
     port.frames++;
     memcpy(port.last, buf, len);
     port.last_len = len;
+}
+
+/* flash: 4 KiB pages, room for the model and two slots of the whole arena (as ep_nv_file.h) */
+enum { NV_PAGE = 4096 };
+#define NV_BYTES (((EP_STAGING_BYTES + NV_PAGE - 1) / NV_PAGE + 1 + 2 * ((EP_ARENA_BYTES + NV_PAGE - 1) / NV_PAGE + 1)) * NV_PAGE)
+static uint8_t nv[NV_BYTES];
+
+uint32_t ep_port_nv_size(void) { return NV_BYTES; }
+
+uint32_t ep_port_nv_page_bytes(void) { return NV_PAGE; }
+
+int ep_port_nv_read(uint32_t off, uint8_t *buf, uint32_t len) {
+    FUZZ_CHECK(off <= NV_BYTES && len <= NV_BYTES - off); /* ep_ckpt.c stays inside its layout */
+    memcpy(buf, nv + off, len);
+    return 0;
+}
+
+int ep_port_nv_erase(uint32_t page) {
+    FUZZ_CHECK(page < NV_BYTES / NV_PAGE);
+    memset(nv + (size_t)page * NV_PAGE, 0xFF, NV_PAGE);
+    return 0;
+}
+
+int ep_port_nv_write(uint32_t off, const uint8_t *buf, uint32_t len) {
+    FUZZ_CHECK(off <= NV_BYTES && len <= NV_BYTES - off);
+    for (uint32_t i = 0; i < len; i++) {
+        nv[off + i] &= buf[i];
+    }
+    return 0;
 }
 
 _Noreturn void ep_port_exit(int code) {
@@ -116,13 +150,16 @@ static void check_answer(uint8_t type, uint16_t req_id) {
     FUZZ_CHECK(r[EP_FRAME_OFF_TYPE] == (uint8_t)(type | EP_FRAME_RESPONSE_BIT));
     FUZZ_CHECK(ep_rd16(r + EP_FRAME_OFF_REQ_ID) == req_id);
     if (st != EP_OK) {
-        FUZZ_CHECK(st != EP_INTERNAL || type == EP_MSG_TRAIN || type == EP_MSG_EVAL);
+        FUZZ_CHECK(st != EP_INTERNAL || type == EP_MSG_TRAIN || type == EP_MSG_EVAL || type == EP_MSG_TRAIN_BUF ||
+                   type == EP_MSG_EVAL_BUF);
         return;
     }
     switch (type) {
     case EP_MSG_HELLO:
-        FUZZ_CHECK(plen == 26 + sizeof EP_BOARD_NAME - 1);
+        /* 26 bytes, the board name, then nv_flags, 3 reserved, ckpt_seq, steps */
+        FUZZ_CHECK(plen == 38 + sizeof EP_BOARD_NAME - 1);
         FUZZ_CHECK(pl[20] == model.loaded && ep_rd32(pl + 22) == (model.loaded ? model.crc : 0u));
+        FUZZ_CHECK(pl[26 + sizeof EP_BOARD_NAME - 1] & EP_NV_PRESENT);
         break;
     case EP_MSG_LOAD_BEGIN:
         FUZZ_CHECK(plen == 0);
@@ -139,7 +176,25 @@ static void check_answer(uint8_t type, uint16_t req_id) {
         break;
     case EP_MSG_TRAIN:
     case EP_MSG_EVAL:
+    case EP_MSG_TRAIN_BUF:
+    case EP_MSG_EVAL_BUF:
         FUZZ_CHECK(model.loaded && plen == 20 && ep_rd16(pl + 6) <= ep_rd16(pl + 4));
+        break;
+    case EP_MSG_BUF_BEGIN:
+        FUZZ_CHECK(model.loaded && plen == 12);
+        break;
+    case EP_MSG_BUF_CHUNK:
+        FUZZ_CHECK(model.loaded && plen == 4);
+        break;
+    case EP_MSG_CKPT_SAVE:
+    case EP_MSG_CKPT_RESTORE:
+        FUZZ_CHECK(model.loaded && plen == 16 && ep_rd32(pl) >= 1);
+        break;
+    case EP_MSG_CKPT_INFO:
+        FUZZ_CHECK(plen == 40 && ep_rd32(pl) == NV_BYTES);
+        break;
+    case EP_MSG_GUARD:
+        FUZZ_CHECK(plen == 12);
         break;
     case EP_MSG_STATS:
         FUZZ_CHECK(plen == 48 && ep_rd32(pl + 40) == (model.loaded ? model.arena_used : 0u));
@@ -165,6 +220,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memset(&app, 0, sizeof app);
     memset(&port, 0, sizeof port);
     memset(&model, 0, sizeof model);
+    memset(nv, 0xFF, sizeof nv);
     ep_app_init();
     FUZZ_CHECK(port.frames == 1 && port.last[EP_FRAME_OFF_TYPE] == (EP_MSG_HELLO | EP_FRAME_RESPONSE_BIT) &&
                ep_rd16(port.last + EP_FRAME_OFF_REQ_ID) == 0);

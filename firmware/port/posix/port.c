@@ -1,7 +1,10 @@
 /*
  * port.c — ep_port.h as a host program: the serial line is a TCP connection.
  *
- *   edgeprop --listen HOST:PORT
+ *   edgeprop --listen HOST:PORT [--nv FILE]
+ *
+ * `--nv FILE` is the device's non-volatile storage (nv.c): the stored model
+ * and checkpoints survive a restart of the program, like flash survives a reset.
  *
  * Like QEMU's `-chardev socket,server=on,wait=on`, it listens on HOST:PORT and
  * starts once the first host attaches (so the boot HELLO reaches it). When that
@@ -24,6 +27,7 @@
 #include <unistd.h>
 
 #include "ep_port.h"
+#include "posix_nv.h"
 
 enum {
     EXIT_USAGE = 2,
@@ -45,7 +49,7 @@ static _Noreturn void die(const char *what, const char *detail) {
 }
 
 static _Noreturn void usage(void) {
-    fprintf(stderr, "usage: edgeprop --listen HOST:PORT\n");
+    fprintf(stderr, "usage: edgeprop --listen HOST:PORT [--nv FILE]\n");
     exit(EXIT_USAGE);
 }
 
@@ -102,6 +106,8 @@ void ep_port_init(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) {
             where = argv[++i];
+        } else if (strcmp(argv[i], "--nv") == 0 && i + 1 < argc) {
+            ep_posix_nv_path(argv[++i]);
         } else {
             usage();
         }
