@@ -18,6 +18,19 @@ shape and reads back, for the last step, the instructions of the whole step
 The fp32 target on Cortex-M4F is ≥ 0.7 MAC per instruction on the conv and
 linear nodes; the table marks rows below it. Numbers are of this build, on
 this board's emulator; rerun the command to reproduce them.
+
+    python -m host.bench --cluster [--models a,b] [--out bench/cluster.json]
+
+The gap9 cluster section: each model trains on the emulated GAP9 booted with 1
+and with 8 cluster cores in `timing=turns` mode (host.boards.with_cluster), where
+the device's counts are the cluster's critical path: FC instructions plus, per
+fork phase, the largest per-core count (firmware/port/riscv_virt/cluster.c).
+Rows: kind "cluster_op" per conv/linear/attention node and "cluster_model" per
+model, with instructions on 1 and 8 cores and speed-up = 1-core / 8-core
+instructions (target ≥ 7 on conv and linear); kind "cluster_l1" gives, per
+conv/linear node, the bytes a tile would need in the cluster's 128 KiB L1
+(weights + one sample's input and output): what a DMA-tiled kernel must fit.
+The batch is the largest of 8, 4, 2, 1 whose plan fits gap9's arena.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .blob import build_blob
-from .boards import REPO_ROOT, load_board
+from .boards import REPO_ROOT, load_board, with_cluster
 from .compiler import TrainConfig, compile_model
 from .costs import is_matrix_work, node_macs
 from .device import Batch, Device
@@ -42,6 +56,11 @@ from .link import Link
 from .zoo import init_params, load_model, model_names
 
 TARGET_MPI = 0.7
+DEFAULT_OUT = REPO_ROOT / "bench" / "results.json"
+TARGET_SPEEDUP = 7.0
+CLUSTER_CORES = (1, 8)
+#: BioTrain (GAP9, 8-core cluster) training throughput, samples/s, for comparison
+BIOTRAIN_SAMPLES_PER_S = {"eegnet-scp1": 17, "eognet-blink": 85}
 
 
 def bench_model(dev: Device, board: str, name: str, batch: int, steps: int, lr: float = 0.01) -> list[dict]:
@@ -71,6 +90,124 @@ def bench_model(dev: Device, board: str, name: str, batch: int, steps: int, lr: 
     return rows
 
 
+def _fits(prog, board) -> bool:
+    return prog.plan.arena_bytes <= board.arena_bytes
+
+
+def _cluster_run(board, cores: int, name: str, prog, batch: int, steps: int) -> tuple[int, list[int]]:
+    """(step instructions, per-node instructions) of the last of `steps` steps, with
+    `cores` cluster cores in timing=turns mode."""
+    spec = prog.spec
+    with start(with_cluster(board, cores, "turns")) as running, Link.open(running.url, timeout=300.0) as link:
+        wait_boot_hello(link)
+        dev = Device(link)
+        dev.hello()
+        dev.load(build_blob(prog))
+        rng = np.random.default_rng(0)
+        r = None
+        for _ in range(steps):
+            x = rng.standard_normal((batch, *spec.input)).astype(np.float32)
+            r = dev.train(Batch.from_arrays(x, rng.integers(0, spec.classes, batch)))
+        return r.cycles, dev.profile()
+
+
+def wait_boot_hello(link: Link, timeout: float = 20.0) -> None:
+    """Wait for the boot HELLO before the first request (bytes sent while the firmware
+    sets its UART up are lost, as on hardware)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(f.req_id == 0 for f in link.read_frames(0.2)):
+            return
+    raise ToolError("the board sent no boot HELLO")
+
+
+def _tile_l1_bytes(g, nd) -> int:
+    """Bytes one sample's tile of a conv/linear node touches: its weights (or weight
+    gradient) and one sample of each batched tensor it reads and writes (f32)."""
+    total = 0
+    for t in (*nd.inputs, *nd.outputs):
+        tt = g.tensors[t]
+        n = int(np.prod(tt.dims)) if tt.dims else 1
+        total += 4 * n
+    return total
+
+
+def bench_cluster(board, name: str, steps: int) -> list[dict]:
+    spec = load_model(name)
+    for batch in (8, 4, 2, 1):
+        prog = compile_model(spec, init_params(spec, 0), TrainConfig(batch=batch, lr=0.01))
+        if _fits(prog, board):
+            break
+    else:
+        raise ToolError(f"{name} does not fit gap9's arena even at batch 1")
+    runs = {c: _cluster_run(board, c, name, prog, batch, steps) for c in CLUSTER_CORES}
+    (s1, p1), (s8, p8) = runs[1], runs[8]
+    g = prog.graph
+    rows = [{"kind": "cluster_model", "name": name, "board": board.name, "dtype": "fp32", "strategy": "full",
+             "batch": batch, "instructions_1": s1, "instructions_8": s8, "speedup": round(s1 / s8, 2),
+             "samples_per_s_8": round(board.cpu_hz / (s8 / batch), 1),
+             "samples_per_s_1": round(board.cpu_hz / (s1 / batch), 1)}]
+    for i, nd in enumerate(g.nodes):
+        if i < g.train_begin or not is_matrix_work(nd) or p1[i] == 0:
+            continue
+        rows.append({"kind": "cluster_op", "name": f"{name}/{nd.layer}.{nd.fn.name.lower()}",
+                     "op": nd.op.name.lower(), "fn": nd.fn.name.lower(), "board": board.name, "batch": batch,
+                     "instructions_1": p1[i], "instructions_8": p8[i], "speedup": round(p1[i] / p8[i], 2)})
+        if nd.op.name.lower() in ("linear", "conv2d"):
+            rows.append({"kind": "cluster_l1", "name": f"{name}/{nd.layer}.{nd.fn.name.lower()}",
+                         "board": board.name, "batch": batch, "l1_tile_bytes": _tile_l1_bytes(g, nd),
+                         "l1_bytes": board.memory["l1"]["length"]})
+    return rows
+
+
+def cluster_totals(rows: list[dict]) -> list[dict]:
+    """Per op.fn over the models: summed 1-core and 8-core instructions, and their ratio."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["kind"] != "cluster_op":
+            continue
+        key = f"{r['op']}.{r['fn']}"
+        t = out.setdefault(key, {"kind": "cluster_op_total", "name": key, "board": r["board"],
+                                 "instructions_1": 0, "instructions_8": 0})
+        t["instructions_1"] += r["instructions_1"]
+        t["instructions_8"] += r["instructions_8"]
+    for t in out.values():
+        t["speedup"] = round(t["instructions_1"] / t["instructions_8"], 2)
+    return list(out.values())
+
+
+def main_cluster(args, console: Console) -> int:
+    try:
+        board = load_board("gap9")
+        if not firmware_path(board).is_file():
+            raise ToolError("no firmware for gap9", hint="run `make firmware BOARD=gap9` first")
+        names = args.models.split(",") if args.models else model_names()
+        rows: list[dict] = []
+        for name in names:
+            console.print(f"==> {name} on the gap9 cluster: 1 and 8 cores, {args.steps} steps each")
+            rows += bench_cluster(board, name, args.steps)
+    except EdgePropError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 1
+    rows += cluster_totals(rows)
+    out = args.out if args.out != DEFAULT_OUT else REPO_ROOT / "bench" / "cluster.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    table = Table(title=f"gap9 cluster: critical-path instructions on 1 and 8 cores (fp32, full backprop; "
+                        f"target ≥ {TARGET_SPEEDUP:.0f}× on conv and linear)")
+    for col in ("kind", "name", "batch", "1 core", "8 cores", "speed-up"):
+        table.add_column(col, justify="left" if col in ("kind", "name") else "right", no_wrap=True)
+    for r in rows:
+        if r["kind"] == "cluster_l1":
+            continue
+        flag = "" if r["kind"] != "cluster_op_total" or r["speedup"] >= TARGET_SPEEDUP else " [yellow](below)[/]"
+        table.add_row(r["kind"], r["name"], str(r.get("batch", "")), f"{r['instructions_1']:,}",
+                      f"{r['instructions_8']:,}", f"{r['speedup']:.2f}{flag}")
+    console.print(table)
+    console.print(f"wrote {out}")
+    return 0
+
+
 def op_totals(rows: list[dict]) -> list[dict]:
     out: dict[tuple, dict] = {}
     for r in rows:
@@ -94,9 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", help="comma-separated model names (default: every shipped model)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2, help="training steps per model; the last is measured")
-    ap.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results.json")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--cluster", action="store_true",
+                    help="the gap9 cluster section instead: 1 vs 8 cores (default out: bench/cluster.json)")
     args = ap.parse_args(argv)
     console = Console(width=max(Console().width, 120))
+    if args.cluster:
+        return main_cluster(args, console)
     try:
         board = load_board(args.board)
         if not firmware_path(board).is_file():

@@ -21,6 +21,7 @@ import shutil
 import string
 import sys
 import tomllib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,16 @@ class Board:
     def has_toolchain(self) -> bool:
         return shutil.which(self.toolchain["prefix"] + "gcc") is not None
 
+    @property
+    def cluster_cores(self) -> int:
+        """Cores of the board's compute cluster (gap9: 8), 0 for boards without one:
+        the `-smp` of its emulator minus the controller hart."""
+        if not self.emulator or self.port != "riscv_virt":
+            return 0
+        args = list(self.emulator.get("args", []))
+        smp = int(args[args.index("-smp") + 1]) if "-smp" in args else 1
+        return max(smp - 1, 0)
+
     def cycles_to_instructions(self, cycles: int) -> int:
         """Emulated boards already report instructions (see docs/protocol.md)."""
         return cycles
@@ -75,6 +86,8 @@ class Board:
             "cpu_hz": self.cpu_hz,
             "flash_bytes": self.memory["flash"]["length"],
             "ram_bytes": self.memory["ram"]["length"],
+            "l1_bytes": self.memory["l1"]["length"] if "l1" in self.memory else None,
+            "cluster_cores": self.cluster_cores,
             "arena_bytes": self.arena_bytes,
             "max_tensors": self.max_tensors,
             "max_nodes": self.max_nodes,
@@ -85,6 +98,25 @@ class Board:
             "flash_method": self.flash.get("method"),
             "pyocd_target": self.flash.get("target"),
         }
+
+
+def with_cluster(board: Board, cores: int, timing: str | None = None) -> Board:
+    """`board` booted with `cores` cluster cores (gap9: 1..8), as the emulator runs it:
+    QEMU `-smp cores+1` (hart 0 is the fabric controller) and `-append "cores=N"`,
+    which the port reads from the device tree (firmware/port/riscv_virt/cluster.c).
+    timing="turns" makes the cores of a fork run one after another, so the device's
+    cycle counts are the cluster's critical path (FC instructions + per phase the
+    slowest core's): what the benchmark measures. Same firmware image either way."""
+    if board.cluster_cores == 0:
+        raise BoardError(f"board {board.name} has no cluster")
+    if not 1 <= cores <= board.cluster_cores:
+        raise BoardError(f"{board.name} has {board.cluster_cores} cluster cores, not {cores}")
+    if timing not in (None, "turns"):
+        raise BoardError(f"timing {timing!r}: want None (cores run at once) or 'turns'")
+    args = list(board.emulator.get("args", []))
+    args[args.index("-smp") + 1] = str(cores + 1)
+    bootargs = f"cores={cores}" + (f" timing={timing}" if timing else "")
+    return dataclasses.replace(board, emulator=dict(board.emulator, args=[*args, "-append", bootargs]))
 
 
 def board_names() -> list[str]:
@@ -159,9 +191,11 @@ def port_dirs(port: str) -> list[Path]:
     return dirs
 
 
-def render_linker_script(board: Board) -> str | None:
-    """Fill the port's `link.ld.in` template; None for ports without one (posix)."""
-    template = next((d / "link.ld.in" for d in port_dirs(board.port) if (d / "link.ld.in").is_file()), None)
+def render_linker_script(board: Board, template: Path | None = None) -> str | None:
+    """Fill the port's `link.ld.in` template (or `template`, e.g. an RTOS port's own);
+    None for ports without one (posix)."""
+    template = template or next((d / "link.ld.in" for d in port_dirs(board.port)
+                                 if (d / "link.ld.in").is_file()), None)
     if template is None:
         return None
     mem = board.memory
@@ -173,13 +207,16 @@ def render_linker_script(board: Board) -> str | None:
         "RAM_LENGTH": f"0x{mem['ram']['length']:08X}",
         "STACK_BYTES": str(board.stack_bytes),
     }
+    if "l1" in mem:  # a cluster's shared L1 (gap9): the riscv_virt template places core stacks there
+        values["L1_ORIGIN"] = f"0x{mem['l1']['origin']:08X}"
+        values["L1_LENGTH"] = f"0x{mem['l1']['length']:08X}"
     return string.Template(template.read_text()).substitute(values)
 
 
-def render(board: Board, outdir: Path) -> None:
+def render(board: Board, outdir: Path, link_template: Path | None = None) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     _write_if_changed(outdir / "board.mk", render_board_mk(board))
-    ld = render_linker_script(board)
+    ld = render_linker_script(board, link_template)
     if ld is not None:
         _write_if_changed(outdir / "link.ld", ld)
 
@@ -196,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("render", help="write board.mk and link.ld for a board")
     r.add_argument("board")
     r.add_argument("outdir", type=Path)
+    r.add_argument("--link-template", type=Path, help="linker-script template to fill instead of the "
+                   "port's (RTOS ports with their own memory layout)")
     args = ap.parse_args(argv)
     try:
-        render(load_board(args.board), args.outdir)
+        render(load_board(args.board), args.outdir, args.link_template)
     except BoardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -60,8 +60,13 @@ def run(args) -> int:
     if method in ("emulator", "process"):
         args.stop = args.list = False
         return emulate_cmd.run(args)
+    if method == "gap_sdk":  # GAP9: the GAP SDK when it and a board are here, else emulated
+        from . import flash_gap
+
+        return flash_gap.run(args, board)
     if method != "pyocd":
-        raise BoardError(f"board {board.name}: unknown flash method {method!r} (want emulator, process or pyocd)")
+        raise BoardError(f"board {board.name}: unknown flash method {method!r} "
+                         "(want emulator, process, pyocd or gap_sdk)")
     target = board.flash.get("target")
     if not target:
         raise BoardError(f"board {board.name}: [flash] method = \"pyocd\" needs target = \"<pyOCD target name>\"")

@@ -13,6 +13,7 @@
  * 2 s partial-frame timeout (2e9 instructions) takes far longer than 2 s of
  * wall time under TCG, so hosts and tests waiting for it time out. On real
  * hardware (no EP_ICOUNT_SHIFT) mcycle counts FC clock cycles at EP_CPU_HZ.
+ * mcycle is one clock for all harts: cluster.c says what that means for forks.
  *
  * The UART receive path busy-polls (ep_port_idle does nothing): sleeping with
  * wfi would let QEMU warp virtual time by wall-clock amounts, and instruction
@@ -69,8 +70,15 @@ void ep_port_write(const uint8_t *buf, uint32_t len) {
     }
 }
 
+/* cluster.c's; this weak 0 lets a build without the cluster (an RTOS port reusing
+ * this file) link */
+__attribute__((weak)) uint64_t rv_cluster_hidden(void) {
+    return 0;
+}
+
 uint64_t ep_port_cycles(void) {
-    return (read_mcycle() >> RV_CYCLE_SHIFT) - cycles_at_init;
+    /* minus what the cluster overlaps in timing=turns forks (cluster.c) */
+    return ((read_mcycle() - rv_cluster_hidden()) >> RV_CYCLE_SHIFT) - cycles_at_init;
 }
 
 /* Busy-polls: see the comment at the top. */

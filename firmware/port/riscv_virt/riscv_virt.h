@@ -1,7 +1,8 @@
 /*
  * riscv_virt.h — the bare-metal RISC-V port on QEMU's `virt` machine (board gap9:
  * the GAP9 fabric controller). Addresses come from the board's [port_settings]:
- * RV_UART_BASE (NS16550A UART0) and RV_TEST_FINISHER (SiFive test device).
+ * RV_UART_BASE (NS16550A UART0), RV_TEST_FINISHER (SiFive test device) and
+ * RV_CLINT_BASE (the core-local interruptor: one msip word per hart).
  */
 #ifndef RISCV_VIRT_H
 #define RISCV_VIRT_H
@@ -26,5 +27,23 @@
 
 /* mstatus.FS = Initial: enables the F extension (the C code is built for ilp32f) */
 #define RV_MSTATUS_FS_INITIAL 0x2000
+
+/* mie/mip bit of the machine software interrupt (CLINT msip) */
+#define RV_MIP_MSIP 0x8
+
+/*
+ * The cluster (cluster.c): harts 1..RV_CLUSTER_MAX_CORES are GAP9's cluster
+ * cores 0..7. Each has a stack of RV_CLUSTER_STACK_BYTES in the L1 region of
+ * link.ld.in (the kernels are leaf loops: a few hundred bytes of frame at most;
+ * 4 KiB leaves room for libm calls).
+ */
+#define RV_CLUSTER_MAX_CORES 8
+#define RV_CLUSTER_STACK_BYTES 4096
+
+/* cluster.c: mcycle that turns-mode forks overlap, left out of ep_port_cycles() */
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+uint64_t rv_cluster_hidden(void);
+#endif
 
 #endif /* RISCV_VIRT_H */

@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "ep_norm_act.h"
+#include "ep_parallel.h"
 #include "ep_ops.h"
 
 void ep_norm_moments_f32(const float *x, uint32_t reps, uint32_t len, uint32_t stride, float *mean,
@@ -98,16 +99,52 @@ static void bn_apply(const float *x, float *y, uint32_t n, uint32_t hw, uint32_t
     }
 }
 
-void ep_batchnorm_fw_train_f32(const ep_batchnorm_params_t *p, const float *restrict x,
-                               const float *restrict gamma, const float *restrict beta,
-                               float *restrict y, float *restrict saved,
-                               float *restrict running_mean, float *restrict running_var) {
+/*
+ * On a cluster (ep_parallel.h) every kernel splits the channels: a channel's
+ * statistics, outputs and parameter gradients are computed by one core with the
+ * serial code, so results do not depend on the core count. bn_args_t carries a
+ * kernel's arguments to the cores; each *_chs function does channels [c0, c1).
+ */
+typedef struct {
+    const ep_batchnorm_params_t *p;
+    const float *in[5];
+    float *out[4];
+} bn_args_t;
+
+typedef void (*bn_chs_fn_t)(const bn_args_t *a, uint32_t c0, uint32_t c1);
+
+typedef struct {
+    bn_chs_fn_t fn;
+    const bn_args_t *a;
+} bn_job_t;
+
+static void bn_core(void *arg) {
+    const bn_job_t *j = arg;
+    uint32_t lo, hi;
+    ep_par_range(j->a->p->c, &lo, &hi);
+    j->fn(j->a, lo, hi);
+}
+
+static void bn_run(bn_chs_fn_t fn, const bn_args_t *a) {
+    if (ep_par_num_cores() > 1 && a->p->c > 1) {
+        const bn_job_t j = {fn, a};
+        ep_par_fork(0, bn_core, (void *)&j);
+    } else {
+        fn(a, 0, a->p->c);
+    }
+}
+
+static void fw_train_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
+    const ep_batchnorm_params_t *p = a->p;
+    const float *restrict x = a->in[0], *restrict gamma = a->in[1], *restrict beta = a->in[2];
+    float *restrict y = a->out[0], *restrict saved = a->out[1];
+    float *restrict running_mean = a->out[2], *restrict running_var = a->out[3];
     const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
     const uint32_t m = n * hw;
     const float keep = 1.0f - p->momentum, mom = p->momentum;
     /* unbiased = biased · m/(m − 1); m = 1 leaves running_var alone (see the header) */
     const float unbias = m > 1u ? (float)m / (float)(m - 1u) : 0.0f;
-    for (uint32_t ch = 0; ch < C; ch++) {
+    for (uint32_t ch = c0; ch < c1; ch++) {
         float mean, var;
         ep_norm_moments_f32(x + ch * hw, n, hw, stride, &mean, &var);
         const float inv_std = 1.0f / sqrtf(var + p->eps);
@@ -123,44 +160,70 @@ void ep_batchnorm_fw_train_f32(const ep_batchnorm_params_t *p, const float *rest
     }
 }
 
+void ep_batchnorm_fw_train_f32(const ep_batchnorm_params_t *p, const float *restrict x,
+                               const float *restrict gamma, const float *restrict beta,
+                               float *restrict y, float *restrict saved,
+                               float *restrict running_mean, float *restrict running_var) {
+    const bn_args_t a = {p, {x, gamma, beta}, {y, saved, running_mean, running_var}};
+    bn_run(fw_train_chs, &a);
+}
+
+static void fw_eval_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
+    const ep_batchnorm_params_t *p = a->p;
+    const float *x = a->in[0], *restrict gamma = a->in[1], *restrict beta = a->in[2];
+    const float *restrict running_mean = a->in[3], *restrict running_var = a->in[4];
+    float *y = a->out[0];
+    const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
+    for (uint32_t ch = c0; ch < c1; ch++) {
+        const float scale = gamma[ch] / sqrtf(running_var[ch] + p->eps);
+        bn_apply(x + ch * hw, y + ch * hw, n, hw, stride, running_mean[ch], scale, beta[ch]);
+    }
+}
+
 void ep_batchnorm_fw_eval_f32(const ep_batchnorm_params_t *p, const float *x, const float *restrict gamma,
                               const float *restrict beta, const float *restrict running_mean,
                               const float *restrict running_var, float *y) {
+    const bn_args_t a = {p, {x, gamma, beta, running_mean, running_var}, {y}};
+    bn_run(fw_eval_chs, &a);
+}
+
+static void bw_input_train_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
+    const ep_batchnorm_params_t *p = a->p;
+    const float *dy = a->in[0], *restrict x = a->in[1], *restrict gamma = a->in[2], *restrict saved = a->in[3];
+    float *dx = a->out[0];
     const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
-    for (uint32_t ch = 0; ch < C; ch++) {
-        const float scale = gamma[ch] / sqrtf(running_var[ch] + p->eps);
-        bn_apply(x + ch * hw, y + ch * hw, n, hw, stride, running_mean[ch], scale, beta[ch]);
+    const float inv_m = 1.0f / ((float)n * (float)hw);
+    for (uint32_t ch = c0; ch < c1; ch++) {
+        const float mean = saved[ch], k = saved[C + ch];
+        float sdy, sdyx;
+        ep_norm_dsums_f32(dy + ch * hw, x + ch * hw, n, hw, stride, mean, &sdy, &sdyx);
+        /* dx = a·(dy − Σdy/m − (x − mean)·k²·Σ(dy(x − mean))/m) */
+        const float ga = gamma[ch] * k;
+        const float c1v = sdy * inv_m;
+        const float c2 = k * k * sdyx * inv_m;
+        for (uint32_t i = 0; i < n; i++) {
+            const float *xi = x + i * stride + ch * hw, *gi = dy + i * stride + ch * hw;
+            float *di = dx + i * stride + ch * hw;
+            for (uint32_t j = 0; j < hw; j++) {
+                di[j] = ga * fmaf(-(xi[j] - mean), c2, gi[j] - c1v);
+            }
+        }
     }
 }
 
 void ep_batchnorm_bw_input_train_f32(const ep_batchnorm_params_t *p, const float *dy,
                                      const float *restrict x, const float *restrict gamma,
                                      const float *restrict saved, float *dx) {
-    const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
-    const float inv_m = 1.0f / ((float)n * (float)hw);
-    for (uint32_t ch = 0; ch < C; ch++) {
-        const float mean = saved[ch], k = saved[C + ch];
-        float sdy, sdyx;
-        ep_norm_dsums_f32(dy + ch * hw, x + ch * hw, n, hw, stride, mean, &sdy, &sdyx);
-        /* dx = a·(dy − Σdy/m − (x − mean)·k²·Σ(dy(x − mean))/m) */
-        const float a = gamma[ch] * k;
-        const float c1 = sdy * inv_m;
-        const float c2 = k * k * sdyx * inv_m;
-        for (uint32_t i = 0; i < n; i++) {
-            const float *xi = x + i * stride + ch * hw, *gi = dy + i * stride + ch * hw;
-            float *di = dx + i * stride + ch * hw;
-            for (uint32_t j = 0; j < hw; j++) {
-                di[j] = a * fmaf(-(xi[j] - mean), c2, gi[j] - c1);
-            }
-        }
-    }
+    const bn_args_t a = {p, {dy, x, gamma, saved}, {dx}};
+    bn_run(bw_input_train_chs, &a);
 }
 
-void ep_batchnorm_bw_input_eval_f32(const ep_batchnorm_params_t *p, const float *dy,
-                                    const float *restrict gamma, const float *restrict running_var,
-                                    float *dx) {
+static void bw_input_eval_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
+    const ep_batchnorm_params_t *p = a->p;
+    const float *dy = a->in[0], *restrict gamma = a->in[1], *restrict running_var = a->in[2];
+    float *dx = a->out[0];
     const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
-    for (uint32_t ch = 0; ch < C; ch++) {
+    for (uint32_t ch = c0; ch < c1; ch++) {
         const float scale = gamma[ch] / sqrtf(running_var[ch] + p->eps);
         for (uint32_t i = 0; i < n; i++) {
             const float *gi = dy + i * stride + ch * hw;
@@ -172,14 +235,43 @@ void ep_batchnorm_bw_input_eval_f32(const ep_batchnorm_params_t *p, const float 
     }
 }
 
-void ep_batchnorm_bw_param_train_f32(const ep_batchnorm_params_t *p, const float *restrict dy,
-                                     const float *restrict x, const float *restrict saved,
-                                     float *restrict dgamma, float *restrict dbeta) {
+void ep_batchnorm_bw_input_eval_f32(const ep_batchnorm_params_t *p, const float *dy,
+                                    const float *restrict gamma, const float *restrict running_var,
+                                    float *dx) {
+    const bn_args_t a = {p, {dy, gamma, running_var}, {dx}};
+    bn_run(bw_input_eval_chs, &a);
+}
+
+static void bw_param_train_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
+    const ep_batchnorm_params_t *p = a->p;
+    const float *restrict dy = a->in[0], *restrict x = a->in[1], *restrict saved = a->in[2];
+    float *restrict dgamma = a->out[0], *restrict dbeta = a->out[1];
     const uint32_t n = p->n, C = p->c, hw = p->hw;
-    for (uint32_t ch = 0; ch < C; ch++) {
+    for (uint32_t ch = c0; ch < c1; ch++) {
         float sdy, sdyx;
         ep_norm_dsums_f32(dy + ch * hw, x + ch * hw, n, hw, C * hw, saved[ch], &sdy, &sdyx);
         dgamma[ch] = sdyx * saved[C + ch];
+        dbeta[ch] = sdy;
+    }
+}
+
+void ep_batchnorm_bw_param_train_f32(const ep_batchnorm_params_t *p, const float *restrict dy,
+                                     const float *restrict x, const float *restrict saved,
+                                     float *restrict dgamma, float *restrict dbeta) {
+    const bn_args_t a = {p, {dy, x, saved}, {dgamma, dbeta}};
+    bn_run(bw_param_train_chs, &a);
+}
+
+static void bw_param_eval_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
+    const ep_batchnorm_params_t *p = a->p;
+    const float *restrict dy = a->in[0], *restrict x = a->in[1];
+    const float *restrict running_mean = a->in[2], *restrict running_var = a->in[3];
+    float *restrict dgamma = a->out[0], *restrict dbeta = a->out[1];
+    const uint32_t n = p->n, C = p->c, hw = p->hw;
+    for (uint32_t ch = c0; ch < c1; ch++) {
+        float sdy, sdyx;
+        ep_norm_dsums_f32(dy + ch * hw, x + ch * hw, n, hw, C * hw, running_mean[ch], &sdy, &sdyx);
+        dgamma[ch] = sdyx / sqrtf(running_var[ch] + p->eps);
         dbeta[ch] = sdy;
     }
 }
@@ -188,13 +280,8 @@ void ep_batchnorm_bw_param_eval_f32(const ep_batchnorm_params_t *p, const float 
                                     const float *restrict x, const float *restrict running_mean,
                                     const float *restrict running_var, float *restrict dgamma,
                                     float *restrict dbeta) {
-    const uint32_t n = p->n, C = p->c, hw = p->hw;
-    for (uint32_t ch = 0; ch < C; ch++) {
-        float sdy, sdyx;
-        ep_norm_dsums_f32(dy + ch * hw, x + ch * hw, n, hw, C * hw, running_mean[ch], &sdy, &sdyx);
-        dgamma[ch] = sdyx / sqrtf(running_var[ch] + p->eps);
-        dbeta[ch] = sdy;
-    }
+    const bn_args_t a = {p, {dy, x, running_mean, running_var}, {dgamma, dbeta}};
+    bn_run(bw_param_eval_chs, &a);
 }
 
 /* ------------------------------------------------------------------------- */

@@ -10,12 +10,22 @@
  * forbids the compiler to contract a*b+c, and a separate multiply and add would
  * cost two FPU instructions per MAC; with fpv4-sp-d16 fmaf is one VFMA.F32 (and
  * one rounding instead of two, so the error bounds only get tighter).
+ *
+ * On a cluster (ep_parallel.h) the three kernels split their outputs into work
+ * items — (sample, group, block of 4 output channels) for fw and bw_input, and
+ * (group, block of 4 output channels, block of 4 input channels, kernel row,
+ * block of 4 kernel columns) for the weight gradient — and each core takes a
+ * contiguous run of items. Blocks start on multiples of 4, so every output is
+ * computed by the same tile, in the same order, as in the serial loop: results
+ * are bit-identical at any core count. On one core a run of items covering a
+ * whole (sample, group) is one call, as before.
  */
 #include <math.h>
 #include <stddef.h>
 
 #include "ep_conv_pool.h"
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
 #if defined(__GNUC__)
 #define INLINE inline __attribute__((always_inline))
@@ -466,8 +476,8 @@ static void direct_conv(const tile_t *t, const axis_t *ay, const axis_t *ax, uin
 
 /* Pointwise forward over one sample and group: Y[Co][P] = b + W[Co][Ci] · X[Ci][P]. */
 static void pw_fw(const float *restrict x, const float *restrict w, const float *restrict b,
-                  float *restrict y, uint32_t ci_n, uint32_t co_n, uint32_t np) {
-    uint32_t oc = 0;
+                  float *restrict y, uint32_t ci_n, uint32_t oc_lo, uint32_t co_n, uint32_t np) {
+    uint32_t oc = oc_lo; /* output channels [oc_lo, co_n) */
     for (; oc + 4 <= co_n; oc += 4) {
         const float *w0 = w + oc * ci_n, *w1 = w0 + ci_n, *w2 = w1 + ci_n, *w3 = w2 + ci_n;
         const float b0 = b ? b[oc] : 0.0f, b1 = b ? b[oc + 1] : 0.0f;
@@ -546,31 +556,72 @@ static void pw_fw(const float *restrict x, const float *restrict w, const float 
     }
 }
 
+/*
+ * The work items of fw and bw_input: (sample, group, block of 4 output channels),
+ * numbered sample-major. run_items calls item_fn once per (sample, group) for
+ * this core's blocks in it, as the channel range [c0, c1).
+ */
+typedef void (*conv_items_fn_t)(const void *ctx, uint32_t i, uint32_t gi, uint32_t c0, uint32_t c1);
+
+static void run_items(uint32_t n, uint32_t G, uint32_t nch, conv_items_fn_t item_fn, const void *ctx) {
+    const uint32_t blocks = (nch + 3) / 4, per_sample = G * blocks;
+    uint32_t lo, hi;
+    ep_par_range(n * per_sample, &lo, &hi);
+    while (lo < hi) {
+        const uint32_t ig = lo / blocks, b0 = lo % blocks;
+        const uint32_t b1 = hi - ig * blocks < blocks ? hi - ig * blocks : blocks;
+        const uint32_t c1 = 4 * b1 < nch ? 4 * b1 : nch;
+        item_fn(ctx, ig / G, ig % G, 4 * b0, c1);
+        lo = ig * blocks + b1;
+    }
+}
+
+typedef struct {
+    const ep_conv2d_params_t *p;
+    const float *x, *w, *b;
+    float *y;
+    tile_t t;
+    axis_t ay, ax;
+    bool pw;
+} conv_fw_t;
+
+static void fw_item(const void *ctx, uint32_t i, uint32_t gi, uint32_t c0, uint32_t c1) {
+    const conv_fw_t *a = ctx;
+    const ep_conv2d_params_t *p = a->p;
+    const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
+    const uint32_t hw = p->h_in * p->w_in, howo = p->h_out * p->w_out, wstride = a->t.w_tile;
+    const float *xg = a->x + (i * p->c_in + gi * cig) * hw, *wg = a->w + gi * cog * wstride;
+    const float *bg = a->b ? a->b + gi * cog : NULL;
+    float *yg = a->y + (i * p->c_out + gi * cog) * howo;
+    if (a->pw) {
+        pw_fw(xg, wg, bg, yg, cig, c0, c1, hw);
+    } else {
+        direct_conv(&a->t, &a->ay, &a->ax, c1 - c0, p->h_out, p->w_out, p->w_out, p->w_in, xg,
+                    wg + c0 * wstride, bg ? bg + c0 : NULL, yg + c0 * howo);
+    }
+}
+
+static void fw_core(void *arg) {
+    const conv_fw_t *a = arg;
+    run_items(a->p->n, a->p->groups, a->p->c_out / a->p->groups, fw_item, a);
+}
+
 void ep_conv2d_fw_f32(const ep_conv2d_params_t *p, const float *restrict x, const float *restrict w,
                       const float *restrict b, float *restrict y) {
-    const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
+    const uint32_t G = p->groups, cig = p->c_in / G;
     const uint32_t H = p->h_in, W = p->w_in, hw = H * W, howo = p->h_out * p->w_out;
     const uint32_t khkw = p->kh * p->kw, wstride = cig * khkw;
-    const bool pw = is_pointwise(p);
-    const tile_t t = {
-        .nred = cig, .in_red = hw, .w_red = khkw, .w_tile = wstride, .out_ch = howo, .w_row = p->kw,
-        .w_col = 1, .out_pos = 1, .in_row = (int32_t)(p->dh * W), .in_col = (int32_t)p->dw,
-        .in_pos = (int32_t)p->sw,
+    const conv_fw_t a = {
+        .p = p, .x = x, .w = w, .b = b, .y = y, .pw = is_pointwise(p),
+        .t = {
+            .nred = cig, .in_red = hw, .w_red = khkw, .w_tile = wstride, .out_ch = howo, .w_row = p->kw,
+            .w_col = 1, .out_pos = 1, .in_row = (int32_t)(p->dh * W), .in_col = (int32_t)p->dw,
+            .in_pos = (int32_t)p->sw,
+        },
+        .ay = {p->sh, p->pad_top, p->dh, p->kh, H, 0, 0},
+        .ax = {p->sw, p->pad_left, p->dw, p->kw, W, 0, 0},
     };
-    const axis_t ay = {p->sh, p->pad_top, p->dh, p->kh, H, 0, 0};
-    const axis_t ax = {p->sw, p->pad_left, p->dw, p->kw, W, 0, 0};
-    for (uint32_t i = 0; i < p->n; i++) {
-        for (uint32_t gi = 0; gi < G; gi++) {
-            const float *xg = x + (i * p->c_in + gi * cig) * hw, *wg = w + gi * cog * wstride;
-            const float *bg = b ? b + gi * cog : NULL;
-            float *yg = y + (i * p->c_out + gi * cog) * howo;
-            if (pw) {
-                pw_fw(xg, wg, bg, yg, cig, cog, hw);
-            } else {
-                direct_conv(&t, &ay, &ax, cog, p->h_out, p->w_out, p->w_out, W, xg, wg, bg, yg);
-            }
-        }
-    }
+    ep_par_fork(0, fw_core, (void *)&a);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -612,9 +663,9 @@ static bool phase_axis(uint32_t phi, uint32_t s, uint32_t pad, uint32_t d, uint3
 
 /* Pointwise input gradient over one sample and group: dX[Ci][P] = W[Co][Ci]ᵀ · dY[Co][P]. */
 static void pw_bw_input(const float *restrict dy, const float *restrict w, float *restrict dx,
-                        uint32_t ci_n, uint32_t co_n, uint32_t np) {
-    uint32_t ci = 0;
-    for (; ci + 4 <= ci_n; ci += 4) {
+                        uint32_t ci_n, uint32_t ci_lo, uint32_t ci_hi, uint32_t co_n, uint32_t np) {
+    uint32_t ci = ci_lo; /* input channels [ci_lo, ci_hi) of ci_n */
+    for (; ci + 4 <= ci_hi; ci += 4) {
         float *d0 = dx + ci * np, *d1 = d0 + np, *d2 = d1 + np, *d3 = d2 + np;
         uint32_t q = 0;
         for (; q + 4 <= np; q += 4) {
@@ -661,7 +712,7 @@ static void pw_bw_input(const float *restrict dy, const float *restrict w, float
             d0[q] = a0, d1[q] = a1, d2[q] = a2, d3[q] = a3;
         }
     }
-    for (; ci < ci_n; ci++) {
+    for (; ci < ci_hi; ci++) {
         float *dr = dx + ci * np;
         uint32_t q = 0;
         for (; q + 4 <= np; q += 4) {
@@ -687,66 +738,104 @@ static void pw_bw_input(const float *restrict dy, const float *restrict w, float
     }
 }
 
+typedef struct {
+    const ep_conv2d_params_t *p;
+    const float *dy, *w;
+    float *dx;
+    tile_t t;
+    /* the current stride phase (fy, fx) */
+    axis_t ay, ax;
+    uint32_t fy, fx, ky0, kx0, my, mx;
+    bool has_phase;
+} conv_bwi_t;
+
+static void bwi_pw_item(const void *ctx, uint32_t i, uint32_t gi, uint32_t c0, uint32_t c1) {
+    const conv_bwi_t *a = ctx;
+    const ep_conv2d_params_t *p = a->p;
+    const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
+    const uint32_t hw = p->h_in * p->w_in, howo = p->h_out * p->w_out;
+    pw_bw_input(a->dy + (i * p->c_out + gi * cog) * howo, a->w + gi * cog * cig,
+                a->dx + (i * p->c_in + gi * cig) * hw, cig, c0, c1, cog, hw);
+}
+
+/* Input channels [c0, c1) of one sample and group, in the current stride phase. */
+static void bwi_item(const void *ctx, uint32_t i, uint32_t gi, uint32_t c0, uint32_t c1) {
+    const conv_bwi_t *a = ctx;
+    const ep_conv2d_params_t *p = a->p;
+    const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
+    const uint32_t W = p->w_in, hw = p->h_in * W, howo = p->h_out * p->w_out;
+    const uint32_t khkw = p->kh * p->kw, wstride = cig * khkw;
+    float *dxg = a->dx + (i * p->c_in + gi * cig) * hw + a->fy * W + a->fx;
+    if (a->has_phase) {
+        direct_conv(&a->t, &a->ay, &a->ax, c1 - c0, a->my, a->mx, p->sh * W, p->w_out,
+                    a->dy + (i * p->c_out + gi * cog) * howo,
+                    a->w + gi * cog * wstride + c0 * khkw + a->ky0 * p->kw + a->kx0, NULL, dxg + c0 * hw);
+        return;
+    }
+    /* no tap ever reaches this phase (stride > dilated kernel): dx = 0 */
+    for (uint32_t ci = c0; ci < c1; ci++) {
+        for (uint32_t m = 0; m < a->my; m++) {
+            float *r = dxg + ci * hw + m * p->sh * W;
+            for (uint32_t q = 0; q < a->mx; q++) {
+                r[q * p->sw] = 0.0f;
+            }
+        }
+    }
+}
+
+/*
+ * dx = dy correlated with the mirrored kernel, channels transposed. With stride s
+ * the input positions split into s phases per axis (i ≡ φ mod s); within a phase
+ * the taps that reach it are k = κ, κ + ks, ... (ks = s / gcd(s, d)) and read dy
+ * at m + off − j·(d / gcd(s, d)) for phase position m: a stride-1 problem of its
+ * own, run by the direct-convolution machinery of fw. Stride 1 is one phase.
+ * Every core walks all phases, doing its own items in each (phases write
+ * disjoint positions).
+ */
+static void bwi_core(void *arg) {
+    const conv_bwi_t *a0 = arg;
+    const ep_conv2d_params_t *p = a0->p;
+    const uint32_t G = p->groups, cig = p->c_in / G;
+    const uint32_t H = p->h_in, W = p->w_in, kw = p->kw;
+    if (is_pointwise(p)) {
+        run_items(p->n, G, cig, bwi_pw_item, a0);
+        return;
+    }
+    conv_bwi_t a = *a0;
+    const uint32_t gy = gcd_u32(p->sh, p->dh), gx = gcd_u32(p->sw, p->dw);
+    const uint32_t ksy = p->sh / gy, ksx = p->sw / gx;
+    for (uint32_t fy = 0; fy < p->sh && fy < H; fy++) {
+        a.ky0 = 0;
+        const bool has_y = phase_axis(fy, p->sh, p->pad_top, p->dh, p->kh, p->h_out, ksy, &a.ay, &a.ky0);
+        a.fy = fy;
+        a.my = (H - fy + p->sh - 1) / p->sh; /* rows of the phase */
+        for (uint32_t fx = 0; fx < p->sw && fx < W; fx++) {
+            a.kx0 = 0;
+            const bool has_x = phase_axis(fx, p->sw, p->pad_left, p->dw, kw, p->w_out, ksx, &a.ax, &a.kx0);
+            a.fx = fx;
+            a.mx = (W - fx + p->sw - 1) / p->sw;
+            a.has_phase = has_y && has_x;
+            run_items(p->n, G, cig, bwi_item, &a);
+        }
+    }
+}
+
 void ep_conv2d_bw_input_f32(const ep_conv2d_params_t *p, const float *restrict dy,
                             const float *restrict w, float *restrict dx) {
     const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
-    const uint32_t H = p->h_in, W = p->w_in, Ho = p->h_out, Wo = p->w_out;
-    const uint32_t hw = H * W, howo = Ho * Wo, kw = p->kw, khkw = p->kh * kw, wstride = cig * khkw;
-    if (is_pointwise(p)) {
-        for (uint32_t i = 0; i < p->n; i++) {
-            for (uint32_t gi = 0; gi < G; gi++) {
-                pw_bw_input(dy + (i * p->c_out + gi * cog) * howo, w + gi * cog * cig,
-                            dx + (i * p->c_in + gi * cig) * hw, cig, cog, hw);
-            }
-        }
-        return;
-    }
-    /*
-     * dx = dy correlated with the mirrored kernel, channels transposed. With stride s
-     * the input positions split into s phases per axis (i ≡ φ mod s); within a phase
-     * the taps that reach it are k = κ, κ + ks, ... (ks = s / gcd(s, d)) and read dy
-     * at m + off − j·(d / gcd(s, d)) for phase position m: a stride-1 problem of its
-     * own, run by the direct-convolution machinery of fw. Stride 1 is one phase.
-     */
+    const uint32_t hw = p->h_in * p->w_in, howo = p->h_out * p->w_out, kw = p->kw;
+    const uint32_t khkw = p->kh * kw, wstride = cig * khkw;
     const uint32_t gy = gcd_u32(p->sh, p->dh), gx = gcd_u32(p->sw, p->dw);
     const uint32_t ksy = p->sh / gy, ksx = p->sw / gx;
-    const tile_t t = {
-        .nred = cog, .in_red = howo, .w_red = wstride, .w_tile = khkw, .out_ch = hw, .w_row = ksy * kw,
-        .w_col = ksx, .out_pos = p->sw, .in_row = -(int32_t)(p->dh / gy * Wo),
-        .in_col = -(int32_t)(p->dw / gx), .in_pos = 1,
+    const conv_bwi_t a = {
+        .p = p, .dy = dy, .w = w, .dx = dx,
+        .t = {
+            .nred = cog, .in_red = howo, .w_red = wstride, .w_tile = khkw, .out_ch = hw, .w_row = ksy * kw,
+            .w_col = ksx, .out_pos = p->sw, .in_row = -(int32_t)(p->dh / gy * p->w_out),
+            .in_col = -(int32_t)(p->dw / gx), .in_pos = 1,
+        },
     };
-    for (uint32_t fy = 0; fy < p->sh && fy < H; fy++) {
-        axis_t ay;
-        uint32_t ky0 = 0;
-        const bool has_y = phase_axis(fy, p->sh, p->pad_top, p->dh, p->kh, Ho, ksy, &ay, &ky0);
-        const uint32_t my = (H - fy + p->sh - 1) / p->sh; /* rows of the phase */
-        for (uint32_t fx = 0; fx < p->sw && fx < W; fx++) {
-            axis_t ax;
-            uint32_t kx0 = 0;
-            const bool has_x = phase_axis(fx, p->sw, p->pad_left, p->dw, kw, Wo, ksx, &ax, &kx0);
-            const uint32_t mx = (W - fx + p->sw - 1) / p->sw;
-            for (uint32_t i = 0; i < p->n; i++) {
-                for (uint32_t gi = 0; gi < G; gi++) {
-                    float *dxg = dx + (i * p->c_in + gi * cig) * hw + fy * W + fx;
-                    if (has_y && has_x) {
-                        direct_conv(&t, &ay, &ax, cig, my, mx, p->sh * W, Wo,
-                                    dy + (i * p->c_out + gi * cog) * howo,
-                                    w + gi * cog * wstride + ky0 * kw + kx0, NULL, dxg);
-                        continue;
-                    }
-                    /* no tap ever reaches this phase (stride > dilated kernel): dx = 0 */
-                    for (uint32_t ci = 0; ci < cig; ci++) {
-                        for (uint32_t m = 0; m < my; m++) {
-                            float *r = dxg + ci * hw + m * p->sh * W;
-                            for (uint32_t q = 0; q < mx; q++) {
-                                r[q * p->sw] = 0.0f;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    ep_par_fork(0, bwi_core, (void *)&a);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1016,13 +1105,13 @@ static void bwp_taps4(const ep_conv2d_params_t *p, const bwp_t *t, const float *
 
 /* Pointwise weight gradient of one group, accumulated over the batch by the caller's layout. */
 static void pw_bw_param(const ep_conv2d_params_t *p, const float *restrict dy, const float *restrict x,
-                        float *restrict dw, uint32_t gi) {
+                        float *restrict dw, uint32_t gi, uint32_t oc_lo, uint32_t oc_hi) {
     const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G, np = p->h_in * p->w_in;
     const uint32_t xs_n = p->c_in * np, ys_n = p->c_out * np;
     const float *dyg = dy + gi * cog * np, *xg = x + gi * cig * np;
     float *dwg = dw + gi * cog * cig;
-    uint32_t oc = 0;
-    for (; oc + 4 <= cog; oc += 4) {
+    uint32_t oc = oc_lo; /* output channels [oc_lo, oc_hi) of the group */
+    for (; oc + 4 <= oc_hi; oc += 4) {
         uint32_t ci = 0;
         for (; ci + 4 <= cig; ci += 4) {
             float a00 = 0.0f, a01 = 0.0f, a02 = 0.0f, a03 = 0.0f;
@@ -1076,7 +1165,7 @@ static void pw_bw_param(const ep_conv2d_params_t *p, const float *restrict dy, c
             r0[0] = a0, r0[cig] = a1, r0[2 * cig] = a2, r0[3 * cig] = a3;
         }
     }
-    for (; oc < cog; oc++) {
+    for (; oc < oc_hi; oc++) {
         for (uint32_t ci = 0; ci < cig; ci++) {
             float a = 0.0f;
             for (uint32_t i = 0; i < p->n; i++) {
@@ -1090,93 +1179,150 @@ static void pw_bw_param(const ep_conv2d_params_t *p, const float *restrict dy, c
     }
 }
 
-void ep_conv2d_bw_param_f32(const ep_conv2d_params_t *p, const float *restrict dy,
-                            const float *restrict x, float *restrict dw, float *restrict db) {
+typedef struct {
+    const ep_conv2d_params_t *p;
+    const float *dy, *x;
+    float *dw, *db;
+    bwp_t t;
+} conv_bwp_t;
+
+/* db[oc] for this core's output channels: the sum over the batch and positions */
+static void bwp_bias(const conv_bwp_t *a) {
+    const ep_conv2d_params_t *p = a->p;
+    const uint32_t howo = a->t.howo, ys_n = a->t.ys_n;
+    uint32_t lo, hi;
+    ep_par_range(p->c_out, &lo, &hi);
+    for (uint32_t oc = lo; oc < hi; oc++) {
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        for (uint32_t i = 0; i < p->n; i++) {
+            const float *g = a->dy + i * ys_n + oc * howo;
+            uint32_t q = 0;
+            for (; q + 4 <= howo; q += 4) {
+                s0 += g[q];
+                s1 += g[q + 1];
+                s2 += g[q + 2];
+                s3 += g[q + 3];
+            }
+            for (; q < howo; q++) {
+                s0 += g[q];
+            }
+        }
+        a->db[oc] = (s0 + s1) + (s2 + s3);
+    }
+}
+
+/*
+ * dw for one work item: output channels [oc, oc + nocs) of group gi (a block of 4,
+ * or the 1..3 left over, one by one), input channels [ci, ci + ncis) likewise,
+ * kernel row ky, kernel columns [kx, kx1) (a block of 4 or the rest).
+ */
+static void bwp_item(const conv_bwp_t *a, uint32_t gi, uint32_t oc, uint32_t nocs, uint32_t ci, uint32_t ncis,
+                     uint32_t ky, uint32_t kx, uint32_t kx1) {
+    const ep_conv2d_params_t *p = a->p;
+    const bwp_t *t = &a->t;
     const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
     const uint32_t H = p->h_in, W = p->w_in, Ho = p->h_out, Wo = p->w_out;
-    const uint32_t hw = H * W, howo = Ho * Wo, kh = p->kh, kw = p->kw, khkw = kh * kw;
-    const uint32_t wstride = cig * khkw, xs_n = p->c_in * hw, ys_n = p->c_out * howo;
-    const uint32_t sw = p->sw, sh_w = p->sh * W;
-    if (db) {
-        for (uint32_t oc = 0; oc < p->c_out; oc++) {
-            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-            for (uint32_t i = 0; i < p->n; i++) {
-                const float *g = dy + i * ys_n + oc * howo;
-                uint32_t q = 0;
-                for (; q + 4 <= howo; q += 4) {
-                    s0 += g[q];
-                    s1 += g[q + 1];
-                    s2 += g[q + 2];
-                    s3 += g[q + 3];
+    const uint32_t kw = p->kw, khkw = t->khkw, wstride = t->wstride, sw = p->sw, hw = t->hw;
+    uint32_t oy0, oy1;
+    out_range(ky, p->sh, p->pad_top, p->dh, H, Ho, &oy0, &oy1);
+    for (uint32_t oc_end = oc + nocs; oc < oc_end;) {
+        const uint32_t oc4 = cog - oc >= 4, oc_abs = gi * cog + oc;
+        for (uint32_t c = ci, ci_end = ci + ncis; c < ci_end;) {
+            const uint32_t ci4 = cig - c >= 4;
+            uint32_t x0 = kx;
+            if (!ci4 && oy1 > oy0 && x0 + 4 <= kx1 && kx1 - kx == 4) {
+                /* one input channel: a block of 4 taps of the row shares each dy load */
+                bwp_taps4(p, t, a->dy, a->x, oc_abs, gi * cig + c, oc4, ky, x0, oy0, oy1,
+                          a->dw + oc_abs * wstride + c * khkw + ky * kw + x0);
+                x0 += 4;
+            }
+            for (; x0 < kx1; x0++) {
+                uint32_t ox0, ox1;
+                out_range(x0, sw, p->pad_left, p->dw, W, Wo, &ox0, &ox1);
+                float *d = a->dw + oc_abs * wstride + c * khkw + ky * kw + x0;
+                if (oy1 == oy0 || ox1 == ox0) { /* the tap never lands inside the input */
+                    for (uint32_t a2 = 0; a2 < (oc4 ? 4u : 1u); a2++) {
+                        for (uint32_t b2 = 0; b2 < (ci4 ? 4u : 1u); b2++) {
+                            d[a2 * wstride + b2 * khkw] = 0.0f;
+                        }
+                    }
+                    continue;
                 }
-                for (; q < howo; q++) {
-                    s0 += g[q];
+                /* dy at (oc, oy0, ox0) and x at (ci, its row, its column), sample 0 */
+                const float *g = a->dy + oc_abs * t->howo + oy0 * Wo + ox0;
+                const float *xs = a->x + (gi * cig + c) * hw + (oy0 * p->sh + ky * p->dh - p->pad_top) * W +
+                                  (ox0 * sw + x0 * p->dw - p->pad_left);
+                const uint32_t noy = oy1 - oy0, nox = ox1 - ox0;
+                if (oc4 && ci4) {
+                    bwp_4x4(t, g, xs, noy, nox, d);
+                } else if (oc4) {
+                    bwp_4x1(t, g, xs, noy, nox, d);
+                } else if (ci4) {
+                    bwp_1x4(t, g, xs, noy, nox, d);
+                } else {
+                    bwp_1x1(t, g, xs, noy, nox, d);
                 }
             }
-            db[oc] = (s0 + s1) + (s2 + s3);
+            c += ci4 ? 4 : 1;
         }
+        oc += oc4 ? 4 : 1;
     }
-    if (is_pointwise(p)) {
-        for (uint32_t gi = 0; gi < G; gi++) {
-            pw_bw_param(p, dy, x, dw, gi);
+}
+
+/*
+ * The weight-gradient items: (group, oc block, ci block, ky, kx block), blocks of 4
+ * (the last of each axis smaller), numbered group-major. Within a block the serial
+ * loop's order and tiles are kept: a full oc or ci block is one 4-wide tile, a
+ * partial one goes channel by channel, and a full block of 4 kernel columns of a
+ * single input channel uses bwp_taps4 — the same choices the serial loop makes.
+ */
+static void bwp_core(void *arg) {
+    const conv_bwp_t *a = arg;
+    const ep_conv2d_params_t *p = a->p;
+    if (a->db) {
+        bwp_bias(a);
+    }
+    const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
+    uint32_t lo, hi;
+    if (is_pointwise(p)) { /* items: (group, block of 4 output channels) */
+        const uint32_t nob = (cog + 3) / 4;
+        ep_par_range(G * nob, &lo, &hi);
+        while (lo < hi) {
+            const uint32_t gi = lo / nob, b0 = lo % nob, b1 = hi - gi * nob < nob ? hi - gi * nob : nob;
+            pw_bw_param(p, a->dy, a->x, a->dw, gi, 4 * b0, 4 * b1 < cog ? 4 * b1 : cog);
+            lo = gi * nob + b1;
         }
         return;
     }
-    const bwp_t t = {
-        .n = p->n, .ys_n = ys_n, .xs_n = xs_n, .howo = howo, .hw = hw, .wo = Wo, .in_row = sh_w,
-        .sw = sw, .wstride = wstride, .khkw = khkw,
-    };
-    for (uint32_t gi = 0; gi < G; gi++) {
-        uint32_t oc = 0;
-        while (oc < cog) {
-            const uint32_t oc4 = cog - oc >= 4, oc_abs = gi * cog + oc;
-            uint32_t ci = 0;
-            while (ci < cig) {
-                const uint32_t ci4 = cig - ci >= 4;
-                for (uint32_t ky = 0; ky < kh; ky++) {
-                    uint32_t oy0, oy1;
-                    out_range(ky, p->sh, p->pad_top, p->dh, H, Ho, &oy0, &oy1);
-                    uint32_t kx = 0;
-                    if (!ci4 && oy1 > oy0) {
-                        /* one input channel: blocks of 4 taps of the row share each dy load */
-                        for (; kx + 4 <= kw; kx += 4) {
-                            bwp_taps4(p, &t, dy, x, oc_abs, gi * cig + ci, oc4, ky, kx, oy0, oy1,
-                                      dw + oc_abs * wstride + ci * khkw + ky * kw + kx);
-                        }
-                    }
-                    for (; kx < kw; kx++) {
-                        uint32_t ox0, ox1;
-                        out_range(kx, sw, p->pad_left, p->dw, W, Wo, &ox0, &ox1);
-                        float *d = dw + oc_abs * wstride + ci * khkw + ky * kw + kx;
-                        if (oy1 == oy0 || ox1 == ox0) { /* the tap never lands inside the input */
-                            for (uint32_t a2 = 0; a2 < (oc4 ? 4u : 1u); a2++) {
-                                for (uint32_t b2 = 0; b2 < (ci4 ? 4u : 1u); b2++) {
-                                    d[a2 * wstride + b2 * khkw] = 0.0f;
-                                }
-                            }
-                            continue;
-                        }
-                        /* dy at (oc, oy0, ox0) and x at (ci, its row, its column), sample 0 */
-                        const float *g = dy + oc_abs * howo + oy0 * Wo + ox0;
-                        const float *xs = x + (gi * cig + ci) * hw + (oy0 * p->sh + ky * p->dh - p->pad_top) * W +
-                                          (ox0 * sw + kx * p->dw - p->pad_left);
-                        const uint32_t noy = oy1 - oy0, nox = ox1 - ox0;
-                        if (oc4 && ci4) {
-                            bwp_4x4(&t, g, xs, noy, nox, d);
-                        } else if (oc4) {
-                            bwp_4x1(&t, g, xs, noy, nox, d);
-                        } else if (ci4) {
-                            bwp_1x4(&t, g, xs, noy, nox, d);
-                        } else {
-                            bwp_1x1(&t, g, xs, noy, nox, d);
-                        }
-                    }
-                }
-                ci += ci4 ? 4 : 1;
-            }
-            oc += oc4 ? 4 : 1;
-        }
+    const uint32_t nob = (cog + 3) / 4, nib = (cig + 3) / 4, nkb = (p->kw + 3) / 4, kh = p->kh;
+    ep_par_range(G * nob * nib * kh * nkb, &lo, &hi);
+    for (uint32_t it = lo; it < hi; it++) {
+        uint32_t r = it;
+        const uint32_t kb = r % nkb;
+        r /= nkb;
+        const uint32_t ky = r % kh;
+        r /= kh;
+        const uint32_t ib = r % nib;
+        r /= nib;
+        const uint32_t ob = r % nob, gi = r / nob;
+        const uint32_t oc = 4 * ob, ci = 4 * ib, kx = 4 * kb;
+        bwp_item(a, gi, oc, cog - oc < 4 ? cog - oc : 4, ci, cig - ci < 4 ? cig - ci : 4, ky, kx,
+                 p->kw - kx < 4 ? p->kw : kx + 4);
     }
+}
+
+void ep_conv2d_bw_param_f32(const ep_conv2d_params_t *p, const float *restrict dy,
+                            const float *restrict x, float *restrict dw, float *restrict db) {
+    const uint32_t G = p->groups, cig = p->c_in / G;
+    const uint32_t hw = p->h_in * p->w_in, howo = p->h_out * p->w_out, khkw = p->kh * p->kw;
+    const conv_bwp_t a = {
+        .p = p, .dy = dy, .x = x, .dw = dw, .db = db,
+        .t = {
+            .n = p->n, .ys_n = p->c_out * howo, .xs_n = p->c_in * hw, .howo = howo, .hw = hw, .wo = p->w_out,
+            .in_row = p->sh * p->w_in, .sw = p->sw, .wstride = cig * khkw, .khkw = khkw,
+        },
+    };
+    ep_par_fork(0, bwp_core, (void *)&a);
 }
 
 /* ------------------------------------------------------------------------- */

@@ -3,9 +3,10 @@
  * gradient, documented in ep_conv_pool.h. Saves nothing: the gradient needs only dy.
  */
 #include "ep_conv_pool.h"
+#include "ep_parallel.h"
 #include "ep_ops.h"
 
-void ep_global_avgpool_fw_f32(const ep_global_avgpool_params_t *p, const float *restrict x,
+static void gap_fw_rows(const ep_global_avgpool_params_t *p, const float *restrict x,
                               float *restrict y) {
     const uint32_t hw = p->hw, rows = p->n * p->c;
     const float d = (float)hw;
@@ -25,7 +26,7 @@ void ep_global_avgpool_fw_f32(const ep_global_avgpool_params_t *p, const float *
     }
 }
 
-void ep_global_avgpool_bw_input_f32(const ep_global_avgpool_params_t *p, const float *restrict dy,
+static void gap_bw_rows(const ep_global_avgpool_params_t *p, const float *restrict dy,
                                     float *restrict dx) {
     const uint32_t hw = p->hw, rows = p->n * p->c;
     const float d = (float)hw;
@@ -35,6 +36,55 @@ void ep_global_avgpool_bw_input_f32(const ep_global_avgpool_params_t *p, const f
             dx[j] = g;
         }
     }
+}
+
+/* On a cluster (ep_parallel.h): the n·c rows split over the cores, each row by the
+ * serial code above (as one sample of that many channels): core-count independent. */
+typedef struct {
+    const ep_global_avgpool_params_t *p;
+    const float *in;
+    float *out;
+    int bw;
+} gap_job_t;
+
+static void gap_rows(const gap_job_t *j, uint32_t r0, uint32_t r1) {
+    ep_global_avgpool_params_t q = *j->p;
+    q.n = 1;
+    q.c = r1 - r0;
+    if (j->bw) {
+        gap_bw_rows(&q, j->in + r0, j->out + r0 * q.hw);
+    } else {
+        gap_fw_rows(&q, j->in + r0 * q.hw, j->out + r0);
+    }
+}
+
+static void gap_core(void *arg) {
+    const gap_job_t *j = arg;
+    uint32_t lo, hi;
+    ep_par_range(j->p->n * j->p->c, &lo, &hi);
+    if (lo < hi) {
+        gap_rows(j, lo, hi);
+    }
+}
+
+static void gap_run(const gap_job_t *j) {
+    if (ep_par_num_cores() > 1) {
+        ep_par_fork(0, gap_core, (void *)j);
+    } else {
+        gap_rows(j, 0, j->p->n * j->p->c);
+    }
+}
+
+void ep_global_avgpool_fw_f32(const ep_global_avgpool_params_t *p, const float *restrict x,
+                              float *restrict y) {
+    const gap_job_t j = {p, x, y, 0};
+    gap_run(&j);
+}
+
+void ep_global_avgpool_bw_input_f32(const ep_global_avgpool_params_t *p, const float *restrict dy,
+                                    float *restrict dx) {
+    const gap_job_t j = {p, dy, dx, 1};
+    gap_run(&j);
 }
 
 /* ------------------------------------------------------------------------- */

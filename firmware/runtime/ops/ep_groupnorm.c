@@ -8,13 +8,52 @@
 
 #include "ep_norm_act.h"
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
-void ep_groupnorm_fw_f32(const ep_groupnorm_params_t *p, const float *x, const float *restrict gamma,
-                         const float *restrict beta, float *y, float *restrict saved) {
+/*
+ * On a cluster (ep_parallel.h): fw and bw_input split the n·G (sample, group)
+ * pairs, bw_param the channels; each is computed by one core with the serial code,
+ * so results do not depend on the core count.
+ */
+typedef struct {
+    const ep_groupnorm_params_t *p;
+    const float *in[4];
+    float *out[2];
+} gn_args_t;
+
+typedef void (*gn_part_fn_t)(const gn_args_t *a, uint32_t lo, uint32_t hi);
+
+typedef struct {
+    gn_part_fn_t fn;
+    const gn_args_t *a;
+    uint32_t count;
+} gn_job_t;
+
+static void gn_core(void *arg) {
+    const gn_job_t *j = arg;
+    uint32_t lo, hi;
+    ep_par_range(j->count, &lo, &hi);
+    j->fn(j->a, lo, hi);
+}
+
+static void gn_run(gn_part_fn_t fn, const gn_args_t *a, uint32_t count) {
+    if (ep_par_num_cores() > 1 && count > 1) {
+        const gn_job_t j = {fn, a, count};
+        ep_par_fork(0, gn_core, (void *)&j);
+    } else {
+        fn(a, 0, count);
+    }
+}
+
+static void fw_groups(const gn_args_t *a, uint32_t lo, uint32_t hi) {
+    const ep_groupnorm_params_t *p = a->p;
+    const float *x = a->in[0], *restrict gamma = a->in[1], *restrict beta = a->in[2];
+    float *y = a->out[0], *restrict saved = a->out[1];
     const uint32_t n = p->n, C = p->c, hw = p->hw, G = p->groups, cg = C / G, L = cg * hw;
     const uint32_t ng = n * G;
-    for (uint32_t i = 0; i < n; i++) {
-        for (uint32_t g = 0; g < G; g++) {
+    for (uint32_t ig = lo; ig < hi; ig++) {
+        const uint32_t i = ig / G, g = ig % G;
+        {
             const uint32_t base = (i * C + g * cg) * hw;
             float mean, var;
             ep_norm_moments_f32(x + base, 1, L, L, &mean, &var);
@@ -23,24 +62,34 @@ void ep_groupnorm_fw_f32(const ep_groupnorm_params_t *p, const float *x, const f
             saved[ng + i * G + g] = k;
             for (uint32_t cc = 0; cc < cg; cc++) {
                 const uint32_t ch = g * cg + cc;
-                const float a = k * gamma[ch], b = beta[ch];
+                const float ga = k * gamma[ch], b = beta[ch];
                 const float *xc = x + base + cc * hw;
                 float *yc = y + base + cc * hw;
                 for (uint32_t j = 0; j < hw; j++) {
-                    yc[j] = fmaf(xc[j] - mean, a, b);
+                    yc[j] = fmaf(xc[j] - mean, ga, b);
                 }
             }
         }
     }
 }
 
-void ep_groupnorm_bw_input_f32(const ep_groupnorm_params_t *p, const float *dy, const float *restrict x,
-                               const float *restrict gamma, const float *restrict saved, float *dx) {
+void ep_groupnorm_fw_f32(const ep_groupnorm_params_t *p, const float *x, const float *restrict gamma,
+                         const float *restrict beta, float *y, float *restrict saved) {
+    const gn_args_t a = {p, {x, gamma, beta}, {y, saved}};
+    gn_run(fw_groups, &a, p->n * p->groups);
+}
+
+static void bw_input_groups(const gn_args_t *args, uint32_t lo, uint32_t hi) {
+    const ep_groupnorm_params_t *p = args->p;
+    const float *dy = args->in[0], *restrict x = args->in[1], *restrict gamma = args->in[2];
+    const float *restrict saved = args->in[3];
+    float *dx = args->out[0];
     const uint32_t n = p->n, C = p->c, hw = p->hw, G = p->groups, cg = C / G, L = cg * hw;
     const uint32_t ng = n * G;
     const float inv_l = 1.0f / (float)L;
-    for (uint32_t i = 0; i < n; i++) {
-        for (uint32_t g = 0; g < G; g++) {
+    for (uint32_t ig = lo; ig < hi; ig++) {
+        const uint32_t i = ig / G, g = ig % G;
+        {
             const uint32_t base = (i * C + g * cg) * hw;
             const float mean = saved[i * G + g], k = saved[ng + i * G + g];
             /* s = Σ dy·gamma, t = Σ dy·gamma·(x − mean): per-channel sums times gamma[c] */
@@ -66,12 +115,19 @@ void ep_groupnorm_bw_input_f32(const ep_groupnorm_params_t *p, const float *dy, 
     }
 }
 
-void ep_groupnorm_bw_param_f32(const ep_groupnorm_params_t *p, const float *restrict dy,
-                               const float *restrict x, const float *restrict saved,
-                               float *restrict dgamma, float *restrict dbeta) {
+void ep_groupnorm_bw_input_f32(const ep_groupnorm_params_t *p, const float *dy, const float *restrict x,
+                               const float *restrict gamma, const float *restrict saved, float *dx) {
+    const gn_args_t a = {p, {dy, x, gamma, saved}, {dx}};
+    gn_run(bw_input_groups, &a, p->n * p->groups);
+}
+
+static void bw_param_chs(const gn_args_t *a, uint32_t c0, uint32_t c1) {
+    const ep_groupnorm_params_t *p = a->p;
+    const float *restrict dy = a->in[0], *restrict x = a->in[1], *restrict saved = a->in[2];
+    float *restrict dgamma = a->out[0], *restrict dbeta = a->out[1];
     const uint32_t n = p->n, C = p->c, hw = p->hw, G = p->groups, cg = C / G;
     const uint32_t ng = n * G;
-    for (uint32_t ch = 0; ch < C; ch++) {
+    for (uint32_t ch = c0; ch < c1; ch++) {
         const uint32_t g = ch / cg; /* once per channel, not per element */
         float sg = 0.0f, sb = 0.0f;
         for (uint32_t i = 0; i < n; i++) {
@@ -84,6 +140,13 @@ void ep_groupnorm_bw_param_f32(const ep_groupnorm_params_t *p, const float *rest
         dgamma[ch] = sg;
         dbeta[ch] = sb;
     }
+}
+
+void ep_groupnorm_bw_param_f32(const ep_groupnorm_params_t *p, const float *restrict dy,
+                               const float *restrict x, const float *restrict saved,
+                               float *restrict dgamma, float *restrict dbeta) {
+    const gn_args_t a = {p, {dy, x, saved}, {dgamma, dbeta}};
+    gn_run(bw_param_chs, &a, p->c);
 }
 
 /* ------------------------------------------------------------------------- */

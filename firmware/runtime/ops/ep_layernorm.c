@@ -7,11 +7,49 @@
 
 #include "ep_norm_act.h"
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
-void ep_layernorm_fw_f32(const ep_layernorm_params_t *p, const float *x, const float *restrict gamma,
-                         const float *restrict beta, float *y, float *restrict saved) {
+/*
+ * On a cluster (ep_parallel.h): fw and bw_input split the rows, bw_param the D
+ * columns (each column's sum over the rows keeps its serial order), so results do
+ * not depend on the core count. ln_args_t carries a kernel's arguments to the cores.
+ */
+typedef struct {
+    const ep_layernorm_params_t *p;
+    const float *in[4];
+    float *out[2];
+} ln_args_t;
+
+typedef void (*ln_part_fn_t)(const ln_args_t *a, uint32_t lo, uint32_t hi);
+
+typedef struct {
+    ln_part_fn_t fn;
+    const ln_args_t *a;
+    uint32_t count;
+} ln_job_t;
+
+static void ln_core(void *arg) {
+    const ln_job_t *j = arg;
+    uint32_t lo, hi;
+    ep_par_range(j->count, &lo, &hi);
+    j->fn(j->a, lo, hi);
+}
+
+static void ln_run(ln_part_fn_t fn, const ln_args_t *a, uint32_t count) {
+    if (ep_par_num_cores() > 1 && count > 1) {
+        const ln_job_t j = {fn, a, count};
+        ep_par_fork(0, ln_core, (void *)&j);
+    } else {
+        fn(a, 0, count);
+    }
+}
+
+static void fw_rows(const ln_args_t *a, uint32_t r0, uint32_t r1) {
+    const ep_layernorm_params_t *p = a->p;
+    const float *x = a->in[0], *restrict gamma = a->in[1], *restrict beta = a->in[2];
+    float *y = a->out[0], *restrict saved = a->out[1];
     const uint32_t rows = p->rows, D = p->d;
-    for (uint32_t r = 0; r < rows; r++) {
+    for (uint32_t r = r0; r < r1; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
         float mean, var;
@@ -25,11 +63,19 @@ void ep_layernorm_fw_f32(const ep_layernorm_params_t *p, const float *x, const f
     }
 }
 
-void ep_layernorm_bw_input_f32(const ep_layernorm_params_t *p, const float *dy, const float *restrict x,
-                               const float *restrict gamma, const float *restrict saved, float *dx) {
+void ep_layernorm_fw_f32(const ep_layernorm_params_t *p, const float *x, const float *restrict gamma,
+                         const float *restrict beta, float *y, float *restrict saved) {
+    const ln_args_t a = {p, {x, gamma, beta}, {y, saved}};
+    ln_run(fw_rows, &a, p->rows);
+}
+
+static void bw_input_rows(const ln_args_t *a, uint32_t r0, uint32_t r1) {
+    const ep_layernorm_params_t *p = a->p;
+    const float *dy = a->in[0], *restrict x = a->in[1], *restrict gamma = a->in[2], *restrict saved = a->in[3];
+    float *dx = a->out[0];
     const uint32_t rows = p->rows, D = p->d;
     const float inv_d = 1.0f / (float)D;
-    for (uint32_t r = 0; r < rows; r++) {
+    for (uint32_t r = r0; r < r1; r++) {
         const float *xr = x + r * D, *gr = dy + r * D;
         float *dr = dx + r * D;
         const float mean = saved[r], k = saved[rows + r];
@@ -62,14 +108,21 @@ void ep_layernorm_bw_input_f32(const ep_layernorm_params_t *p, const float *dy, 
     }
 }
 
-void ep_layernorm_bw_param_f32(const ep_layernorm_params_t *p, const float *restrict dy,
-                               const float *restrict x, const float *restrict saved,
-                               float *restrict dgamma, float *restrict dbeta) {
+void ep_layernorm_bw_input_f32(const ep_layernorm_params_t *p, const float *dy, const float *restrict x,
+                               const float *restrict gamma, const float *restrict saved, float *dx) {
+    const ln_args_t a = {p, {dy, x, gamma, saved}, {dx}};
+    ln_run(bw_input_rows, &a, p->rows);
+}
+
+static void bw_param_cols(const ln_args_t *a, uint32_t j0, uint32_t j1) {
+    const ep_layernorm_params_t *p = a->p;
+    const float *restrict dy = a->in[0], *restrict x = a->in[1], *restrict saved = a->in[2];
+    float *restrict dgamma = a->out[0], *restrict dbeta = a->out[1];
     const uint32_t rows = p->rows, D = p->d;
     /* column sums over rows: the first row initialises (overwrite), the others add */
     {
         const float mean = saved[0], k = saved[rows];
-        for (uint32_t j = 0; j < D; j++) {
+        for (uint32_t j = j0; j < j1; j++) {
             dgamma[j] = dy[j] * ((x[j] - mean) * k);
             dbeta[j] = dy[j];
         }
@@ -77,11 +130,18 @@ void ep_layernorm_bw_param_f32(const ep_layernorm_params_t *p, const float *rest
     for (uint32_t r = 1; r < rows; r++) {
         const float *xr = x + r * D, *gr = dy + r * D;
         const float mean = saved[r], k = saved[rows + r];
-        for (uint32_t j = 0; j < D; j++) {
+        for (uint32_t j = j0; j < j1; j++) {
             dgamma[j] = fmaf(gr[j], (xr[j] - mean) * k, dgamma[j]);
             dbeta[j] += gr[j];
         }
     }
+}
+
+void ep_layernorm_bw_param_f32(const ep_layernorm_params_t *p, const float *restrict dy,
+                               const float *restrict x, const float *restrict saved,
+                               float *restrict dgamma, float *restrict dbeta) {
+    const ln_args_t a = {p, {dy, x, saved}, {dgamma, dbeta}};
+    ln_run(bw_param_cols, &a, p->d);
 }
 
 /* ------------------------------------------------------------------------- */

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
 static bool is_batched_f32(const ep_model_t *m, uint16_t t) {
     return m->tensors[t].dtype == EP_DTYPE_F32 && (m->tensors[t].flags & EP_TF_BATCHED) != 0;
@@ -132,14 +133,15 @@ const ep_op_t ep_op_linear = {
  * Tiles of 4×4 outputs live in 16 registers; each step of t loads 4 values of A
  * and 4 of B for 16 fused multiply-adds (fmaf: one VFMA on the M4F, and one
  * rounding per term instead of two). Sums run in t order from init (or 0).
+ * c's rows are ldc apart (Q for a whole product, more for a core's block of columns).
  */
 static void product_f32(uint32_t R, uint32_t Q, uint32_t T, const float *restrict a, uint32_t ar, uint32_t at,
                         const float *restrict b, uint32_t bq, uint32_t bt, const float *restrict init,
-                        float *restrict c) {
+                        float *restrict c, uint32_t ldc) {
     uint32_t r = 0;
     for (; r + 4 <= R; r += 4) {
         const float *a0 = a + r * ar, *a1 = a0 + ar, *a2 = a1 + ar, *a3 = a2 + ar;
-        float *c0 = c + r * Q, *c1 = c0 + Q, *c2 = c1 + Q, *c3 = c2 + Q;
+        float *c0 = c + r * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
         uint32_t q = 0;
         for (; q + 4 <= Q; q += 4) {
             const float *b0 = b + q * bq, *b1 = b0 + bq, *b2 = b1 + bq, *b3 = b2 + bq;
@@ -202,7 +204,7 @@ static void product_f32(uint32_t R, uint32_t Q, uint32_t T, const float *restric
     }
     for (; r < R; r++) { /* the last R % 4 rows */
         const float *ar0 = a + r * ar;
-        float *cr = c + r * Q;
+        float *cr = c + r * ldc;
         for (uint32_t q = 0; q < Q; q++) {
             const float *bq0 = b + q * bq;
             float s = init ? init[q] : 0.0f;
@@ -214,27 +216,89 @@ static void product_f32(uint32_t R, uint32_t Q, uint32_t T, const float *restric
     }
 }
 
+/*
+ * The product on the cluster: every element of c is one fmaf chain over t from
+ * init, whichever tile computes it, so any partition of c gives the serial bits
+ * (bit-identical at any core count). c is cut into blocks of 4 rows × U columns
+ * (U = 4, or 1 when there are too few 4×4 blocks to keep every core busy),
+ * numbered row-major; each core takes a contiguous run of blocks, one product
+ * call per row band. For bw_param the cores also share db's elements.
+ */
+typedef struct {
+    uint32_t R, Q, T, ar, at, bq, bt;
+    const float *a, *b, *init;
+    float *c;
+    /* bw_param: db[m] = Σ_i dy[i][m] over n rows of M */
+    uint32_t n, M;
+    const float *dy;
+    float *db;
+} product_args_t;
+
+static void product_core(void *arg) {
+    const product_args_t *p = arg;
+    const uint32_t cores = ep_par_num_cores();
+    const uint32_t rb = (p->R + 3) / 4, unit = rb * ((p->Q + 3) / 4) >= 2 * cores ? 4 : 1;
+    const uint32_t qb = (p->Q + unit - 1) / unit;
+    uint32_t lo, hi;
+    ep_par_range(rb * qb, &lo, &hi);
+    while (lo < hi) {
+        const uint32_t band = lo / qb, b0 = lo % qb, b1 = hi - band * qb < qb ? hi - band * qb : qb;
+        const uint32_t r0 = 4 * band, nr = p->R - r0 < 4 ? p->R - r0 : 4;
+        const uint32_t q0 = b0 * unit, q1 = b1 * unit < p->Q ? b1 * unit : p->Q;
+        product_f32(nr, q1 - q0, p->T, p->a + r0 * p->ar, p->ar, p->at, p->b + q0 * p->bq, p->bq, p->bt,
+                    p->init ? p->init + q0 : NULL, p->c + r0 * p->Q + q0, p->Q);
+        lo = band * qb + b1;
+    }
+    if (p->db) {
+        ep_par_range(p->M, &lo, &hi);
+        for (uint32_t m = lo; m < hi; m++) {
+            float s = 0.0f;
+            for (uint32_t i = 0; i < p->n; i++) {
+                s += p->dy[i * p->M + m];
+            }
+            p->db[m] = s;
+        }
+    }
+}
+
+/* On one core (every port without a cluster) the serial product, unchanged. */
+static void product_run(const product_args_t *a) {
+    if (ep_par_num_cores() > 1) {
+        ep_par_fork(0, product_core, (void *)a);
+        return;
+    }
+    product_f32(a->R, a->Q, a->T, a->a, a->ar, a->at, a->b, a->bq, a->bt, a->init, a->c, a->Q);
+    if (a->db) {
+        for (uint32_t m = 0; m < a->M; m++) {
+            float s = 0.0f;
+            for (uint32_t i = 0; i < a->n; i++) {
+                s += a->dy[i * a->M + m];
+            }
+            a->db[m] = s;
+        }
+    }
+}
+
 void ep_linear_fw_f32(const ep_linear_params_t *p, const float *restrict x, const float *restrict w,
                       const float *restrict b, float *restrict y) {
     const uint32_t n = p->in.n, K = p->in.c, M = p->out.c;
-    product_f32(n, M, K, x, K, 1, w, K, 1, b, y);
+    const product_args_t a = {.R = n, .Q = M, .T = K, .a = x, .ar = K, .at = 1, .b = w, .bq = K, .bt = 1,
+                              .init = b, .c = y};
+    product_run(&a);
 }
 
 void ep_linear_bw_input_f32(const ep_linear_params_t *p, const float *restrict dy,
                             const float *restrict w, float *restrict dx) {
     const uint32_t n = p->in.n, K = p->in.c, M = p->out.c;
-    product_f32(n, K, M, dy, M, 1, w, 1, K, NULL, dx);
+    const product_args_t a = {.R = n, .Q = K, .T = M, .a = dy, .ar = M, .at = 1, .b = w, .bq = 1, .bt = K,
+                              .c = dx};
+    product_run(&a);
 }
 
 void ep_linear_bw_param_f32(const ep_linear_params_t *p, const float *restrict dy,
                             const float *restrict x, float *restrict dw, float *restrict db) {
     const uint32_t n = p->in.n, K = p->in.c, M = p->out.c;
-    product_f32(M, K, n, dy, 1, M, x, 1, K, NULL, dw);
-    for (uint32_t m = 0; m < M; m++) {
-        float s = 0.0f;
-        for (uint32_t i = 0; i < n; i++) {
-            s += dy[i * M + m];
-        }
-        db[m] = s;
-    }
+    const product_args_t a = {.R = M, .Q = K, .T = n, .a = dy, .ar = 1, .at = M, .b = x, .bq = 1, .bt = K,
+                              .c = dw, .n = n, .M = M, .dy = dy, .db = db};
+    product_run(&a);
 }

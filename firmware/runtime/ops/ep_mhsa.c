@@ -22,6 +22,7 @@
 
 #include "ep_attn_optim.h"
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
 #define FMA4(s0, s1, s2, s3, x, y0, y1, y2, y3) \
     do {                                         \
@@ -252,31 +253,10 @@ static void gemm_tn(uint32_t R, uint32_t N, uint32_t K, float alpha, const float
     }
 }
 
-/* out[m] = Σ_r y[r][m] over rows × M (bias gradients). */
-static void col_sum(uint32_t rows, uint32_t M, const float *restrict y, float *restrict out) {
-    for (uint32_t m = 0; m < M; m++) {
-        out[m] = 0.0f;
-    }
-    for (uint32_t r = 0; r < rows; r++, y += M) {
-        for (uint32_t m = 0; m < M; m++) {
-            out[m] += y[m];
-        }
-    }
-}
-
 /* In-place softmax of one row of S elements (the SOFTMAX kernel, which allows y = x). */
 static void softmax_row(uint32_t S, float *row) {
     const ep_softmax_params_t p = {.rows = 1, .cols = S};
     ep_softmax_fw_f32(&p, row, row);
-}
-
-/* O = [P_0 V_0 | … | P_{H-1} V_{H-1}] [T][D] of one sample, from its saved qkv and P. */
-static void attn_out(const ep_mhsa_params_t *p, const float *restrict qkv, const float *restrict P,
-                     float *restrict O) {
-    const uint32_t T = p->t, D = p->d, H = p->heads, E = D / H;
-    for (uint32_t h = 0; h < H; h++) {
-        gemm_nn(T, E, T, 1.0f, P + h * T * T, T, qkv + 2 * D + h * E, 3 * D, O + h * E, D);
-    }
 }
 
 static uint32_t per_sample(const ep_mhsa_params_t *p) {
@@ -291,84 +271,257 @@ uint32_t ep_mhsa_scratch_bytes(const ep_mhsa_params_t *p) {
     return 4 * (p->t * p->d + p->t * p->t);
 }
 
+/*
+ * On a cluster (ep_parallel.h) each kernel is one fork whose phases are separated
+ * by ep_par_barrier(): a phase's products are split into blocks of output (every
+ * element of a gemm is one fmaf chain over k whichever tile computes it, so any
+ * partition gives the serial bits), and the row-wise steps (softmax, its
+ * backward) into bands of rows. Results do not depend on the core count; on one
+ * core every product is one call over its whole output, as a plain loop would do.
+ */
+enum { GEMM_NT, GEMM_NN, GEMM_TN };
+
+typedef struct {
+    uint8_t kind;
+    int acc;            /* gemm_tn: add to C */
+    uint32_t R, N, K;
+    float alpha;
+    const float *A, *B, *bias;
+    uint32_t lda, ldb, ldc;
+    float *C;
+} gemm_t;
+
+/* Rows [r0, r1) × columns [j0, j1) of a gemm. */
+static void gemm_block(const gemm_t *g, uint32_t r0, uint32_t r1, uint32_t j0, uint32_t j1) {
+    float *C = g->C + r0 * g->ldc + j0;
+    switch (g->kind) {
+    case GEMM_NT:
+        gemm_nt(r1 - r0, j1 - j0, g->K, g->alpha, g->A + r0 * g->lda, g->lda, g->B + j0 * g->ldb, g->ldb, C,
+                g->ldc, g->bias ? g->bias + j0 : NULL);
+        break;
+    case GEMM_NN:
+        gemm_nn(r1 - r0, j1 - j0, g->K, g->alpha, g->A + r0 * g->lda, g->lda, g->B + j0, g->ldb, C, g->ldc);
+        break;
+    default:
+        gemm_tn(r1 - r0, j1 - j0, g->K, g->alpha, g->A + r0, g->lda, g->B + j0, g->ldb, C, g->ldc, g->acc);
+        break;
+    }
+}
+
+/* This core's share of a gemm: blocks of 4 rows × 4 columns (1 column when there are
+ * too few to keep every core busy), numbered row-major, a contiguous run per core. */
+static void gemm_share(const gemm_t *g) {
+    const uint32_t cores = ep_par_num_cores();
+    if (cores == 1) {
+        gemm_block(g, 0, g->R, 0, g->N);
+        return;
+    }
+    const uint32_t rb = (g->R + 3) / 4, unit = rb * ((g->N + 3) / 4) >= 2 * cores ? 4 : 1;
+    const uint32_t qb = (g->N + unit - 1) / unit;
+    uint32_t lo, hi;
+    ep_par_range(rb * qb, &lo, &hi);
+    while (lo < hi) {
+        const uint32_t band = lo / qb, b0 = lo % qb, b1 = hi - band * qb < qb ? hi - band * qb : qb;
+        const uint32_t r0 = 4 * band, r1 = r0 + 4 < g->R ? r0 + 4 : g->R;
+        gemm_block(g, r0, r1, b0 * unit, b1 * unit < g->N ? b1 * unit : g->N);
+        lo = band * qb + b1;
+    }
+}
+
+static void gemm_nt_share(uint32_t R, uint32_t N, uint32_t K, float alpha, const float *A, uint32_t lda,
+                          const float *B, uint32_t ldb, float *C, uint32_t ldc, const float *bias) {
+    const gemm_t g = {GEMM_NT, 0, R, N, K, alpha, A, B, bias, lda, ldb, ldc, C};
+    gemm_share(&g);
+}
+
+static void gemm_nn_share(uint32_t R, uint32_t N, uint32_t K, float alpha, const float *A, uint32_t lda,
+                          const float *B, uint32_t ldb, float *C, uint32_t ldc) {
+    const gemm_t g = {GEMM_NN, 0, R, N, K, alpha, A, B, NULL, lda, ldb, ldc, C};
+    gemm_share(&g);
+}
+
+static void gemm_tn_share(uint32_t R, uint32_t N, uint32_t K, float alpha, const float *A, uint32_t lda,
+                          const float *B, uint32_t ldb, float *C, uint32_t ldc, int acc) {
+    const gemm_t g = {GEMM_TN, acc, R, N, K, alpha, A, B, NULL, lda, ldb, ldc, C};
+    gemm_share(&g);
+}
+
+/* This core's (head, band of rows) items of a T-row per-head step: *b_rows rows per
+ * band (4 on a cluster, all T on one core). Returns the item range in lo/hi. */
+static uint32_t head_items(uint32_t H, uint32_t T, uint32_t *lo, uint32_t *hi, uint32_t *b_rows) {
+    *b_rows = ep_par_num_cores() > 1 ? 4 : T;
+    const uint32_t bands = (T + *b_rows - 1) / *b_rows;
+    ep_par_range(H * bands, lo, hi);
+    return bands;
+}
+
+/* out[m] = Σ_r y[r][m] over rows × M (bias gradients), for this core's columns. */
+static void col_sum_share(uint32_t rows, uint32_t M, const float *restrict y, float *restrict out) {
+    uint32_t m0, m1;
+    ep_par_range(M, &m0, &m1);
+    for (uint32_t m = m0; m < m1; m++) {
+        out[m] = 0.0f;
+    }
+    for (uint32_t r = 0; r < rows; r++, y += M) {
+        for (uint32_t m = m0; m < m1; m++) {
+            out[m] += y[m];
+        }
+    }
+}
+
+/* O = [P_0 V_0 | … | P_{H-1} V_{H-1}] [T][D] of one sample, from its saved qkv and P:
+ * this core's (head, band) items. */
+static void attn_out_share(const ep_mhsa_params_t *p, const float *restrict qkv, const float *restrict P,
+                           float *restrict O) {
+    const uint32_t T = p->t, D = p->d, H = p->heads, E = D / H;
+    uint32_t lo, hi, br;
+    const uint32_t bands = head_items(H, T, &lo, &hi, &br);
+    for (uint32_t it = lo; it < hi; it++) {
+        const uint32_t h = it / bands, r0 = (it % bands) * br, r1 = r0 + br < T ? r0 + br : T;
+        gemm_nn(r1 - r0, E, T, 1.0f, P + h * T * T + r0 * T, T, qkv + 2 * D + h * E, 3 * D, O + r0 * D + h * E, D);
+    }
+}
+
+typedef struct {
+    const ep_mhsa_params_t *p;
+    const float *x, *w_in, *b_in, *w_out, *b_out, *dy, *saved, *dqkv_in;
+    float *y, *saved_out, *scratch, *dqkv, *dx, *dw_in, *db_in, *dw_out, *db_out;
+} mhsa_args_t;
+
+static void fw_core(void *arg) {
+    const mhsa_args_t *a = arg;
+    const ep_mhsa_params_t *p = a->p;
+    const uint32_t n = p->n, T = p->t, D = p->d, H = p->heads, E = D / H, ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)E);
+    const uint32_t stride = per_sample(p);
+    const float *x = a->x;
+    float *y = a->y, *saved = a->saved_out;
+    for (uint32_t i = 0; i < n; i++, x += T * D, y += T * D, saved += stride) {
+        float *qkv = saved, *P = saved + 3 * T * D;
+        gemm_nt_share(T, ld, D, 1.0f, x, D, a->w_in, D, qkv, ld, a->b_in);
+        ep_par_barrier();
+        uint32_t lo, hi, br;
+        const uint32_t bands = head_items(H, T, &lo, &hi, &br);
+        for (uint32_t it = lo; it < hi; it++) { /* scores and softmax, a band of rows of a head */
+            const uint32_t h = it / bands, r0 = (it % bands) * br, r1 = r0 + br < T ? r0 + br : T;
+            float *Ph = P + h * T * T;
+            gemm_nt(r1 - r0, T, E, scale, qkv + r0 * ld + h * E, ld, qkv + D + h * E, ld, Ph + r0 * T, T, NULL);
+            for (uint32_t t = r0; t < r1; t++) {
+                softmax_row(T, Ph + t * T);
+            }
+        }
+        ep_par_barrier();
+        attn_out_share(p, qkv, P, a->scratch);
+        ep_par_barrier();
+        gemm_nt_share(T, D, D, 1.0f, a->scratch, D, a->w_out, D, y, D, a->b_out);
+        ep_par_barrier(); /* the next sample rewrites the scratch this one read */
+    }
+}
+
 void ep_mhsa_fw_f32(const ep_mhsa_params_t *p, const float *restrict x, const float *restrict w_in,
                     const float *restrict b_in, const float *restrict w_out,
                     const float *restrict b_out, float *restrict y, float *restrict saved,
                     float *restrict scratch) {
+    const mhsa_args_t a = {.p = p, .x = x, .w_in = w_in, .b_in = b_in, .w_out = w_out, .b_out = b_out,
+                           .y = y, .saved_out = saved, .scratch = scratch};
+    ep_par_fork(0, fw_core, (void *)&a);
+}
+
+static void bw_qkv_core(void *arg) {
+    const mhsa_args_t *a = arg;
+    const ep_mhsa_params_t *p = a->p;
     const uint32_t n = p->n, T = p->t, D = p->d, H = p->heads, E = D / H, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)E);
     const uint32_t stride = per_sample(p);
-    for (uint32_t i = 0; i < n; i++, x += T * D, y += T * D, saved += stride) {
-        float *qkv = saved, *P = saved + 3 * T * D;
-        gemm_nt(T, ld, D, 1.0f, x, D, w_in, D, qkv, ld, b_in);
+    float *dO = a->scratch, *dS = a->scratch + T * D;
+    const float *dy = a->dy, *saved = a->saved;
+    float *dqkv = a->dqkv;
+    const uint32_t br = ep_par_num_cores() > 1 ? 4 : T, bands = (T + br - 1) / br;
+    for (uint32_t i = 0; i < n; i++, dy += T * D, dqkv += T * ld, saved += stride) {
+        const float *qkv = saved, *P = saved + 3 * T * D;
+        gemm_nn_share(T, D, D, 1.0f, dy, D, a->w_out, D, dO, D);
+        ep_par_barrier();
         for (uint32_t h = 0; h < H; h++) {
-            float *Ph = P + h * T * T;
-            gemm_nt(T, T, E, scale, qkv + h * E, ld, qkv + D + h * E, ld, Ph, T, NULL);
-            for (uint32_t t = 0; t < T; t++) {
-                softmax_row(T, Ph + t * T);
+            const float *Ph = P + h * T * T;
+            const float *q = qkv + h * E, *k = q + D, *v = k + D;
+            const float *dOh = dO + h * E;
+            /* dP = dO_h V_hᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)) row by row, in place */
+            uint32_t lo, hi;
+            ep_par_range(bands, &lo, &hi);
+            for (uint32_t b = lo; b < hi; b++) {
+                const uint32_t r0 = b * br, r1 = r0 + br < T ? r0 + br : T;
+                gemm_nt(r1 - r0, T, E, 1.0f, dOh + r0 * D, D, v, ld, dS + r0 * T, T, NULL);
+                for (uint32_t t = r0; t < r1; t++) {
+                    float *ds = dS + t * T;
+                    const float *pr = Ph + t * T;
+                    float r = 0.0f;
+                    for (uint32_t s = 0; s < T; s++) {
+                        r += pr[s] * ds[s];
+                    }
+                    for (uint32_t s = 0; s < T; s++) {
+                        ds[s] = pr[s] * (ds[s] - r);
+                    }
+                }
             }
+            ep_par_barrier();
+            float *dq = dqkv + h * E, *dk = dq + D, *dv = dk + D;
+            gemm_nn_share(T, E, T, scale, dS, T, k, ld, dq, ld);      /* dQ = s · dS K   */
+            gemm_tn_share(T, E, T, scale, dS, T, q, ld, dk, ld, 0);   /* dK = s · dSᵀ Q  */
+            gemm_tn_share(T, E, T, 1.0f, Ph, T, dOh, D, dv, ld, 0);   /* dV = Pᵀ dO      */
+            ep_par_barrier(); /* the next head rewrites dS */
         }
-        attn_out(p, qkv, P, scratch);
-        gemm_nt(T, D, D, 1.0f, scratch, D, w_out, D, y, D, b_out);
+    }
+}
+
+static void bw_input_core(void *arg) {
+    const mhsa_args_t *a = arg;
+    const ep_mhsa_params_t *p = a->p;
+    bw_qkv_core(arg);
+    if (a->dx != NULL) {
+        gemm_nn_share(p->n * p->t, p->d, 3 * p->d, 1.0f, a->dqkv, 3 * p->d, a->w_in, p->d, a->dx, p->d);
     }
 }
 
 void ep_mhsa_bw_qkv_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                         const float *restrict w_out, const float *restrict saved,
                         float *restrict dqkv, float *restrict scratch) {
-    const uint32_t n = p->n, T = p->t, D = p->d, H = p->heads, E = D / H, ld = 3 * D;
-    const float scale = 1.0f / sqrtf((float)E);
-    const uint32_t stride = per_sample(p);
-    float *dO = scratch, *dS = scratch + T * D;
-    for (uint32_t i = 0; i < n; i++, dy += T * D, dqkv += T * ld, saved += stride) {
-        const float *qkv = saved, *P = saved + 3 * T * D;
-        gemm_nn(T, D, D, 1.0f, dy, D, w_out, D, dO, D);
-        for (uint32_t h = 0; h < H; h++) {
-            const float *Ph = P + h * T * T;
-            const float *q = qkv + h * E, *k = q + D, *v = k + D;
-            const float *dOh = dO + h * E;
-            /* dP = dO_h V_hᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)) row by row, in place */
-            gemm_nt(T, T, E, 1.0f, dOh, D, v, ld, dS, T, NULL);
-            for (uint32_t t = 0; t < T; t++) {
-                float *ds = dS + t * T;
-                const float *pr = Ph + t * T;
-                float r = 0.0f;
-                for (uint32_t s = 0; s < T; s++) {
-                    r += pr[s] * ds[s];
-                }
-                for (uint32_t s = 0; s < T; s++) {
-                    ds[s] = pr[s] * (ds[s] - r);
-                }
-            }
-            float *dq = dqkv + h * E, *dk = dq + D, *dv = dk + D;
-            gemm_nn(T, E, T, scale, dS, T, k, ld, dq, ld);      /* dQ = s · dS K   */
-            gemm_tn(T, E, T, scale, dS, T, q, ld, dk, ld, 0);   /* dK = s · dSᵀ Q  */
-            gemm_tn(T, E, T, 1.0f, Ph, T, dOh, D, dv, ld, 0);   /* dV = Pᵀ dO      */
-        }
-    }
+    const mhsa_args_t a = {.p = p, .dy = dy, .w_out = w_out, .saved = saved, .dqkv = dqkv, .scratch = scratch};
+    ep_par_fork(0, bw_qkv_core, (void *)&a);
 }
 
 void ep_mhsa_bw_input_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict w_in, const float *restrict w_out,
                           const float *restrict saved, float *restrict dqkv, float *restrict dx,
                           float *restrict scratch) {
-    ep_mhsa_bw_qkv_f32(p, dy, w_out, saved, dqkv, scratch);
-    gemm_nn(p->n * p->t, p->d, 3 * p->d, 1.0f, dqkv, 3 * p->d, w_in, p->d, dx, p->d);
+    const mhsa_args_t a = {.p = p, .dy = dy, .w_in = w_in, .w_out = w_out, .saved = saved, .dqkv = dqkv,
+                           .dx = dx, .scratch = scratch};
+    ep_par_fork(0, bw_input_core, (void *)&a);
+}
+
+static void bw_param_core(void *arg) {
+    const mhsa_args_t *a = arg;
+    const ep_mhsa_params_t *p = a->p;
+    const uint32_t n = p->n, T = p->t, D = p->d, rows = n * T;
+    const uint32_t stride = per_sample(p);
+    gemm_tn_share(3 * D, D, rows, 1.0f, a->dqkv_in, 3 * D, a->x, D, a->dw_in, D, 0);
+    col_sum_share(rows, 3 * D, a->dqkv_in, a->db_in);
+    col_sum_share(rows, D, a->dy, a->db_out);
+    const float *dy = a->dy, *saved = a->saved;
+    for (uint32_t i = 0; i < n; i++, dy += T * D, saved += stride) {
+        attn_out_share(p, saved, saved + 3 * T * D, a->scratch);
+        ep_par_barrier();
+        gemm_tn_share(D, D, T, 1.0f, dy, D, a->scratch, D, a->dw_out, D, i > 0);
+        ep_par_barrier(); /* the next sample rewrites the scratch */
+    }
 }
 
 void ep_mhsa_bw_param_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict x, const float *restrict saved,
                           const float *restrict dqkv, float *restrict dw_in, float *restrict db_in,
                           float *restrict dw_out, float *restrict db_out, float *restrict scratch) {
-    const uint32_t n = p->n, T = p->t, D = p->d, rows = n * T;
-    const uint32_t stride = per_sample(p);
-    gemm_tn(3 * D, D, rows, 1.0f, dqkv, 3 * D, x, D, dw_in, D, 0);
-    col_sum(rows, 3 * D, dqkv, db_in);
-    col_sum(rows, D, dy, db_out);
-    for (uint32_t i = 0; i < n; i++, dy += T * D, saved += stride) {
-        attn_out(p, saved, saved + 3 * T * D, scratch);
-        gemm_tn(D, D, T, 1.0f, dy, D, scratch, D, dw_out, D, i > 0);
-    }
+    const mhsa_args_t a = {.p = p, .dy = dy, .x = x, .saved = saved, .dqkv_in = dqkv, .dw_in = dw_in,
+                           .db_in = db_in, .dw_out = dw_out, .db_out = db_out, .scratch = scratch};
+    ep_par_fork(0, bw_param_core, (void *)&a);
 }
 
 /* ------------------------------------------------------------------------- */

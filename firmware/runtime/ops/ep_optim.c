@@ -9,10 +9,30 @@
 
 #include "ep_attn_optim.h"
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
-void ep_sgd_momentum_update_f32(const ep_sgd_momentum_params_t *p, const float *restrict grad,
-                                float *restrict param, float *restrict buf) {
-    const uint32_t count = p->count;
+/* Elementwise updates run on the cluster (ep_parallel.h) over a split of the elements:
+ * each element's arithmetic is the same on any core, so results do not depend on the
+ * core count. Below this many elements per core, fewer cores are used. */
+#define OPTIM_MIN_PER_CORE 64u
+
+typedef struct {
+    const void *p;
+    const float *grad;
+    float *param, *s1, *s2;
+} optim_args_t;
+
+static void sgd_momentum_core(void *arg) {
+    const optim_args_t *a = arg;
+    const ep_sgd_momentum_params_t *p = a->p;
+    const float *restrict grad = a->grad;
+    float *restrict param = a->param, *restrict buf = a->s1;
+    uint32_t lo, count;
+    ep_par_range(p->count, &lo, &count);
+    grad += lo;
+    param += lo;
+    buf += lo;
+    count -= lo;
     const float lr = p->lr, mu = p->momentum, wd = p->weight_decay, gs = p->grad_scale;
     const float keep = 1.0f - p->dampening;
     if (mu == 0.0f) {
@@ -31,14 +51,29 @@ void ep_sgd_momentum_update_f32(const ep_sgd_momentum_params_t *p, const float *
     }
 }
 
+void ep_sgd_momentum_update_f32(const ep_sgd_momentum_params_t *p, const float *restrict grad,
+                                float *restrict param, float *restrict buf) {
+    optim_args_t a = {.p = p, .grad = grad, .param = param, .s1 = buf};
+    ep_par_fork(ep_par_team_for(p->count, OPTIM_MIN_PER_CORE), sgd_momentum_core, &a);
+}
+
 /* 1 − βᵗ without cancellation: −expm1(t · log(β)), log(β) = log1p(β − 1) (β − 1 exact). */
 static float one_minus_pow(float beta, uint32_t t) {
     return -expm1f((float)t * log1pf(beta - 1.0f));
 }
 
-void ep_adam_update_f32(const ep_adam_params_t *p, const float *restrict grad,
-                        float *restrict param, float *restrict m, float *restrict v) {
-    const uint32_t count = p->count;
+static void adam_core(void *arg) {
+    const optim_args_t *a = arg;
+    const ep_adam_params_t *p = a->p;
+    const float *restrict grad = a->grad;
+    float *restrict param = a->param, *restrict m = a->s1, *restrict v = a->s2;
+    uint32_t lo, count;
+    ep_par_range(p->count, &lo, &count);
+    grad += lo;
+    param += lo;
+    m += lo;
+    v += lo;
+    count -= lo;
     const float lr = p->lr, b1 = p->beta1, b2 = p->beta2, eps = p->eps, gs = p->grad_scale;
     const float wd_l2 = p->decoupled ? 0.0f : p->weight_decay;
     const float decay = p->decoupled ? 1.0f - lr * p->weight_decay : 1.0f;
@@ -54,6 +89,12 @@ void ep_adam_update_f32(const ep_adam_params_t *p, const float *restrict grad,
         v[i] = vi;
         param[i] = w - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
     }
+}
+
+void ep_adam_update_f32(const ep_adam_params_t *p, const float *restrict grad,
+                        float *restrict param, float *restrict m, float *restrict v) {
+    optim_args_t a = {.p = p, .grad = grad, .param = param, .s1 = m, .s2 = v};
+    ep_par_fork(ep_par_team_for(p->count, OPTIM_MIN_PER_CORE), adam_core, &a);
 }
 
 void ep_clip_norm_sumsq_f32(const ep_clip_norm_params_t *p, const float *restrict x,

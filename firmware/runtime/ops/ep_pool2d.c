@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "ep_conv_pool.h"
+#include "ep_parallel.h"
 #include "ep_ops.h"
 
 bool ep_pool2d_params_ok(const ep_pool2d_params_t *p) {
@@ -46,7 +47,7 @@ static float divisor(const ep_pool2d_params_t *p, uint32_t nr, uint32_t nc) {
     return p->count_include_pad ? (float)(p->kh * p->kw) : (float)(nr * nc);
 }
 
-void ep_avgpool2d_fw_f32(const ep_pool2d_params_t *p, const float *restrict x, float *restrict y) {
+static void avgpool2d_fw_f32_planes(const ep_pool2d_params_t *p, const float *restrict x, float *restrict y) {
     const uint32_t W = p->w_in, hw = p->h_in * W, Wo = p->w_out, nc_all = p->n * p->c;
     for (uint32_t ch = 0; ch < nc_all; ch++, x += hw) {
         for (uint32_t oy = 0; oy < p->h_out; oy++) {
@@ -73,7 +74,7 @@ void ep_avgpool2d_fw_f32(const ep_pool2d_params_t *p, const float *restrict x, f
     }
 }
 
-void ep_avgpool2d_bw_input_f32(const ep_pool2d_params_t *p, const float *restrict dy,
+static void avgpool2d_bw_input_f32_planes(const ep_pool2d_params_t *p, const float *restrict dy,
                                float *restrict dx) {
     const uint32_t W = p->w_in, hw = p->h_in * W, Wo = p->w_out, nc_all = p->n * p->c;
     for (uint32_t j = 0; j < nc_all * hw; j++) {
@@ -125,7 +126,7 @@ static uint32_t max_select(const float *xc, uint32_t W, uint32_t y0, uint32_t y1
     return at;
 }
 
-void ep_maxpool2d_fw_f32(const ep_pool2d_params_t *p, const float *restrict x, float *restrict y) {
+static void maxpool2d_fw_f32_planes(const ep_pool2d_params_t *p, const float *restrict x, float *restrict y) {
     const uint32_t W = p->w_in, hw = p->h_in * W, Wo = p->w_out, nc_all = p->n * p->c;
     for (uint32_t ch = 0; ch < nc_all; ch++, x += hw) {
         for (uint32_t oy = 0; oy < p->h_out; oy++) {
@@ -144,7 +145,7 @@ void ep_maxpool2d_fw_f32(const ep_pool2d_params_t *p, const float *restrict x, f
     }
 }
 
-void ep_maxpool2d_bw_input_f32(const ep_pool2d_params_t *p, const float *restrict dy,
+static void maxpool2d_bw_input_f32_planes(const ep_pool2d_params_t *p, const float *restrict dy,
                                const float *restrict x, float *restrict dx) {
     const uint32_t W = p->w_in, hw = p->h_in * W, Wo = p->w_out, nc_all = p->n * p->c;
     for (uint32_t j = 0; j < nc_all * hw; j++) {
@@ -164,6 +165,79 @@ void ep_maxpool2d_bw_input_f32(const ep_pool2d_params_t *p, const float *restric
             }
         }
     }
+}
+
+/*
+ * On a cluster (ep_parallel.h) the kernels split the n·c planes: each plane (its
+ * outputs, or its input gradient, zeroing included) is done by one core with the
+ * serial code above, run on a contiguous block of planes as if they were one
+ * sample of that many channels. Results do not depend on the core count.
+ */
+typedef struct {
+    const ep_pool2d_params_t *p;
+    const float *a, *b; /* inputs: x, or dy (and x for max) */
+    float *out;
+    uint32_t kind; /* 0 avg fw, 1 avg bw_input, 2 max fw, 3 max bw_input */
+} pool_job_t;
+
+static void pool_planes(const pool_job_t *j, uint32_t c0, uint32_t c1) {
+    ep_pool2d_params_t q = *j->p;
+    const uint32_t hw = q.h_in * q.w_in, howo = q.h_out * q.w_out;
+    q.n = 1;
+    q.c = c1 - c0;
+    switch (j->kind) {
+    case 0:
+        avgpool2d_fw_f32_planes(&q, j->a + c0 * hw, j->out + c0 * howo);
+        break;
+    case 1:
+        avgpool2d_bw_input_f32_planes(&q, j->a + c0 * howo, j->out + c0 * hw);
+        break;
+    case 2:
+        maxpool2d_fw_f32_planes(&q, j->a + c0 * hw, j->out + c0 * howo);
+        break;
+    default:
+        maxpool2d_bw_input_f32_planes(&q, j->a + c0 * howo, j->b + c0 * hw, j->out + c0 * hw);
+        break;
+    }
+}
+
+static void pool_core(void *arg) {
+    const pool_job_t *j = arg;
+    uint32_t lo, hi;
+    ep_par_range(j->p->n * j->p->c, &lo, &hi);
+    if (lo < hi) {
+        pool_planes(j, lo, hi);
+    }
+}
+
+static void pool_run(const pool_job_t *j) {
+    if (ep_par_num_cores() > 1) {
+        ep_par_fork(0, pool_core, (void *)j);
+    } else {
+        pool_planes(j, 0, j->p->n * j->p->c);
+    }
+}
+
+void ep_avgpool2d_fw_f32(const ep_pool2d_params_t *p, const float *restrict x, float *restrict y) {
+    const pool_job_t j = {p, x, NULL, y, 0};
+    pool_run(&j);
+}
+
+void ep_avgpool2d_bw_input_f32(const ep_pool2d_params_t *p, const float *restrict dy,
+                               float *restrict dx) {
+    const pool_job_t j = {p, dy, NULL, dx, 1};
+    pool_run(&j);
+}
+
+void ep_maxpool2d_fw_f32(const ep_pool2d_params_t *p, const float *restrict x, float *restrict y) {
+    const pool_job_t j = {p, x, NULL, y, 2};
+    pool_run(&j);
+}
+
+void ep_maxpool2d_bw_input_f32(const ep_pool2d_params_t *p, const float *restrict dy,
+                               const float *restrict x, float *restrict dx) {
+    const pool_job_t j = {p, dy, x, dx, 3};
+    pool_run(&j);
 }
 
 /* ------------------------------------------------------------------------- */

@@ -1,5 +1,6 @@
 /* ep_sgd.c — SGD: in-place update of a trainable parameter from its gradient. */
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
 static ep_status_t sgd_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
     if (nd->fn != EP_FN_FW) {
@@ -34,11 +35,28 @@ const ep_op_t ep_op_sgd = {
     .fn = {[EP_FN_FW] = sgd_fw, [EP_FN_BW_INPUT] = NULL, [EP_FN_BW_PARAM] = NULL},
 };
 
-void ep_sgd_update_f32(const ep_sgd_params_t *p, const ep_dims_t *d, const float *restrict grad,
-                       float *restrict param) {
-    const uint32_t count = d->n * d->c;
-    const float lr = p->lr, wd = p->weight_decay;
-    for (uint32_t i = 0; i < count; i++) {
+typedef struct {
+    const ep_sgd_params_t *p;
+    uint32_t count;
+    const float *grad;
+    float *param;
+} sgd_args_t;
+
+/* This core's elements (ep_parallel.h): each element's update is the same on any core. */
+static void sgd_core(void *arg) {
+    const sgd_args_t *a = arg;
+    const float lr = a->p->lr, wd = a->p->weight_decay;
+    const float *restrict grad = a->grad;
+    float *restrict param = a->param;
+    uint32_t lo, hi;
+    ep_par_range(a->count, &lo, &hi);
+    for (uint32_t i = lo; i < hi; i++) {
         param[i] -= lr * (grad[i] + wd * param[i]);
     }
+}
+
+void ep_sgd_update_f32(const ep_sgd_params_t *p, const ep_dims_t *d, const float *restrict grad,
+                       float *restrict param) {
+    sgd_args_t a = {.p = p, .count = d->n * d->c, .grad = grad, .param = param};
+    ep_par_fork(ep_par_team_for(a.count, 64), sgd_core, &a);
 }
