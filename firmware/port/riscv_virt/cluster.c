@@ -66,16 +66,6 @@ static struct {
     uint64_t phase_max;
 } fork_state;
 
-static uint64_t mcycle64(void) {
-    uint32_t hi, lo, hi2;
-    do {
-        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi));
-        __asm__ volatile("csrr %0, mcycle" : "=r"(lo));
-        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi2));
-    } while (hi != hi2);
-    return ((uint64_t)hi << 32) | lo;
-}
-
 static uint32_t hart_id(void) {
     uint32_t v;
     __asm__ volatile("csrr %0, mhartid" : "=r"(v));
@@ -215,7 +205,7 @@ static uint32_t configured_team(void) {
  * end of a phase (the last core), the phase's overlap goes to `hidden`; the next turn
  * is core 0's again, or, when `finished`, hart 0 is woken. */
 static void end_turn(uint32_t core, uint64_t t0, int finished) {
-    const uint64_t n = mcycle64() - t0;
+    const uint64_t n = rv_mcycle64() - t0;
     fork_state.phase_sum += n;
     if (n > fork_state.phase_max) {
         fork_state.phase_max = n;
@@ -241,7 +231,7 @@ static uint64_t wait_turn(uint32_t core) {
     while (__atomic_load_n(&fork_state.turn, __ATOMIC_SEQ_CST) != core) {
         wait_msip(core + 1);
     }
-    return mcycle64();
+    return rv_mcycle64();
 }
 
 static uint64_t turn_start[RV_CLUSTER_MAX_CORES];

@@ -34,9 +34,5 @@ static intptr_t semihost_call(uintptr_t op, void *args) { return ep_semihost_tra
 #include "ep_nv_semihost.h"
 #include "ep_nv_file.h"
 #else
-uint32_t ep_port_nv_size(void) { return 0; }
-uint32_t ep_port_nv_page_bytes(void) { return 0; }
-int ep_port_nv_read(uint32_t off, uint8_t *buf, uint32_t len) { (void)off, (void)buf, (void)len; return -1; }
-int ep_port_nv_erase(uint32_t page) { (void)page; return -1; }
-int ep_port_nv_write(uint32_t off, const uint8_t *buf, uint32_t len) { (void)off, (void)buf, (void)len; return -1; }
+#include "ep_nv_none.h"
 #endif

@@ -34,16 +34,6 @@
 #define REG8(addr) (*(volatile uint8_t *)(uintptr_t)(addr))
 #define UART(off) REG8(RV_UART_BASE + (off))
 
-static uint64_t read_mcycle(void) {
-    uint32_t hi, lo, hi2;
-    do {
-        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi));
-        __asm__ volatile("csrr %0, mcycle" : "=r"(lo));
-        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi2));
-    } while (hi != hi2);
-    return ((uint64_t)hi << 32) | lo;
-}
-
 static uint64_t cycles_at_init;
 
 void ep_port_init(int argc, char **argv) {
@@ -52,7 +42,7 @@ void ep_port_init(int argc, char **argv) {
     UART(RV_UART_IER) = 0;
     UART(RV_UART_LCR) = RV_UART_LCR_8N1;
     UART(RV_UART_FCR) = RV_UART_FCR_ENABLE_CLEAR;
-    cycles_at_init = read_mcycle() >> RV_CYCLE_SHIFT;
+    cycles_at_init = rv_mcycle64() >> RV_CYCLE_SHIFT;
 }
 
 int ep_port_getc(void) {
@@ -78,7 +68,7 @@ __attribute__((weak)) uint64_t rv_cluster_hidden(void) {
 
 uint64_t ep_port_cycles(void) {
     /* minus what the cluster overlaps in timing=turns forks (cluster.c) */
-    return ((read_mcycle() - rv_cluster_hidden()) >> RV_CYCLE_SHIFT) - cycles_at_init;
+    return ((rv_mcycle64() - rv_cluster_hidden()) >> RV_CYCLE_SHIFT) - cycles_at_init;
 }
 
 /* Busy-polls: see the comment at the top. */

@@ -44,6 +44,17 @@
 #ifndef __ASSEMBLER__
 #include <stdint.h>
 uint64_t rv_cluster_hidden(void);
+
+/** The 64-bit mcycle of rv32 (high, low, high again until they agree). */
+static inline uint64_t rv_mcycle64(void) {
+    uint32_t hi, lo, hi2;
+    do {
+        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi));
+        __asm__ volatile("csrr %0, mcycle" : "=r"(lo));
+        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi2));
+    } while (hi != hi2);
+    return ((uint64_t)hi << 32) | lo;
+}
 #endif
 
 #endif /* RISCV_VIRT_H */

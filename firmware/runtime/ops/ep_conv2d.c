@@ -1343,9 +1343,8 @@ static bool conv_is_act(const ep_model_t *m, uint16_t t) {
     return x->dtype == EP_DTYPE_F32 && (x->flags & EP_TF_BATCHED) != 0 && (x->rank == 2 || x->rank == 3);
 }
 
-/* The kernel shape of a node from its tensors and iattrs (no checks; n = 1). */
-static ep_conv2d_params_t conv_geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t w,
-                                    uint16_t y) {
+ep_conv2d_params_t ep_conv2d_geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t w,
+                                  uint16_t y) {
     const ep_tensor_t *xt = &m->tensors[x], *wt = &m->tensors[w], *yt = &m->tensors[y];
     const bool two_d = xt->rank == 3;
     const uint16_t *a = nd->iattr;
@@ -1380,7 +1379,7 @@ static ep_status_t conv_check(const ep_model_t *m, const ep_node_t *nd, uint16_t
             return ep_reject(why, EP_WHY("conv2d: fattrs must be 0"));
         }
     }
-    const ep_conv2d_params_t p = conv_geom(m, nd, x, w, y);
+    const ep_conv2d_params_t p = ep_conv2d_geom(m, nd, x, w, y);
     if (p.sh == 0 || p.sw == 0) {
         return ep_reject(why, EP_WHY("conv2d: zero stride"));
     }
@@ -1477,20 +1476,20 @@ static ep_status_t conv2d_prepare(const ep_model_t *m, const ep_node_t *nd, cons
 }
 
 static void conv2d_fw(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_conv2d_params_t p = conv_geom(c->model, nd, nd->in[0], nd->in[1], nd->out[0]);
+    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->in[0], nd->in[1], nd->out[0]);
     p.n = c->n;
     ep_conv2d_fw_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->in[1]),
                      nd->n_in == 3 ? ep_ctx_f32(c, nd->in[2]) : NULL, ep_ctx_f32(c, nd->out[0]));
 }
 
 static void conv2d_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_conv2d_params_t p = conv_geom(c->model, nd, nd->out[0], nd->in[1], nd->in[0]);
+    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->out[0], nd->in[1], nd->in[0]);
     p.n = c->n;
     ep_conv2d_bw_input_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->in[1]), ep_ctx_f32(c, nd->out[0]));
 }
 
 static void conv2d_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_conv2d_params_t p = conv_geom(c->model, nd, nd->in[1], nd->out[0], nd->in[0]);
+    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->in[1], nd->out[0], nd->in[0]);
     p.n = c->n;
     ep_conv2d_bw_param_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->in[1]), ep_ctx_f32(c, nd->out[0]),
                            nd->n_out == 2 ? ep_ctx_f32(c, nd->out[1]) : NULL);

@@ -25,6 +25,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ep_runtime.h" /* ep_model_t, ep_node_t: ep_conv2d_geom reads a node */
+
 /**
  * Output length along one axis of a conv/pool window:
  *   out = floor((in + pad_lo + pad_hi - dil·(k - 1) - 1) / stride) + 1   (PyTorch, floor mode)
@@ -77,6 +79,13 @@ typedef struct {
 
 /** True if p satisfies every requirement listed at ep_conv2d_params_t. */
 bool ep_conv2d_params_ok(const ep_conv2d_params_t *p);
+
+/**
+ * The kernel shape of a CONV2D or CONV2D_Q8 node (n = 1; no checks): x [C_in][H][W] or
+ * [C_in][L], w [C_out][C_in/groups][kh][kw] or [..][k], y [C_out][..], and the iattrs
+ * 0-1 stride, 2-5 padding top/bottom/left/right, 6-7 dilation, 8 groups.
+ */
+ep_conv2d_params_t ep_conv2d_geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t w, uint16_t y);
 
 /**
  * Conv2d forward. With G = groups, Ci = c_in/G, Co = c_out/G and g = oc / Co:

@@ -48,22 +48,6 @@ static bool is_act(const ep_model_t *m, uint16_t t) {
     return x->dtype == EP_DTYPE_S8 && (x->flags & EP_TF_BATCHED) != 0 && (x->rank == 2 || x->rank == 3);
 }
 
-/* Kernel shape from the node's tensors and iattrs (n = 1; no checks). */
-static ep_conv2d_params_t geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t w, uint16_t y) {
-    const ep_tensor_t *xt = &m->tensors[x], *wt = &m->tensors[w], *yt = &m->tensors[y];
-    const bool two_d = xt->rank == 3;
-    const uint16_t *a = nd->iattr;
-    ep_conv2d_params_t p = {
-        .n = 1, .c_in = xt->dims[0], .h_in = two_d ? xt->dims[1] : 1u, .w_in = xt->dims[two_d ? 2 : 1],
-        .c_out = yt->dims[0], .h_out = two_d ? yt->dims[1] : 1u, .w_out = yt->dims[two_d ? 2 : 1],
-        .kh = two_d ? wt->dims[2] : 1u, .kw = wt->dims[two_d ? 3 : 2],
-        .sh = a[CONV_SH], .sw = a[CONV_SW], .pad_top = a[CONV_PT], .pad_bottom = a[CONV_PB],
-        .pad_left = a[CONV_PL], .pad_right = a[CONV_PR], .dh = a[CONV_DH], .dw = a[CONV_DW],
-        .groups = a[CONV_GROUPS],
-    };
-    return p;
-}
-
 /* Checks shared by the three fns; wdtype is W's (fw, bw_input: s8) or dW's dtype. */
 static ep_status_t check(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t w, uint8_t wdtype,
                          uint16_t y, ep_conv2d_params_t *out, const char **why) {
@@ -84,7 +68,7 @@ static ep_status_t check(const ep_model_t *m, const ep_node_t *nd, uint16_t x, u
             return ep_reject(why, EP_WHY("conv2d_q8: fattrs must be 0"));
         }
     }
-    ep_conv2d_params_t p = geom(m, nd, x, w, y);
+    ep_conv2d_params_t p = ep_conv2d_geom(m, nd, x, w, y);
     if (!two_d && (p.sh != 1 || p.dh != 1 || p.pad_top != 0 || p.pad_bottom != 0)) {
         return ep_reject(why, EP_WHY("conv2d_q8: 1-D node needs sh = dh = 1 and no top/bottom padding"));
     }
@@ -231,7 +215,7 @@ static void im2col(const ep_conv2d_params_t *p, const int8_t *x, uint32_t cig, u
 /* ---- node functions --------------------------------------------------------------------- */
 
 static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_conv2d_params_t p = geom(c->model, nd, nd->in[0], nd->in[2], nd->out[0]);
+    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->in[0], nd->in[2], nd->out[0]);
     p.n = c->n;
     const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw, Jp = ep_q8_even(J);
     const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;
@@ -272,7 +256,7 @@ static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
 }
 
 static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_conv2d_params_t p = geom(c->model, nd, nd->out[0], nd->in[2], nd->in[0]);
+    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->out[0], nd->in[2], nd->in[0]);
     p.n = c->n;
     const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw, COgp = ep_q8_even(cog);
     const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;
@@ -336,7 +320,7 @@ static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
 
 static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const bool f32 = nd->n_out == 3;
-    ep_conv2d_params_t p = geom(c->model, nd, nd->in[2], nd->out[0], nd->in[0]);
+    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->in[2], nd->out[0], nd->in[0]);
     p.n = c->n;
     const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw;
     const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;

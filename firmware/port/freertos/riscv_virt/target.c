@@ -49,16 +49,6 @@
 #define MCAUSE_INTERRUPT 0x80000000u
 #define MCAUSE_M_EXTERNAL 11
 
-static uint64_t read_mcycle(void) {
-    uint32_t hi, lo, hi2;
-    do {
-        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi));
-        __asm__ volatile("csrr %0, mcycle" : "=r"(lo));
-        __asm__ volatile("csrr %0, mcycleh" : "=r"(hi2));
-    } while (hi != hi2);
-    return ((uint64_t)hi << 32) | lo;
-}
-
 static uint64_t cycles_at_init;
 
 /* Before the scheduler. The FIFOs were turned on (receive trigger level 1 byte)
@@ -78,11 +68,11 @@ void ep_port_init(int argc, char **argv) {
     REG32(PLIC_THRESHOLD_CTX0) = 0;
     REG32(PLIC_ENABLE_CTX0) |= 1u << VIRT_UART0_IRQ;
     UART(RV_UART_IER) = RV_UART_IER_RX;
-    cycles_at_init = read_mcycle() >> RV_CYCLE_SHIFT;
+    cycles_at_init = rv_mcycle64() >> RV_CYCLE_SHIFT;
 }
 
 uint64_t ep_port_cycles(void) {
-    return (read_mcycle() >> RV_CYCLE_SHIFT) - cycles_at_init;
+    return (rv_mcycle64() >> RV_CYCLE_SHIFT) - cycles_at_init;
 }
 
 /* Called by the kernel's trap entry (portASM.S) for every interrupt but its timer. */
