@@ -70,7 +70,11 @@ EPOCHS = 10
 
 
 def reference(spec, params, cfg: TrainConfig, ds, seed: int, epochs: int) -> float:
-    """PyTorch's test accuracy after the same calibration (the order host.session.stream uses)."""
+    """PyTorch's test accuracy after the same calibration (the order host.session.stream uses;
+    torch seeded too, so its dropout masks, and the table, are the same on every run)."""
+    import torch
+
+    torch.manual_seed(seed)
     ref = TorchFinetune(spec, params, cfg)
     rng = np.random.default_rng(seed)
     n = len(ds.y_train)
