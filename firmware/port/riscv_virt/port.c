@@ -41,7 +41,7 @@ void ep_port_init(int argc, char **argv) {
     (void)argv;
     UART(RV_UART_IER) = 0;
     UART(RV_UART_LCR) = RV_UART_LCR_8N1;
-    UART(RV_UART_FCR) = RV_UART_FCR_ENABLE_CLEAR;
+    UART(RV_UART_FCR) = RV_UART_FCR_ENABLE; /* keep what arrived since reset (startup.S) */
     cycles_at_init = rv_mcycle64() >> RV_CYCLE_SHIFT;
 }
 

@@ -17,6 +17,7 @@
 #define RV_UART_LSR_DR 0x01   /* a received byte is waiting */
 #define RV_UART_LSR_THRE 0x20 /* transmit holding register empty */
 #define RV_UART_FCR_ENABLE_CLEAR 0x07 /* FIFOs on, both cleared */
+#define RV_UART_FCR_ENABLE 0x01       /* FIFOs on, contents kept */
 #define RV_UART_LCR_8N1 0x03
 
 /* SiFive test finisher: (code << 16) | FAIL ends QEMU with exit status `code`. */

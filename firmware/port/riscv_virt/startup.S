@@ -29,6 +29,13 @@ _start:
     bnez t0, park
     .option pop
 
+    /* UART FIFOs on before anything else: turning them on clears them, and the host
+     * may send as soon as it is attached (QEMU starts the core then); from here on
+     * its bytes wait in the FIFO while memory is set up. */
+    li t0, RV_UART_BASE
+    li t1, RV_UART_FCR_ENABLE_CLEAR
+    sb t1, RV_UART_FCR(t0)
+
     mv s1, a1                   /* the device tree, kept for rv_boot_fdt */
     la t0, trap_handler
     csrw mtvec, t0
