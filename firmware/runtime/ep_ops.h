@@ -177,6 +177,26 @@ static inline bool ep_disjoint_or_same(const ep_model_t *m, uint16_t a, uint16_t
     return !ep_overlap(m, a, b) || (x->offset == y->offset && x->bytes == y->bytes);
 }
 
+/** True if iattr[first..] of nd are all 0 (attributes an op does not use). */
+static inline bool ep_iattrs_zero_from(const ep_node_t *nd, uint8_t first) {
+    for (uint8_t i = first; i < EP_NODE_IATTRS; i++) {
+        if (nd->iattr[i] != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/** True if every fattr of nd is 0. */
+static inline bool ep_fattrs_zero(const ep_node_t *nd) {
+    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
+        if (nd->fattr[i] != 0.0f) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /**
  * True if no output of nd overlaps an input or another output, except that
  * output 0 may alias input `alias_in` exactly (alias_in < 0: no aliasing).

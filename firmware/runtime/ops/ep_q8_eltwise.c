@@ -13,20 +13,6 @@ static bool same_elems(const ep_model_t *m, uint16_t a, uint16_t b) {
     return x->elems == y->elems && (x->flags & EP_TF_BATCHED) == (y->flags & EP_TF_BATCHED);
 }
 
-static bool no_attrs(const ep_node_t *nd) {
-    for (uint8_t i = 0; i < EP_NODE_IATTRS; i++) {
-        if (nd->iattr[i] != 0) {
-            return false;
-        }
-    }
-    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
-        if (nd->fattr[i] != 0.0f) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* ---- QUANTIZE -------------------------------------------------------------------- */
 
 static ep_status_t quantize_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
@@ -40,7 +26,7 @@ static ep_status_t quantize_prepare(const ep_model_t *m, const ep_node_t *nd, co
     if (!ep_q8_is_exp(m, e, 1)) {
         return ep_reject(why, EP_WHY("quantize: e must be an unbatched i32 [1]"));
     }
-    if (!no_attrs(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+    if (!(ep_iattrs_zero_from(nd, 0) && ep_fattrs_zero(nd)) || !ep_outputs_disjoint(m, nd, -1)) {
         return ep_reject(why, EP_WHY("quantize: attrs must be 0 and outputs disjoint from x and each other"));
     }
     return EP_OK;
@@ -66,7 +52,7 @@ static ep_status_t dequantize_prepare(const ep_model_t *m, const ep_node_t *nd, 
     if (!ep_q8_is_exp(m, e, 1)) {
         return ep_reject(why, EP_WHY("dequantize: e must be an unbatched i32 [1]"));
     }
-    if (!no_attrs(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+    if (!(ep_iattrs_zero_from(nd, 0) && ep_fattrs_zero(nd)) || !ep_outputs_disjoint(m, nd, -1)) {
         return ep_reject(why, EP_WHY("dequantize: attrs must be 0 and y disjoint from the inputs"));
     }
     return EP_OK;
@@ -83,7 +69,7 @@ const ep_op_t ep_op_dequantize = {
 /* ---- RELU_Q8 ---------------------------------------------------------------------- */
 
 static ep_status_t relu_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
-    if (!no_attrs(nd)) {
+    if (!(ep_iattrs_zero_from(nd, 0) && ep_fattrs_zero(nd))) {
         return ep_reject(why, EP_WHY("relu_q8: attrs must be 0"));
     }
     if (nd->fn == EP_FN_FW) {

@@ -46,20 +46,6 @@ static bool shapes_ok(const ep_model_t *m, uint16_t w, uint8_t wdtype, uint16_t 
     return rows * M == m->tensors[out].elems && (uint64_t)rows * K == m->tensors[in].elems;
 }
 
-static bool attrs_zero(const ep_node_t *nd) {
-    for (uint8_t i = 0; i < EP_NODE_IATTRS; i++) {
-        if (nd->iattr[i] != 0) {
-            return false;
-        }
-    }
-    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
-        if (nd->fattr[i] != 0.0f) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static ep_status_t prepare_fw(const ep_model_t *m, const ep_node_t *nd, const char **why) {
     if ((nd->n_in != 4 && nd->n_in != 6) || nd->n_out != 3) {
         return ep_reject(why, EP_WHY("linear_q8.fw: needs inputs (x, e_x, W, e_w[, b, e_b]) and outputs (y, e_y, scratch)"));
@@ -83,7 +69,7 @@ static ep_status_t prepare_fw(const ep_model_t *m, const ep_node_t *nd, const ch
     if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(L_FW, rows, M, K))) {
         return ep_reject(why, EP_WHY("linear_q8.fw: scratch must be an unbatched s8 of ep_q8 linear fw scratch bytes"));
     }
-    if (!attrs_zero(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+    if (!(ep_iattrs_zero_from(nd, 0) && ep_fattrs_zero(nd)) || !ep_outputs_disjoint(m, nd, -1)) {
         return ep_reject(why, EP_WHY("linear_q8.fw: attrs must be 0 and outputs disjoint from inputs and each other"));
     }
     return EP_OK;
@@ -108,7 +94,7 @@ static ep_status_t prepare_bw_input(const ep_model_t *m, const ep_node_t *nd, co
     if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(L_BWI, rows, M, K))) {
         return ep_reject(why, EP_WHY("linear_q8.bw_input: scratch too small or not an unbatched s8"));
     }
-    if (!attrs_zero(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+    if (!(ep_iattrs_zero_from(nd, 0) && ep_fattrs_zero(nd)) || !ep_outputs_disjoint(m, nd, -1)) {
         return ep_reject(why, EP_WHY("linear_q8.bw_input: attrs must be 0 and outputs disjoint from inputs and each other"));
     }
     return EP_OK;
@@ -138,7 +124,7 @@ static ep_status_t prepare_bw_param(const ep_model_t *m, const ep_node_t *nd, co
     if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(f32 ? L_BWP_F32 : L_BWP_I32, rows, M, K))) {
         return ep_reject(why, EP_WHY("linear_q8.bw_param: scratch too small or not an unbatched s8"));
     }
-    if (!attrs_zero(nd) || !ep_outputs_disjoint(m, nd, -1)) {
+    if (!(ep_iattrs_zero_from(nd, 0) && ep_fattrs_zero(nd)) || !ep_outputs_disjoint(m, nd, -1)) {
         return ep_reject(why, EP_WHY("linear_q8.bw_param: attrs must be 0 and outputs disjoint from inputs and each other"));
     }
     return EP_OK;

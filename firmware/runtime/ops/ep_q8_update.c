@@ -11,24 +11,6 @@
  */
 #include "ep_q8.h"
 
-static bool fattrs_zero(const ep_node_t *nd) {
-    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
-        if (nd->fattr[i] != 0.0f) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static bool iattrs_zero_from(const ep_node_t *nd, uint8_t first) {
-    for (uint8_t i = first; i < EP_NODE_IATTRS; i++) {
-        if (nd->iattr[i] != 0) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static bool unbatched(const ep_model_t *m, uint16_t t) {
     return (m->tensors[t].flags & EP_TF_BATCHED) == 0;
 }
@@ -57,7 +39,7 @@ static ep_status_t sgd_q8_prepare(const ep_model_t *m, const ep_node_t *nd, cons
     if (!ep_q8_is_exp(m, rng, 1)) {
         return ep_reject(why, EP_WHY("sgd_q8: rng must be an unbatched i32 [1] (xorshift32 state)"));
     }
-    if (nd->iattr[0] == 0 || nd->iattr[1] > 62 || !iattrs_zero_from(nd, 3) || !fattrs_zero(nd)) {
+    if (nd->iattr[0] == 0 || nd->iattr[1] > 62 || !ep_iattrs_zero_from(nd, 3) || !ep_fattrs_zero(nd)) {
         return ep_reject(why, EP_WHY("sgd_q8: want iattr lr_q >= 1, lr_shift <= 62, index; the rest 0"));
     }
     if (!ep_outputs_disjoint(m, nd, -1)) {
@@ -83,7 +65,7 @@ static ep_status_t requant_prepare(const ep_model_t *m, const ep_node_t *nd, con
     if (nd->fn != EP_FN_FW) {
         return ep_reject(why, EP_WHY("requant_weights: only fw"));
     }
-    if (!fattrs_zero(nd)) {
+    if (!ep_fattrs_zero(nd)) {
         return ep_reject(why, EP_WHY("requant_weights: fattrs must be 0"));
     }
     if (nd->n_in == 1 && nd->n_out == 2) {
@@ -92,7 +74,7 @@ static ep_status_t requant_prepare(const ep_model_t *m, const ep_node_t *nd, con
             !unbatched(m, q) || !ep_same_shape(m, w, q) || !ep_q8_is_exp(m, e, m->tensors[w].dims[0])) {
             return ep_reject(why, EP_WHY("requant_weights: want w f32 [C, ...], q s8 of its shape, e i32 [C], all unbatched"));
         }
-        if (nd->iattr[0] > EP_Q8_SPREAD || !iattrs_zero_from(nd, 1)) {
+        if (nd->iattr[0] > EP_Q8_SPREAD || !ep_iattrs_zero_from(nd, 1)) {
             return ep_reject(why, EP_WHY("requant_weights: iattr[0] (exponent spread) must be <= 4, the rest 0"));
         }
     } else if (nd->n_in == 2 && nd->n_out == 1) {
@@ -101,7 +83,7 @@ static ep_status_t requant_prepare(const ep_model_t *m, const ep_node_t *nd, con
             !ep_same_shape(m, b, q) || !ep_q8_is_exp(m, nd->in[1], 1)) {
             return ep_reject(why, EP_WHY("requant_weights (bias): want b f32 [C], e_b i32 [1], q i32 [C], unbatched"));
         }
-        if (!iattrs_zero_from(nd, 0)) {
+        if (!ep_iattrs_zero_from(nd, 0)) {
             return ep_reject(why, EP_WHY("requant_weights (bias): iattrs must be 0"));
         }
     } else {

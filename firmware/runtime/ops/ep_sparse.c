@@ -50,19 +50,10 @@ static bool sp_is_index(const ep_model_t *m, uint16_t t) {
     return ep_tensor_is(m, t, EP_DTYPE_I32, false, 1);
 }
 
-static bool sp_attrs_unused(const ep_node_t *nd) {
-    for (uint8_t i = 3; i < EP_NODE_IATTRS; i++) {
-        if (nd->iattr[i] != 0) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* GATHER (x, idx) -> (y) and SCATTER (src, idx) -> (dst): the full tensor (x, dst) has C
  * channels, the partial one (y, src) k; same batched-ness, same outer and inner. */
 static ep_status_t sp_rows_prepare(const ep_model_t *m, const ep_node_t *nd, bool gather, const char **why) {
-    if (nd->fn != EP_FN_FW || nd->n_in != 2 || nd->n_out != 1 || !sp_attrs_unused(nd)) {
+    if (nd->fn != EP_FN_FW || nd->n_in != 2 || nd->n_out != 1 || !ep_iattrs_zero_from(nd, 3)) {
         return ep_reject(why, EP_WHY("gather/scatter.fw: needs (x, idx) -> (y); iattr 0 = C, 1-2 = inner"));
     }
     const uint16_t full = gather ? nd->in[0] : nd->out[0], part = gather ? nd->out[0] : nd->in[0], idx = nd->in[1];
@@ -139,7 +130,7 @@ const ep_op_t ep_op_scatter = {
 
 /* BIAS_GRAD (dy) -> (db): dy batched f32 split [outer][C][inner], db unbatched f32 [C]. */
 static ep_status_t bias_grad_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
-    if (nd->fn != EP_FN_FW || nd->n_in != 1 || nd->n_out != 1 || !sp_attrs_unused(nd)) {
+    if (nd->fn != EP_FN_FW || nd->n_in != 1 || nd->n_out != 1 || !ep_iattrs_zero_from(nd, 3)) {
         return ep_reject(why, EP_WHY("bias_grad.fw: needs (dy) -> (db); iattr 0 = C, 1-2 = inner"));
     }
     const uint16_t dy = nd->in[0], db = nd->out[0];
