@@ -1103,17 +1103,21 @@ static void bwp_taps4(const ep_conv2d_params_t *p, const bwp_t *t, const float *
     }
 }
 
-/* Pointwise weight gradient of one group, accumulated over the batch by the caller's layout. */
+/* Pointwise weight gradient of one group: output channels [oc_lo, oc_hi) × input channels
+ * [ci_lo, ci_hi), each a sum over the batch and positions. Tiles of 4 × 4 (the last ci % 4
+ * of a ci block 4 × 1, the last oc % 4 one by one); every element is the same fmaf chain
+ * whichever tile holds it, so any split of the ranges gives the serial bits. */
 static void pw_bw_param(const ep_conv2d_params_t *p, const float *restrict dy, const float *restrict x,
-                        float *restrict dw, uint32_t gi, uint32_t oc_lo, uint32_t oc_hi) {
+                        float *restrict dw, uint32_t gi, uint32_t oc_lo, uint32_t oc_hi, uint32_t ci_lo,
+                        uint32_t ci_hi) {
     const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G, np = p->h_in * p->w_in;
     const uint32_t xs_n = p->c_in * np, ys_n = p->c_out * np;
     const float *dyg = dy + gi * cog * np, *xg = x + gi * cig * np;
     float *dwg = dw + gi * cog * cig;
-    uint32_t oc = oc_lo; /* output channels [oc_lo, oc_hi) of the group */
+    uint32_t oc = oc_lo;
     for (; oc + 4 <= oc_hi; oc += 4) {
-        uint32_t ci = 0;
-        for (; ci + 4 <= cig; ci += 4) {
+        uint32_t ci = ci_lo;
+        for (; ci + 4 <= ci_hi; ci += 4) {
             float a00 = 0.0f, a01 = 0.0f, a02 = 0.0f, a03 = 0.0f;
             float a10 = 0.0f, a11 = 0.0f, a12 = 0.0f, a13 = 0.0f;
             float a20 = 0.0f, a21 = 0.0f, a22 = 0.0f, a23 = 0.0f;
@@ -1148,7 +1152,7 @@ static void pw_bw_param(const ep_conv2d_params_t *p, const float *restrict dy, c
             r2[0] = a20, r2[1] = a21, r2[2] = a22, r2[3] = a23;
             r3[0] = a30, r3[1] = a31, r3[2] = a32, r3[3] = a33;
         }
-        for (; ci < cig; ci++) {
+        for (; ci < ci_hi; ci++) {
             float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
             for (uint32_t i = 0; i < p->n; i++) {
                 const float *g0 = dyg + i * ys_n + oc * np, *g1 = g0 + np, *g2 = g1 + np, *g3 = g2 + np;
@@ -1166,7 +1170,7 @@ static void pw_bw_param(const ep_conv2d_params_t *p, const float *restrict dy, c
         }
     }
     for (; oc < oc_hi; oc++) {
-        for (uint32_t ci = 0; ci < cig; ci++) {
+        for (uint32_t ci = ci_lo; ci < ci_hi; ci++) {
             float a = 0.0f;
             for (uint32_t i = 0; i < p->n; i++) {
                 const float *gr = dyg + i * ys_n + oc * np, *xr = xg + i * xs_n + ci * np;
@@ -1271,7 +1275,8 @@ static void bwp_item(const conv_bwp_t *a, uint32_t gi, uint32_t oc, uint32_t noc
 
 /*
  * The weight-gradient items: (group, oc block, ci block, ky, kx block), blocks of 4
- * (the last of each axis smaller), numbered group-major. Within a block the serial
+ * (the last of each axis smaller; kx blocks of 1 for a narrow kernel with few
+ * items), numbered group-major. Within a block the serial
  * loop's order and tiles are kept: a full oc or ci block is one 4-wide tile, a
  * partial one goes channel by channel, and a full block of 4 kernel columns of a
  * single input channel uses bwp_taps4 — the same choices the serial loop makes.
@@ -1284,17 +1289,22 @@ static void bwp_core(void *arg) {
     }
     const uint32_t G = p->groups, cig = p->c_in / G, cog = p->c_out / G;
     uint32_t lo, hi;
-    if (is_pointwise(p)) { /* items: (group, block of 4 output channels) */
-        const uint32_t nob = (cog + 3) / 4;
-        ep_par_range(G * nob, &lo, &hi);
-        while (lo < hi) {
-            const uint32_t gi = lo / nob, b0 = lo % nob, b1 = hi - gi * nob < nob ? hi - gi * nob : nob;
-            pw_bw_param(p, a->dy, a->x, a->dw, gi, 4 * b0, 4 * b1 < cog ? 4 * b1 : cog);
-            lo = gi * nob + b1;
+    if (is_pointwise(p)) { /* items: (group, block of 4 output channels, block of 4 input channels) */
+        const uint32_t nob = (cog + 3) / 4, nib = (cig + 3) / 4;
+        ep_par_range(G * nob * nib, &lo, &hi);
+        for (uint32_t it = lo; it < hi; it++) {
+            const uint32_t ib = it % nib, ob = (it / nib) % nob, gi = it / (nib * nob);
+            const uint32_t oc = 4 * ob, ci = 4 * ib;
+            pw_bw_param(p, a->dy, a->x, a->dw, gi, oc, oc + 4 < cog ? oc + 4 : cog, ci, ci + 4 < cig ? ci + 4 : cig);
         }
         return;
     }
-    const uint32_t nob = (cog + 3) / 4, nib = (cig + 3) / 4, nkb = (p->kw + 3) / 4, kh = p->kh;
+    const uint32_t nob = (cog + 3) / 4, nib = (cig + 3) / 4, kh = p->kh;
+    /* A narrow kernel (kw < 4: one block of columns, never bwp_taps4) with too few items
+     * for the team (a first layer: one input channel) is cut into single columns: the
+     * same per-tap tiles, so the same bits, in three times the items. */
+    const uint32_t ku = p->kw < 4 && G * nob * nib * kh < 2 * ep_par_num_cores() ? 1 : 4;
+    const uint32_t nkb = (p->kw + ku - 1) / ku;
     ep_par_range(G * nob * nib * kh * nkb, &lo, &hi);
     for (uint32_t it = lo; it < hi; it++) {
         uint32_t r = it;
@@ -1305,9 +1315,9 @@ static void bwp_core(void *arg) {
         const uint32_t ib = r % nib;
         r /= nib;
         const uint32_t ob = r % nob, gi = r / nob;
-        const uint32_t oc = 4 * ob, ci = 4 * ib, kx = 4 * kb;
+        const uint32_t oc = 4 * ob, ci = 4 * ib, kx = ku * kb;
         bwp_item(a, gi, oc, cog - oc < 4 ? cog - oc : 4, ci, cig - ci < 4 ? cig - ci : 4, ky, kx,
-                 p->kw - kx < 4 ? p->kw : kx + 4);
+                 p->kw - kx < ku ? p->kw : kx + ku);
     }
 }
 

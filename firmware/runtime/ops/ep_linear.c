@@ -130,9 +130,10 @@ const ep_op_t ep_op_linear = {
  *   fw        y  = x  Wᵀ + b   R = rows, Q = M, T = K   a = x  (K, 1)  b = W (K, 1)
  *   bw_input  dx = dy W        R = rows, Q = K, T = M   a = dy (M, 1)  b = W (1, K)
  *   bw_param  dW = dyᵀ x       R = M,    Q = K, T = rows a = dy (1, M) b = x (1, K)
- * Tiles of 4×4 outputs live in 16 registers; each step of t loads 4 values of A
- * and 4 of B for 16 fused multiply-adds (fmaf: one VFMA on the M4F, and one
- * rounding per term instead of two). Sums run in t order from init (or 0).
+ * Tiles of 4×4 outputs live in 16 registers (the last R % 4 rows: 2×4 and 1×4,
+ * so a core whose share ends the product is not slowed by a scalar tail); each
+ * step of t loads 4 values of A and 4 of B for 16 fused multiply-adds (fmaf: one
+ * VFMA on the M4F, and one rounding per term instead of two). Sums run in t order from init (or 0).
  * c's rows are ldc apart (Q for a whole product, more for a core's block of columns).
  */
 static void product_f32(uint32_t R, uint32_t Q, uint32_t T, const float *restrict a, uint32_t ar, uint32_t at,
@@ -202,10 +203,51 @@ static void product_f32(uint32_t R, uint32_t Q, uint32_t T, const float *restric
             c0[q] = s0; c1[q] = s1; c2[q] = s2; c3[q] = s3;
         }
     }
-    for (; r < R; r++) { /* the last R % 4 rows */
+    for (; r + 2 <= R; r += 2) { /* two of the last R % 4 rows: tiles of 2 × 4 */
+        const float *a0 = a + r * ar, *a1 = a0 + ar;
+        float *c0 = c + r * ldc, *c1 = c0 + ldc;
+        uint32_t q = 0;
+        for (; q + 4 <= Q; q += 4) {
+            const float *b0 = b + q * bq, *b1 = b0 + bq, *b2 = b1 + bq, *b3 = b2 + bq;
+            float s00, s01, s02, s03, s10, s11, s12, s13;
+            s00 = s10 = init ? init[q] : 0.0f;
+            s01 = s11 = init ? init[q + 1] : 0.0f;
+            s02 = s12 = init ? init[q + 2] : 0.0f;
+            s03 = s13 = init ? init[q + 3] : 0.0f;
+            for (uint32_t t = 0, ia = 0, ib = 0; t < T; t++, ia += at, ib += bt) {
+                const float x0 = a0[ia], x1 = a1[ia], w0 = b0[ib], w1 = b1[ib], w2 = b2[ib], w3 = b3[ib];
+                s00 = fmaf(x0, w0, s00); s01 = fmaf(x0, w1, s01); s02 = fmaf(x0, w2, s02); s03 = fmaf(x0, w3, s03);
+                s10 = fmaf(x1, w0, s10); s11 = fmaf(x1, w1, s11); s12 = fmaf(x1, w2, s12); s13 = fmaf(x1, w3, s13);
+            }
+            c0[q] = s00; c0[q + 1] = s01; c0[q + 2] = s02; c0[q + 3] = s03;
+            c1[q] = s10; c1[q + 1] = s11; c1[q + 2] = s12; c1[q + 3] = s13;
+        }
+        for (; q < Q; q++) {
+            const float *bq0 = b + q * bq;
+            float s0, s1;
+            s0 = s1 = init ? init[q] : 0.0f;
+            for (uint32_t t = 0, ia = 0, ib = 0; t < T; t++, ia += at, ib += bt) {
+                s0 = fmaf(a0[ia], bq0[ib], s0);
+                s1 = fmaf(a1[ia], bq0[ib], s1);
+            }
+            c0[q] = s0; c1[q] = s1;
+        }
+    }
+    if (r < R) { /* the last row: tiles of 1 × 4 */
         const float *ar0 = a + r * ar;
         float *cr = c + r * ldc;
-        for (uint32_t q = 0; q < Q; q++) {
+        uint32_t q = 0;
+        for (; q + 4 <= Q; q += 4) {
+            const float *b0 = b + q * bq, *b1 = b0 + bq, *b2 = b1 + bq, *b3 = b2 + bq;
+            float s0 = init ? init[q] : 0.0f, s1 = init ? init[q + 1] : 0.0f;
+            float s2 = init ? init[q + 2] : 0.0f, s3 = init ? init[q + 3] : 0.0f;
+            for (uint32_t t = 0, ia = 0, ib = 0; t < T; t++, ia += at, ib += bt) {
+                const float x = ar0[ia];
+                s0 = fmaf(x, b0[ib], s0); s1 = fmaf(x, b1[ib], s1); s2 = fmaf(x, b2[ib], s2); s3 = fmaf(x, b3[ib], s3);
+            }
+            cr[q] = s0; cr[q + 1] = s1; cr[q + 2] = s2; cr[q + 3] = s3;
+        }
+        for (; q < Q; q++) {
             const float *bq0 = b + q * bq;
             float s = init ? init[q] : 0.0f;
             for (uint32_t t = 0, ia = 0, ib = 0; t < T; t++, ia += at, ib += bt) {
