@@ -37,6 +37,7 @@ from .zoo import INPUT, ModelSpec
 B = TensorFlag.BATCHED
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 DTYPES = ("fp32", "int8", "mixed")
+INT8_UPDATES = ("auto", "master", "sr")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,19 @@ class TrainConfig:
     #: backward, f32 master weights for what trains; mixed = int8 for the frozen layers that run
     #: forward only, fp32 where anything trains (the practical choice for last, sparse, lora)
     dtype: str = "fp32"
+    #: how the weights of trained int8 layers update (dtype int8, docs/ops/int8.md): "master"
+    #: (f32 master weights, any optimizer, then REQUANT_WEIGHTS), "sr" (the int8 codes
+    #: themselves by SGD_Q8: stochastic rounding and quantisation-aware scaling, no f32 copy;
+    #: plain SGD only) or "auto" (master, unless only sr fits the board's arena)
+    int8_updates: str = "auto"
+
+    def sr_problem(self) -> str | None:
+        """Why int8-weight updates (SGD_Q8) cannot run this config, or None."""
+        if self.dtype != "int8":
+            return f"int8 weight updates need --dtype int8 (not {self.dtype})"
+        if self.optimizer != "sgd" or self.weight_decay or self.accumulate > 1 or self.clip_norm:
+            return "int8 weight updates (SGD_Q8) are plain SGD: no momentum/Adam, weight decay, accumulation or clipping"
+        return None
 
     def validate(self) -> None:
         if not 1 <= self.batch <= 0xFFFF:
@@ -84,6 +98,10 @@ class TrainConfig:
             raise ModelError(f"clip norm {self.clip_norm} must be ≥ 0 (0 = off)")
         if self.dtype not in DTYPES:
             raise ModelError(f"dtype {self.dtype!r}: want one of {', '.join(DTYPES)}")
+        if self.int8_updates not in INT8_UPDATES:
+            raise ModelError(f"int8 updates {self.int8_updates!r}: want one of {', '.join(INT8_UPDATES)}")
+        if self.int8_updates == "sr" and self.sr_problem():
+            raise ModelError(self.sr_problem(), hint="use --int8-updates master (f32 master weights) instead")
 
 
 @dataclass
@@ -261,14 +279,17 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     e.values = {name: params[name] if name in params else lora_init(name, shape)
                 for name, shape in shapes.items() if name in params or ".lora_" in name}
     e.q8_layers = _int8_layers(spec, cfg.dtype, sel, shapes, needs_grad)
+    if cfg.dtype == "int8" and cfg.int8_updates == "sr":
+        e.q8_sr = {n.split(".", 1)[0] for n in sel.trainable if n.split(".", 1)[0] in e.q8_layers}
+        e.lr = cfg.lr
     for name, shape in shapes.items():
         value = e.values.get(name)
         if value is None or tuple(value.shape) != shape:
             got = None if value is None else tuple(value.shape)
             raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
         trains = name in sel.trainable and name not in buffers
-        if not trains and name.split(".", 1)[0] in e.q8_layers:
-            continue  # a frozen int8 layer holds only its int8 codes (host.layers.q8)
+        if name.split(".", 1)[0] in e.q8_layers and (not trains or name.split(".", 1)[0] in e.q8_sr):
+            continue  # a frozen (or SGD_Q8-trained) int8 layer holds only its int8 codes (host.layers.q8)
         flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if trains else 0)
         idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
         e.params[name] = idx
@@ -373,6 +394,9 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
     """Build and plan the training program; refuse it if it does not fit `arena_limit`
     or the device's graph limits."""
     cfg = cfg or TrainConfig()
+    cfg.validate()
+    if cfg.int8_updates == "auto":
+        cfg = _resolve_int8_updates(spec, params, cfg, arena_limit, max_tensors, max_nodes)
     graph, names = build_graph(spec, params, cfg, max_tensors, max_nodes)
     plan = plan_graph(graph)
     if arena_limit is not None and plan.arena_bytes > arena_limit:
@@ -385,6 +409,18 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
     return Program(spec, cfg, graph, plan, names)
 
 
+def _resolve_int8_updates(spec: ModelSpec, params, cfg: TrainConfig, limit: int | None, max_tensors: int,
+                         max_nodes: int) -> TrainConfig:
+    """int8_updates "auto": f32 master weights where they fit the arena (any optimizer, no
+    rounding loss), the int8 codes trained in place by SGD_Q8 where only that fits."""
+    master = replace(cfg, int8_updates="master")
+    if cfg.dtype != "int8" or limit is None or cfg.sr_problem():
+        return master
+    if plan_graph(build_graph(spec, params, master, max_tensors, max_nodes)[0]).arena_bytes <= limit:
+        return master
+    return replace(cfg, int8_updates="sr")
+
+
 def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensors: int, max_nodes: int) -> str:
     """Suggestions for a program that does not fit: lighter strategies, smaller batches (a
     sparse choice needs data, so it is suggested by name: --strategy sparse picks within the
@@ -392,6 +428,10 @@ def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensor
     tries = [(f"--strategy {s}", replace(cfg, train_layers=None, strategy=s, train_channels=None))
              for s in ("lora=4", "bias", "last") if s != cfg.strategy]
     tries += [(f"--batch {b}", replace(cfg, batch=b)) for b in (16, 8, 4, 2, 1) if b < cfg.batch]
+    sr = replace(cfg, dtype="int8", int8_updates="sr")
+    if cfg.dtype != "int8" or cfg.int8_updates != "sr":
+        tries.append(("--dtype int8 --int8-updates sr" if sr.sr_problem() is None else "--dtype int8",
+                      sr if sr.sr_problem() is None else replace(cfg, dtype="int8", int8_updates="master")))
     fits = []
     for flag, c in tries:
         try:

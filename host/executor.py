@@ -26,7 +26,7 @@ _SUPPORTED = {(OpCode.LINEAR, OpFn.FW), (OpCode.LINEAR, OpFn.BW_INPUT), (OpCode.
               # int8 (docs/ops/int8.md), from host.quant: linear layers with f32 master weights
               (OpCode.QUANTIZE, OpFn.FW), (OpCode.DEQUANTIZE, OpFn.FW), (OpCode.LINEAR_Q8, OpFn.FW),
               (OpCode.LINEAR_Q8, OpFn.BW_INPUT), (OpCode.LINEAR_Q8, OpFn.BW_PARAM), (OpCode.RELU_Q8, OpFn.FW),
-              (OpCode.RELU_Q8, OpFn.BW_INPUT), (OpCode.REQUANT_WEIGHTS, OpFn.FW)}
+              (OpCode.RELU_Q8, OpFn.BW_INPUT), (OpCode.REQUANT_WEIGHTS, OpFn.FW), (OpCode.SGD_Q8, OpFn.FW)}
 
 
 class StepError(Exception):
@@ -173,6 +173,13 @@ class BlobExecutor:
             v(o[0])[:], v(o[1])[:] = quant.quantize_weights(v(i[0]), node["iattrs"][0])
         elif op == OpCode.REQUANT_WEIGHTS:
             v(o[0])[:] = quant.quantize_bias(v(i[0]), e(i[1]))
+        elif op == OpCode.SGD_Q8:
+            lr_q, lr_shift, which = node["iattrs"][:3]
+            rng = v(o[1]).reshape(-1)
+            new, state = quant.sgd_q8(v(o[0]), v(i[0]), int(v(i[1]).reshape(-1)[which]), v(i[2]).reshape(-1),
+                                      lr_q, lr_shift, int(rng[0]) & 0xFFFFFFFF)
+            v(o[0])[:] = new.reshape(v(o[0]).shape)
+            rng[:] = np.array([state], np.uint32).view(np.int32)
         elif fn == OpFn.FW:  # LINEAR_Q8: rows of K → rows of M
             w = v(i[2])
             bias = (v(i[4]), e(i[5])) if len(i) == 6 else (None, 0)
@@ -182,12 +189,15 @@ class BlobExecutor:
             w = v(i[2])
             dx, v(o[1])[0] = quant.linear_bw_input(v(i[0]).reshape(-1, w.shape[0]), e(i[1]), w, v(i[3]))
             v(o[0])[:] = dx.reshape(v(o[0]).shape)
-        else:  # BW_PARAM, f32 mode: the sums as f32 gradients
+        else:  # BW_PARAM: the sums as f32 gradients, or (4 outputs) as int32 with their exponents
             dw = v(o[0])
             sums_w, sums_b, (e_w, e_b) = quant.linear_bw_param(v(i[0]).reshape(-1, dw.shape[0]), e(i[1]),
                                                                v(i[2]).reshape(-1, dw.shape[1]), e(i[3]))
-            dw[:] = quant.acc_to_f32(sums_w, e_w)
-            v(o[1])[:] = quant.acc_to_f32(sums_b, e_b)
+            if len(o) == 4:
+                dw[:], v(o[1])[:], v(o[2])[:] = sums_w, sums_b, [e_w, e_b]
+            else:
+                dw[:] = quant.acc_to_f32(sums_w, e_w)
+                v(o[1])[:] = quant.acc_to_f32(sums_b, e_b)
 
     def _node(self, node: dict, n: int) -> None:
         i = node["inputs"][: node["n_in"]]
@@ -221,7 +231,8 @@ class BlobExecutor:
             v(o[0])[:] = np.where(on, dy, np.float32(0))
         elif op in (OpCode.GATHER, OpCode.SCATTER, OpCode.BIAS_GRAD):
             self._channels(op, node, i, o, n)
-        elif op in (OpCode.QUANTIZE, OpCode.DEQUANTIZE, OpCode.LINEAR_Q8, OpCode.RELU_Q8, OpCode.REQUANT_WEIGHTS):
+        elif op in (OpCode.QUANTIZE, OpCode.DEQUANTIZE, OpCode.LINEAR_Q8, OpCode.RELU_Q8, OpCode.REQUANT_WEIGHTS,
+                    OpCode.SGD_Q8):
             self._int8(op, fn, node, i, o, n)
         elif op == OpCode.SOFTMAX_CE and fn == OpFn.FW:
             z = v(i[0]).astype(np.float64)

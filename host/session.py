@@ -30,6 +30,7 @@ from .link import Link
 from .plots import write_plots
 from .runrecord import RunRecord
 from .importer import resolve_model
+from .layers import q8
 
 Event = Callable[[str, dict], None]
 
@@ -431,7 +432,9 @@ def stream(device: Device, hello: Hello, ds: Dataset, opts: StreamOptions, recor
             epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
             eval_record(epoch)
             summary("running")
-        weights_path = record.save_weights(device.read_params(prog))
+        values = device.read_params(prog)
+        # int8 layers trained in place (SGD_Q8) exist only as codes: add their f32 values
+        weights_path = record.save_weights({**values, **q8.dequantized(prog, values)})
     except (KeyboardInterrupt, SystemExit) as e:
         # Ctrl-C: what was measured so far stays on disk; the device keeps the weights it trained
         finish("interrupted", reason=type(e).__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..compiler import DTYPES, OPTIMIZERS, TrainConfig
+from ..compiler import DTYPES, INT8_UPDATES, OPTIMIZERS, TrainConfig
 from ..importer import resolve_model
 
 OPTIONS = {
@@ -51,6 +51,10 @@ def add_training_arguments(p) -> None:
                    help="arithmetic: fp32 (default); int8 (linear/conv/relu in int8 forward and backward, "
                         "f32 master weights for what trains); mixed (int8 for frozen layers that run "
                         "forward only, fp32 where anything trains)")
+    p.add_argument("--int8-updates", choices=INT8_UPDATES, default="auto",
+                   help="with --dtype int8, how trained int8 layers update: master (f32 master weights, any "
+                        "optimizer), sr (the int8 codes in place, SGD with stochastic rounding: no f32 copy, "
+                        "plain SGD only), auto (default: master, or sr when only that fits the board)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
 
 
@@ -67,7 +71,8 @@ def _shape(text: str) -> tuple[int, ...]:
 def train_config(args) -> TrainConfig:
     return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                        optimizer=args.optimizer, strategy=args.strategy,
-                       accumulate=args.accumulate, clip_norm=args.clip_norm, dtype=args.dtype)
+                       accumulate=args.accumulate, clip_norm=args.clip_norm, dtype=args.dtype,
+                       int8_updates=args.int8_updates)
 
 
 def compile_config(args, spec, params, arena_limit: int | None) -> TrainConfig:

@@ -200,6 +200,11 @@ class Emitter:
         #: f32 values of every parameter by name (int8 layers quantise them), int8 tensors per layer
         self.values: dict[str, np.ndarray] = {}
         self.q8_cache: dict = {}
+        #: int8 layers whose codes train in place by SGD_Q8 (TrainConfig.int8_updates "sr"),
+        #: its learning rate, and the one xorshift32 state all their SGD_Q8 nodes share
+        self.q8_sr: set[str] = set()
+        self.lr = 0.0
+        self.q8_rng: int | None = None
 
     def begin(self, layer: Layer | str) -> None:
         """Name the layer (or section, e.g. "loss") the next tensors and nodes belong to."""

@@ -250,7 +250,7 @@ class _Conv(LayerRule):
         geom = quant.ConvGeom(g.stride, g.pads, g.dilation, layer["groups"])
         w_shape = (layer["out"], c // layer["groups"], *g.kernel)
         return {fn: quant.conv_scratch_bytes(fn, e.g.max_batch, (c, h, w), w_shape, geom)
-                for fn in ("fw", "bw_input", "bw_param_f32")}
+                for fn in quant.SCRATCH_FNS}
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):

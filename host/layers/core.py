@@ -44,7 +44,7 @@ class Linear(LayerRule):
     def _scratch(self, e, layer, x) -> dict[str, int]:
         rows = e.g.max_batch * elems(e.dims(x)) // e.dims(x)[-1]
         m, k = layer["out"], e.dims(x)[-1]
-        return {fn: quant.linear_scratch_bytes(fn, rows, m, k) for fn in ("fw", "bw_input", "bw_param_f32")}
+        return {fn: quant.linear_scratch_bytes(fn, rows, m, k) for fn in quant.SCRATCH_FNS}
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):

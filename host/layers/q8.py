@@ -10,10 +10,14 @@ exponent. Its weights come from post-training quantisation of the f32 values
   never uploaded: a quarter of the memory);
 - a trained layer keeps f32 master weights, the optimizer steps them, and
   REQUANT_WEIGHTS refreshes the int8 codes after each step ("fp32 master weights":
-  updates smaller than an int8 step accumulate instead of being lost).
+  updates smaller than an int8 step accumulate instead of being lost);
+- or, with TrainConfig.int8_updates "sr" (where masters do not fit), the codes
+  themselves train: BW_PARAM returns int32 gradient sums and SGD_Q8 steps the codes
+  in place with stochastic rounding, at exponents fixed by PTQ with
+  quant.SR_HEADROOM bits of headroom. No f32 copy of the layer exists on the device.
 
 Backward: BW_INPUT turns the int8 error into the int8 input error; BW_PARAM
-returns f32 gradients for the master weights.
+returns f32 gradients for the master weights (or int32 sums for SGD_Q8).
 """
 
 from __future__ import annotations
@@ -40,15 +44,17 @@ def params(e, layer, with_bias: bool) -> Q8Params:
     if key in e.params:
         return e.q8_cache[layer.name]
     w = np.asarray(e.values[f"{layer.name}.weight"], np.float32)
-    wq, ew = quant.quantize_weights(w)
+    sr = layer.name in e.q8_sr  # the codes train (SGD_Q8): exponents stay fixed, so room to grow
+    wq, ew = quant.quantize_weights(w, headroom=quant.SR_HEADROOM if sr else 0)
     flags = TensorFlag.PARAM
-    t_w = e.g.add_tensor(_t(key, w.shape, DType.S8, flags, wq))
+    codes = flags | (TensorFlag.TRAINABLE if sr else TensorFlag(0))
+    t_w = e.g.add_tensor(_t(key, w.shape, DType.S8, codes, wq))
     t_ew = e.g.add_tensor(_t(f"{layer.name}.weight.exp", (w.shape[0],), DType.I32, flags, ew))
     t_b = t_eb = None
     if with_bias:
         b = np.asarray(e.values[f"{layer.name}.bias"], np.float32)
         eb = quant.bias_exponent(b)
-        t_b = e.g.add_tensor(_t(f"{layer.name}.bias.q32", b.shape, DType.I32, flags, quant.quantize_bias(b, eb)))
+        t_b = e.g.add_tensor(_t(f"{layer.name}.bias.q32", b.shape, DType.I32, codes, quant.quantize_bias(b, eb)))
         t_eb = e.g.add_tensor(_t(f"{layer.name}.bias.exp", (1,), DType.I32, flags, np.array([eb], np.int32)))
     for i in (t_w, t_ew, t_b, t_eb):
         if i is not None:
@@ -80,6 +86,8 @@ def backward(e, layer, op: OpCode, x: int, dy: int, need_dx: bool, iattrs, scrat
     and REQUANT_WEIGHTS), and the int8 input error if an earlier layer needs it."""
     p = params(e, layer, with_bias)
     dy = e.to_q8(dy)
+    if layer.name in e.q8_sr:
+        return _backward_sr(e, layer, op, p, x, dy, need_dx, iattrs, scratch)
     w = e.params.get(f"{layer.name}.weight")  # None: a frozen int8 layer keeps only its codes
     b = e.params.get(f"{layer.name}.bias") if with_bias else None
     trains = w is not None and e.is_trainable(w)
@@ -99,6 +107,54 @@ def backward(e, layer, op: OpCode, x: int, dy: int, need_dx: bool, iattrs, scrat
     for param, gp in grads:
         e.update(param, gp, then=lambda em, param=param: _requant(em, p, param, param == w))
     return dx
+
+
+def _backward_sr(e, layer, op: OpCode, p: Q8Params, x: int, dy: int, need_dx: bool, iattrs,
+                 scratch: dict[str, int]) -> int | None:
+    """Backward of an int8 layer whose codes train in place: int32 gradient sums (BW_PARAM's
+    int form), the input error from the codes before their step, then SGD_Q8 on the weight
+    codes (e_g[0] = e_dy + e_x) and the bias codes (e_g[1] = e_dy)."""
+    from ..graph import Tensor
+
+    C = e.g.tensors[p.w].dims[0]
+    gw = e.g.add_tensor(Tensor(f"{layer.name}.weight.q8.grad", e.g.tensors[p.w].dims, DType.I32))
+    gb = e.g.add_tensor(Tensor(f"{layer.name}.bias.q32.grad", (C,), DType.I32))  # a scratch without bias
+    eg = e.g.add_tensor(Tensor(f"{layer.name}.grad.exp", (2,), DType.I32))
+    e.node(op, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x]],
+           [gw, gb, eg, e.scratch_bytes("bw_param.scratch", scratch["bw_param_i32"])], iattrs=iattrs)
+    dx = None
+    if need_dx:
+        dx = e.act_q8("in.grad", e.dims(x), grad=True)
+        e.node(op, OpFn.BW_INPUT, [dy, e.qexp[dy], p.w, p.e_w],
+               [dx, e.qexp[dx], e.scratch_bytes("bw_input.scratch", scratch["bw_input"])], iattrs=iattrs)
+    if e.q8_rng is None:  # xorshift32 state (nonzero), a parameter: checkpoints keep it
+        e.q8_rng = e.g.add_tensor(_t("int8.sgd_rng", (1,), DType.I32, TensorFlag.PARAM,
+                                     np.array([quant.XORSHIFT_ZERO_SEED], np.int32)))
+        e.params["int8.sgd_rng"] = e.q8_rng
+        e.param_names[e.q8_rng] = "int8.sgd_rng"
+    lr_q, lr_shift = quant.lr_fixed(e.lr)
+    e.node(OpCode.SGD_Q8, OpFn.FW, [gw, eg, p.e_w], [p.w, e.q8_rng], iattrs=(lr_q, lr_shift, 0))
+    if p.b is not None:
+        e.node(OpCode.SGD_Q8, OpFn.FW, [gb, eg, p.e_b], [p.b, e.q8_rng], iattrs=(lr_q, lr_shift, 1))
+    return dx
+
+
+def dequantized(prog, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """f32 weights and biases of the int8 layers whose codes trained in place (read back
+    from a device as codes and exponents), under the names of the model's parameters."""
+    out = {}
+    for idx, name in prog.param_names.items():
+        t = prog.graph.tensors[idx]
+        if not (t.flags & TensorFlag.TRAINABLE) or not name.endswith((".weight.q8", ".bias.q32")):
+            continue
+        layer = name.rsplit(".", 2)[0]
+        if name.endswith(".weight.q8"):
+            e_w = np.asarray(values[f"{layer}.weight.exp"], np.int64).reshape(-1, *([1] * (len(t.dims) - 1)))
+            out[f"{layer}.weight"] = (values[name].astype(np.float64) * np.exp2(e_w)).astype(np.float32)
+        else:
+            e_b = int(np.asarray(values[f"{layer}.bias.exp"]).reshape(-1)[0])
+            out[f"{layer}.bias"] = (values[name].astype(np.float64) * 2.0**e_b).astype(np.float32)
+    return out
 
 
 def _requant(e, p: Q8Params, master: int, is_weight: bool) -> None:
