@@ -39,7 +39,7 @@ BLOB_ALIGN = 8
 #: Limits a device accepts; the compiler refuses graphs beyond them. A board may
 #: lower MAX_TENSORS / MAX_NODES (`[runtime] max_tensors`, `max_nodes` in its
 #: board.toml): each costs RAM twice over (installed + candidate model tables).
-MAX_TENSORS = 256
+MAX_TENSORS = 512
 MAX_NODES = 256
 MAX_RANK = 4
 MAX_NODE_INPUTS = 6

@@ -16,7 +16,7 @@
 #define EP_BLOB_NODE_BYTES 72
 #define EP_BLOB_ALIGN 8
 #ifndef EP_MAX_TENSORS
-#define EP_MAX_TENSORS 256
+#define EP_MAX_TENSORS 512
 #endif
 #ifndef EP_MAX_NODES
 #define EP_MAX_NODES 256
