@@ -139,23 +139,57 @@ int8_t ep_q8_quantize1(float x, int32_t e);
 /* Kernels                                                                   */
 /* ------------------------------------------------------------------------- */
 
-/**
- * The one inner product every int8 MAC runs through:
- *   c[r·ldc + q] += Σ_{t < T} a[r·T + t] · b[q·T + t]   for r < R, q < Q
- * a [R][T], b [Q][T] int16, T even, both 4-byte aligned; c int32, disjoint.
- * The caller guarantees no partial sum overflows (EP_Q8_MAX_TERMS_*).
+/*
+ * Packed operands of ep_q8_dot_s16. Both are int16 widened from int8 codes, with
+ * the contraction index t (length T, even; 0 beyond the real length) stored at
+ * ep_q8_kpos(t, T): inside every complete group of four the pairs are (t0, t2),
+ * (t1, t3), which is what SXTB16 and SXTB16 ROR 8 make of one word of four int8,
+ * so contiguous int8 widens four at a time with no shuffling. Both operands use the
+ * same order, so every pair of lanes still multiplies matching t and the sums are
+ * unchanged.
+ *   B ("rows")    [Q][T] row-major (ep_q8_pack).
+ *   A ("panels")  rows in panels of EP_Q8_PANEL (the last one holds R mod 4 when
+ *                 that is not 0) starting at a + r0·T; inside a panel of h rows the
+ *                 words (int16 pairs) of every t-pair follow each other row by row:
+ *                 element (r0 + i, t) is at a[r0·T + (kpos/2)·2h + 2i + kpos%2]
+ *                 (ep_q8_pack_panels). One LDM then fetches a whole panel column.
+ * Both take R·T (Q·T) int16, as plain rows would.
  */
-void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
-                   int32_t *restrict c, uint32_t ldc);
+#define EP_Q8_PANEL 4u
+
+/** Position of contraction index t in a packed row of even length T (see above). */
+static inline uint32_t ep_q8_kpos(uint32_t t, uint32_t T) {
+    return (t | 3u) < T ? (t & ~3u) | ((t & 1u) << 1) | ((t >> 1) & 1u) : t;
+}
 
 /**
- * Widen int8 to the int16 rows of ep_q8_dot_s16, with a stride for each axis:
- *   dst[i·Jp + j] = src[i·si + j·sj] · 2^d_j   (j < J),   0 for J ≤ j < Jp
- * d_j = clamp(ep_q8_exp(e_j[j]) - e_lo, 0, EP_Q8_SPREAD), or 0 when e_j is NULL
- * (the per-channel weight exponents folded into dy by the backward passes).
+ * The one inner product every int8 MAC runs through:
+ *   c[q·ldc + r] (+)= Σ_{t < T} A(r, t) · B(q, t)   for r < R, q < Q
+ * A packed as panels, B as rows (see above), T even, both 4-byte aligned; c int32,
+ * 4-byte aligned, disjoint from both (a panel's 4 sums are contiguous in c: one
+ * LDRD/STRD pair per tile). accumulate: add to c, else overwrite it. The caller
+ * guarantees no partial sum overflows (EP_Q8_MAX_TERMS_*).
+ */
+void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
+                   int32_t *restrict c, uint32_t ldc, bool accumulate);
+
+/**
+ * Widen int8 to the B rows of ep_q8_dot_s16, with a stride for each axis:
+ *   B(i, j) = src[i·si + j·sj] · 2^d_j   (j < J),   0 for J ≤ j < Jp
+ * stored at dst[i·Jp + ep_q8_kpos(j, Jp)]. d_j = clamp(ep_q8_exp(e_j[j]) - e_lo,
+ * 0, EP_Q8_SPREAD), or 0 when e_j is NULL (the per-channel weight exponents folded
+ * into dy by the backward passes).
  */
 void ep_q8_pack(const int8_t *restrict src, uint32_t I, uint32_t J, uint32_t si, uint32_t sj,
                 const int32_t *restrict e_j, int32_t e_lo, int16_t *restrict dst, uint32_t Jp);
+
+/**
+ * Widen int8 to the A panels of ep_q8_dot_s16: A(r, t) = src[r·sr + t·st] for
+ * t < T, 0 for T ≤ t < Tp (Tp even), r < R. Fast with SIMD when st = 1 (rows
+ * contiguous) or sr = 1 (a panel's rows contiguous: a transposed source).
+ */
+void ep_q8_pack_panels(const int8_t *restrict src, uint32_t R, uint32_t T, uint32_t sr, uint32_t st,
+                       int16_t *restrict dst, uint32_t Tp);
 
 /**
  * The exponent the backward passes fold weights to: e_lo = max(min e_w, max e_w -

@@ -12,7 +12,12 @@
  * Every product runs through ep_q8_dot_s16 over im2col rows built a chunk of whole
  * output rows (≤ EP_Q8_CONV_CHUNK positions, at least one row) at a time; padding
  * taps are zeros (symmetric quantisation: code 0 is the real 0), so they add nothing.
+ * The im2col is int8 and tap-major ([J][positions], contiguous runs of input rows),
+ * then widened into the A panels of ep_q8_dot_s16 (positions as rows in fw, taps in
+ * bw_param), so every widening is a word-at-a-time SXTB16 pass.
  */
+#include <string.h>
+
 #include "ep_conv_pool.h"
 #include "ep_q8.h"
 
@@ -33,13 +38,13 @@ static uint64_t scratch_bytes(int fn, const ep_conv2d_params_t *p) {
     const uint64_t P = (uint64_t)p->h_out * p->w_out, CHP = chunk_positions(p), CHPp = CHP + (CHP & 1);
     switch (fn) {
     case C_FW:
-        return 4 * (uint64_t)p->n * p->c_out * P + 2 * (uint64_t)p->c_out * Jp + 2 * CHP * Jp;
+        return 4 * (uint64_t)p->n * p->c_out * P + 2 * (uint64_t)p->c_out * Jp + 2 * CHP * Jp + J * CHP;
     case C_BWI:
         return 4 * (uint64_t)p->n * p->c_in * p->h_in * p->w_in + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J;
     case C_BWP_F32:
-        return 4 * (uint64_t)p->c_out * J + 2 * cog * CHPp + 2 * J * CHPp;
+        return 4 * (uint64_t)p->c_out * J + 2 * cog * CHPp + 2 * J * CHPp + J * CHP;
     default:
-        return 2 * cog * CHPp + 2 * J * CHPp;
+        return 2 * cog * CHPp + 2 * J * CHPp + J * CHP;
     }
 }
 
@@ -160,12 +165,6 @@ static ep_status_t conv2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, c
 
 /* ---- im2col ---------------------------------------------------------------------------- */
 
-/*
- * Columns of output rows [oh0, oh0 + nrows) for one sample and group: x points at
- * the group's first input channel. Tap j = (ci·kh + ki)·kw + kj of position p
- * (counted from the chunk's first) goes to dst[p·sp + j·sj]; taps in the padding
- * are 0. The caller zeroes any padding of dst beyond the taps.
- */
 /* The output columns [*lo, *hi) whose tap kj lands inside the input row (others are padding). */
 static void valid_cols(const ep_conv2d_params_t *p, uint32_t kj, uint32_t *lo, uint32_t *hi) {
     const int32_t iw0 = (int32_t)(kj * p->dw) - (int32_t)p->pad_left, W = (int32_t)p->w_in;
@@ -178,33 +177,47 @@ static void valid_cols(const ep_conv2d_params_t *p, uint32_t kj, uint32_t *lo, u
     *hi = (uint32_t)h;
 }
 
-static void im2col(const ep_conv2d_params_t *p, const int8_t *x, uint32_t cig, uint32_t oh0, uint32_t nrows,
-                   int16_t *dst, uint32_t sp, uint32_t sj) {
+/*
+ * int8 columns of output rows [oh0, oh0 + nrows) for one sample and group, tap-major:
+ * x points at the group's first input channel; tap j = (ci·kh + ki)·kw + kj of
+ * position q (counted from the chunk's first) goes to dst[j·pc + q], pc = nrows ·
+ * w_out; taps in the padding are 0. With stride 1 each (tap, output row) is one
+ * contiguous run of the input row, copied a word at a time.
+ */
+static void im2col8(const ep_conv2d_params_t *p, const int8_t *x, uint32_t cig, uint32_t oh0, uint32_t nrows,
+                    int8_t *dst) {
     const int32_t H = (int32_t)p->h_in;
-    uint32_t j = 0;
+    int8_t *d = dst;
     for (uint32_t ci = 0; ci < cig; ci++) {
         const int8_t *xc = x + ci * p->h_in * p->w_in;
         for (uint32_t ki = 0; ki < p->kh; ki++) {
-            for (uint32_t kj = 0; kj < p->kw; kj++, j++) {
+            for (uint32_t kj = 0; kj < p->kw; kj++) {
                 uint32_t lo, hi;
                 valid_cols(p, kj, &lo, &hi);
                 const int32_t iw_lo = (int32_t)(lo * p->sw + kj * p->dw) - (int32_t)p->pad_left;
-                int16_t *d = dst + j * sj;
-                for (uint32_t r = 0; r < nrows; r++) {
+                for (uint32_t r = 0; r < nrows; r++, d += p->w_out) {
                     const int32_t ih = (int32_t)((oh0 + r) * p->sh + ki * p->dh) - (int32_t)p->pad_top;
-                    const uint32_t l = (ih >= 0 && ih < H) ? lo : p->w_out, h = (ih >= 0 && ih < H) ? hi : p->w_out;
+                    const bool in = ih >= 0 && ih < H;
+                    const uint32_t l = in ? lo : p->w_out, h = in ? hi : p->w_out;
                     uint32_t ow = 0;
-                    for (; ow < l; ow++, d += sp) {
-                        *d = 0;
+                    for (; ow < l; ow++) {
+                        d[ow] = 0;
                     }
                     if (ow < h) {
                         const int8_t *xs = xc + (uint32_t)ih * p->w_in + (uint32_t)iw_lo;
-                        for (; ow < h; ow++, d += sp, xs += p->sw) {
-                            *d = *xs;
+                        if (p->sw == 1) {
+                            for (; ow + 4 <= h; ow += 4, xs += 4) {
+                                uint32_t w;
+                                memcpy(&w, xs, sizeof w);
+                                memcpy(d + ow, &w, sizeof w);
+                            }
+                        }
+                        for (; ow < h; ow++, xs += p->sw) {
+                            d[ow] = *xs;
                         }
                     }
-                    for (; ow < p->w_out; ow++, d += sp) {
-                        *d = 0;
+                    for (; ow < p->w_out; ow++) {
+                        d[ow] = 0;
                     }
                 }
             }
@@ -224,6 +237,7 @@ static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const int8_t *x = ep_ctx_s8(c, nd->in[0]);
     int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
     int16_t *w16 = (int16_t *)(void *)(acc + p.n * p.c_out * P), *cols = w16 + p.c_out * Jp;
+    int8_t *cols8 = (int8_t *)(void *)(cols + CHP * Jp);
 
     for (uint32_t co = 0; co < p.c_out; co++) {
         int32_t b0 = 0;
@@ -242,13 +256,11 @@ static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
         for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
             const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
             for (uint32_t g = 0; g < G; g++) {
-                im2col(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, cols, Jp, 1);
-                if (Jp != J) {
-                    for (uint32_t q = 0; q < pc; q++) {
-                        cols[q * Jp + J] = 0;
-                    }
-                }
-                ep_q8_dot_s16(cog, pc, Jp, w16 + g * cog * Jp, cols, acc + (i * p.c_out + g * cog) * P + oh0 * p.w_out, P);
+                /* positions as A rows (4 outputs of one channel per tile), W as B rows */
+                im2col8(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, cols8);
+                ep_q8_pack_panels(cols8, pc, J, 1, pc, cols, Jp);
+                ep_q8_dot_s16(pc, cog, Jp, cols, w16 + g * cog * Jp, acc + (i * p.c_out + g * cog) * P + oh0 * p.w_out,
+                              P, true);
             }
         }
     }
@@ -270,8 +282,8 @@ static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     for (uint32_t i = 0; i < p.n * p.c_in * HW; i++) {
         acc[i] = 0;
     }
-    for (uint32_t g = 0; g < G; g++) { /* Wᵀ per group: [J][cog] */
-        ep_q8_pack(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, NULL, 0, wt + g * J * COgp, COgp);
+    for (uint32_t g = 0; g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
+        ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, wt + g * J * COgp, COgp);
     }
     for (uint32_t i = 0; i < p.n; i++) {
         for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
@@ -279,10 +291,7 @@ static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
             for (uint32_t g = 0; g < G; g++) {
                 const uint32_t co0 = g * cog;
                 ep_q8_pack(dy + (i * p.c_out + co0) * P + oh0 * p.w_out, pc, cog, 1, P, e_w + co0, e_lo, dyt, COgp);
-                for (uint32_t k = 0; k < pc * J; k++) {
-                    dcols[k] = 0;
-                }
-                ep_q8_dot_s16(pc, J, COgp, dyt, wt + g * J * COgp, dcols, J);
+                ep_q8_dot_s16(J, pc, COgp, wt + g * J * COgp, dyt, dcols, J, false); /* dcols [pc][J] */
                 /* col2im: scatter-add every tap back onto its input element */
                 int32_t *ax = acc + (i * p.c_in + g * cig) * HW;
                 uint32_t j = 0;
@@ -330,22 +339,21 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     int8_t *scratch = ep_ctx_s8(c, nd->out[f32 ? 2 : 3]);
     int32_t *acc = f32 ? (int32_t *)(void *)scratch : ep_ctx_i32(c, nd->out[0]);
     int16_t *dy16 = (int16_t *)(void *)(f32 ? scratch + 4 * p.c_out * J : scratch), *colt = dy16 + cog * CHPp;
+    int8_t *cols8 = (int8_t *)(void *)(colt + J * CHPp);
 
-    for (uint32_t k = 0; k < p.c_out * J; k++) {
+    for (uint32_t k = 0; p.n == 0 && k < p.c_out * J; k++) { /* no chunk to overwrite them */
         acc[k] = 0;
     }
     for (uint32_t i = 0; i < p.n; i++) {
         for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
             const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out, pcp = ep_q8_even(pc);
             for (uint32_t g = 0; g < G; g++) {
-                im2col(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, colt, 1, pcp);
-                if (pcp != pc) {
-                    for (uint32_t j = 0; j < J; j++) {
-                        colt[j * pcp + pc] = 0;
-                    }
-                }
+                /* taps as A rows (4 outputs of one channel per tile), dy as B rows; the
+                   first chunk of a group overwrites its sums, the others add */
+                im2col8(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, cols8);
+                ep_q8_pack_panels(cols8, J, pc, pc, 1, colt, pcp);
                 ep_q8_pack(dy + (i * p.c_out + g * cog) * P + oh0 * p.w_out, cog, pc, P, 1, NULL, 0, dy16, pcp);
-                ep_q8_dot_s16(cog, J, pcp, dy16, colt, acc + g * cog * J, J);
+                ep_q8_dot_s16(J, cog, pcp, colt, dy16, acc + g * cog * J, J, i != 0 || oh0 != 0);
             }
         }
     }

@@ -1,6 +1,7 @@
 /*
  * ep_q8_core.c — the shared int8 rules of ep_q8.h: the int16 inner product (SMLAD
- * or plain C), requantisation, the float boundaries and the integer SGD step.
+ * panel kernel or plain C) and its packing, requantisation, the float boundaries and
+ * the integer SGD step.
  */
 #include <math.h>
 #include <string.h>
@@ -17,148 +18,302 @@
 /* ---- the inner product ------------------------------------------------------ */
 
 #if EP_Q8_SIMD
-/* Two int16 lanes of a row, read as one word (rows are 4-aligned, t even). */
-static inline int16x2_t pair(const int16_t *p, uint32_t t) {
-    int16x2_t v;
-    memcpy(&v, p + t, sizeof v);
+/* A word (two int16 lanes, or four int8) from any address: LDR handles unaligned. */
+static inline uint32_t ld32(const void *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
     return v;
 }
-#define MAC(acc, x, y) ((acc) = __smlad((x), (y), (acc)))
+
+static inline void st32(void *p, uint32_t v) {
+    memcpy(p, &v, sizeof v);
+}
+
+/* Bytes 1 and 3 of w sign-extended to two int16 lanes (ACLE has no rotated form). */
+static inline uint32_t sxtb16_ror8(uint32_t w) {
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
+    return r;
+}
+
+static inline uint32_t sxtb16(uint32_t w) {
+    return (uint32_t)__sxtb16((int8x4_t)w);
+}
+
+/* PKHBT / PKHTB: (lo of a, lo of b) and (hi of a, hi of b). */
+static inline uint32_t pack_lo(uint32_t a, uint32_t b) {
+    return (a & 0xFFFFu) | (b << 16);
+}
+
+static inline uint32_t pack_hi(uint32_t a, uint32_t b) {
+    return (a >> 16) | (b & 0xFFFF0000u);
+}
+
+#define MAC(acc, x, y) ((acc) = __smlad((int16x2_t)(x), (int16x2_t)(y), (acc)))
+
 #else
-/* Portable: the same sums, one product per lane. */
-#define MAC2(acc, pa, pb, t) ((acc) += (int32_t)(pa)[t] * (pb)[t] + (int32_t)(pa)[(t) + 1] * (pb)[(t) + 1])
+#define MAC2(acc, pa, pb) ((acc) += (int32_t)(pa)[0] * (pb)[0] + (int32_t)(pa)[1] * (pb)[1])
 #endif
 
-/* One output: Σ_t a[t] b[t]. */
-static int32_t dot1(uint32_t T, const int16_t *restrict a, const int16_t *restrict b) {
-    int32_t s = 0;
+/*
+ * A panel of h < 4 rows (the last one), or any panel in the portable build: plain
+ * loops over the t-pairs (SMLAD per word with SIMD, two products without).
+ */
+static void panel_rest(uint32_t h, uint32_t Q, uint32_t T, const int16_t *ap, const int16_t *b, int32_t *c,
+                       uint32_t ldc, bool accumulate) {
+    for (uint32_t q = 0; q < Q; q++) {
+        const int16_t *bq = b + q * T;
+        int32_t *cq = c + q * ldc;
+        for (uint32_t i = 0; i < h; i++) {
+            int32_t s = accumulate ? cq[i] : 0;
+            const int16_t *p = ap + 2 * i;
+            for (uint32_t t = 0; t < T; t += 2, p += 2 * h) {
 #if EP_Q8_SIMD
-    for (uint32_t t = 0; t < T; t += 2) {
-        MAC(s, pair(a, t), pair(b, t));
-    }
+                MAC(s, ld32(p), ld32(bq + t));
 #else
-    for (uint32_t t = 0; t < T; t += 2) {
-        MAC2(s, a, b, t);
-    }
+                MAC2(s, p, bq + t);
 #endif
-    return s;
+            }
+            cq[i] = s;
+        }
+    }
 }
 
 #if EP_Q8_SIMD
 /*
- * SMLAD tiles of 2 rows × 2 columns: each step of two t loads 4 words (post-
- * incremented pointers) and runs 4 SMLADs (8 MACs): 10 instructions with the loop test; 4 accumulators, 4 pointers, an
- * end pointer and 4 operands fit the M4's 13 free registers without spilling.
+ * Full panels: a 4×1 tile per (panel, B row), the whole row loop in one asm block
+ * with fixed registers: sums r0-r3, A words r8-r11 (ascending for LDM), B words
+ * r4 r5, pa r6, pb r7, pair count r12, c pointer lr; the rest lives in ctx[] (its
+ * address pushed on the stack).
+ *   inner: per two t-pairs one LDRD (two B words) and two LDMs (two panel columns),
+ *          8 SMLADs: 11 instructions for 16 MACs; 8 t-pairs per loop test (46 for
+ *          64 MACs, 1.39 MAC/instruction), then pairs of t-pairs, then a single one;
+ *   per B row: sums from c (2 LDRD) or zero, 2 STRD, about 14 more instructions
+ *          (pb simply runs on into the next row).
+ * ctx: [0] panel start, [1] t-pairs, [2] ldc in bytes, [3] rows left.
  */
-static inline void tile2x2(uint32_t T, const int16_t *pa0, const int16_t *pa1, const int16_t *pb0,
-                           const int16_t *pb1, int32_t *c0, int32_t *c1) {
-    int32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;
-    const int16_t *end = pa0 + T;
-    while (pa0 < end) {
-        const int16x2_t x0 = pair(pa0, 0), x1 = pair(pa1, 0), w0 = pair(pb0, 0), w1 = pair(pb1, 0);
-        pa0 += 2;
-        pa1 += 2;
-        pb0 += 2;
-        pb1 += 2;
-        MAC(s00, x0, w0);
-        MAC(s01, x0, w1);
-        MAC(s10, x1, w0);
-        MAC(s11, x1, w1);
-    }
-    c0[0] += s00;
-    c0[1] += s01;
-    c1[0] += s10;
-    c1[1] += s11;
-}
+#define EP_Q8_ROWS_LOOP(INIT)                                                                             \
+    __asm__ volatile("push   {r12}\n"                                                                     \
+                     "1:\n\t"                                                                             \
+                     "ldr    r12, [sp]\n\t"                                                               \
+                     "ldr    r6, [r12, #0]\n\t" INIT "ldr    r12, [r12, #4]\n\t"                          \
+                     "subs   r12, r12, #8\n\t"                                                            \
+                     "blt    3f\n"                                                                        \
+                     "2:\n\t" EP_Q8_STEP2 EP_Q8_STEP2 EP_Q8_STEP2 EP_Q8_STEP2                             \
+                     "subs   r12, r12, #8\n\t"                                                            \
+                     "bge    2b\n"                                                                        \
+                     "3:\n\t"                                                                             \
+                     "adds   r12, r12, #6\n\t"                                                            \
+                     "blt    5f\n"                                                                        \
+                     "4:\n\t" EP_Q8_STEP2 "subs   r12, r12, #2\n\t"                                       \
+                     "bge    4b\n"                                                                        \
+                     "5:\n\t"                                                                             \
+                     "adds   r12, r12, #2\n\t"                                                            \
+                     "beq    6f\n\t"                                                                      \
+                     "ldr    r4, [r7], #4\n\t"                                                            \
+                     "ldmia  r6!, {r8, r9, r10, r11}\n\t"                                                 \
+                     "smlad  r0, r8, r4, r0\n\t"                                                          \
+                     "smlad  r1, r9, r4, r1\n\t"                                                          \
+                     "smlad  r2, r10, r4, r2\n\t"                                                         \
+                     "smlad  r3, r11, r4, r3\n"                                                           \
+                     "6:\n\t"                                                                             \
+                     "strd   r0, r1, [lr]\n\t"                                                            \
+                     "strd   r2, r3, [lr, #8]\n\t"                                                        \
+                     "ldr    r12, [sp]\n\t"                                                               \
+                     "ldr    r4, [r12, #8]\n\t"                                                           \
+                     "add    lr, lr, r4\n\t"                                                              \
+                     "ldr    r4, [r12, #12]\n\t"                                                          \
+                     "subs   r4, r4, #1\n\t"                                                              \
+                     "str    r4, [r12, #12]\n\t"                                                          \
+                     "bne    1b\n\t"                                                                      \
+                     "pop    {r12}\n"                                                                     \
+                     : "+r"(pc_lr), "+r"(pb7)                                                             \
+                     : "r"(ctx_r12)                                                                       \
+                     : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "cc", "memory")
+
+#define EP_Q8_STEP2                                                                                       \
+    "ldrd   r4, r5, [r7], #8\n\t"                                                                         \
+    "ldmia  r6!, {r8, r9, r10, r11}\n\t"                                                                  \
+    "smlad  r0, r8, r4, r0\n\t"                                                                           \
+    "smlad  r1, r9, r4, r1\n\t"                                                                           \
+    "smlad  r2, r10, r4, r2\n\t"                                                                          \
+    "smlad  r3, r11, r4, r3\n\t"                                                                          \
+    "ldmia  r6!, {r8, r9, r10, r11}\n\t"                                                                  \
+    "smlad  r0, r8, r5, r0\n\t"                                                                           \
+    "smlad  r1, r9, r5, r1\n\t"                                                                           \
+    "smlad  r2, r10, r5, r2\n\t"                                                                          \
+    "smlad  r3, r11, r5, r3\n\t"
 
 void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
-                   int32_t *restrict c, uint32_t ldc) {
+                   int32_t *restrict c, uint32_t ldc, bool accumulate) {
     uint32_t r = 0;
-    for (; r + 2 <= R; r += 2) {
-        const int16_t *a0 = a + r * T, *a1 = a0 + T;
-        int32_t *c0 = c + r * ldc, *c1 = c0 + ldc;
-        uint32_t q = 0;
-        for (; q + 2 <= Q; q += 2) {
-            tile2x2(T, a0, a1, b + q * T, b + (q + 1) * T, c0 + q, c1 + q);
-        }
-        if (q < Q) {
-            c0[q] += dot1(T, a0, b + q * T);
-            c1[q] += dot1(T, a1, b + q * T);
+    if (Q != 0) {
+        for (; r + EP_Q8_PANEL <= R; r += EP_Q8_PANEL) {
+            uintptr_t ctx[4] = {(uintptr_t)(a + r * T), T / 2, 4 * ldc, Q};
+            register int32_t *pc_lr __asm__("lr") = c + r;
+            register const int16_t *pb7 __asm__("r7") = b;
+            register uintptr_t *ctx_r12 __asm__("r12") = ctx;
+            if (accumulate) {
+                EP_Q8_ROWS_LOOP("ldrd   r0, r1, [lr]\n\t"
+                                "ldrd   r2, r3, [lr, #8]\n\t");
+            } else {
+                EP_Q8_ROWS_LOOP("movs   r0, #0\n\t"
+                                "movs   r1, #0\n\t"
+                                "movs   r2, #0\n\t"
+                                "movs   r3, #0\n\t");
+            }
         }
     }
     if (r < R) {
-        const int16_t *ar = a + r * T;
-        int32_t *cr = c + r * ldc;
-        for (uint32_t q = 0; q < Q; q++) {
-            cr[q] += dot1(T, ar, b + q * T);
-        }
+        panel_rest(R - r, Q, T, a + r * T, b, c + r, ldc, accumulate);
     }
 }
 #else
-/* Portable: tiles of 4 rows × 2 columns of plain int32 multiply-adds. */
+/*
+ * Portable: full panels in 4×2 tiles of plain int32 multiply-adds (8 sums, each
+ * loaded A pair used twice, each B pair four times); odd B rows and the last
+ * partial panel through panel_rest.
+ */
 void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
-                   int32_t *restrict c, uint32_t ldc) {
+                   int32_t *restrict c, uint32_t ldc, bool accumulate) {
     uint32_t r = 0;
-    for (; r + 4 <= R; r += 4) {
-        const int16_t *a0 = a + r * T, *a1 = a0 + T, *a2 = a1 + T, *a3 = a2 + T;
-        int32_t *c0 = c + r * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
+    for (; r + EP_Q8_PANEL <= R; r += EP_Q8_PANEL) {
+        const int16_t *ap = a + r * T;
         uint32_t q = 0;
         for (; q + 2 <= Q; q += 2) {
-            const int16_t *b0 = b + q * T, *b1 = b0 + T;
-            int32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0, s20 = 0, s21 = 0, s30 = 0, s31 = 0;
-            for (uint32_t t = 0; t < T; t += 2) {
-                MAC2(s00, a0, b0, t); MAC2(s01, a0, b1, t);
-                MAC2(s10, a1, b0, t); MAC2(s11, a1, b1, t);
-                MAC2(s20, a2, b0, t); MAC2(s21, a2, b1, t);
-                MAC2(s30, a3, b0, t); MAC2(s31, a3, b1, t);
+            const int16_t *b0 = b + q * T, *b1 = b0 + T, *p = ap;
+            int32_t *c0 = c + q * ldc + r, *c1 = c0 + ldc;
+            int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+            if (accumulate) {
+                s00 = c0[0]; s01 = c0[1]; s02 = c0[2]; s03 = c0[3];
+                s10 = c1[0]; s11 = c1[1]; s12 = c1[2]; s13 = c1[3];
             }
-            c0[q] += s00; c0[q + 1] += s01;
-            c1[q] += s10; c1[q + 1] += s11;
-            c2[q] += s20; c2[q + 1] += s21;
-            c3[q] += s30; c3[q + 1] += s31;
+            for (uint32_t t = 0; t < T; t += 2, p += 8) {
+                MAC2(s00, p, b0 + t); MAC2(s01, p + 2, b0 + t); MAC2(s02, p + 4, b0 + t); MAC2(s03, p + 6, b0 + t);
+                MAC2(s10, p, b1 + t); MAC2(s11, p + 2, b1 + t); MAC2(s12, p + 4, b1 + t); MAC2(s13, p + 6, b1 + t);
+            }
+            c0[0] = s00; c0[1] = s01; c0[2] = s02; c0[3] = s03;
+            c1[0] = s10; c1[1] = s11; c1[2] = s12; c1[3] = s13;
         }
-        for (; q < Q; q++) {
-            const int16_t *b0 = b + q * T;
-            c0[q] += dot1(T, a0, b0);
-            c1[q] += dot1(T, a1, b0);
-            c2[q] += dot1(T, a2, b0);
-            c3[q] += dot1(T, a3, b0);
+        if (q < Q) {
+            panel_rest(EP_Q8_PANEL, 1, T, ap, b + q * T, c + q * ldc + r, ldc, accumulate);
         }
     }
-    for (; r < R; r++) {
-        const int16_t *ar = a + r * T;
-        int32_t *cr = c + r * ldc;
-        for (uint32_t q = 0; q < Q; q++) {
-            cr[q] += dot1(T, ar, b + q * T);
-        }
+    if (r < R) {
+        panel_rest(R - r, Q, T, a + r * T, b, c + r, ldc, accumulate);
     }
 }
 #endif
 
 /* ---- packing ---------------------------------------------------------------------- */
 
+/* s[j·sj], or 0 past J. */
+static inline int16_t widen(const int8_t *s, uint32_t j, uint32_t J, uint32_t sj) {
+    return j < J ? s[j * sj] : 0;
+}
+
+/*
+ * B rows. With SIMD a contiguous row without shifts goes a word at a time: LDR,
+ * SXTB16, SXTB16 ROR 8, two STRs per four codes (the kpos order is exactly what
+ * they produce). Everything else, and the tail, element by element in kpos order;
+ * with shifts column by column, so each d_j is worked out once.
+ */
 void ep_q8_pack(const int8_t *restrict src, uint32_t I, uint32_t J, uint32_t si, uint32_t sj,
                 const int32_t *restrict e_j, int32_t e_lo, int16_t *restrict dst, uint32_t Jp) {
+    if (e_j != NULL) { /* column by column: one shift per j, not per element */
+        for (uint32_t j = 0; j < Jp; j++) {
+            int16_t *d = dst + ep_q8_kpos(j, Jp);
+            if (j >= J) {
+                for (uint32_t i = 0; i < I; i++) {
+                    d[i * Jp] = 0;
+                }
+                continue;
+            }
+            int32_t sh = ep_q8_exp(e_j[j]) - e_lo;
+            sh = sh < 0 ? 0 : (sh > EP_Q8_SPREAD ? EP_Q8_SPREAD : sh);
+            const int8_t *s = src + j * sj;
+            for (uint32_t i = 0; i < I; i++) {
+                d[i * Jp] = (int16_t)(s[i * si] * (1 << sh));
+            }
+        }
+        return;
+    }
     for (uint32_t i = 0; i < I; i++) {
         const int8_t *s = src + i * si;
         int16_t *d = dst + i * Jp;
-        if (e_j == NULL && sj == 1) {
-            for (uint32_t j = 0; j < J; j++) {
-                d[j] = s[j];
-            }
-        } else if (e_j == NULL) {
-            for (uint32_t j = 0, o = 0; j < J; j++, o += sj) {
-                d[j] = s[o];
-            }
-        } else {
-            for (uint32_t j = 0, o = 0; j < J; j++, o += sj) {
-                int32_t sh = ep_q8_exp(e_j[j]) - e_lo;
-                sh = sh < 0 ? 0 : (sh > EP_Q8_SPREAD ? EP_Q8_SPREAD : sh);
-                d[j] = (int16_t)(s[o] * (1 << sh));
+        uint32_t j = 0;
+#if EP_Q8_SIMD
+        if (sj == 1) {
+            for (; j + 4 <= J; j += 4) {
+                const uint32_t w = ld32(s + j);
+                st32(d + j, sxtb16(w));
+                st32(d + j + 2, sxtb16_ror8(w));
             }
         }
-        for (uint32_t j = J; j < Jp; j++) {
-            d[j] = 0;
+#endif
+        for (; j + 4 <= Jp; j += 4) { /* complete groups: t0, t2, t1, t3 */
+            d[j] = widen(s, j, J, sj);
+            d[j + 1] = widen(s, j + 2, J, sj);
+            d[j + 2] = widen(s, j + 1, J, sj);
+            d[j + 3] = widen(s, j + 3, J, sj);
+        }
+        for (; j < Jp; j++) { /* a trailing half group keeps its order */
+            d[j] = widen(s, j, J, sj);
+        }
+    }
+}
+
+/*
+ * A panels. With SIMD, for full panels:
+ *   st = 1: each row's word of four codes → SXTB16 / SXTB16 ROR 8 → the row's
+ *           words of two t-pairs (4 LDR, 8 SXTB16, 8 STR per 16 codes);
+ *   sr = 1: the panel's four rows at one t are one word; two such words (t, t')
+ *           → SXTB16s → PKHBT/PKHTB give the four rows' (t, t') words.
+ * Partial panels, other strides and the tails go element by element.
+ */
+void ep_q8_pack_panels(const int8_t *restrict src, uint32_t R, uint32_t T, uint32_t sr, uint32_t st,
+                       int16_t *restrict dst, uint32_t Tp) {
+    for (uint32_t r0 = 0; r0 < R; r0 += EP_Q8_PANEL) {
+        const uint32_t h = R - r0 < EP_Q8_PANEL ? R - r0 : EP_Q8_PANEL;
+        const int8_t *s = src + r0 * sr;
+        int16_t *d = dst + r0 * Tp; /* t-pair p of row i: d[p·2h + 2i] */
+        uint32_t t = 0;
+#if EP_Q8_SIMD
+        if (h == EP_Q8_PANEL && st == 1) {
+            for (; t + 4 <= T; t += 4) {
+                const uint32_t w0 = ld32(s + t), w1 = ld32(s + sr + t), w2 = ld32(s + 2 * sr + t),
+                               w3 = ld32(s + 3 * sr + t);
+                int16_t *o = d + 4 * t;
+                st32(o, sxtb16(w0));
+                st32(o + 2, sxtb16(w1));
+                st32(o + 4, sxtb16(w2));
+                st32(o + 6, sxtb16(w3));
+                st32(o + 8, sxtb16_ror8(w0));
+                st32(o + 10, sxtb16_ror8(w1));
+                st32(o + 12, sxtb16_ror8(w2));
+                st32(o + 14, sxtb16_ror8(w3));
+            }
+        } else if (h == EP_Q8_PANEL && sr == 1) {
+            for (; t + 4 <= T; t += 4) {
+                int16_t *o = d + 4 * t;
+                for (uint32_t u = 0; u < 2; u++, o += 8) { /* pairs (t, t+2), (t+1, t+3) */
+                    const uint32_t wa = ld32(s + (t + u) * st), wb = ld32(s + (t + u + 2) * st);
+                    const uint32_t a02 = sxtb16(wa), a13 = sxtb16_ror8(wa);
+                    const uint32_t b02 = sxtb16(wb), b13 = sxtb16_ror8(wb);
+                    st32(o, pack_lo(a02, b02));
+                    st32(o + 2, pack_lo(a13, b13));
+                    st32(o + 4, pack_hi(a02, b02));
+                    st32(o + 6, pack_hi(a13, b13));
+                }
+            }
+        }
+#endif
+        for (; t < Tp; t++) {
+            const uint32_t k = ep_q8_kpos(t, Tp);
+            int16_t *o = d + (k >> 1) * 2 * h + (k & 1u);
+            for (uint32_t i = 0; i < h; i++) {
+                o[2 * i] = t < T ? s[i * sr + t * st] : 0;
+            }
         }
     }
 }
@@ -175,17 +330,52 @@ int32_t ep_q8_weight_exp_lo(const int32_t *e_w, uint32_t n) {
 
 /* ---- requantisation ------------------------------------------------------------ */
 
+/* |v| as unsigned (2^31 for INT32_MIN). */
+static inline uint32_t mag32(int32_t v) {
+    return v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+}
+
+/* OR of |p[i]| over n: its bit length is that of the largest |p[i]| (no compare per element). */
+static uint32_t mag_or(const int32_t *restrict p, uint32_t n) {
+    uint32_t m = 0, i = 0;
+    for (; i + 4 <= n; i += 4) {
+        m |= mag32(p[i]) | mag32(p[i + 1]) | mag32(p[i + 2]) | mag32(p[i + 3]);
+    }
+    for (; i < n; i++) {
+        m |= mag32(p[i]);
+    }
+    return m;
+}
+
+/*
+ * y = sat8(rshift_round(v, s)) over n. For 1 ≤ s ≤ 31 without 64-bit arithmetic:
+ * floor((v + 2^(s-1)) / 2^s) = (v >> s) + bit s-1 of v (v = q·2^s + r: r + 2^(s-1)
+ * carries into q exactly when bit s-1 of r is set).
+ */
+static void shift_sat(const int32_t *restrict p, uint32_t n, int32_t s, int8_t *restrict y) {
+    if (s >= 1 && s <= 31) {
+        for (uint32_t i = 0; i < n; i++) {
+            const int32_t v = p[i];
+            y[i] = ep_q8_sat8((v >> s) + ((v >> (s - 1)) & 1));
+        }
+    } else {
+        for (uint32_t i = 0; i < n; i++) {
+            y[i] = ep_q8_sat8(ep_q8_rshift_round(p[i], s));
+        }
+    }
+}
+
 int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
                       const int32_t *restrict e_ch, int8_t *restrict y) {
+    if (e_ch == NULL && C != 0) { /* one exponent: the whole tensor is one run */
+        inner *= outer * C;
+        outer = C = 1;
+    }
     int32_t e_out = INT32_MIN;
     for (uint32_t c = 0; c < C; c++) {
         uint32_t mag = 0;
         for (uint32_t o = 0; o < outer; o++) {
-            const int32_t *p = acc + (o * C + c) * inner;
-            for (uint32_t i = 0; i < inner; i++) {
-                const uint32_t m = p[i] < 0 ? 0u - (uint32_t)p[i] : (uint32_t)p[i];
-                mag = m > mag ? m : mag;
-            }
+            mag |= mag_or(acc + (o * C + c) * inner, inner);
         }
         const int32_t e = ep_q8_bitlen(mag) + e_base + (e_ch ? ep_q8_exp(e_ch[c]) : 0) - 7;
         e_out = e > e_out ? e : e_out;
@@ -194,9 +384,7 @@ int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, u
         const int32_t s = e_out - (e_base + (e_ch ? ep_q8_exp(e_ch[c]) : 0));
         for (uint32_t o = 0; o < outer; o++) {
             const uint32_t base = (o * C + c) * inner;
-            for (uint32_t i = 0; i < inner; i++) {
-                y[base + i] = ep_q8_sat8(ep_q8_rshift_round(acc[base + i], s));
-            }
+            shift_sat(acc + base, inner, s, y + base);
         }
     }
     return e_out;

@@ -4,7 +4,8 @@
  * Shapes as LINEAR: W s8 [M, K]; a sample holds R rows, y has R·M elements and x
  * R·K. rows = n·R. Every fn takes a scratch tensor (unbatched s8, at least
  * ep_q8_linear_scratch_bytes() for max_batch) the host planner places; it holds
- * int32 accumulators and the int16 operand rows of ep_q8_dot_s16.
+ * int32 accumulators and the int16 operands of ep_q8_dot_s16 (the larger / the
+ * transposed one as A panels, the other as B rows; see ep_q8.h).
  *
  *   FW        in (x, e_x, W, e_w[M], [b i32 [M], e_b])  out (y, e_y, scratch)
  *             y = requant(b·2^e_b + Σ_k x·W)  (int32 sums at exponent e_x + e_w[m])
@@ -171,8 +172,8 @@ static void linear_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
         }
     }
     ep_q8_pack(ep_ctx_s8(c, nd->in[0]), rows, K, K, 1, NULL, 0, x16, Kp);
-    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), M, K, K, 1, NULL, 0, w16, Kp);
-    ep_q8_dot_s16(rows, M, Kp, x16, w16, acc, M);
+    ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]), M, K, K, 1, w16, Kp); /* W as panels: 4 outputs per tile */
+    ep_q8_dot_s16(M, rows, Kp, w16, x16, acc, M, true);
     ep_ctx_i32(c, nd->out[1])[0] = ep_q8_requant(acc, rows, M, 1, e_x, e_w, ep_ctx_s8(c, nd->out[0]));
 }
 
@@ -185,12 +186,9 @@ static void linear_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
     int16_t *dy16 = (int16_t *)(void *)(acc + rows * K), *wt16 = dy16 + rows * Mp;
 
-    for (uint32_t i = 0; i < rows * K; i++) {
-        acc[i] = 0;
-    }
     ep_q8_pack(ep_ctx_s8(c, nd->in[0]), rows, M, M, 1, e_w, e_lo, dy16, Mp);
-    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), K, M, 1, K, NULL, 0, wt16, Mp); /* Wᵀ */
-    ep_q8_dot_s16(rows, K, Mp, dy16, wt16, acc, K);
+    ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]), K, M, 1, K, wt16, Mp); /* Wᵀ [K][M] as panels */
+    ep_q8_dot_s16(K, rows, Mp, wt16, dy16, acc, K, false);
     ep_ctx_i32(c, nd->out[1])[0] =
         ep_q8_requant(acc, rows * K, 1, 1, ep_q8_ctx_exp(c, nd->in[1], 0) + e_lo, NULL, ep_ctx_s8(c, nd->out[0]));
 }
@@ -206,12 +204,9 @@ static void linear_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     int32_t *acc = f32 ? (int32_t *)(void *)scratch : ep_ctx_i32(c, nd->out[0]);
     int16_t *dyt = (int16_t *)(void *)(f32 ? scratch + 4 * M * K : scratch), *xt = dyt + M * Rp;
 
-    for (uint32_t i = 0; i < M * K; i++) {
-        acc[i] = 0;
-    }
-    ep_q8_pack(dy, M, rows, 1, M, NULL, 0, dyt, Rp);                            /* dyᵀ [M][rows] */
-    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), K, rows, 1, K, NULL, 0, xt, Rp);         /* xᵀ [K][rows] */
-    ep_q8_dot_s16(M, K, Rp, dyt, xt, acc, K);
+    ep_q8_pack(dy, M, rows, 1, M, NULL, 0, dyt, Rp);                        /* dyᵀ [M][rows] */
+    ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]), K, rows, 1, K, xt, Rp);      /* xᵀ [K][rows] as panels */
+    ep_q8_dot_s16(K, M, Rp, xt, dyt, acc, K, false);                     /* overwrites acc */
     if (f32) {
         ep_q8_acc_to_f32(M * K, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0]));
     } else {
