@@ -27,7 +27,9 @@ the device's counts are the cluster's critical path: FC instructions plus, per
 fork phase, the largest per-core count (firmware/port/riscv_virt/cluster.c).
 Rows: kind "cluster_op" per conv/linear/attention node and "cluster_model" per
 model, with instructions on 1 and 8 cores and speed-up = 1-core / 8-core
-instructions (target ≥ 7 on conv and linear); kind "cluster_l1" gives, per
+instructions (target ≥ 7 on conv and linear); a "cluster_model" row also has each
+core's own instructions inside forks in the 8-core step (the CORES message) and
+their balance, max / mean; kind "cluster_l1" gives, per
 conv/linear node, the bytes a tile would need in the cluster's 128 KiB L1
 (weights + one sample's input and output): what a DMA-tiled kernel must fit.
 The batch is the largest of 8, 4, 2, 1 whose plan fits gap9's arena.
@@ -94,9 +96,9 @@ def _fits(prog, board) -> bool:
     return prog.plan.arena_bytes <= board.arena_bytes
 
 
-def _cluster_run(board, cores: int, name: str, prog, batch: int, steps: int) -> tuple[int, list[int]]:
-    """(step instructions, per-node instructions) of the last of `steps` steps, with
-    `cores` cluster cores in timing=turns mode."""
+def _cluster_run(board, cores: int, name: str, prog, batch: int, steps: int) -> tuple[int, list[int], list[int]]:
+    """(step instructions, per-node instructions, per-core instructions inside forks) of the
+    last of `steps` steps, with `cores` cluster cores in timing=turns mode."""
     spec = prog.spec
     with start(with_cluster(board, cores, "turns")) as running, Link.open(running.url, timeout=300.0) as link:
         wait_boot_hello(link)
@@ -108,7 +110,7 @@ def _cluster_run(board, cores: int, name: str, prog, batch: int, steps: int) -> 
         for _ in range(steps):
             x = rng.standard_normal((batch, *spec.input)).astype(np.float32)
             r = dev.train(Batch.from_arrays(x, rng.integers(0, spec.classes, batch)))
-        return r.cycles, dev.profile()
+        return r.cycles, dev.profile(), dev.core_instructions()
 
 
 def wait_boot_hello(link: Link, timeout: float = 20.0) -> None:
@@ -141,12 +143,14 @@ def bench_cluster(board, name: str, steps: int) -> list[dict]:
     else:
         raise ToolError(f"{name} does not fit gap9's arena even at batch 1")
     runs = {c: _cluster_run(board, c, name, prog, batch, steps) for c in CLUSTER_CORES}
-    (s1, p1), (s8, p8) = runs[1], runs[8]
+    (s1, p1, _), (s8, p8, c8) = runs[1], runs[8]
     g = prog.graph
     rows = [{"kind": "cluster_model", "name": name, "board": board.name, "dtype": "fp32", "strategy": "full",
              "batch": batch, "instructions_1": s1, "instructions_8": s8, "speedup": round(s1 / s8, 2),
              "samples_per_s_8": round(board.cpu_hz / (s8 / batch), 1),
-             "samples_per_s_1": round(board.cpu_hz / (s1 / batch), 1)}]
+             "samples_per_s_1": round(board.cpu_hz / (s1 / batch), 1),
+             # CORES: what each of the 8 cores ran inside forks in that step, and the balance
+             "core_instructions_8": c8, "core_balance_8": round(max(c8) / (sum(c8) / len(c8)), 3) if c8 else None}]
     for i, nd in enumerate(g.nodes):
         if i < g.train_begin or not is_matrix_work(nd) or p1[i] == 0:
             continue

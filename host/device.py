@@ -28,6 +28,7 @@ from .protocol import (
     BUF_RUN_REQ,
     PROFILE_REQ,
     PROFILE_RESP,
+    CORES_RESP,
     STAGE_REQ,
     STAGE_REQ_FIXED,
     STAGE_RESP,
@@ -385,6 +386,13 @@ class Device:
             out += list(r.cycles)
             if len(out) >= r.n_nodes or not r.cycles:
                 return out[:r.n_nodes]
+
+    def core_instructions(self) -> list[int]:
+        """Instructions each cluster core ran inside forks during the last TRAIN/EVAL (CORES),
+        measured core by core; [] where the port has no exact per-core counts (no cluster, or
+        gap9 without timing=turns)."""
+        r = CORES_RESP.parse(self.link.request(MsgType.CORES).payload)
+        return list(r.instructions) if r.exact else []
 
     def stats(self) -> dict:
         r = STATS_RESP.parse(self.link.request(MsgType.STATS).payload)

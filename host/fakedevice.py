@@ -37,6 +37,7 @@ from .protocol import (
     buffer_bytes,
     PROFILE_REQ,
     PROFILE_RESP,
+    CORES_RESP,
     STAGE_REQ,
     STAGE_REQ_FIXED,
     STAGE_RESP,
@@ -195,6 +196,9 @@ class FakeDevice:
             return self._buf_chunk(p)
         if t in (MsgType.TRAIN_BUF, MsgType.EVAL_BUF):
             return self._buf_run(p, train=t == MsgType.TRAIN_BUF)
+        if t == MsgType.CORES:  # one core, no cluster: no per-core counts
+            _exact(p, 0)
+            return CORES_RESP.build(dict(n_cores=0, exact=0, instructions=[]))
         if t == MsgType.PROFILE:
             # the fake measures nothing: every node of the last run cost 0 "cycles"
             first = PROFILE_REQ.parse(_exact(p, PROFILE_REQ.sizeof())).first

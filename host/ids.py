@@ -80,6 +80,8 @@ class MsgType(enum.IntEnum):
     CKPT_INFO = 0x12
     #: training guards: the loss-spike factor (NaN/Inf rollback is always on)
     GUARD = 0x13
+    #: instructions each cluster core ran in the last TRAIN/EVAL (a port with a cluster)
+    CORES = 0x14
     #: device → host only: a frame it could not attribute (bad CRC, oversize, truncated)
     ERROR = 0x7F
 

@@ -304,5 +304,8 @@ CKPT_INFO_RESP = Struct(
     "payload_bytes" / Int32ul,
 )
 #: GUARD: spike_k 0 turns the loss-spike rule off, else a factor > 1 (NaN/Inf checks are always on)
+#: CORES: per cluster core, the instructions it ran inside forks during the last TRAIN/EVAL
+#: (exact=1: measured core by core, the port's timing=turns mode; 0: no per-core counts)
+CORES_RESP = Struct("n_cores" / Int16ul, "exact" / Int16ul, "instructions" / Array(this.n_cores, Int64ul))
 GUARD_REQ = Struct("spike_k" / Float32l, "reserved" / Const(0, Int32ul))
 GUARD_RESP = Struct("spike_k" / Float32l, "window" / Int16ul, "filled" / Int16ul, "rollbacks" / Int32ul)

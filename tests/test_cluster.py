@@ -54,7 +54,8 @@ def _boot_hello(lk: Link) -> None:
 
 
 def train_on_cluster(name: str, cfg: TrainConfig, cores: int, timing: str | None = None):
-    """Boot gap9 with `cores` cluster cores, train STEPS steps; (losses, weights, cycles, profile)."""
+    """Boot gap9 with `cores` cluster cores, train STEPS steps; (losses, weights, cycles, profile,
+    prog, per-core instructions of the last step)."""
     board = with_cluster(_require_firmware("gap9"), cores, timing)
     spec = load_model(name)
     prog = compile_model(spec, init_params(spec, 0), cfg)
@@ -71,8 +72,9 @@ def train_on_cluster(name: str, cfg: TrainConfig, cores: int, timing: str | None
             losses.append(r.loss)
             cycles.append(r.cycles)
         profile = dev.profile()
+        per_core = dev.core_instructions()
         weights = dev.read_params(prog)
-    return losses, weights, cycles, profile, prog
+    return losses, weights, cycles, profile, prog, per_core
 
 
 def _assert_same_bits(ref, got, what: str) -> None:
@@ -115,6 +117,13 @@ def test_turns_mode_gives_the_same_bits_and_the_critical_path():
     assert eight[3][biggest] * 2 < one[3][biggest], (one[3][biggest], eight[3][biggest])
     # the whole step too: every matrix node forks, the rest runs on one core
     assert eight[2][-1] < one[2][-1]
+    # per core (CORES): exact counts in turns mode only; on 8 cores every core works, the
+    # work is shared out (the busiest core runs well under half the single-core step: a
+    # team of one mostly skips the fork), and the step's critical path holds the busiest
+    # core's share
+    assert concurrent[5] == [] and len(one[5]) == 1 and len(eight[5]) == 8
+    assert min(eight[5]) > 0 and max(eight[5]) * 2 < one[2][-1], (one[2][-1], eight[5])
+    assert eight[2][-1] >= max(eight[5]) and one[2][-1] >= one[5][0]
 
 
 def test_board_reports_its_cluster():

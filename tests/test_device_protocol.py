@@ -276,6 +276,14 @@ def test_staging_refuses_gaps_short_runs_and_bad_labels(device):
     assert not np.array_equal(device.read_params(prog)["fc.weight"], before["fc.weight"])
 
 
+def test_cores_has_no_per_core_counts_without_a_cluster(device):
+    """CORES on a one-core device (fake, native, any board here but gap9 in turns mode,
+    which tests/test_cluster.py covers): an empty, well-formed answer."""
+    device.load(build_blob(program(batch=8)))
+    device.train(a_batch())
+    assert device.core_instructions() == []
+
+
 def test_profile_gives_the_cost_of_every_node_of_the_last_run(device, device_url):
     prog = program(batch=8)
     device.load(build_blob(prog))

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ep_ckpt.h"
+#include "ep_parallel.h"
 #include "ep_port.h"
 
 /* Fixed payload sizes of docs/protocol.md ("Messages"). */
@@ -23,6 +24,8 @@ enum {
     BUF_CHUNK_REQ_FIXED = 4,
     BUF_RUN_REQ_FIXED = 2,
     GUARD_REQ_BYTES = 8,
+    /* CORES: at most this many per-core counts (a GAP9 cluster has 8) */
+    CORES_MAX = 16,
     /* training guards: the loss-spike rule compares with the mean of this many accepted losses */
     GUARD_WINDOW = 8,
     /* an ERROR frame's message is one of the short strings below */
@@ -405,6 +408,15 @@ static ep_status_t put_step(ep_call_t *c, bool train, const ep_step_result_t *r,
     return EP_OK;
 }
 
+/* Before a TRAIN/EVAL: node counts (PROFILE) and per-core counts (CORES) from zero. */
+static ep_profiler_t begin_profile(void) {
+    memset(app.node_cycles, 0, sizeof app.node_cycles);
+    app.profiled = app.active->n_nodes;
+    ep_par_counts_reset();
+    const ep_profiler_t prof = {.clock = ep_port_cycles, .cycles = app.node_cycles};
+    return prof;
+}
+
 static ep_status_t run_batch(ep_call_t *c, bool train) {
     ep_batch_t b;
     ep_status_t st = parse_batch(c, c->req, c->req_len, &b);
@@ -415,9 +427,7 @@ static ep_status_t run_batch(ep_call_t *c, bool train) {
         return refuse(c, EP_NO_MODEL, EP_WHY("no model installed: load one first"));
     }
     ep_step_result_t r;
-    const ep_profiler_t prof = {.clock = ep_port_cycles, .cycles = app.node_cycles};
-    memset(app.node_cycles, 0, sizeof app.node_cycles);
-    app.profiled = app.active->n_nodes;
+    const ep_profiler_t prof = begin_profile();
     uint64_t t0 = ep_port_cycles();
     if (b.encoding == EP_ENC_STAGED) {
         const uint64_t need = (uint64_t)b.n * app.active->tensors[app.active->input_tensor].elems;
@@ -621,9 +631,7 @@ static ep_status_t run_buffered(ep_call_t *c, bool train) {
         .samples = ep_arena + app.buf.samples,
     };
     ep_step_result_t r;
-    const ep_profiler_t prof = {.clock = ep_port_cycles, .cycles = app.node_cycles};
-    memset(app.node_cycles, 0, sizeof app.node_cycles);
-    app.profiled = app.active->n_nodes;
+    const ep_profiler_t prof = begin_profile();
     const uint64_t t0 = ep_port_cycles();
     ep_status_t st = ep_model_run_buffered(app.active, ep_arena, &sb, n, p, train, &prof, &r, &c->why);
     const uint64_t cycles = ep_port_cycles() - t0;
@@ -636,6 +644,23 @@ static ep_status_t run_buffered(ep_call_t *c, bool train) {
 
 static ep_status_t on_train_buf(ep_call_t *c) { return run_buffered(c, true); }
 static ep_status_t on_eval_buf(ep_call_t *c) { return run_buffered(c, false); }
+
+/* CORES: per cluster core, the instructions it ran inside forks in the last TRAIN/EVAL. */
+static ep_status_t on_cores(ep_call_t *c) {
+    ep_status_t st = need_len(c, 0);
+    if (st != EP_OK) {
+        return st;
+    }
+    uint64_t counts[CORES_MAX];
+    const uint32_t n = ep_par_core_counts(counts, CORES_MAX);
+    uint8_t *out = put16(c->resp, (uint16_t)n);
+    out = put16(out, n > 0);
+    for (uint32_t k = 0; k < n; k++) {
+        out = put64(out, counts[k]);
+    }
+    set_resp_len(c, out);
+    return EP_OK;
+}
 
 /* PROFILE: the per-node cycles of the last TRAIN/EVAL, from node `first` on. */
 static ep_status_t on_profile(ep_call_t *c) {
@@ -832,6 +857,7 @@ static const ep_handler_t handlers[] = {
     [EP_MSG_CKPT_RESTORE] = on_ckpt_restore,
     [EP_MSG_CKPT_INFO] = on_ckpt_info,
     [EP_MSG_GUARD] = on_guard,
+    [EP_MSG_CORES] = on_cores,
 };
 
 static uint16_t put_message(uint8_t *out, uint16_t cap, const char *msg) {

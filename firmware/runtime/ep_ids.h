@@ -53,6 +53,7 @@ typedef enum {
     EP_MSG_CKPT_RESTORE = 17,
     EP_MSG_CKPT_INFO = 18,
     EP_MSG_GUARD = 19,
+    EP_MSG_CORES = 20,
     EP_MSG_ERROR = 127,
 } ep_msg_type_t;
 

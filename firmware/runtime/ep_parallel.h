@@ -58,6 +58,18 @@ uint32_t ep_par_num_cores(void);
 void ep_par_barrier(void);
 
 /**
+ * Per-core instruction counts (the CORES message): for each cluster core, the
+ * instructions it ran inside forks since the last ep_par_counts_reset(). Writes
+ * up to `max` counts to out; returns how many cores it counted, 0 when the port
+ * has no exact per-core counts (no cluster, or cores running at once under one
+ * virtual clock). Called by the main program only, between forks.
+ */
+uint32_t ep_par_core_counts(uint64_t *out, uint32_t max);
+
+/** Start the per-core counts from zero (before a TRAIN or EVAL). */
+void ep_par_counts_reset(void);
+
+/**
  * This core's chunk [*lo, *hi) of [0, n), in units of `unit` indices (a tile
  * width: chunks start on multiples of unit, the last core takes the remainder).
  * Chunks of consecutive cores are consecutive and cover [0, n) exactly; a core

@@ -21,3 +21,11 @@ __attribute__((weak)) uint32_t ep_par_num_cores(void) {
 }
 
 __attribute__((weak)) void ep_par_barrier(void) {}
+
+__attribute__((weak)) uint32_t ep_par_core_counts(uint64_t *out, uint32_t max) {
+    (void)out;
+    (void)max;
+    return 0;
+}
+
+__attribute__((weak)) void ep_par_counts_reset(void) {}

@@ -51,6 +51,7 @@ static uint32_t team_default;   /* ep_par_fork(0, ...) */
 static int turns;               /* timing=turns */
 static uint32_t started;        /* cores woken at least once */
 static uint64_t hidden;         /* turns mode: mcycle a real cluster overlaps */
+static uint64_t core_mcycle[RV_CLUSTER_MAX_CORES]; /* turns mode: each core's turns since the reset */
 
 /* the current fork */
 static struct {
@@ -206,6 +207,7 @@ static uint32_t configured_team(void) {
  * is core 0's again, or, when `finished`, hart 0 is woken. */
 static void end_turn(uint32_t core, uint64_t t0, int finished) {
     const uint64_t n = rv_mcycle64() - t0;
+    core_mcycle[core] += n;
     fork_state.phase_sum += n;
     if (n > fork_state.phase_max) {
         fork_state.phase_max = n;
@@ -347,6 +349,23 @@ void ep_par_barrier(void) {
             wait_msip(h);
         }
     }
+}
+
+/* Exact only in turns mode, where a core's turn is an mcycle delta of its own instructions. */
+uint32_t ep_par_core_counts(uint64_t *out, uint32_t max) {
+    const uint32_t team = configured_team();
+    if (!turns || team == 0) {
+        return 0;
+    }
+    const uint32_t n = team < max ? team : max;
+    for (uint32_t k = 0; k < n; k++) {
+        out[k] = core_mcycle[k] >> RV_CYCLE_SHIFT;
+    }
+    return n;
+}
+
+void ep_par_counts_reset(void) {
+    memset(core_mcycle, 0, sizeof core_mcycle);
 }
 
 /* Turns mode: the mcycle ep_port_cycles() leaves out (port.c). Only hart 0 reads it,

@@ -25,11 +25,6 @@
 #include "ep_port.h"
 #include "riscv_virt.h"
 
-#ifdef EP_ICOUNT_SHIFT
-#define RV_CYCLE_SHIFT EP_ICOUNT_SHIFT /* mcycle is virtual ns: instructions << shift */
-#else
-#define RV_CYCLE_SHIFT 0
-#endif
 
 #define REG8(addr) (*(volatile uint8_t *)(uintptr_t)(addr))
 #define UART(off) REG8(RV_UART_BASE + (off))

@@ -32,6 +32,14 @@
 /* mie/mip bit of the machine software interrupt (CLINT msip) */
 #define RV_MIP_MSIP 0x8
 
+/* mcycle per instruction, as a shift: under QEMU -icount shift=S (EP_ICOUNT_SHIFT)
+ * mcycle is virtual ns, instructions << S; without it, cycles */
+#ifdef EP_ICOUNT_SHIFT
+#define RV_CYCLE_SHIFT EP_ICOUNT_SHIFT
+#else
+#define RV_CYCLE_SHIFT 0
+#endif
+
 /*
  * The cluster (cluster.c): harts 1..RV_CLUSTER_MAX_CORES are GAP9's cluster
  * cores 0..7. Each has a stack of RV_CLUSTER_STACK_BYTES in the L1 region of
