@@ -5,7 +5,9 @@
 #   make firmware BOARD=<board>   build firmware (boards/<board>/board.toml)
 #                                 RTOS=freertos: the FreeRTOS port (docs/rtos.md) into
 #                                 build/<board>-freertos/ (FREERTOS_KERNEL_PATH=, default
-#                                 third_party/FreeRTOS-Kernel from `west update`)
+#                                 third_party/FreeRTOS-Kernel from `west update`);
+#                                 BOARD=gap9 RTOS=pmsis: real GAP9 hardware on the GAP
+#                                 SDK's PMSIS API, into build/gap9-pmsis/ (needs the SDK)
 #   make flash BOARD=<board>      put firmware on the board: an emulated board boots in the
 #                                 background and prints its serial URL; a real one is
 #                                 programmed with pyOCD (pip install -e '.[flash]')
@@ -71,7 +73,7 @@ firmware: tools $(BUILD)/$(BOARD)/board.mk
 	@$(MAKE) --no-print-directory -C firmware BUILD=$(BUILD)/$(BOARD)
 else
 firmware: tools
-	@test -f firmware/port/$(RTOS)/Makefile || { echo "RTOS=$(RTOS): no port in firmware/port/$(RTOS)/ (RTOS=freertos)"; exit 2; }
+	@test -f firmware/port/$(RTOS)/Makefile || { echo "RTOS=$(RTOS): no port in firmware/port/$(RTOS)/ (RTOS=freertos or pmsis)"; exit 2; }
 	@echo "==> building $(RTOS) firmware for $(BOARD) into $(FW_BUILD)"
 	@$(MAKE) --no-print-directory -C firmware/port/$(RTOS) BOARD=$(BOARD) BUILD=$(FW_BUILD) \
 		FREERTOS_KERNEL_PATH=$(abspath $(FREERTOS_KERNEL_PATH)) SYSPY=$(SYSPY)

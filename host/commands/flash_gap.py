@@ -8,11 +8,12 @@ with the GreenWaves GAP SDK's `gapy` when all three are here:
 - a board: a GAP9 EVK's on-board FTDI JTAG/UART bridge on USB (vendor 0x0403,
   product 0x6010 — what the SDK's OpenOCD configuration for gap9.evk opens),
   found in /sys/bus/usb/devices;
-- an image built for the chip: build/gap9-pmsis/edgeprop.elf. The gap9 image
-  this repository builds (build/gap9/edgeprop.elf) is for QEMU's `virt`
-  machine — 16550 UART, CLINT, DRAM at 0x80000000 — and would not run on the
-  chip; a port onto PMSIS (pi_cl_team_fork for ep_parallel.h, the SDK's UART
-  and L2/L1 allocators) would build that image. It is not written yet.
+- an image built for the chip: build/gap9-pmsis/edgeprop.elf, from `make
+  firmware BOARD=gap9 RTOS=pmsis` (firmware/port/pmsis: the SDK's UART driver,
+  its perf counter, pi_cl_team_fork behind ep_parallel.h; built with the SDK's
+  make rules). The default gap9 image (build/gap9/edgeprop.elf) is for QEMU's
+  `virt` machine — 16550 UART, CLINT, DRAM at 0x80000000 — and would not run
+  on the chip.
 
 Then it runs `gapy --target=gap9.evk --platform=board ... run --image --flash
 --exec-prepare --exec --binary=<image>` (the SDK makefiles' flash-and-run line).
