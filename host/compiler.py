@@ -394,11 +394,18 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
     """Build and plan the training program; refuse it if it does not fit `arena_limit`
     or the device's graph limits."""
     cfg = cfg or TrainConfig()
-    cfg.validate()
-    if cfg.int8_updates == "auto":
-        cfg = _resolve_int8_updates(spec, params, cfg, arena_limit, max_tensors, max_nodes)
+    # int8_updates "auto": f32 master weights (any optimizer, no rounding loss), unless only
+    # the int8 codes trained in place by SGD_Q8 fit the arena
+    auto = cfg.int8_updates == "auto"
+    cfg = replace(cfg, int8_updates="master") if auto else cfg
     graph, names = build_graph(spec, params, cfg, max_tensors, max_nodes)
     plan = plan_graph(graph)
+    sr = replace(cfg, int8_updates="sr")
+    if auto and arena_limit is not None and plan.arena_bytes > arena_limit and sr.sr_problem() is None:
+        sr_graph, sr_names = build_graph(spec, params, sr, max_tensors, max_nodes)
+        sr_plan = plan_graph(sr_graph)
+        if sr_plan.arena_bytes <= arena_limit:
+            cfg, graph, names, plan = sr, sr_graph, sr_names, sr_plan
     if arena_limit is not None and plan.arena_bytes > arena_limit:
         top = sorted(range(len(graph.tensors)), key=lambda i: -plan.sizes[i])[:3]
         biggest = ", ".join(f"{graph.tensors[i].name} {plan.sizes[i]} B" for i in top)
@@ -407,18 +414,6 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
             f"the board has {arena_limit} (biggest: {biggest})",
             hint=_what_fits(spec, params, cfg, arena_limit, max_tensors, max_nodes))
     return Program(spec, cfg, graph, plan, names)
-
-
-def _resolve_int8_updates(spec: ModelSpec, params, cfg: TrainConfig, limit: int | None, max_tensors: int,
-                         max_nodes: int) -> TrainConfig:
-    """int8_updates "auto": f32 master weights where they fit the arena (any optimizer, no
-    rounding loss), the int8 codes trained in place by SGD_Q8 where only that fits."""
-    master = replace(cfg, int8_updates="master")
-    if cfg.dtype != "int8" or limit is None or cfg.sr_problem():
-        return master
-    if plan_graph(build_graph(spec, params, master, max_tensors, max_nodes)[0]).arena_bytes <= limit:
-        return master
-    return replace(cfg, int8_updates="sr")
 
 
 def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensors: int, max_nodes: int) -> str:

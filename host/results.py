@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
                     print(f"{sc.dataset} seed {seed} {strategy:8s} {dtype or 'fp32':5s}: {100 * r['accuracy_before']:.1f}% → "
                           f"{100 * r['accuracy_after']:.1f}% (PyTorch {100 * r['reference_after']:.1f}%) "
                           f"in {time.monotonic() - t0:.0f} s", flush=True)
-    argv_text = " ".join(argv) if argv is not None else " ".join(__import__("sys").argv[1:])
+    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     command = f"python -m host.results {argv_text}".strip()
     # the page says where each part comes from
     note = (f" (the {', '.join(sorted({r['dataset'] for r in kept}))} rows kept from `{old['command']}` of "
