@@ -413,6 +413,26 @@ def test_the_two_cortex_m4_builds_differ_in_their_inner_loop():
     assert smlads(simd) >= 4 and smlads(portable) == 0
 
 
+@pytest.mark.parametrize("opt", ["-O0", "-Og", "-O2 -fno-omit-frame-pointer"])
+def test_the_smlad_kernel_builds_for_debugging(opt):
+    """The SMLAD tile's asm uses r7, Thumb's frame pointer in debug builds: it saves r7
+    itself rather than naming it, so -O0 and frame-pointer builds of the M4 compile."""
+    import shutil
+    import subprocess
+
+    from host.boards import REPO_ROOT, load_board
+
+    tc = load_board("mps2-an386").toolchain
+    cc = shutil.which(tc["prefix"] + "gcc")
+    if cc is None:
+        pytest.skip(f"{tc['prefix']}gcc not found (make setup installs it)")
+    fw = REPO_ROOT / "firmware"
+    proc = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", *opt.split(), *tc["cflags"],
+                           f"-I{fw / 'runtime'}", f"-I{fw / 'port'}", "-c", "-o", os.devnull,
+                           str(fw / "runtime" / "ops" / "ep_q8_core.c")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 # -- malformed nodes are refused --------------------------------------------------------------------
 
 def _linear_graph(mutate=None) -> bytes:

@@ -84,18 +84,21 @@ static void panel_rest(uint32_t h, uint32_t Q, uint32_t T, const int16_t *ap, co
  * Full panels: a 4×1 tile per (panel, B row), the whole row loop in one asm block
  * with fixed registers: sums r0-r3, A words r8-r11 (ascending for LDM), B words
  * r4 r5, pa r6, pb r7, pair count r12, c pointer lr; the rest lives in ctx[] (its
- * address pushed on the stack).
+ * address pushed on the stack). r7 is saved and restored by the block itself, not
+ * named as an operand: it is the Thumb frame pointer in -O0 and
+ * -fno-omit-frame-pointer builds, where GCC refuses it as an asm operand.
  *   inner: per two t-pairs one LDRD (two B words) and two LDMs (two panel columns),
  *          8 SMLADs: 11 instructions for 16 MACs; 8 t-pairs per loop test (46 for
  *          64 MACs, 1.39 MAC/instruction), then pairs of t-pairs, then a single one;
  *   per B row: sums from c (2 LDRD) or zero, 2 STRD, about 14 more instructions
  *          (pb simply runs on into the next row).
- * ctx: [0] panel start, [1] t-pairs, [2] ldc in bytes, [3] rows left.
+ * ctx: [0] panel start, [1] t-pairs, [2] ldc in bytes, [3] rows left, [4] B.
  */
 #define EP_Q8_ROWS_LOOP(INIT)                                                                             \
-    __asm__ volatile("push   {r12}\n"                                                                     \
+    __asm__ volatile("push   {r7, r12}\n\t"                                                                \
+                     "ldr    r7, [r12, #16]\n"                                                          \
                      "1:\n\t"                                                                             \
-                     "ldr    r12, [sp]\n\t"                                                               \
+                     "ldr    r12, [sp, #4]\n\t"                                                           \
                      "ldr    r6, [r12, #0]\n\t" INIT "ldr    r12, [r12, #4]\n\t"                          \
                      "subs   r12, r12, #8\n\t"                                                            \
                      "blt    3f\n"                                                                        \
@@ -119,15 +122,15 @@ static void panel_rest(uint32_t h, uint32_t Q, uint32_t T, const int16_t *ap, co
                      "6:\n\t"                                                                             \
                      "strd   r0, r1, [lr]\n\t"                                                            \
                      "strd   r2, r3, [lr, #8]\n\t"                                                        \
-                     "ldr    r12, [sp]\n\t"                                                               \
+                     "ldr    r12, [sp, #4]\n\t"                                                           \
                      "ldr    r4, [r12, #8]\n\t"                                                           \
                      "add    lr, lr, r4\n\t"                                                              \
                      "ldr    r4, [r12, #12]\n\t"                                                          \
                      "subs   r4, r4, #1\n\t"                                                              \
                      "str    r4, [r12, #12]\n\t"                                                          \
                      "bne    1b\n\t"                                                                      \
-                     "pop    {r12}\n"                                                                     \
-                     : "+r"(pc_lr), "+r"(pb7)                                                             \
+                     "pop    {r7, r12}\n"                                                                 \
+                     : "+r"(pc_lr)                                                                        \
                      : "r"(ctx_r12)                                                                       \
                      : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "cc", "memory")
 
@@ -149,9 +152,8 @@ void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a
     uint32_t r = 0;
     if (Q != 0) {
         for (; r + EP_Q8_PANEL <= R; r += EP_Q8_PANEL) {
-            uintptr_t ctx[4] = {(uintptr_t)(a + r * T), T / 2, 4 * ldc, Q};
+            uintptr_t ctx[5] = {(uintptr_t)(a + r * T), T / 2, 4 * ldc, Q, (uintptr_t)b};
             register int32_t *pc_lr __asm__("lr") = c + r;
-            register const int16_t *pb7 __asm__("r7") = b;
             register uintptr_t *ctx_r12 __asm__("r12") = ctx;
             if (accumulate) {
                 EP_Q8_ROWS_LOOP("ldrd   r0, r1, [lr]\n\t"
