@@ -205,6 +205,9 @@ static void check_answer(uint8_t type, uint16_t req_id) {
     case EP_MSG_PROFILE:
         FUZZ_CHECK(plen >= 4 && plen % 4 == 0);
         break;
+    case EP_MSG_CORES: /* one core, no cluster: no counts */
+        FUZZ_CHECK(plen == 4 && ep_rd16(pl) == 0 && ep_rd16(pl + 2) == 0);
+        break;
     case EP_MSG_EXIT:
         FUZZ_CHECK(plen == 0);
         break;
