@@ -60,6 +60,35 @@ def _require_firmware(board_name: str):
 
 
 @contextlib.contextmanager
+def streamed_twice(capsys, tmp_path, board_name: str, emulate_args: list[str]):
+    """As a user: `host emulate ARGS` boots a board in the background, `host stream` finds
+    it and trains (the model improves), and a second stream reconnects to the model the
+    device still holds. Yields the second stream's summary; the board is stopped after."""
+    import json
+
+    from host.cli import main
+    from host.emulator import running_boards
+
+    assert main(["emulate", *emulate_args, "--json"]) == 0
+    started = json.loads(capsys.readouterr().out)
+    try:
+        assert [r.url for r in running_boards()] == [started["url"]]
+        code = main(["stream", "--dataset", "digits", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
+        summary = json.loads(capsys.readouterr().out)
+        assert code == 0 and summary["board"] == board_name and summary["flashed"]
+        assert summary["final_eval"]["accuracy"] > summary["initial_eval"]["accuracy"]
+        assert summary["cycles_per_sample"] > 1000
+        code = main(["stream", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
+        again = json.loads(capsys.readouterr().out)
+        assert code == 0 and not again["flashed"]
+        assert again["initial_eval"]["loss"] == pytest.approx(summary["final_eval"]["loss"], abs=1e-6)
+        yield again
+    finally:
+        assert main(["emulate", "--stop"]) == 0
+    assert running_boards() == []
+
+
+@contextlib.contextmanager
 def board_device(request, board_name: str, timeout: float = 30.0):
     """A Device on a freshly booted `board_name` (skips, or fails under CI, without its firmware)."""
     board = _require_firmware(board_name)

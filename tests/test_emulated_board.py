@@ -12,11 +12,11 @@ from host.blob import build_blob
 from host.cli import main
 from host.compiler import TrainConfig, compile_model
 from host.device import Batch, Device
-from host.emulator import running_boards, start
+from host.emulator import start
 from host.link import Link
 from host.zoo import init_params, load_model
 
-from conftest import EMULATED_BOARDS, _require_firmware
+from conftest import EMULATED_BOARDS, _require_firmware, streamed_twice
 
 
 @pytest.fixture(params=EMULATED_BOARDS)
@@ -25,26 +25,10 @@ def board(request):
 
 
 def test_flash_then_stream_finds_the_running_board(board, capsys, tmp_path):
-    assert main(["emulate", "--board", board.name, "--json"]) == 0
-    started = json.loads(capsys.readouterr().out)
-    try:
-        assert [r.url for r in running_boards()] == [started["url"]]
-        code = main(["stream", "--dataset", "digits", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
-        summary = json.loads(capsys.readouterr().out)
-        assert code == 0 and summary["board"] == board.name and summary["flashed"]
-        assert summary["final_eval"]["accuracy"] > summary["initial_eval"]["accuracy"]
-        assert summary["cycles_per_sample"] > 1000
-        # a second stream reconnects to the same running board, which still holds the model
-        code = main(["stream", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
-        again = json.loads(capsys.readouterr().out)
-        assert code == 0 and not again["flashed"]
-        assert again["initial_eval"]["loss"] == pytest.approx(summary["final_eval"]["loss"], abs=1e-6)
+    with streamed_twice(capsys, tmp_path, board.name, ["--board", board.name]) as again:
         assert main(["info", "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["stats"]["steps"] == again["steps"] and info["hello"]["model_loaded"]
-    finally:
-        assert main(["emulate", "--stop"]) == 0
-    assert running_boards() == []
 
 
 def _one_step_cycles(board) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import subprocess
@@ -33,15 +32,15 @@ import pytest
 
 from host.blob import build_blob
 from host.boards import REPO_ROOT, load_board
-from host.cli import main
 from host.compiler import TrainConfig, compile_model
 from host.datasets import load_dataset
 from host.device import Batch, Device
-from host.emulator import BUILD_DIR, firmware_path, running_boards, start
+from host.emulator import BUILD_DIR, firmware_path, start
 from host.link import Link
 from host.zoo import init_params, load_model
 
 import test_training_golden as golden
+from conftest import streamed_twice
 
 FREERTOS_BOARDS = ["mps2-an386", "gap9"]
 PORT_DIR = REPO_ROOT / "firmware" / "port" / "freertos"
@@ -164,22 +163,8 @@ def test_host_commands_drive_the_rtos_board(freertos_image, capsys, tmp_path):
     """`host emulate --elf` boots the FreeRTOS image; `host stream` finds it, trains,
     and a second stream reconnects to the model the device still holds."""
     board, elf = freertos_image
-    assert main(["emulate", "--board", board.name, "--elf", str(elf), "--json"]) == 0
-    started = json.loads(capsys.readouterr().out)
-    try:
-        assert [r.url for r in running_boards()] == [started["url"]]
-        code = main(["stream", "--dataset", "digits", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
-        summary = json.loads(capsys.readouterr().out)
-        assert code == 0 and summary["board"] == board.name and summary["flashed"]
-        assert summary["final_eval"]["accuracy"] > summary["initial_eval"]["accuracy"]
-        assert summary["cycles_per_sample"] > 1000
-        code = main(["stream", "--epochs", "1", "--runs-dir", str(tmp_path), "--json"])
-        again = json.loads(capsys.readouterr().out)
-        assert code == 0 and not again["flashed"]
-        assert again["initial_eval"]["loss"] == pytest.approx(summary["final_eval"]["loss"], abs=1e-6)
-    finally:
-        assert main(["emulate", "--stop"]) == 0
-    assert running_boards() == []
+    with streamed_twice(capsys, tmp_path, board.name, ["--board", board.name, "--elf", str(elf)]):
+        pass
 
 
 def test_exit_sends_its_answer_then_ends_qemu_with_the_code(freertos_image):
