@@ -38,6 +38,35 @@
 #ifndef __ASSEMBLER__
 /** Start the SysTick cycle counter of ep_port_cycles(); ports call it last in ep_port_init. */
 void armv7m_cycles_start(void);
+#else
+/* The memory set-up every Arm reset handler runs first (bare metal, armv7m/startup.S, and
+ * FreeRTOS, freertos/mps2/startup.S): full access to the FPU, .data copied from its load
+ * image, .bss zeroed. Uses r0-r3. */
+.macro ARMV7M_INIT_MEMORY
+    ldr r0, =ARMV7M_SCB_CPACR
+    ldr r1, [r0]
+    orr r1, r1, #ARMV7M_CPACR_FPU_FULL
+    str r1, [r0]
+    dsb
+    isb
+
+    ldr r0, =__data_start
+    ldr r1, =__data_end
+    ldr r2, =__data_load
+1:  cmp r0, r1
+    ittt lo
+    ldrlo r3, [r2], #4
+    strlo r3, [r0], #4
+    blo 1b
+
+    ldr r0, =__bss_start
+    ldr r1, =__bss_end
+    movs r3, #0
+2:  cmp r0, r1
+    itt lo
+    strlo r3, [r0], #4
+    blo 2b
+.endm
 #endif
 
 #endif /* EP_ARMV7M_H */

@@ -64,6 +64,41 @@ static inline uint64_t rv_mcycle64(void) {
     } while (hi != hi2);
     return ((uint64_t)hi << 32) | lo;
 }
+#else
+/* Copy the words [start, end) from load (nothing when they are one address). Uses t0, a0-a2. */
+.macro RV_COPY_WORDS start, end, load
+    la a0, \start
+    la a1, \end
+    la a2, \load
+    beq a0, a2, 2f
+1:  bgeu a0, a1, 2f
+    lw t0, 0(a2)
+    sw t0, 0(a0)
+    addi a0, a0, 4
+    addi a2, a2, 4
+    j 1b
+2:
+.endm
+
+/* The memory set-up every RISC-V startup runs on hart 0 (bare metal, riscv_virt/startup.S,
+ * and FreeRTOS, freertos/riscv_virt/startup.S): the F extension on, .data and .tdata copied
+ * from their load images, .tbss and .bss (contiguous) zeroed, tp at the TLS block
+ * (picolibc keeps errno there). Uses t0, t1, a0-a2. */
+.macro RV_INIT_MEMORY
+    li t0, RV_MSTATUS_FS_INITIAL
+    csrs mstatus, t0
+    fscsr zero
+    RV_COPY_WORDS __data_start, __data_end, __data_load
+    RV_COPY_WORDS __tdata_start, __tdata_end, __tdata_load
+    la t0, __tbss_start
+    la t1, __bss_end
+3:  bgeu t0, t1, 4f
+    sw zero, 0(t0)
+    addi t0, t0, 4
+    j 3b
+4:
+    la tp, __tls_base
+.endm
 #endif
 
 #endif /* RISCV_VIRT_H */

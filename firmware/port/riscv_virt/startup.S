@@ -41,29 +41,7 @@ _start:
     csrw mtvec, t0
     la sp, __stack_top
 
-    li t0, RV_MSTATUS_FS_INITIAL
-    csrs mstatus, t0
-    fscsr zero
-
-    /* .data then .tdata: copy from the load image (LMA in FLASH) */
-    la a0, __data_start
-    la a1, __data_end
-    la a2, __data_load
-    call copy_words
-    la a0, __tdata_start
-    la a1, __tdata_end
-    la a2, __tdata_load
-    call copy_words
-
-    /* .tbss, then .bss (contiguous): zero */
-    la t0, __tbss_start
-    la t1, __bss_end
-2:  bgeu t0, t1, 3f
-    sw zero, 0(t0)
-    addi t0, t0, 4
-    j 2b
-3:
-    la tp, __tls_base
+    RV_INIT_MEMORY
     la t0, rv_boot_fdt
     sw s1, 0(t0)
 
@@ -71,17 +49,6 @@ _start:
     li a1, 0
     call main
     call ep_port_exit
-
-/* copy words [a0, a1) from a2 */
-copy_words:
-    beq a0, a2, 2f
-1:  bgeu a0, a1, 2f
-    lw t0, 0(a2)
-    sw t0, 0(a0)
-    addi a0, a0, 4
-    addi a2, a2, 4
-    j 1b
-2:  ret
 
 /* harts 1..N-1: wait for the first software interrupt (t0 = mhartid) */
 park:

@@ -47,29 +47,7 @@ ep_vectors:
     .type Reset_Handler, %function
     .thumb_func
 Reset_Handler:
-    ldr r0, =ARMV7M_SCB_CPACR
-    ldr r1, [r0]
-    orr r1, r1, #ARMV7M_CPACR_FPU_FULL
-    str r1, [r0]
-    dsb
-    isb
-
-    ldr r0, =__data_start
-    ldr r1, =__data_end
-    ldr r2, =__data_load
-1:  cmp r0, r1
-    ittt lo
-    ldrlo r3, [r2], #4
-    strlo r3, [r0], #4
-    blo 1b
-
-    ldr r0, =__bss_start
-    ldr r1, =__bss_end
-    movs r3, #0
-2:  cmp r0, r1
-    itt lo
-    strlo r3, [r0], #4
-    blo 2b
+    ARMV7M_INIT_MEMORY
 
     bl ep_freertos_start
     .size Reset_Handler, . - Reset_Handler
