@@ -57,7 +57,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # Board settings and linker script are generated from boards/<board>/board.toml.
-$(BUILD)/%/board.mk: boards/%/board.toml host/boards.py firmware/port/*/link.ld.in firmware/port/*/port.mk
+$(BUILD)/%/board.mk: boards/%/board.toml host/boards.py host/ids.py firmware/port/*/link.ld.in firmware/port/*/port.mk
 	@$(SYSPY) -m host.boards render $* $(BUILD)/$*
 
 # RTOS=<rtos> builds the port in firmware/port/<rtos>/ instead of bare metal, into its own
