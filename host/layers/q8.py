@@ -99,13 +99,21 @@ def backward(e, layer, op: OpCode, x: int, dy: int, need_dx: bool, iattrs, scrat
             outs.append(e.scratch("db.unused", e.g.tensors[w].dims[0]))
         e.node(op, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x]],
                outs + [e.scratch_bytes("bw_param.scratch", scratch["bw_param_f32"])], iattrs=iattrs)
-    dx = None
-    if need_dx:
-        dx = e.act_q8("in.grad", e.dims(x), grad=True)
-        e.node(op, OpFn.BW_INPUT, [dy, e.qexp[dy], p.w, p.e_w],
-               [dx, e.qexp[dx], e.scratch_bytes("bw_input.scratch", scratch["bw_input"])], iattrs=iattrs)
+    dx = _input_error(e, op, p, x, dy, need_dx, iattrs, scratch)
     for param, gp in grads:
         e.update(param, gp, then=lambda em, param=param: _requant(em, p, param, param == w))
+    return dx
+
+
+def _input_error(e, op: OpCode, p: Q8Params, x: int, dy: int, need_dx: bool, iattrs,
+                 scratch: dict[str, int]) -> int | None:
+    """The int8 input error dx from dy and the weight codes (BW_INPUT), if an earlier layer
+    needs it; emitted before any step changes the codes."""
+    if not need_dx:
+        return None
+    dx = e.act_q8("in.grad", e.dims(x), grad=True)
+    e.node(op, OpFn.BW_INPUT, [dy, e.qexp[dy], p.w, p.e_w],
+           [dx, e.qexp[dx], e.scratch_bytes("bw_input.scratch", scratch["bw_input"])], iattrs=iattrs)
     return dx
 
 
@@ -122,11 +130,7 @@ def _backward_sr(e, layer, op: OpCode, p: Q8Params, x: int, dy: int, need_dx: bo
     eg = e.g.add_tensor(Tensor(f"{layer.name}.grad.exp", (2,), DType.I32))
     e.node(op, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x]],
            [gw, gb, eg, e.scratch_bytes("bw_param.scratch", scratch["bw_param_i32"])], iattrs=iattrs)
-    dx = None
-    if need_dx:
-        dx = e.act_q8("in.grad", e.dims(x), grad=True)
-        e.node(op, OpFn.BW_INPUT, [dy, e.qexp[dy], p.w, p.e_w],
-               [dx, e.qexp[dx], e.scratch_bytes("bw_input.scratch", scratch["bw_input"])], iattrs=iattrs)
+    dx = _input_error(e, op, p, x, dy, need_dx, iattrs, scratch)
     if e.q8_rng is None:  # xorshift32 state (nonzero), a parameter: checkpoints keep it
         e.q8_rng = e.g.add_tensor(_t("int8.sgd_rng", (1,), DType.I32, TensorFlag.PARAM,
                                      np.array([quant.XORSHIFT_ZERO_SEED], np.int32)))
