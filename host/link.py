@@ -85,6 +85,17 @@ class Link:
             raise LinkError(f"serial link lost while writing: {e}") from e
         self.bytes_sent += len(data)
 
+    def await_boot_hello(self, timeout: float = 10.0) -> bool:
+        """Wait for the boot HELLO (request id 0) a device sends once its UART is up; False
+        if none arrives within `timeout` s. Bytes sent before that may be lost (QEMU's STM32
+        USART drops them until its receiver is enabled, as hardware would), and a lost
+        request is only answered when it is retried, a whole timeout later."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(f.req_id == 0 for f in self.read_frames(0.2)):
+                return True
+        return False
+
     def read_frames(self, wait: float) -> list[Frame]:
         """Frames that arrive within `wait` seconds (returns early on the first batch)."""
         deadline = time.monotonic() + wait

@@ -93,6 +93,7 @@ def board_device(request, board_name: str, timeout: float = 30.0):
     """A Device on a freshly booted `board_name` (skips, or fails under CI, without its firmware)."""
     board = _require_firmware(board_name)
     with start(board) as running, Link.open(running.url, timeout=timeout) as lk:
+        await_boot_hello(lk)
         dev = Device(lk)
         dev.hello()
         yield dev
@@ -123,19 +124,18 @@ def raw_link(device_url):
         yield lk
 
 
+def await_boot_hello(lk: Link, timeout: float = 10.0) -> None:
+    """Link.await_boot_hello, failing the test if the device never says HELLO."""
+    if not lk.await_boot_hello(timeout):
+        pytest.fail(f"the device sent no boot HELLO within {timeout:.0f} s")
+
+
 @pytest.fixture
 def link(raw_link):
-    """A link to a booted device: its boot HELLO (request id 0) has arrived.
-
-    Bytes sent before the firmware has set its UART up may be lost on some boards
-    (QEMU's STM32 USART drops input until the receiver is enabled), as they would
-    be on hardware; a test that sends raw bytes must not race the boot.
-    """
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        if any(f.req_id == 0 for f in raw_link.read_frames(0.2)):
-            return raw_link
-    pytest.fail("the device sent no boot HELLO within 10 s")
+    """A link to a booted device: its boot HELLO has arrived (Link.await_boot_hello), so
+    a test that sends raw bytes does not race the boot."""
+    await_boot_hello(raw_link)
+    return raw_link
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import DEVICE_KINDS, _require_firmware, start_kind
+from conftest import DEVICE_KINDS, _require_firmware, await_boot_hello, start_kind
 from host import ids
 from host.blob import build_blob, parse_blob
 from host.compiler import TrainConfig, compile_model
@@ -68,18 +68,8 @@ def booted(kind: str, nv, timeout: float = 30.0):
             yield Device(lk), None
         return
     with start_kind(kind, nv_dir=nv) as running, Link.open(running.url, timeout=timeout) as lk:
-        wait_for_boot(lk)
+        await_boot_hello(lk)
         yield Device(lk), running
-
-
-def wait_for_boot(lk: Link, seconds: float = 10.0) -> None:
-    """Until the boot HELLO (req_id 0) arrives: some boards drop bytes sent before their UART
-    is set up (conftest's `link` fixture), and a restoring boot reads its storage first."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if any(f.req_id == 0 for f in lk.read_frames(0.2)):
-            return
-    pytest.fail(f"no boot HELLO within {seconds:.0f} s")
 
 
 def storage(kind, tmp_path):
@@ -280,7 +270,7 @@ def test_power_cuts_while_training_and_checkpointing_never_lose_a_completed_chec
     for trial in range(FAULT_TRIALS):
         with start(board, nv_dir=nv) as running:
             with Link.open(running.url, timeout=10.0, retries=2) as lk:
-                wait_for_boot(lk)
+                await_boot_hello(lk)
                 dev = Device(lk)
                 h = dev.hello()
                 info = dev.checkpoint_info()

@@ -14,7 +14,6 @@ for the matrix nodes — the quantity `make bench` turns into a speed-up.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from host.emulator import start
 from host.link import Link
 from host.zoo import init_params, load_model
 
-from conftest import _require_firmware
+from conftest import _require_firmware, await_boot_hello
 
 CORE_COUNTS = [1, 2, 4, 8]
 STEPS = 2
@@ -43,16 +42,6 @@ CASES = {
 }
 
 
-def _boot_hello(lk: Link) -> None:
-    """Wait for the boot HELLO (request id 0) before sending: bytes sent while the
-    firmware sets its UART up are lost, as on hardware (see conftest's `link`)."""
-    deadline = time.monotonic() + 20.0
-    while time.monotonic() < deadline:
-        if any(f.req_id == 0 for f in lk.read_frames(0.2)):
-            return
-    pytest.fail("gap9 sent no boot HELLO within 20 s")
-
-
 def train_on_cluster(name: str, cfg: TrainConfig, cores: int, timing: str | None = None):
     """Boot gap9 with `cores` cluster cores, train STEPS steps; (losses, weights, cycles, profile,
     prog, per-core instructions of the last step)."""
@@ -61,7 +50,7 @@ def train_on_cluster(name: str, cfg: TrainConfig, cores: int, timing: str | None
     prog = compile_model(spec, init_params(spec, 0), cfg)
     rng = np.random.default_rng(1)
     with start(board) as running, Link.open(running.url, timeout=120.0) as lk:
-        _boot_hello(lk)
+        await_boot_hello(lk)
         dev = Device(lk)
         dev.hello()
         dev.load(build_blob(prog))
