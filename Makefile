@@ -13,7 +13,8 @@
 #                                 programmed with pyOCD (pip install -e '.[flash]')
 #   make bench                    instructions per training step and MAC/instruction per op
 #                                 on the emulated Cortex-M4F → bench/results.json; the gap9
-#                                 cluster's 1- vs 8-core speed-up → bench/cluster.json
+#                                 cluster's 1- vs 8-core speed-up → bench/cluster.json; weights
+#                                 in gap9's L3 → bench/l3.json
 #   make test-renode              the Robot suites (tests/renode) on Renode, if installed
 #                                 (renode-test on PATH, or pip install -e '.[renode]'); else skips
 #   make fuzz                     longer fuzzing (libFuzzer, ASan+UBSan): FUZZ_SECONDS=600 per harness
@@ -114,6 +115,8 @@ bench: setup
 	@$(MAKE) --no-print-directory firmware BOARD=gap9
 	@echo "==> benchmark: the gap9 cluster, 1 vs 8 cores (critical-path instructions)"
 	@$(PY) -m host.bench --cluster
+	@echo "==> benchmark: gap9 training with weights in L3 (copy cost per step)"
+	@$(PY) -m host.bench --l3
 
 # Renode: boot each MCU board's firmware (boards/<b>/<b>.resc), train over the UART
 # socket, check the loss (tests/renode/edgeprop.robot). Skips, saying why, without Renode.

@@ -33,6 +33,14 @@ their balance, max / mean; kind "cluster_l1" gives, per
 conv/linear node, the bytes a tile would need in the cluster's 128 KiB L1
 (weights + one sample's input and output): what a DMA-tiled kernel must fit.
 The batch is the largest of 8, 4, 2, 1 whose plan fits gap9's arena.
+
+    python -m host.bench --l3 [--out bench/l3.json]
+
+The L3 section: on the emulated GAP9 (8 cores), a model whose f32 weights (847 KiB,
+L3_MODEL) and gradients do not fit the 896 KiB L2 arena trains with weights in L3.
+One row per program: the step's instructions, those of its L3_LOAD/L3_STORE nodes
+(copies by the FC; on the chip the uDMA moves L3 in the background, so this is what
+the copies cost when nothing overlaps them) and the bytes they move per step.
 """
 
 from __future__ import annotations
@@ -40,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,13 +121,9 @@ def _cluster_run(board, cores: int, name: str, prog, batch: int, steps: int) -> 
 
 
 def wait_boot_hello(link: Link, timeout: float = 20.0) -> None:
-    """Wait for the boot HELLO before the first request (bytes sent while the firmware
-    sets its UART up are lost, as on hardware)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(f.req_id == 0 for f in link.read_frames(0.2)):
-            return
-    raise ToolError("the board sent no boot HELLO")
+    """Wait for the boot HELLO before the first request (Link.await_boot_hello)."""
+    if not link.await_boot_hello(timeout):
+        raise ToolError("the board sent no boot HELLO")
 
 
 def _tile_l1_bytes(g, nd) -> int:
@@ -212,6 +215,72 @@ def main_cluster(args, console: Console) -> int:
     return 0
 
 
+#: 64 → 4×256 → 10 on 8×8 digits: 847 KiB of f32 weights; with one layer's 256 KiB weight
+#: gradient the program exceeds GAP9's 896 KiB arena, so two weights move to L3
+L3_MODEL = {
+    "name": "mlp-deep-digits", "input": [64], "classes": 10, "loss": "softmax_cross_entropy",
+    "layers": [{"type": "linear", "name": "fc1", "out": 256}, {"type": "relu", "name": "r1"},
+               {"type": "linear", "name": "fc2", "out": 256}, {"type": "relu", "name": "r2"},
+               {"type": "linear", "name": "fc3", "out": 256}, {"type": "relu", "name": "r3"},
+               {"type": "linear", "name": "fc4", "out": 256}, {"type": "relu", "name": "r4"},
+               {"type": "linear", "name": "fc5", "out": 10}],
+}
+
+
+def main_l3(args, console: Console) -> int:
+    from .ids import OpCode
+    from .zoo import parse_model
+
+    try:
+        board = load_board("gap9")
+        if not firmware_path(board).is_file():
+            raise ToolError("no firmware for gap9", hint="run `make firmware BOARD=gap9` first")
+        spec = parse_model(L3_MODEL)
+        rows = []
+        with start(board) as running, Link.open(running.url, timeout=120.0) as link:
+            wait_boot_hello(link)
+            dev = Device(link)
+            hello = dev.hello()
+            for opt in ("sgd", "adam"):
+                cfg = TrainConfig(batch=args.batch, lr=0.01, optimizer=opt)
+                prog = compile_model(spec, init_params(spec, 0), cfg, arena_limit=hello.arena_bytes,
+                                     l3_limit=hello.l3_bytes)
+                console.print(f"==> {spec.name} ({opt}) on gap9: {len(prog.plan.l3_tensors)} tensors in L3")
+                dev.load(build_blob(prog))
+                rng = np.random.default_rng(0)
+                r = None
+                for _ in range(args.steps):
+                    x = rng.standard_normal((args.batch, *spec.input)).astype(np.float32)
+                    r = dev.train(Batch.from_arrays(x, rng.integers(0, spec.classes, args.batch)))
+                cycles = dev.profile()
+                g = prog.graph
+                copies = [i for i, nd in enumerate(g.nodes) if nd.op in (OpCode.L3_LOAD, OpCode.L3_STORE)
+                          and i >= g.train_begin]
+                rows.append({"kind": "l3", "name": f"{spec.name}/{opt}", "board": "gap9", "batch": args.batch,
+                             "arena_bytes": prog.plan.arena_bytes, "l3_bytes": prog.plan.l3_bytes,
+                             "l3_tensors": sorted(g.tensors[i].name for i in prog.plan.l3_tensors),
+                             "no_l3_arena_bytes": compile_model(spec, init_params(spec, 0), cfg).plan.arena_bytes,
+                             "instructions": r.cycles, "copy_instructions": sum(cycles[i] for i in copies),
+                             "copy_bytes": sum(prog.plan.sizes[g.nodes[i].inputs[0]] for i in copies)})
+    except EdgePropError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 1
+    out = args.out if args.out != DEFAULT_OUT else REPO_ROOT / "bench" / "l3.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    table = Table(title="gap9: training with weights in L3 (8 cores, one step)")
+    for col in ("program", "arena (no L3)", "arena", "L3", "step instr.", "copy instr.", "copied B"):
+        table.add_column(col, justify="left" if col == "program" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(r["name"], f"{r['no_l3_arena_bytes']:,}", f"{r['arena_bytes']:,}", f"{r['l3_bytes']:,}",
+                      f"{r['instructions']:,}",
+                      f"{r['copy_instructions']:,} ({100 * r['copy_instructions'] / r['instructions']:.1f} %)",
+                      f"{r['copy_bytes']:,}")
+    console.print(table)
+    console.print(f"wrote {out}")
+    return 0
+
+
 def op_totals(rows: list[dict]) -> list[dict]:
     out: dict[tuple, dict] = {}
     for r in rows:
@@ -238,10 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--cluster", action="store_true",
                     help="the gap9 cluster section instead: 1 vs 8 cores (default out: bench/cluster.json)")
+    ap.add_argument("--l3", action="store_true",
+                    help="the L3 section instead: gap9 training with weights in L3 (default out: bench/l3.json)")
     args = ap.parse_args(argv)
     console = Console(width=max(Console().width, 120))
     if args.cluster:
         return main_cluster(args, console)
+    if args.l3:
+        return main_l3(args, console)
     try:
         board = load_board(args.board)
         if not firmware_path(board).is_file():

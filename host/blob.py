@@ -16,6 +16,7 @@ from construct import Array, Const, ConstructError, Float32l, Int8ul, Int16ul, I
 from . import ids
 from .errors import ModelError
 from .graph import NUMPY_DTYPE, align
+from .ids import OpCode, TensorFlag
 from .compiler import Program
 
 HEADER = Struct(
@@ -140,8 +141,9 @@ def blob_crc(blob: bytes) -> int:
     return int.from_bytes(blob[12:16], "little")
 
 
-def parse_blob(blob: bytes, arena_limit: int | None = None) -> ParsedBlob:
-    """Parse and check the structure of a blob (docs/blob.md); raises ModelError."""
+def parse_blob(blob: bytes, arena_limit: int | None = None, l3_limit: int | None = None) -> ParsedBlob:
+    """Parse and check the structure of a blob (docs/blob.md); raises ModelError. The
+    header dict gains `l3_bytes`: the L3 span its L3 tensors take (0 if none)."""
     try:
         h = HEADER.parse(blob)
     except ConstructError as e:
@@ -168,8 +170,14 @@ def parse_blob(blob: bytes, arena_limit: int | None = None) -> ParsedBlob:
         raise ModelError(f"blob needs a {h.arena_bytes}-byte arena; the device has {arena_limit}")
     tensors = [TENSOR.parse(blob[h.tensors_off + i * ids.BLOB_TENSOR_BYTES:]) for i in range(h.n_tensors)]
     nodes = [NODE.parse(blob[h.nodes_off + i * ids.BLOB_NODE_BYTES:]) for i in range(h.n_nodes)]
+    l3 = [t["flags"] & TensorFlag.L3 != 0 for t in tensors]
     for i, t in enumerate(tensors):
-        if t["offset"] + t["bytes"] > h.arena_bytes:
+        if l3[i]:
+            if not t["flags"] & TensorFlag.PARAM or t["flags"] & TensorFlag.BATCHED:
+                raise ModelError(f"blob tensor {i}: an L3 tensor must be an unbatched PARAM")
+            if l3_limit is not None and t["offset"] + t["bytes"] > l3_limit:
+                raise ModelError(f"blob tensor {i}: beyond the device's {l3_limit} bytes of L3 memory")
+        elif t["offset"] + t["bytes"] > h.arena_bytes:
             raise ModelError(f"blob tensor {i}: outside the arena")
         if t["init"] != ids.NO_INIT and t["init"] + t["bytes"] > h.data_bytes:
             raise ModelError(f"blob tensor {i}: init outside the data section")
@@ -177,7 +185,11 @@ def parse_blob(blob: bytes, arena_limit: int | None = None) -> ParsedBlob:
         used = list(n["inputs"][: n["n_in"]]) + list(n["outputs"][: n["n_out"]])
         if any(x >= h.n_tensors for x in used):
             raise ModelError(f"blob node {i}: tensor index out of range")
-    return ParsedBlob(_plain(h), [_plain(t) for t in tensors], [_plain(n) for n in nodes],
+        if n["op"] not in (OpCode.L3_LOAD, OpCode.L3_STORE) and any(l3[x] for x in used):
+            raise ModelError(f"blob node {i}: only L3_LOAD/L3_STORE may name an L3 tensor")
+    header = _plain(h)
+    header["l3_bytes"] = max((t["offset"] + t["bytes"] for t, on in zip(tensors, l3) if on), default=0)
+    return ParsedBlob(header, [_plain(t) for t in tensors], [_plain(n) for n in nodes],
                       blob[h.data_off:h.data_off + h.data_bytes])
 
 

@@ -5,7 +5,8 @@ budgets, toolchain flags, emulator command and flash method. The firmware build
 never hard-codes any of these: `python -m host.boards render BOARD OUTDIR` writes
 
 - `OUTDIR/board.mk`: CROSS, CFLAGS, LDFLAGS, PORT and the -D settings of
-  `firmware/port/ep_port.h`, plus the port's own settings from the board's
+  `firmware/port/ep_port.h` (EP_L3_REGION=1 for a board with an [memory] l3 region),
+  plus the port's own settings from the board's
   `[port_settings]` table (register addresses, pins: one `-DNAME=value` each), included
   by `firmware/Makefile`;
 - `OUTDIR/link.ld`: the port's linker-script template (in its folder or the
@@ -51,6 +52,9 @@ class Board:
     emulator: dict | None
     flash: dict = field(default_factory=dict)
     port_settings: dict[str, int | str] = field(default_factory=dict)
+    #: bytes of L3 memory for tensors ([runtime] l3_bytes; 0: the board has no L3 tier). With an
+    #: [memory] l3 region (gap9) the firmware keeps them, and the upload staging buffer, there
+    l3_bytes: int = 0
 
     @property
     def emulated(self) -> bool:
@@ -87,6 +91,7 @@ class Board:
             "flash_bytes": self.memory["flash"]["length"],
             "ram_bytes": self.memory["ram"]["length"],
             "l1_bytes": self.memory["l1"]["length"] if "l1" in self.memory else None,
+            "l3_bytes": self.l3_bytes,
             "cluster_cores": self.cluster_cores,
             "arena_bytes": self.arena_bytes,
             "max_tensors": self.max_tensors,
@@ -139,7 +144,10 @@ def load_board(name: str) -> Board:
             max_tensors=int(rt.get("max_tensors", ids.MAX_TENSORS)),
             max_nodes=int(rt.get("max_nodes", ids.MAX_NODES)),
             emulator=d.get("emulator"), flash=d.get("flash", {}), port_settings=d.get("port_settings", {}),
+            l3_bytes=int(rt.get("l3_bytes", 0)),
         )
+        if board.l3_bytes < 0 or board.l3_bytes % 8:
+            raise ValueError(f"[runtime] l3_bytes = {board.l3_bytes}: want a multiple of 8, >= 0")
         if not (1 <= board.max_tensors <= ids.MAX_TENSORS and 1 <= board.max_nodes <= ids.MAX_NODES):
             raise ValueError(f"[runtime] max_tensors/max_nodes must be in 1..{ids.MAX_TENSORS}/{ids.MAX_NODES}")
         for key, value in board.port_settings.items():
@@ -162,7 +170,10 @@ def render_board_mk(board: Board) -> str:
         f"-DEP_CPU_HZ={board.cpu_hz}",
         f"-DEP_MAX_TENSORS={board.max_tensors}",
         f"-DEP_MAX_NODES={board.max_nodes}",
+        f"-DEP_L3_BYTES={board.l3_bytes}",
     ]
+    if "l3" in board.memory:  # the linker script has a memory-mapped L3 region and its .l3 section
+        defines.append("-DEP_L3_REGION=1")
     if board.emulator and "icount_shift" in board.emulator:
         defines.append(f"-DEP_ICOUNT_SHIFT={int(board.emulator['icount_shift'])}")
     if board.emulator and any(a.startswith("-semihosting") for a in board.emulator.get("args", [])):
@@ -210,6 +221,9 @@ def render_linker_script(board: Board, template: Path | None = None) -> str | No
     if "l1" in mem:  # a cluster's shared L1 (gap9): the riscv_virt template places core stacks there
         values["L1_ORIGIN"] = f"0x{mem['l1']['origin']:08X}"
         values["L1_LENGTH"] = f"0x{mem['l1']['length']:08X}"
+    if "l3" in mem:  # external memory (gap9's HyperRAM): the riscv_virt templates place section .l3 there
+        values["L3_ORIGIN"] = f"0x{mem['l3']['origin']:08X}"
+        values["L3_LENGTH"] = f"0x{mem['l3']['length']:08X}"
     return string.Template(template.read_text()).substitute(values)
 
 

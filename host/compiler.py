@@ -21,6 +21,7 @@ lifetimes into offsets in one arena.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -148,7 +149,8 @@ class Program:
                 "forward_macs": graph_macs(g, n, range(g.train_begin, g.train_loss_end)),
                 "backward_macs": graph_macs(g, n, range(g.train_loss_end, len(g.nodes))),
                 "peak_bytes": self.plan.arena_bytes, "lower_bound_bytes": self.plan.lower_bound,
-                "naive_bytes": self.plan.naive_bytes}
+                "naive_bytes": self.plan.naive_bytes, "l3_bytes": self.plan.l3_bytes,
+                "l3_tensors": sorted(g.tensors[i].name for i in self.plan.l3_tensors)}
 
 
 #: name endings of the optimizer's persistent state (host.compiler._optimizer_step, _Updates)
@@ -390,16 +392,21 @@ def _int8_layers(spec: ModelSpec, dtype: str, sel: Selection, shapes: dict, need
 
 def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig | None = None,
                   arena_limit: int | None = None, max_tensors: int = ids.MAX_TENSORS,
-                  max_nodes: int = ids.MAX_NODES) -> Program:
+                  max_nodes: int = ids.MAX_NODES, l3_limit: int = 0) -> Program:
     """Build and plan the training program; refuse it if it does not fit `arena_limit`
-    or the device's graph limits."""
+    or the device's graph limits. A board with `l3_limit` bytes of L3 memory (GAP9) takes
+    a program whose persistent tensors do not all fit the arena: the fewest, largest of
+    them move to L3 (host.passes.spill_to_l3)."""
     cfg = cfg or TrainConfig()
     # int8_updates "auto": f32 master weights (any optimizer, no rounding loss), unless only
-    # the int8 codes trained in place by SGD_Q8 fit the arena
+    # the int8 codes trained in place by SGD_Q8 fit the arena (L3 comes first: it costs
+    # copies, not accuracy)
     auto = cfg.int8_updates == "auto"
     cfg = replace(cfg, int8_updates="master") if auto else cfg
     graph, names = build_graph(spec, params, cfg, max_tensors, max_nodes)
     plan = plan_graph(graph)
+    if arena_limit is not None and plan.arena_bytes > arena_limit and l3_limit > 0:
+        graph, plan = _with_l3(graph, plan, arena_limit, l3_limit, max_tensors, max_nodes)
     sr = replace(cfg, int8_updates="sr")
     if auto and arena_limit is not None and plan.arena_bytes > arena_limit and sr.sr_problem() is None:
         sr_graph, sr_names = build_graph(spec, params, sr, max_tensors, max_nodes)
@@ -411,9 +418,43 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
         biggest = ", ".join(f"{graph.tensors[i].name} {plan.sizes[i]} B" for i in top)
         raise ModelError(
             f"model {spec.name!r} needs a {plan.arena_bytes}-byte arena at batch {cfg.batch}; "
-            f"the board has {arena_limit} (biggest: {biggest})",
+            f"the board has {arena_limit}{f' and {l3_limit} B of L3' if l3_limit else ''} (biggest: {biggest})",
             hint=_what_fits(spec, params, cfg, arena_limit, max_tensors, max_nodes))
     return Program(spec, cfg, graph, plan, names)
+
+
+def _with_l3(graph: Graph, plan: Plan, arena_limit: int, l3_limit: int, max_tensors: int,
+             max_nodes: int) -> tuple[Graph, Plan]:
+    """The program with the fewest of its largest persistent tensors in L3 that fits
+    arena_limit (binary search over how many), or the unchanged one if none does. Fewest:
+    each moved tensor costs a copy in and out around every run of nodes that uses it."""
+    cands = passes.l3_candidates(graph)
+
+    def attempt(k: int) -> tuple[Graph, Plan] | None:
+        chosen = cands[:k]
+        if sum(plan.sizes[i] for i in chosen) > l3_limit:
+            return None
+        g = copy.deepcopy(graph)
+        passes.spill_to_l3(g, chosen)
+        if len(g.tensors) > max_tensors or len(g.nodes) > max_nodes:
+            return None
+        return g, plan_graph(g)
+
+    def fits(r: tuple[Graph, Plan] | None) -> bool:
+        return r is not None and r[1].arena_bytes <= arena_limit
+
+    lo, hi = 1, len(cands)
+    best = attempt(hi)
+    if not fits(best):
+        return graph, plan
+    while lo < hi:  # smallest k that fits (arena size falls, near enough monotonically, with k)
+        mid = (lo + hi) // 2
+        r = attempt(mid)
+        if fits(r):
+            best, hi = r, mid
+        else:
+            lo = mid + 1
+    return best
 
 
 def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensors: int, max_nodes: int) -> str:

@@ -64,13 +64,15 @@ class Hello:
     ckpt_seq: int = 0
     #: TRAIN steps applied to the installed model (a restored checkpoint's count included)
     steps: int = 0
+    #: bytes of L3 memory for tensors that do not fit the arena (GAP9's HyperRAM); 0 = none
+    l3_bytes: int = 0
 
     def to_json(self) -> dict:
         return {"protocol": self.protocol, "firmware": self.firmware, "board": self.board,
                 "caps": [c.name for c in Cap if c in self.caps], "arena_bytes": self.arena_bytes,
                 "staging_bytes": self.staging_bytes, "model_loaded": self.model_loaded,
                 "model_crc": f"{self.model_crc:08x}", "nv": [f.name for f in NvFlag if f in self.nv_flags],
-                "ckpt_seq": self.ckpt_seq, "steps": self.steps}
+                "ckpt_seq": self.ckpt_seq, "steps": self.steps, "l3_bytes": self.l3_bytes}
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,7 @@ class Device:
         return Hello(r.protocol, f"{r.fw_major}.{r.fw_minor}.{r.fw_patch}", Cap(r.caps), r.arena_bytes,
                      r.staging_bytes, r.max_payload, bool(r.model_loaded), r.model_crc,
                      r.board.decode("ascii", "replace"), NvFlag(nv.flags) if nv else NvFlag(0),
-                     nv.ckpt_seq if nv else 0, nv.steps if nv else 0)
+                     nv.ckpt_seq if nv else 0, nv.steps if nv else 0, r.l3_bytes or 0)
 
     def reopen(self, attempts: int = 5, wait: float = 0.5) -> Hello:
         """Close the link and open it again at the same URL (after the link dropped or the

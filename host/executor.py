@@ -26,7 +26,8 @@ _SUPPORTED = {(OpCode.LINEAR, OpFn.FW), (OpCode.LINEAR, OpFn.BW_INPUT), (OpCode.
               # int8 (docs/ops/int8.md), from host.quant: linear layers with f32 master weights
               (OpCode.QUANTIZE, OpFn.FW), (OpCode.DEQUANTIZE, OpFn.FW), (OpCode.LINEAR_Q8, OpFn.FW),
               (OpCode.LINEAR_Q8, OpFn.BW_INPUT), (OpCode.LINEAR_Q8, OpFn.BW_PARAM), (OpCode.RELU_Q8, OpFn.FW),
-              (OpCode.RELU_Q8, OpFn.BW_INPUT), (OpCode.REQUANT_WEIGHTS, OpFn.FW), (OpCode.SGD_Q8, OpFn.FW)}
+              (OpCode.RELU_Q8, OpFn.BW_INPUT), (OpCode.REQUANT_WEIGHTS, OpFn.FW), (OpCode.SGD_Q8, OpFn.FW),
+              (OpCode.L3_LOAD, OpFn.FW), (OpCode.L3_STORE, OpFn.FW)}
 
 
 class StepError(Exception):
@@ -40,13 +41,20 @@ class BlobExecutor:
         self.blob = blob
         self.h = blob.header
         self.arena = np.zeros(self.h["arena_bytes"], np.uint8)
-        for t in blob.tensors:
+        #: the board's L3 memory as far as the blob uses it (tensors flagged L3)
+        self.l3 = np.zeros(self.h.get("l3_bytes", 0), np.uint8)
+        for i, t in enumerate(blob.tensors):
             if t["init"] != ids.NO_INIT:
-                self.arena[t["offset"]:t["offset"] + t["bytes"]] = np.frombuffer(
-                    blob.data, np.uint8, t["bytes"], t["init"])
+                self.storage(i)[:] = np.frombuffer(blob.data, np.uint8, t["bytes"], t["init"])
         self.steps = 0
 
     # -- tensors ------------------------------------------------------------
+    def storage(self, i: int) -> np.ndarray:
+        """Tensor i's storage: in the arena, or in L3 for a tensor flagged L3."""
+        t = self.blob.tensors[i]
+        mem = self.l3 if t["flags"] & TensorFlag.L3 else self.arena
+        return mem[t["offset"]:t["offset"] + t["bytes"]]
+
     def elems(self, i: int) -> int:
         t = self.blob.tensors[i]
         return int(np.prod(t["dims"][: t["rank"]]))
@@ -57,7 +65,7 @@ class BlobExecutor:
         dt = NUMPY_DTYPE[DType(t["dtype"])]
         dims = tuple(t["dims"][: t["rank"]])
         count = self.elems(i) * (n if (t["flags"] & TensorFlag.BATCHED) else 1)
-        flat = self.arena[t["offset"]:t["offset"] + count * np.dtype(dt).itemsize].view(dt)
+        flat = self.storage(i)[:count * np.dtype(dt).itemsize].view(dt)
         return flat.reshape((n, -1) if t["flags"] & TensorFlag.BATCHED else dims)
 
     def param(self, i: int) -> np.ndarray:
@@ -251,6 +259,8 @@ class BlobExecutor:
             w -= lr * (v(i[0]) + wd * w)
         elif op == OpCode.ZERO:
             v(o[0])[:] = 0
+        elif op in (OpCode.L3_LOAD, OpCode.L3_STORE):
+            self.storage(o[0])[:] = self.storage(i[0])
         elif op == OpCode.ACCUMULATE:
             v(o[0])[:] += v(i[1]).reshape(v(o[0]).shape)
         elif op == OpCode.ADD:

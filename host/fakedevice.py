@@ -79,7 +79,7 @@ class FakeNv:
 
 class FakeDevice:
     def __init__(self, board: str = "fake", arena_bytes: int = 1 << 20, staging_bytes: int = 1 << 19,
-                 nv: FakeNv | None = None):
+                 nv: FakeNv | None = None, l3_bytes: int = 0):
         self.board = board
         self.nv = nv if nv is not None else FakeNv()
         self.nv_flags = NvFlag.PRESENT
@@ -90,6 +90,7 @@ class FakeDevice:
         self.rollbacks = 0
         self.arena_bytes = arena_bytes
         self.staging_bytes = staging_bytes
+        self.l3_bytes = l3_bytes
         self.reader = FrameReader()
         self.out = bytearray()
         self.model: BlobExecutor | None = None
@@ -161,7 +162,8 @@ class FakeDevice:
             arena_bytes=self.arena_bytes, staging_bytes=self.staging_bytes,
             max_payload=ids.FRAME_MAX_PAYLOAD, model_loaded=int(self.model is not None),
             board_len=len(board), model_crc=self.model.blob.crc if self.model else 0, board=board,
-            nv=dict(flags=int(self.nv_flags), ckpt_seq=self.ckpt_seq, steps=self.model.steps if self.model else 0)))
+            nv=dict(flags=int(self.nv_flags), ckpt_seq=self.ckpt_seq, steps=self.model.steps if self.model else 0),
+            l3_bytes=self.l3_bytes))
 
     def _dispatch(self, f: Frame) -> bytes:
         t, p = f.type, f.payload
@@ -220,9 +222,8 @@ class FakeDevice:
             if not td["flags"] & TensorFlag.PARAM or r.length > READ_WEIGHTS_MAX \
                     or r.offset + r.length > td["bytes"]:
                 raise _Refused(Status.BAD_TENSOR, "not a parameter, or range outside it")
-            start = td["offset"] + r.offset
             return READ_WEIGHTS_RESP.build(dict(tensor=r.tensor, offset=r.offset,
-                                                data=m.arena[start:start + r.length].tobytes()))
+                                                data=m.storage(r.tensor)[r.offset:r.offset + r.length].tobytes()))
         if t == MsgType.CKPT_SAVE:
             _exact(p, 0)
             return self._ckpt_save()
@@ -263,6 +264,8 @@ class FakeDevice:
             raise _Refused(Status.BAD_BLOB, str(e)) from e
         if parsed.header["arena_bytes"] > self.arena_bytes:
             raise _Refused(Status.NO_FIT, "blob arena_bytes exceeds the device arena")
+        if parsed.header["l3_bytes"] > self.l3_bytes:
+            raise _Refused(Status.NO_FIT, "tensor: in L3, beyond the device's L3 memory (or it has none)")
         model = BlobExecutor(parsed)
         if missing := model.unsupported():
             raise _Refused(Status.BAD_BLOB, f"the fake device does not implement {', '.join(missing)}; "
@@ -386,14 +389,14 @@ class FakeDevice:
         return self._answer_step(m, r.n, train, loss, correct)
 
     # -- checkpoints and guards (the device's rules: firmware/app/ep_ckpt.h, ep_app.c) ----------
-    def _params(self, m: BlobExecutor) -> list[dict]:
-        return [t for t in m.blob.tensors if t["flags"] & TensorFlag.PARAM]
+    def _params(self, m: BlobExecutor) -> list[int]:
+        return [i for i, t in enumerate(m.blob.tensors) if t["flags"] & TensorFlag.PARAM]
 
     def _payload(self, m: BlobExecutor) -> bytes:
-        return b"".join(m.arena[t["offset"]:t["offset"] + t["bytes"]].tobytes() for t in self._params(m))
+        return b"".join(m.storage(i).tobytes() for i in self._params(m))
 
     def _newest(self, m: BlobExecutor) -> tuple[int, tuple[int, int, int, bytes]] | None:
-        size = sum(t["bytes"] for t in self._params(m))
+        size = sum(m.blob.tensors[i]["bytes"] for i in self._params(m))
         best = None
         for i, slot in enumerate(self.nv.slots):
             if slot and slot[1] == m.blob.crc and len(slot[3]) == size and (best is None or slot[0] > best[1][0]):
@@ -415,9 +418,10 @@ class FakeDevice:
         if found is None:
             raise _Refused(Status.NO_CHECKPOINT, "no valid checkpoint of the installed model")
         at = 0
-        for t in self._params(m):
-            m.arena[t["offset"]:t["offset"] + t["bytes"]] = np.frombuffer(found[1][3], np.uint8, t["bytes"], at)
-            at += t["bytes"]
+        for i in self._params(m):
+            n = m.blob.tensors[i]["bytes"]
+            m.storage(i)[:] = np.frombuffer(found[1][3], np.uint8, n, at)
+            at += n
         m.steps, self.ckpt_seq, self.losses = found[1][2], found[1][0], []
         return found
 
@@ -432,7 +436,7 @@ class FakeDevice:
             nv_bytes=0, slot_bytes=0, flags=int(self.nv_flags), stored_model_crc=stored,
             newest_seq=found[1][0] if found else 0, newest_steps=found[1][2] if found else 0,
             boot_seq=self.boot_seq, current_seq=self.ckpt_seq, rollbacks=self.rollbacks,
-            payload_bytes=sum(t["bytes"] for t in self._params(self.model)) if self.model else 0))
+            payload_bytes=sum(self.model.blob.tensors[i]["bytes"] for i in self._params(self.model)) if self.model else 0))
 
     def _restore_at_boot(self) -> None:
         if self.nv.model is None:
@@ -451,8 +455,8 @@ class FakeDevice:
         cause = None
         if not math.isfinite(loss):
             cause = "loss is NaN or infinite"
-        elif any(t["dtype"] == ids.DType.F32 and not np.isfinite(
-                m.arena[t["offset"]:t["offset"] + t["bytes"]].view("<f4")).all() for t in self._params(m)):
+        elif any(m.blob.tensors[i]["dtype"] == ids.DType.F32 and not np.isfinite(m.storage(i).view("<f4")).all()
+                 for i in self._params(m)):
             cause = "a parameter is NaN or infinite after the update"
         elif (self.spike_k > 0 and len(self.losses) == GUARD_WINDOW
               and np.float32(loss) > np.float32(self.spike_k) * np.float32(np.mean(np.float32(self.losses)))):

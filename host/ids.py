@@ -152,6 +152,11 @@ class TensorFlag(enum.IntFlag):
     LABEL = 1 << 4
     #: a gradient
     GRAD = 1 << 5
+    #: lives in the board's L3 memory (GAP9's external HyperRAM), `offset` bytes into it, not
+    #: in the arena: a PARAM (weights, f32 masters, optimizer state) that did not fit L2. Only
+    #: L3_LOAD (as input) and L3_STORE (as output) name it; the other ops work on its L2 copy
+    L3 = 1 << 6
+    # 1 << 7 is the device's own (EP_TF_L3_COPY in ep_runtime.h): never in a blob
 
 
 class OpCode(enum.IntEnum):
@@ -202,6 +207,9 @@ class OpCode(enum.IntEnum):
     SGD_Q8 = 38
     #: f32 master weights → int8 codes + per-channel exponents (or int32 bias codes)
     REQUANT_WEIGHTS = 39
+    #: L3 tier (docs/blob.md): copy an L3 tensor into its L2 working copy, and back after an update
+    L3_LOAD = 40
+    L3_STORE = 41
 
 
 class OpFn(enum.IntEnum):

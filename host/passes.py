@@ -10,11 +10,20 @@
    take separate memory. The kernels allow exact aliasing for these (ep_ops.h).
 
 Both only shorten or merge lifetimes; `host.planner.check_plan` proves the result.
+
+3. `spill_to_l3` (run by the compiler only when a plan does not fit the board's arena
+   and the board has L3 memory): chosen persistent tensors move to L3 (flag L3, planned
+   in their own region); every maximal run of consecutive nodes that uses one reads and
+   writes a fresh arena tensor instead, filled by an L3_LOAD before the run and, when
+   the run writes it, copied back by an L3_STORE after. A run never crosses a section
+   boundary (eval prefix, TRAIN forward, backward, update section), since the device
+   runs the sections separately. The copies are exact, so the program computes the
+   same bits as without L3; only the arena gets smaller.
 """
 
 from __future__ import annotations
 
-from .graph import Graph, Tensor
+from .graph import Graph, Node, Tensor
 from .ids import DType, OpCode, OpFn, TensorFlag
 
 #: (op, fn) whose output 0 may alias input 0 exactly
@@ -87,3 +96,57 @@ def in_place(g: Graph) -> int:
                 t.alias_of = rx
         made += 1
     return made
+
+
+def l3_candidates(g: Graph) -> list[int]:
+    """Tensors spill_to_l3 may move, largest first: persistent (PARAM) roots with no
+    views, except the update counter (the executor reads it directly). The working copies
+    carry no flags: the device marks each L3_LOAD's output as its tensor's copy, and the
+    optimizers accept it as they would the tensor (ep_runtime.h, "L3 tier")."""
+    viewed = {t.alias_of for t in g.tensors if t.alias_of is not None}
+    cands = [i for i, t in enumerate(g.tensors) if t.is_param and t.alias_of is None and i not in viewed
+             and i != g.counter_tensor and not t.flags & TensorFlag.L3]
+    return sorted(cands, key=lambda i: (-g.tensors[i].nbytes(g.max_batch), i))
+
+
+def spill_to_l3(g: Graph, chosen: list[int]) -> None:
+    """Move the chosen tensors (from l3_candidates) to L3 and insert the copies (see the
+    module docstring). Changes g in place; node indices and section bounds move."""
+    bounds = {g.n_eval_nodes, g.train_begin, g.train_loss_end, len(g.nodes)}
+    if g.update_begin is not None:
+        bounds.add(g.update_begin)
+    before: dict[int, list[Node]] = {}
+    after: dict[int, list[Node]] = {}
+    for p in chosen:
+        home = g.tensors[p]
+        users = [k for k, n in enumerate(g.nodes) if p in n.inputs or p in n.outputs]
+        runs: list[list[int]] = []
+        for k in users:
+            if runs and runs[-1][-1] == k - 1 and k not in bounds:
+                runs[-1].append(k)
+            else:
+                runs.append([k])
+        for r, run in enumerate(runs):
+            work = g.add_tensor(Tensor(f"{home.name}@l2.{r}", home.dims, home.dtype))
+            writes = False
+            for k in run:
+                node = g.nodes[k]
+                node.inputs = [work if t == p else t for t in node.inputs]
+                writes |= p in node.outputs
+                node.outputs = [work if t == p else t for t in node.outputs]
+            layer = g.nodes[run[0]].layer
+            before.setdefault(run[0], []).append(Node(OpCode.L3_LOAD, OpFn.FW, [p], [work], layer=layer))
+            if writes:
+                after.setdefault(run[-1], []).append(Node(OpCode.L3_STORE, OpFn.FW, [work], [p], layer=layer))
+        home.flags |= TensorFlag.L3
+    nodes: list[Node] = []
+    start: dict[int, int] = {}
+    for k, node in enumerate(g.nodes):
+        start[k] = len(nodes)
+        nodes += before.get(k, []) + [node] + after.get(k, [])
+    start[len(g.nodes)] = len(nodes)
+    g.n_eval_nodes, g.train_begin, g.train_loss_end = (start[g.n_eval_nodes], start[g.train_begin],
+                                                       start[g.train_loss_end])
+    if g.update_begin is not None:
+        g.update_begin = start[g.update_begin]
+    g.nodes = nodes

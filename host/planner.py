@@ -16,6 +16,10 @@ TFLM's greedy planner:
 
 `lower_bound` is the largest total size of tensors live at one node: no plan
 can be smaller.
+
+Tensors flagged L3 (host.passes.spill_to_l3: persistent tensors moved to a board's
+external memory) are not in the arena: they sit one after another in the L3
+region, from offset 0, for the whole program (`Plan.l3_bytes`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .graph import Graph, align
+from .ids import TensorFlag
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,13 @@ class Plan:
     #: arena size if nothing shared memory: every tensor its own buffer, except that
     #: reshapes (flatten) are free; in-place results count as buffers of their own
     naive_bytes: int = 0
+    #: L3 region span (tensors flagged L3); 0 when everything is in the arena
+    l3_bytes: int = 0
+    #: the tensors placed in L3 (offsets into the L3 region, not the arena)
+    l3_tensors: frozenset[int] = frozenset()
+
+    def in_l3(self, i: int) -> bool:
+        return i in self.l3_tensors
 
 
 def lifetimes(g: Graph) -> tuple[list[int], list[int]]:
@@ -98,7 +110,8 @@ def plan_graph(g: Graph) -> Plan:
     sizes = [t.nbytes(g.max_batch) for t in g.tensors]
     first, last = lifetimes(g)
     views = [i for i, t in enumerate(g.tensors) if t.alias_of is not None]
-    roots = sorted(set(range(len(sizes))) - set(views))
+    l3 = [i for i, t in enumerate(g.tensors) if t.flags & TensorFlag.L3]
+    roots = sorted(set(range(len(sizes))) - set(views) - set(l3))
     best = None
     for key in _ORDERS:
         offsets = _place(sorted(roots, key=lambda i: key(sizes, first, last, i)), sizes, first, last)
@@ -110,23 +123,32 @@ def plan_graph(g: Graph) -> Plan:
     arena, offsets = best
     for i in views:
         offsets[i] = offsets[g.tensors[i].alias_of]
-    bound = max((sum(sizes[i] for i in range(len(sizes)) if first[i] <= t <= last[i] and i not in views)
+    l3_end = 0
+    for i in l3:
+        offsets[i], l3_end = l3_end, l3_end + sizes[i]
+    in_arena = [i for i in range(len(sizes)) if i not in views and i not in l3]
+    bound = max((sum(sizes[i] for i in in_arena if first[i] <= t <= last[i])
                  for t in range(max(len(g.nodes), 1))), default=0)
-    naive = sum(s for i, s in enumerate(sizes) if g.tensors[i].alias_of is None or g.tensors[i].in_place)
+    naive = sum(s for i, s in enumerate(sizes)
+                if i not in l3 and (g.tensors[i].alias_of is None or g.tensors[i].in_place))
     plan = Plan(offsets, sizes, first, last, align(arena), bound,
-                tuple(g.tensors[i].alias_of if i in views else None for i in range(len(sizes))), naive)
+                tuple(g.tensors[i].alias_of if i in views else None for i in range(len(sizes))), naive,
+                l3_end, frozenset(l3))
     check_plan(plan)
     return plan
 
 
 def check_plan(plan: Plan) -> None:
-    """Raise AssertionError if two simultaneously live tensors overlap."""
+    """Raise AssertionError if two simultaneously live tensors of one region overlap."""
     n = len(plan.sizes)
     root = [plan.views[i] if plan.views and plan.views[i] is not None else i for i in range(n)]
     for i in range(n):
         assert plan.offsets[i] % 8 == 0, f"tensor {i} misaligned"
-        assert plan.offsets[i] + plan.sizes[i] <= plan.arena_bytes, f"tensor {i} outside the arena"
+        limit = plan.l3_bytes if plan.in_l3(i) else plan.arena_bytes
+        assert plan.offsets[i] + plan.sizes[i] <= limit, f"tensor {i} outside its region"
         for j in range(i + 1, n):
+            if plan.in_l3(i) != plan.in_l3(j):
+                continue
             live_together = plan.first[i] <= plan.last[j] and plan.first[j] <= plan.last[i]
             disjoint = (plan.offsets[i] + plan.sizes[i] <= plan.offsets[j]
                         or plan.offsets[j] + plan.sizes[j] <= plan.offsets[i])
@@ -140,9 +162,14 @@ def format_plan(g: Graph, plan: Plan) -> str:
     width = 40
     scale = max(plan.arena_bytes, 1)
     rows = [f"arena {plan.arena_bytes} B, lower bound {plan.lower_bound} B, "
-            f"no sharing {plan.naive_bytes} B",
+            f"no sharing {plan.naive_bytes} B"
+            + (f"; L3 {plan.l3_bytes} B in {len(plan.l3_tensors)} tensors (listed last)" if plan.l3_tensors else ""),
             f"{'tensor':<22} {'offset':>8} {'bytes':>8}  life    layout"]
-    for i in sorted(range(len(g.tensors)), key=lambda i: plan.offsets[i]):
+    for i in sorted(range(len(g.tensors)), key=lambda i: (plan.in_l3(i), plan.offsets[i])):
+        if plan.in_l3(i):
+            rows.append(f"{g.tensors[i].name:<22} {plan.offsets[i]:>8} {plan.sizes[i]:>8}  "
+                        f"{plan.first[i]:>2}-{plan.last[i]:<3}  L3")
+            continue
         lo = plan.offsets[i] * width // scale
         hi = max(lo + 1, (plan.offsets[i] + plan.sizes[i]) * width // scale)
         bar = " " * lo + "█" * (hi - lo)

@@ -172,6 +172,8 @@ HELLO_RESP = Struct(
         "ckpt_seq" / Int32ul,
         "steps" / Int32ul,
     )),
+    # after nv (absent from older firmware): bytes of L3 memory for tensors (0 = none)
+    "l3_bytes" / Optional(Int32ul),
 )
 
 

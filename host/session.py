@@ -94,7 +94,7 @@ def prepare_program(opts: StreamOptions, ds: Dataset, hello: Hello) -> tuple[Pro
                          f"dataset {ds.name} has {ds.features} features and {ds.classes} classes")
     # a sparse strategy chooses its channels on this calibration set, within the device's arena
     cfg = sparse.configure(spec, params, opts.train, ds, hello.arena_bytes)
-    prog = compile_model(spec, params, cfg, arena_limit=hello.arena_bytes)
+    prog = compile_model(spec, params, cfg, arena_limit=hello.arena_bytes, l3_limit=hello.l3_bytes)
     return prog, build_blob(prog)
 
 

@@ -108,8 +108,17 @@ class Node(C.Structure):
                 ("iattr", C.c_uint16 * ids.NODE_IATTRS), ("fattr", C.c_float * ids.NODE_FATTRS)]
 
 
+L3_COPY = C.CFUNCTYPE(None, C.c_uint32, C.c_void_p, C.c_uint32)
+
+
+class L3(C.Structure):
+    """ep_l3_t: the board's L3 memory as the runtime sees it."""
+    _fields_ = [("bytes", C.c_uint32), ("read", L3_COPY), ("write", L3_COPY)]
+
+
 class Model(C.Structure):
     _fields_ = [("crc", C.c_uint32), ("arena_bytes", C.c_uint32),
+                ("l3_bytes", C.c_uint32), ("l3", C.POINTER(L3)),
                 ("n_tensors", C.c_uint16), ("n_nodes", C.c_uint16),
                 ("n_eval_nodes", C.c_uint16), ("max_batch", C.c_uint16),
                 ("train_begin", C.c_uint16), ("train_loss_end", C.c_uint16),
@@ -144,7 +153,7 @@ _SIGNATURES = {
     "ep_softmax_ce_fw_f32": (None, [C.POINTER(Dims), F32P, I32P, F32P, F32P]),
     "ep_softmax_ce_bw_f32": (None, [C.POINTER(Dims), F32P, I32P, F32P]),
     "ep_sgd_update_f32": (None, [C.POINTER(SgdParams), C.POINTER(Dims), F32P, F32P]),
-    "ep_model_parse": (C.c_int, [C.POINTER(Model), U8P, C.c_uint32, C.c_uint32, WHY]),
+    "ep_model_parse": (C.c_int, [C.POINTER(Model), U8P, C.c_uint32, C.c_uint32, C.POINTER(L3), WHY]),
     "ep_model_init_arena": (None, [C.POINTER(Model), U8P, U8P]),
     "ep_model_run": (C.c_int, [C.POINTER(Model), U8P, C.POINTER(Batch), C.c_bool, C.c_void_p,
                                C.POINTER(StepResult), WHY]),
@@ -253,26 +262,56 @@ def crc32(data: bytes, crc: int = 0) -> int:
     return load().ep_crc32(crc, _u8(data), len(data))
 
 
+class L3Memory:
+    """An ep_l3_t over a NumPy byte array `mem`: a test's L3 memory. An access outside
+    it is not made but recorded in `bad` (an exception cannot cross the C callback),
+    every access in `log` as ("read" | "write", off, n)."""
+
+    def __init__(self, size: int):
+        self.mem = np.zeros(size, np.uint8)
+        self.bad: list[tuple[str, int, int]] = []
+        self.log: list[tuple[str, int, int]] = []
+        base = self.mem.ctypes.data
+
+        def copy(kind: str, off: int, buf: int, n: int) -> None:
+            self.log.append((kind, off, n))
+            if off + n > size:
+                self.bad.append((kind, off, n))
+            elif kind == "read":
+                C.memmove(buf, base + off, n)
+            else:
+                C.memmove(base + off, buf, n)
+
+        # the CFUNCTYPE objects must live as long as the struct that points at them
+        self._read = L3_COPY(lambda off, dst, n: copy("read", off, dst, n))
+        self._write = L3_COPY(lambda off, src, n: copy("write", off, src, n))
+        self.struct = L3(size, self._read, self._write)
+
+
 @dataclass
 class Parsed:
     status: int
     why: str
     model: Model
+    l3: L3Memory | None = None  # kept alive: model.l3 points into it
 
 
-def parse(blob: bytes, arena_bytes: int = 1 << 24) -> Parsed:
-    """ep_model_parse on an exact-size copy of blob."""
+def parse(blob: bytes, arena_bytes: int = 1 << 24, l3: L3Memory | None = None) -> Parsed:
+    """ep_model_parse on an exact-size copy of blob, with the L3 memory l3 (None: the device has none)."""
     m = Model()
     why = C.c_char_p()
-    st = load().ep_model_parse(C.byref(m), _u8(blob), len(blob), arena_bytes, C.byref(why))
-    return Parsed(st, (why.value or b"").decode(), m)
+    st = load().ep_model_parse(C.byref(m), _u8(blob), len(blob), arena_bytes,
+                               C.byref(l3.struct) if l3 is not None else None, C.byref(why))
+    return Parsed(st, (why.value or b"").decode(), m, l3)
 
 
 class Runtime:
-    """One installed model: the blob, its parsed description and an arena."""
+    """One installed model: the blob, its parsed description, an arena and (l3_bytes > 0) an
+    L3 memory `l3`."""
 
-    def __init__(self, blob: bytes, arena_bytes: int = 1 << 20):
-        p = parse(blob, arena_bytes)
+    def __init__(self, blob: bytes, arena_bytes: int = 1 << 20, l3_bytes: int = 0):
+        self.l3 = L3Memory(l3_bytes) if l3_bytes else None
+        p = parse(blob, arena_bytes, self.l3)
         if p.status != 0:
             raise ValueError(f"blob refused: status {p.status}, {p.why}")
         self.model = p.model
@@ -281,10 +320,12 @@ class Runtime:
         load().ep_model_init_arena(C.byref(self.model), self._blob, _p(self.arena, U8P))
 
     def tensor(self, i: int, n: int | None = None) -> np.ndarray:
-        """A copy of tensor i as float32 (batched tensors: the first n samples)."""
+        """A copy of tensor i as float32 (batched tensors: the first n samples; L3 tensors
+        from the L3 memory)."""
         t = self.model.tensors[i]
-        count = t.elems * (n if t.flags & 1 else 1)
-        return self.arena[t.offset:t.offset + 4 * count].view(np.float32).copy()
+        count = t.elems * (n if t.flags & ids.TensorFlag.BATCHED else 1)
+        mem = self.l3.mem if t.flags & ids.TensorFlag.L3 else self.arena
+        return mem[t.offset:t.offset + 4 * count].view(np.float32).copy()
 
     def run(self, labels, data: bytes, *, n: int | None = None, encoding: int = 0,
             scale: float = 1.0, zero: float = 0.0, train: bool = False) -> tuple[int, str, StepResult]:

@@ -167,7 +167,7 @@ CASES = [
     ("t.dtype-0", [t(T("fc1.weight"), "dtype", 0)], BAD, "dtype"),
     ("t.dtype-5", [t(T("fc1.weight"), "dtype", 5)], BAD, "dtype"),
     ("t.dtype-size", [t(T("fc1.weight"), "dtype", ids.DType.U8)], BAD, "bytes"),
-    ("t.flags-unknown", [t(T("fc1.out"), "flags", 0x41)], BAD, "flag bits"),
+    ("t.flags-unknown", [t(T("fc1.out"), "flags", 0x81)], BAD, "flag bits"),
     ("t.flags-trainable-not-param", [t(T("fc1.weight"), "flags", 4)], BAD, "TRAINABLE"),
     ("t.flags-param-batched", [t(T("fc1.bias"), "flags", 7)], BAD, "BATCHED"),
     ("t.flags-second-input", [t(T("fc1.out"), "flags", 9)], BAD, "INPUT"),

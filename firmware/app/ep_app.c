@@ -30,13 +30,22 @@ enum {
     GUARD_WINDOW = 8,
     /* an ERROR frame's message is one of the short strings below */
     ERROR_MSG_MAX = 64,
+    /* L3 parameters are checked by the guards in chunks of this many f32 */
+    L3_BOUNCE_F32 = 64,
 };
 
 _Static_assert(sizeof EP_BOARD_NAME - 1 <= UINT8_MAX, "HELLO carries the board name length in a u8");
 _Static_assert(EP_STAGING_BYTES >= EP_BLOB_HEADER_BYTES, "the staging buffer must hold a blob header");
 
 static uint8_t ep_arena[EP_ARENA_BYTES] __attribute__((aligned(EP_BLOB_ALIGN)));
-static uint8_t ep_staging[EP_STAGING_BYTES] __attribute__((aligned(EP_BLOB_ALIGN)));
+/* On boards with a memory-mapped L3 region (EP_L3_REGION: the emulated gap9) the staging
+ * buffer lives there, so blobs carrying L3 weights can be uploaded whole; elsewhere
+ * (the PMSIS port on the chip included) it is ordinary RAM. */
+static uint8_t ep_staging[EP_STAGING_BYTES] EP_L3_SECTION __attribute__((aligned(EP_BLOB_ALIGN)));
+
+/* The L3 memory as the runtime sees it (ep_port.h); given to ep_model_parse only when the
+ * port has one (ep_port_l3_size() is EP_L3_BYTES then, 0 otherwise). */
+static const ep_l3_t ep_l3 = {.bytes = EP_L3_BYTES, .read = ep_port_l3_read, .write = ep_port_l3_write};
 
 /* One request being answered: parameters in, response payload or refusal out. */
 typedef struct {
@@ -196,6 +205,7 @@ static uint16_t put_hello(uint8_t *out) {
     p = put16(p, 0);
     p = put32(p, app.nv.seq);
     p = put32(p, app.steps);
+    p = put32(p, ep_port_l3_size());
     return (uint16_t)(p - out);
 }
 
@@ -248,7 +258,9 @@ static ep_status_t on_load_chunk(ep_call_t *c) {
 
 /* Validate the blob in staging[0, len) into the candidate slot and make it the installed model. */
 static ep_status_t install(uint32_t len, const char **why) {
-    ep_status_t st = ep_model_parse(app.candidate, ep_staging, len, EP_ARENA_BYTES, why);
+    EP_DCHECK(ep_port_l3_size() == 0 || ep_port_l3_size() == ep_l3.bytes);
+    ep_status_t st = ep_model_parse(app.candidate, ep_staging, len, EP_ARENA_BYTES,
+                                    ep_port_l3_size() ? &ep_l3 : NULL, why);
     if (st != EP_OK) {
         return st;
     }
@@ -317,6 +329,31 @@ static ep_status_t parse_batch(ep_call_t *c, const uint8_t *p, uint16_t len, ep_
     return EP_OK;
 }
 
+static bool all_finite(const float *v, uint32_t count) {
+    for (uint32_t k = 0; k < count; k++) {
+        if (!isfinite(v[k])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* True if every value of f32 tensor t is finite; an L3 tensor is read in chunks. */
+static bool tensor_finite(const ep_tensor_t *t) {
+    if (!(t->flags & EP_TF_L3)) {
+        return all_finite((const float *)(const void *)(ep_arena + t->offset), t->bytes / 4u);
+    }
+    static float bounce[L3_BOUNCE_F32]; /* static: on GAP9 the uDMA copies into L2, not a stack */
+    for (uint32_t at = 0; at < t->bytes; at += sizeof bounce) {
+        const uint32_t n = t->bytes - at < sizeof bounce ? t->bytes - at : (uint32_t)sizeof bounce;
+        ep_port_l3_read(t->offset + at, bounce, n);
+        if (!all_finite(bounce, n / 4u)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Why the TRAIN step that gave `loss` must not stand, or NULL; an accepted loss joins the window. */
 static const char *guard_check(float loss) {
     if (!isfinite(loss)) {
@@ -325,13 +362,8 @@ static const char *guard_check(float loss) {
     const ep_model_t *m = app.active;
     for (uint16_t i = 0; i < m->n_tensors; i++) {
         const ep_tensor_t *t = &m->tensors[i];
-        if ((t->flags & EP_TF_PARAM) && t->dtype == EP_DTYPE_F32) {
-            const float *v = (const float *)(const void *)(ep_arena + t->offset);
-            for (uint32_t k = 0; k < t->bytes / 4u; k++) {
-                if (!isfinite(v[k])) {
-                    return EP_WHY("a parameter is NaN or infinite after the update");
-                }
-            }
+        if ((t->flags & EP_TF_PARAM) && t->dtype == EP_DTYPE_F32 && !tensor_finite(t)) {
+            return EP_WHY("a parameter is NaN or infinite after the update");
         }
     }
     if (app.guard.spike_k > 0 && app.guard.filled == GUARD_WINDOW) {
@@ -728,7 +760,11 @@ static ep_status_t on_read_weights(ep_call_t *c) {
     uint8_t *out = put16(c->resp, tensor);
     out = put16(out, 0);
     out = put32(out, offset);
-    memcpy(out, ep_arena + t->offset + offset, length);
+    if (t->flags & EP_TF_L3) {
+        ep_port_l3_read(t->offset + offset, out, length);
+    } else {
+        memcpy(out, ep_arena + t->offset + offset, length);
+    }
     set_resp_len(c, out + length);
     return EP_OK;
 }

@@ -5,7 +5,11 @@
  *
  * State (all static, no heap):
  *   - the training arena (EP_ARENA_BYTES, 8-aligned) and the upload staging
- *     buffer (EP_STAGING_BYTES);
+ *     buffer (EP_STAGING_BYTES; in the board's L3 region where it has a
+ *     memory-mapped one, EP_L3_REGION: the emulated gap9);
+ *   - the port's L3 memory (ep_port.h, EP_L3_BYTES; HELLO reports its size), handed
+ *     to the runtime for models with tensors there; READ_WEIGHTS, checkpoints and
+ *     the guards reach those parameters through it;
  *   - the sample buffer (BUF_BEGIN/BUF_CHUNK): samples and labels kept in the
  *     arena beyond the installed model's span, decoded by TRAIN_BUF/EVAL_BUF;
  *     installing a model discards it;

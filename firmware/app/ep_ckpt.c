@@ -14,6 +14,8 @@ enum {
     IO_CHUNK = 256,
 };
 
+/* storage reads for CRCs, and the bounce buffer of L3 tensors (static: on GAP9 the uDMA
+ * copies between HyperRAM and L2, which a stack need not be) */
 static uint8_t io[IO_CHUNK];
 
 typedef struct {
@@ -212,12 +214,25 @@ ep_status_t ep_ckpt_save(const ep_model_t *m, const uint8_t *arena, uint32_t ste
     uint32_t crc = 0, at = base + HDR_BYTES;
     for (uint16_t i = 0; i < m->n_tensors; i++) {
         const ep_tensor_t *t = &m->tensors[i];
-        if (t->flags & EP_TF_PARAM) {
+        if (!(t->flags & EP_TF_PARAM)) {
+            continue;
+        }
+        if (!(t->flags & EP_TF_L3)) {
             if (ep_port_nv_write(at, arena + t->offset, t->bytes) != 0) {
                 return io_error(why);
             }
             crc = ep_crc32(crc, arena + t->offset, t->bytes);
             at += t->bytes;
+            continue;
+        }
+        for (uint32_t k = 0; k < t->bytes; k += IO_CHUNK) { /* L3 → io → storage */
+            const uint32_t n = t->bytes - k < IO_CHUNK ? t->bytes - k : IO_CHUNK;
+            m->l3->read(t->offset + k, io, n);
+            if (ep_port_nv_write(at, io, n) != 0) {
+                return io_error(why);
+            }
+            crc = ep_crc32(crc, io, n);
+            at += n;
         }
     }
     uint32_t w[8] = {CKPT_MAGIC, FORMAT_VERSION | (uint32_t)target << 16, seq + 1u, m->crc, payload, crc, steps, 0};
@@ -254,11 +269,24 @@ ep_status_t ep_ckpt_restore(const ep_model_t *m, uint8_t *arena, ep_ckpt_info_t 
     uint32_t at = slot_base(&l, out->slot) + HDR_BYTES;
     for (uint16_t i = 0; i < m->n_tensors; i++) {
         const ep_tensor_t *t = &m->tensors[i];
-        if (t->flags & EP_TF_PARAM) {
+        if (!(t->flags & EP_TF_PARAM)) {
+            continue;
+        }
+        /* a failed read: the payload read fine a moment ago, so the storage failed */
+        if (!(t->flags & EP_TF_L3)) {
             if (ep_port_nv_read(at, arena + t->offset, t->bytes) != 0) {
-                return io_error(why); /* the payload read fine a moment ago: the storage failed */
+                return io_error(why);
             }
             at += t->bytes;
+            continue;
+        }
+        for (uint32_t k = 0; k < t->bytes; k += IO_CHUNK) { /* storage → io → L3 */
+            const uint32_t n = t->bytes - k < IO_CHUNK ? t->bytes - k : IO_CHUNK;
+            if (ep_port_nv_read(at, io, n) != 0) {
+                return io_error(why);
+            }
+            m->l3->write(t->offset + k, io, n);
+            at += n;
         }
     }
     return EP_OK;

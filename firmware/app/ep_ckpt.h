@@ -15,7 +15,8 @@
  * weights belong to), payload_bytes u32, payload_crc u32, steps u32, header_crc
  * u32 (crc32 of the 28 bytes before it). Payload: every PARAM tensor of the
  * model (trained weights, optimizer state, step counters), in tensor order,
- * each its `bytes` long.
+ * each its `bytes` long; those in L3 (EP_TF_L3) are copied between L3 and
+ * storage in 256-byte chunks through the model's ep_l3_t.
  *
  * Invariants (docs/security.md):
  *   - A save writes the slot NOT holding the newest valid checkpoint: erase,
@@ -73,7 +74,7 @@ EP_NODISCARD ep_status_t ep_ckpt_load_model(uint8_t *blob, uint32_t cap, uint32_
 uint32_t ep_ckpt_stored_model_crc(void);
 
 /**
- * Save every PARAM tensor of `m` (in `arena`) with the step count `steps` into
+ * Save every PARAM tensor of `m` (in `arena`, or in L3) with the step count `steps` into
  * the older slot (see the invariants above). *out describes what was written.
  */
 EP_NODISCARD ep_status_t ep_ckpt_save(const ep_model_t *m, const uint8_t *arena, uint32_t steps,
@@ -86,7 +87,7 @@ EP_NODISCARD ep_status_t ep_ckpt_save(const ep_model_t *m, const uint8_t *arena,
 EP_NODISCARD ep_status_t ep_ckpt_newest(const ep_model_t *m, ep_ckpt_info_t *out, const char **why);
 
 /**
- * Copy the newest valid checkpoint of `m` into its PARAM tensors in `arena`.
+ * Copy the newest valid checkpoint of `m` into its PARAM tensors in `arena` (and L3).
  * The payload CRC is checked before the copy, so a bad checkpoint leaves the
  * arena untouched (only a storage read failing mid-copy could not).
  */

@@ -25,10 +25,12 @@
 
 #define EP_NV_FILE_PAGE 4096u
 #define EP_NV_ROUND(n) (((uint32_t)(n) + EP_NV_FILE_PAGE - 1u) / EP_NV_FILE_PAGE * EP_NV_FILE_PAGE)
-/* Room for the model blob and two checkpoint slots of a full arena (firmware/app/ep_ckpt.h),
- * each behind a one-page header. */
-#define EP_NV_FILE_BYTES \
-    (EP_NV_ROUND(EP_STAGING_BYTES) + EP_NV_FILE_PAGE + 2u * (EP_NV_ROUND(EP_ARENA_BYTES) + EP_NV_FILE_PAGE))
+/* Room for the model blob and two checkpoint slots of a full arena and L3 memory
+ * (firmware/app/ep_ckpt.h: a checkpoint carries the L3 parameters too), each behind a
+ * one-page header. */
+#define EP_NV_FILE_BYTES                                        \
+    (EP_NV_ROUND(EP_STAGING_BYTES) + EP_NV_FILE_PAGE +          \
+     2u * (EP_NV_ROUND((uint32_t)EP_ARENA_BYTES + (uint32_t)EP_L3_BYTES) + EP_NV_FILE_PAGE))
 
 static struct {
     int state;          /* 0 not tried, 1 open, -1 unavailable */
@@ -47,12 +49,15 @@ static int nvf_in_range(uint32_t off, uint32_t len) {
     return nvf_ready() && off <= EP_NV_FILE_BYTES && len <= EP_NV_FILE_BYTES - off;
 }
 
+/* One erased page, written a page per call: the file grows by megabytes on boards with L3
+ * (checkpoint slots sized for arena + L3), and each semihosting call is slow. */
+static const uint8_t k_nvf_erased[EP_NV_FILE_PAGE] = {[0 ... EP_NV_FILE_PAGE - 1] = 0xFF};
+
 /* Append 0xFF until the file holds `end` bytes. */
 static int nvf_extend(uint32_t end) {
-    memset(nvf.buf, 0xFF, sizeof nvf.buf);
     while (nvf.length < end) {
-        uint32_t n = end - nvf.length < sizeof nvf.buf ? end - nvf.length : (uint32_t)sizeof nvf.buf;
-        if (nvf_pwrite(nvf.length, nvf.buf, n) != 0) {
+        uint32_t n = end - nvf.length < EP_NV_FILE_PAGE ? end - nvf.length : EP_NV_FILE_PAGE;
+        if (nvf_pwrite(nvf.length, k_nvf_erased, n) != 0) {
             return -1;
         }
         nvf.length += n;
@@ -81,14 +86,10 @@ int ep_port_nv_erase(uint32_t page) {
     if (page >= EP_NV_FILE_BYTES / EP_NV_FILE_PAGE || !nvf_ready()) {
         return -1;
     }
-    uint32_t off = page * EP_NV_FILE_PAGE;
-    uint32_t end = off + EP_NV_FILE_PAGE < nvf.length ? off + EP_NV_FILE_PAGE : nvf.length;
-    memset(nvf.buf, 0xFF, sizeof nvf.buf);
-    for (; off < end; off += sizeof nvf.buf) {
-        uint32_t n = end - off < sizeof nvf.buf ? end - off : (uint32_t)sizeof nvf.buf;
-        if (nvf_pwrite(off, nvf.buf, n) != 0) {
-            return -1;
-        }
+    const uint32_t off = page * EP_NV_FILE_PAGE;
+    if (off < nvf.length) { /* bytes past the file's end already read as erased */
+        const uint32_t n = nvf.length - off < EP_NV_FILE_PAGE ? nvf.length - off : EP_NV_FILE_PAGE;
+        return nvf_pwrite(off, k_nvf_erased, n);
     }
     return 0;
 }

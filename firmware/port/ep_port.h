@@ -15,12 +15,28 @@
  *   EP_CPU_HZ         CPU clock used to turn cycles into milliseconds
  *   EP_ICOUNT_SHIFT   (emulated boards) QEMU -icount shift: report instructions
  *   EP_SEMIHOSTING    (emulated boards) the emulator takes Arm semihosting calls
+ *   EP_L3_BYTES       bytes of L3 memory for tensors ([runtime] l3_bytes; 0 if the
+ *                     board has none, the default)
+ *   EP_L3_REGION      (boards with an [memory] l3 region) the linker script has an
+ *                     `.l3` section in that memory-mapped region: EP_L3_SECTION puts
+ *                     data there (ep_l3_mapped.h's array, the app's staging buffer)
  * plus the port's own settings from the board's [port_settings] table.
  */
 #ifndef EP_PORT_H
 #define EP_PORT_H
 
 #include <stdint.h>
+
+#ifndef EP_L3_BYTES
+#define EP_L3_BYTES 0
+#endif
+
+/* Places a static object in the board's L3 region where the linker script has one. */
+#if defined(EP_L3_REGION) && EP_L3_REGION
+#define EP_L3_SECTION __attribute__((section(".l3")))
+#else
+#define EP_L3_SECTION
+#endif
 
 /**
  * Bring up clocks, the UART and the cycle counter. Called once, first, with the
@@ -79,5 +95,28 @@ __attribute__((warn_unused_result)) int ep_port_nv_erase(uint32_t page);
 
 /** Program [off, off + len): each stored byte becomes old & buf[i]. 0 on success, -1 on error. */
 __attribute__((warn_unused_result)) int ep_port_nv_write(uint32_t off, const uint8_t *buf, uint32_t len);
+
+/*
+ * L3 memory: where persistent tensors that do not fit the arena live (the
+ * runtime's ep_l3_t; the app builds one from these three functions). On GAP9
+ * hardware it is the external HyperRAM behind the uDMA (pmsis: pi_ram_*), not
+ * memory-mapped, so the runtime and app only ever copy to and from it. The
+ * emulated gap9 and the native build keep it in an ordinary array
+ * (ep_l3_mapped.h: on gap9 in the board's L3 region of DRAM); ports without it
+ * report 0 (ep_l3_none.h). Contents are undefined at boot: installing a model
+ * writes every L3 tensor.
+ *
+ * Callers guarantee [off, off + n) ⊆ [0, ep_port_l3_size()) (the runtime
+ * checked every L3 tensor at parse time) and an ordinary-memory buffer of n bytes.
+ */
+
+/** Bytes of L3 memory (EP_L3_BYTES where the port has it), 0 when the port has none. */
+uint32_t ep_port_l3_size(void);
+
+/** Copy L3 [off, off + n) into dst. Blocks until the copy is done. */
+void ep_port_l3_read(uint32_t off, void *dst, uint32_t n);
+
+/** Copy src into L3 [off, off + n). Blocks until the copy is done. */
+void ep_port_l3_write(uint32_t off, const void *src, uint32_t n);
 
 #endif /* EP_PORT_H */

@@ -104,6 +104,7 @@ typedef enum {
     EP_TF_INPUT = 8,
     EP_TF_LABEL = 16,
     EP_TF_GRAD = 32,
+    EP_TF_L3 = 64,
 } ep_tensor_flag_t;
 
 typedef enum {
@@ -146,6 +147,8 @@ typedef enum {
     EP_OP_RELU_Q8 = 37,
     EP_OP_SGD_Q8 = 38,
     EP_OP_REQUANT_WEIGHTS = 39,
+    EP_OP_L3_LOAD = 40,
+    EP_OP_L3_STORE = 41,
 } ep_opcode_t;
 
 typedef enum {
@@ -165,6 +168,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 40
+#define EP_OPCODE_COUNT 42
 
 #endif /* EP_IDS_H */

@@ -24,7 +24,8 @@ enum {
     H_DATA_OFF = 44, H_DATA_BYTES = 48, H_TRAIN_BEGIN = 52, H_TRAIN_LOSS_END = 54,
     H_UPDATE_BEGIN = 56, H_UPDATE_EVERY = 58, H_COUNTER = 60, H_RESERVED = 62,
     CRC_START = 16,
-    KNOWN_FLAGS = EP_TF_BATCHED | EP_TF_PARAM | EP_TF_TRAINABLE | EP_TF_INPUT | EP_TF_LABEL | EP_TF_GRAD,
+    KNOWN_FLAGS = EP_TF_BATCHED | EP_TF_PARAM | EP_TF_TRAINABLE | EP_TF_INPUT | EP_TF_LABEL | EP_TF_GRAD | EP_TF_L3,
+    L3_ZERO_CHUNK = 256,
 };
 
 static const uint8_t k_dtype_bytes[EP_DTYPE_COUNT] = EP_DTYPE_BYTES_INIT;
@@ -151,6 +152,10 @@ static ep_status_t parse_tensor(ep_model_t *m, ep_tensor_t *t, const uint8_t *e,
     if ((t->flags & EP_TF_PARAM) && (t->flags & EP_TF_BATCHED)) {
         return fail(why, EP_BAD_BLOB, EP_WHY("tensor: a PARAM cannot be BATCHED"));
     }
+    const bool in_l3 = (t->flags & EP_TF_L3) != 0;
+    if (in_l3 && ((t->flags & EP_TF_BATCHED) || !(t->flags & EP_TF_PARAM))) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("tensor: in L3 but not a PARAM, or BATCHED"));
+    }
     if (t->rank < 1 || t->rank > EP_MAX_RANK || e[3] != 0) {
         return fail(why, EP_BAD_BLOB, EP_WHY("tensor: rank not in 1..4 or reserved byte not zero"));
     }
@@ -170,7 +175,16 @@ static ep_status_t parse_tensor(ep_model_t *m, ep_tensor_t *t, const uint8_t *e,
     if (roundup8(elems * k_dtype_bytes[t->dtype] * rows) != t->bytes) {
         return fail(why, EP_BAD_BLOB, EP_WHY("tensor: bytes != elements x dtype size (x max_batch), rounded up to 8"));
     }
-    if (t->offset % EP_BLOB_ALIGN != 0 || (uint64_t)t->offset + t->bytes > m->arena_bytes) {
+    const uint64_t end = (uint64_t)t->offset + t->bytes;
+    if (in_l3) {
+        if (t->offset % EP_BLOB_ALIGN != 0) {
+            return fail(why, EP_BAD_BLOB, EP_WHY("tensor: in L3, offset misaligned"));
+        }
+        if (m->l3 == NULL || end > m->l3->bytes) {
+            return fail(why, EP_NO_FIT, EP_WHY("tensor: in L3, beyond the device's L3 memory (or it has none)"));
+        }
+        m->l3_bytes = end > m->l3_bytes ? (uint32_t)end : m->l3_bytes;
+    } else if (t->offset % EP_BLOB_ALIGN != 0 || end > m->arena_bytes) {
         return fail(why, EP_BAD_BLOB, EP_WHY("tensor: offset misaligned or tensor outside the arena"));
     }
     if (t->init != EP_NO_INIT && (uint64_t)t->init + t->bytes > data_bytes) {
@@ -194,8 +208,8 @@ static ep_status_t check_roles(const ep_model_t *m, const char **why) {
     if (lab->dtype != EP_DTYPE_I32 || !(lab->flags & EP_TF_BATCHED) || lab->rank != 1 || lab->dims[0] != 1) {
         return fail(why, EP_BAD_BLOB, EP_WHY("label_tensor: must be BATCHED|LABEL i32 of dims [1]"));
     }
-    if (st->dtype != EP_DTYPE_F32 || (st->flags & EP_TF_BATCHED) || st->elems != 2) {
-        return fail(why, EP_BAD_BLOB, EP_WHY("stats_tensor: must be an unbatched f32 of 2 elements"));
+    if (st->dtype != EP_DTYPE_F32 || (st->flags & (EP_TF_BATCHED | EP_TF_L3)) || st->elems != 2) {
+        return fail(why, EP_BAD_BLOB, EP_WHY("stats_tensor: must be an unbatched f32 of 2 elements in the arena"));
     }
     if (m->counter_tensor != EP_NO_TENSOR) {
         const ep_tensor_t *ct = m->counter_tensor < m->n_tensors ? &m->tensors[m->counter_tensor] : NULL;
@@ -211,6 +225,7 @@ static ep_status_t check_roles(const ep_model_t *m, const char **why) {
         if (((f & EP_TF_LABEL) != 0) != (i == m->label_tensor)) {
             return fail(why, EP_BAD_BLOB, EP_WHY("tensor: LABEL flag must be on label_tensor and only there"));
         }
+        /* (an L3 tensor cannot: the label tensor is in the arena, another space) */
         if (i != m->label_tensor && ep_overlap(m, i, m->label_tensor)) {
             return fail(why, EP_BAD_BLOB, EP_WHY("tensor: overlaps the label tensor"));
         }
@@ -252,6 +267,14 @@ static ep_status_t parse_node(const ep_model_t *m, ep_node_t *nd, const uint8_t 
             return fail(why, EP_BAD_BLOB, EP_WHY("node: writes the label tensor"));
         }
     }
+    if (nd->op != EP_OP_L3_LOAD && nd->op != EP_OP_L3_STORE) {
+        for (uint8_t i = 0; i < nd->n_in + nd->n_out; i++) {
+            const uint16_t t = i < nd->n_in ? nd->in[i] : nd->out[i - nd->n_in];
+            if (m->tensors[t].flags & EP_TF_L3) {
+                return fail(why, EP_BAD_BLOB, EP_WHY("node: only L3_LOAD/L3_STORE may name an L3 tensor"));
+            }
+        }
+    }
     for (uint8_t i = 0; i < EP_NODE_IATTRS; i++) {
         nd->iattr[i] = ep_rd16(e + N_IATTR + 2 * i);
     }
@@ -266,11 +289,14 @@ static ep_status_t parse_node(const ep_model_t *m, ep_node_t *nd, const uint8_t 
 }
 
 ep_status_t ep_model_parse(ep_model_t *m, const uint8_t *blob, uint32_t len, uint32_t arena_bytes,
-                           const char **why) {
+                           const ep_l3_t *l3, const char **why) {
     EP_DCHECK(m != NULL && (blob != NULL || len == 0));
+    EP_DCHECK(l3 == NULL || (l3->read != NULL && l3->write != NULL));
     const char *unused;
     why = why ? why : &unused;
     *why = EP_WHY("");
+    m->l3 = l3;
+    m->l3_bytes = 0;
     layout_t lay;
     ep_status_t st = parse_header(m, &lay, blob, len, arena_bytes, why);
     if (st != EP_OK) {
@@ -288,21 +314,35 @@ ep_status_t ep_model_parse(ep_model_t *m, const uint8_t *blob, uint32_t len, uin
         return st;
     }
     for (uint16_t i = 0; i < m->n_nodes; i++) {
+        const ep_node_t *nd = &m->nodes[i];
         st = parse_node(m, &m->nodes[i], blob + lay.nodes_off + (uint32_t)i * EP_BLOB_NODE_BYTES, why);
         if (st != EP_OK) {
             return st;
+        }
+        if (nd->op == EP_OP_L3_LOAD) { /* later nodes (an optimizer) may treat the copy as the tensor */
+            m->tensors[nd->out[0]].flags |= EP_TF_L3_COPY | (m->tensors[nd->in[0]].flags & EP_TF_TRAINABLE);
         }
     }
     return EP_OK;
 }
 
 void ep_model_init_arena(const ep_model_t *m, const uint8_t *blob, uint8_t *arena) {
+    static const uint8_t zeros[L3_ZERO_CHUNK];
     memset(arena, 0, m->arena_bytes);
     const uint8_t *data = blob + ep_rd32(blob + H_DATA_OFF);
     for (uint16_t i = 0; i < m->n_tensors; i++) {
         const ep_tensor_t *t = &m->tensors[i];
-        if (t->init != EP_NO_INIT) {
-            memcpy(arena + t->offset, data + t->init, t->bytes);
+        if (!(t->flags & EP_TF_L3)) {
+            if (t->init != EP_NO_INIT) {
+                memcpy(arena + t->offset, data + t->init, t->bytes);
+            }
+        } else if (t->init != EP_NO_INIT) {
+            m->l3->write(t->offset, data + t->init, t->bytes);
+        } else {
+            for (uint32_t at = 0; at < t->bytes; at += L3_ZERO_CHUNK) {
+                const uint32_t n = t->bytes - at < L3_ZERO_CHUNK ? t->bytes - at : L3_ZERO_CHUNK;
+                m->l3->write(t->offset + at, zeros, n);
+            }
         }
     }
 }

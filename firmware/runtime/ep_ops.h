@@ -57,7 +57,8 @@ typedef struct {
  * Validate one node of a candidate model (untrusted blob). Called by
  * ep_model_parse() after the generic checks: the node's op and fn exist, n_in ≤
  * EP_MAX_NODE_INPUTS, n_out ≤ EP_MAX_NODE_OUTPUTS, every used index < n_tensors,
- * every tensor descriptor is self-consistent and inside the arena, attrs finite.
+ * every tensor descriptor is self-consistent and inside the arena (or L3), attrs
+ * finite, and no tensor is in L3 unless the op is L3_LOAD or L3_STORE.
  * prepare() checks the rest: tensor count, dtypes, ranks, dims, BATCHED flags,
  * forbidden overlaps, op-specific rules.
  * @param why on failure, a static string naming what is wrong (never NULL)
@@ -124,6 +125,8 @@ EP_OP_DECL(conv2d_q8);
 EP_OP_DECL(relu_q8);
 EP_OP_DECL(sgd_q8);
 EP_OP_DECL(requant_weights);
+EP_OP_DECL(l3_load);        /* the L3 tier: ops/ep_l3.c */
+EP_OP_DECL(l3_store);
 
 /* Helpers for prepare() and the node adapters. */
 
@@ -163,11 +166,16 @@ static inline bool ep_same_shape(const ep_model_t *m, uint16_t a, uint16_t b) {
 }
 
 /**
- * True if the arena spans of tensors a and b share a byte (a == b overlaps).
- * Only for validated tensors: offset + bytes ≤ arena_bytes cannot wrap.
+ * True if the spans of tensors a and b share a byte (a == b overlaps). An L3
+ * tensor and an arena one never overlap (their offsets count in different
+ * memories); two L3 tensors compare like two arena ones. Only for validated
+ * tensors: offset + bytes ≤ arena_bytes (or l3_bytes) cannot wrap.
  */
 static inline bool ep_overlap(const ep_model_t *m, uint16_t a, uint16_t b) {
     const ep_tensor_t *x = &m->tensors[a], *y = &m->tensors[b];
+    if ((x->flags ^ y->flags) & EP_TF_L3) {
+        return false;
+    }
     return x->offset < y->offset + y->bytes && y->offset < x->offset + x->bytes;
 }
 

@@ -8,7 +8,8 @@
  *                            touch any arena, so a failure leaves the installed
  *                            model untouched.
  *   2. ep_model_init_arena() zero-fills the model's arena span and copies the
- *                            initial values in. Call only after parse succeeded.
+ *                            initial values in (L3 tensors: through the model's
+ *                            ep_l3_t). Call only after parse succeeded.
  *   3. ep_model_run()        decodes one batch into the input tensors and runs
  *                            the schedule: EVAL runs nodes [0, n_eval_nodes);
  *                            TRAIN runs [train_begin, train_loss_end) (forward
@@ -22,9 +23,24 @@
  *                            never re-validates. ep_model_run_buffered() does
  *                            the same with samples taken from a sample buffer.
  *
- * Invariants after a successful parse: every tensor lies inside
- * [0, arena_bytes); every node's op exists, implements the node's fn, and its
- * prepare() accepted the node's tensors.
+ * L3 tier: a tensor flagged EP_TF_L3 lives in the board's L3 memory (GAP9: the
+ * external HyperRAM; ep_l3_t), its offset counted from the start of that memory,
+ * not the arena's. It is a persistent PARAM (weights, f32 masters, optimizer
+ * state), never BATCHED, and only L3_LOAD (as its input: L3 → an arena copy) and
+ * L3_STORE (as its output: the arena copy → L3) name it; every other op works on
+ * the arena copy. Offsets in L3 and in the arena are different spaces: tensors of
+ * different spaces never overlap (ep_overlap). Parse marks the arena output of
+ * each L3_LOAD EP_TF_L3_COPY, with its L3 tensor's TRAINABLE bit: the ops that
+ * follow in the same run (an optimizer step) accept the copy where they would
+ * accept the tensor. A copy is not a PARAM: READ_WEIGHTS, checkpoints and the
+ * guard reach the L3 tensor itself.
+ *
+ * Invariants after a successful parse: every tensor without EP_TF_L3 lies inside
+ * [0, arena_bytes); every L3 tensor lies inside [0, l3_bytes) and l3_bytes ≤
+ * l3->bytes of the L3 memory parse was given (so l3 != NULL if any tensor is in
+ * L3); no node but L3_LOAD/L3_STORE names an L3 tensor, nor is one a role of the
+ * header (input, label, stats, counter); every node's op exists, implements the
+ * node's fn, and its prepare() accepted the node's tensors.
  */
 #ifndef EP_RUNTIME_H
 #define EP_RUNTIME_H
@@ -60,11 +76,15 @@ typedef struct {
     uint8_t flags;      /**< ep_tensor_flag_t bits */
     uint8_t rank;       /**< 1..EP_MAX_RANK */
     uint16_t dims[EP_MAX_RANK]; /**< per sample if EP_TF_BATCHED; 1 beyond rank */
-    uint32_t offset;    /**< byte offset in the arena */
+    uint32_t offset;    /**< byte offset in the arena (EP_TF_L3: in the L3 memory) */
     uint32_t bytes;     /**< storage size, max_batch included */
     uint32_t init;      /**< offset in the blob's data section, or EP_NO_INIT */
     uint32_t elems;     /**< elements per sample (BATCHED) or in total; derived */
 } ep_tensor_t;
+
+/** Runtime-only tensor flag (never accepted from a blob, see ep_model_parse): the
+ * arena copy an L3_LOAD fills. Bit 7 is kept free in host/ids.py TensorFlag for it. */
+#define EP_TF_L3_COPY 0x80u
 
 /** A graph node: one function of one op over tensors of the model. */
 typedef struct {
@@ -77,10 +97,25 @@ typedef struct {
     float fattr[EP_NODE_FATTRS];    /**< float attributes (hyper-parameters), finite */
 } ep_node_t;
 
+/**
+ * The board's L3 memory as the runtime sees it: `bytes` long, reached only by
+ * copies (on GAP9 it is HyperRAM behind the uDMA, not memory-mapped). The callers
+ * guarantee every range: [off, off + n) lies inside [0, bytes) (ep_model_parse
+ * checked every L3 tensor against `bytes`), and dst/src is ordinary memory of n
+ * bytes. The functions cannot fail.
+ */
+typedef struct {
+    uint32_t bytes;
+    void (*read)(uint32_t off, void *dst, uint32_t n);        /**< L3 [off, off + n) → dst */
+    void (*write)(uint32_t off, const void *src, uint32_t n); /**< src → L3 [off, off + n) */
+} ep_l3_t;
+
 /** An installed (or candidate) model. Plain data: copying it is fine. */
 typedef struct {
     uint32_t crc;           /**< the blob's crc32 field: identifies the model */
     uint32_t arena_bytes;   /**< arena span the model uses */
+    uint32_t l3_bytes;      /**< L3 span the model uses: max offset + bytes of its L3 tensors, 0 if none */
+    const ep_l3_t *l3;      /**< the L3 memory given to ep_model_parse (NULL: none) */
     uint16_t n_tensors, n_nodes, n_eval_nodes, max_batch;
     uint16_t train_begin, train_loss_end; /**< TRAIN: [train_begin, train_loss_end) then the rest */
     uint16_t update_begin;  /**< nodes [update_begin, n_nodes) apply the optimizer */
@@ -121,13 +156,20 @@ typedef struct {
  * Validate an untrusted blob and describe it in *m. Checks every field listed in
  * docs/blob.md, including each node through its op's prepare().
  * @param arena_bytes the device arena size; a larger model gives EP_NO_FIT
+ * @param l3          the device's L3 memory, kept in m->l3 for the L3 ops and
+ *                    init; NULL if it has none. An L3 tensor beyond l3->bytes (or
+ *                    any L3 tensor without one) gives EP_NO_FIT
  * @param why         on failure, a static string naming the field (never NULL)
  * @return EP_OK, EP_BAD_BLOB, EP_NO_FIT, EP_BAD_HASH (crc mismatch)
  */
 EP_NODISCARD ep_status_t ep_model_parse(ep_model_t *m, const uint8_t *blob, uint32_t len,
-                                        uint32_t arena_bytes, const char **why);
+                                        uint32_t arena_bytes, const ep_l3_t *l3, const char **why);
 
-/** Zero the model's arena span and copy the initial values from the blob. */
+/**
+ * Zero the model's arena span and copy the initial values from the blob. L3
+ * tensors get theirs (or zeros, without one) through m->l3->write; the rest of
+ * the L3 memory is left alone.
+ */
 void ep_model_init_arena(const ep_model_t *m, const uint8_t *blob, uint8_t *arena);
 
 /**

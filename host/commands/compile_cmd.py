@@ -36,7 +36,7 @@ def run(args) -> int:
     spec, params = model_and_params(args)
     cfg = compile_config(args, spec, params, board.arena_bytes)
     prog = compile_model(spec, params, cfg, arena_limit=board.arena_bytes,
-                         max_tensors=board.max_tensors, max_nodes=board.max_nodes)
+                         max_tensors=board.max_tensors, max_nodes=board.max_nodes, l3_limit=board.l3_bytes)
     blob = build_blob(prog)
     out = args.output or Path(f"{spec.name}.epm")
     out.write_bytes(blob)
@@ -58,6 +58,9 @@ def run(args) -> int:
             f"{cfg.batch}", highlight=False)
     c.print(f"arena {plan.arena_bytes:,} B of {board.arena_bytes:,} B (lower bound {plan.lower_bound:,} B, "
             f"every tensor its own buffer {plan.naive_bytes:,} B), {info['nodes']} nodes", highlight=False)
+    if plan.l3_tensors:
+        c.print(f"L3 {plan.l3_bytes:,} B of {board.l3_bytes:,} B: {', '.join(report['l3_tensors'])} "
+                "(copied into the arena around the nodes that use them)", highlight=False)
     for layer, chans in cfg.train_channels or ():
         names = f"0-{len(chans) - 1}" if chans == tuple(range(len(chans))) else ", ".join(map(str, chans))
         c.print(f"  sparse: {layer} trains channels {names}", highlight=False)

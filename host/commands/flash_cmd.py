@@ -36,7 +36,8 @@ def run(args) -> int:
             blob = args.blob.read_bytes()
         else:
             spec, params = model_and_params(args)
-            prog = compile_model(spec, params, train_config(args), arena_limit=hello.arena_bytes)
+            prog = compile_model(spec, params, train_config(args), arena_limit=hello.arena_bytes,
+                                 l3_limit=hello.l3_bytes)
             blob = build_blob(prog)
         with Progress(console=c, transient=True, disable=args.json) as bar:
             task = bar.add_task(f"flashing {len(blob)} B to {hello.board}", total=len(blob))

@@ -48,13 +48,26 @@ def row(spec, params, cfg: TrainConfig, board, dataset=None) -> dict:
            "batch": cfg.batch, "arena_bytes": board.arena_bytes}
     try:
         cfg = configure(spec, params, cfg, dataset, board.arena_bytes)
-        prog = compile_model(spec, params, cfg, max_tensors=board.max_tensors, max_nodes=board.max_nodes)
+        prog = _compile(spec, params, cfg, board)
     except ModelError as e:  # over the board's graph limits, or no data for a sparse choice
         return {**out, "fits": False, "reason": str(e)}
     plan = prog.plan
     return {**out, **prog.report(), "fits": plan.arena_bytes <= board.arena_bytes,
             "peak_over_lower_bound": round(plan.arena_bytes / max(plan.lower_bound, 1), 4),
             "tensors": len(prog.graph.tensors), "nodes": len(prog.graph.nodes)}
+
+
+def _compile(spec, params, cfg: TrainConfig, board):
+    """The program as planned for the board: its plan even where it does not fit the arena,
+    with persistent tensors in L3 where the board has L3 and that makes it fit."""
+    prog = compile_model(spec, params, cfg, max_tensors=board.max_tensors, max_nodes=board.max_nodes)
+    if prog.plan.arena_bytes > board.arena_bytes and board.l3_bytes:
+        try:
+            prog = compile_model(spec, params, cfg, arena_limit=board.arena_bytes, max_tensors=board.max_tensors,
+                                 max_nodes=board.max_nodes, l3_limit=board.l3_bytes)
+        except ModelError:
+            pass
+    return prog
 
 
 def _dataset(spec):
@@ -99,7 +112,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
-    prog = compile_model(spec, params, cfg, max_tensors=board.max_tensors, max_nodes=board.max_nodes)
+    prog = _compile(spec, params, cfg, board)
     c.print(format_plan(prog.graph, prog.plan), highlight=False)
     c.print(f"{spec.name} on {board.name}, strategy {cfg.strategy}: peak {r['peak_bytes']:,} B, lower bound "
             f"{r['lower_bound_bytes']:,} B (×{r['peak_over_lower_bound']}), no sharing {r['naive_bytes']:,} B; "

@@ -30,7 +30,9 @@
  *
  * Non-volatile storage is an in-memory flash (erase to 0xFF, programming only
  * clears bits, out-of-range calls fail), erased before every input, so
- * checkpoints (ep_ckpt.c) and the training guards are fuzzed too.
+ * checkpoints (ep_ckpt.c) and the training guards are fuzzed too. The L3 memory
+ * is an array of EP_L3_BYTES (firmware/Makefile's fuzz flags), zeroed before
+ * every input; every access must lie inside it.
  */
 #include <setjmp.h>
 #include <stddef.h>
@@ -85,9 +87,26 @@ void ep_port_write(const uint8_t *buf, uint32_t len) {
     port.last_len = len;
 }
 
-/* flash: 4 KiB pages, room for the model and two slots of the whole arena (as ep_nv_file.h) */
+/* L3: EP_L3_BYTES, as a port with ep_l3_mapped.h has it */
+_Static_assert(EP_L3_BYTES > 0, "fuzz_app: the fuzz flags give the device an L3 memory");
+static uint8_t l3[EP_L3_BYTES];
+
+uint32_t ep_port_l3_size(void) { return EP_L3_BYTES; }
+
+void ep_port_l3_read(uint32_t off, void *dst, uint32_t n) {
+    FUZZ_CHECK(off <= EP_L3_BYTES && n <= EP_L3_BYTES - off);
+    memcpy(dst, l3 + off, n);
+}
+
+void ep_port_l3_write(uint32_t off, const void *src, uint32_t n) {
+    FUZZ_CHECK(off <= EP_L3_BYTES && n <= EP_L3_BYTES - off);
+    memcpy(l3 + off, src, n);
+}
+
+/* flash: 4 KiB pages, room for the model and two slots of the whole arena and L3 (as ep_nv_file.h) */
 enum { NV_PAGE = 4096 };
-#define NV_BYTES (((EP_STAGING_BYTES + NV_PAGE - 1) / NV_PAGE + 1 + 2 * ((EP_ARENA_BYTES + NV_PAGE - 1) / NV_PAGE + 1)) * NV_PAGE)
+#define NV_BYTES (((EP_STAGING_BYTES + NV_PAGE - 1) / NV_PAGE + 1 + \
+                   2 * ((EP_ARENA_BYTES + EP_L3_BYTES + NV_PAGE - 1) / NV_PAGE + 1)) * NV_PAGE)
 static uint8_t nv[NV_BYTES];
 
 uint32_t ep_port_nv_size(void) { return NV_BYTES; }
@@ -156,10 +175,11 @@ static void check_answer(uint8_t type, uint16_t req_id) {
     }
     switch (type) {
     case EP_MSG_HELLO:
-        /* 26 bytes, the board name, then nv_flags, 3 reserved, ckpt_seq, steps */
-        FUZZ_CHECK(plen == 38 + sizeof EP_BOARD_NAME - 1);
+        /* 26 bytes, the board name, then nv_flags, 3 reserved, ckpt_seq, steps, l3_bytes */
+        FUZZ_CHECK(plen == 42 + sizeof EP_BOARD_NAME - 1);
         FUZZ_CHECK(pl[20] == model.loaded && ep_rd32(pl + 22) == (model.loaded ? model.crc : 0u));
         FUZZ_CHECK(pl[26 + sizeof EP_BOARD_NAME - 1] & EP_NV_PRESENT);
+        FUZZ_CHECK(ep_rd32(pl + 38 + sizeof EP_BOARD_NAME - 1) == EP_L3_BYTES);
         break;
     case EP_MSG_LOAD_BEGIN:
         FUZZ_CHECK(plen == 0);
@@ -224,6 +244,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memset(&port, 0, sizeof port);
     memset(&model, 0, sizeof model);
     memset(nv, 0xFF, sizeof nv);
+    memset(l3, 0, sizeof l3);
     ep_app_init();
     FUZZ_CHECK(port.frames == 1 && port.last[EP_FRAME_OFF_TYPE] == (EP_MSG_HELLO | EP_FRAME_RESPONSE_BIT) &&
                ep_rd16(port.last + EP_FRAME_OFF_REQ_ID) == 0);

@@ -21,8 +21,11 @@
  *   2. If it was refused, again with total_bytes and crc32 patched to match
  *      (so mutations get past the crc and reach every later check).
  *   3. If accepted: the parse invariants are checked (every tensor inside
- *      [0, arena_bytes), every node's op and fn exist), the arena is an
- *      exact-size, 8-aligned heap block of arena_bytes, ep_model_init_arena,
+ *      [0, arena_bytes), or if in L3 inside [0, l3_bytes) of the harness's
+ *      FUZZ_L3_LIMIT-byte L3 memory, only L3_LOAD/L3_STORE naming L3 tensors;
+ *      every node's op and fn exist), the arena is an exact-size, 8-aligned
+ *      heap block of arena_bytes and the L3 memory one of l3_bytes (its
+ *      read/write check every range), ep_model_init_arena,
  *      then ep_model_run EVAL, TRAIN (1..4 times), and ep_model_stage +
  *      ep_model_run_staged TRAIN and EVAL. After each run: the status is one of
  *      the documented ones, a successful step reports n and correct ≤ n with a
@@ -52,10 +55,31 @@
 #ifndef FUZZ_ARENA_LIMIT
 #define FUZZ_ARENA_LIMIT (64u * 1024u)
 #endif
+/* The L3 memory parse is told of (blobs may place PARAMs there). */
+#ifndef FUZZ_L3_LIMIT
+#define FUZZ_L3_LIMIT (64u * 1024u)
+#endif
 /* The largest batch the harness builds (bytes of input values). */
 #define FUZZ_MAX_BATCH_BYTES (1u << 20)
 
 static ep_model_t model; /* large: static, not on the stack */
+
+/* The L3 memory of an accepted model: exactly l3_bytes of heap (ASan sees an overrun),
+ * and every access the runtime makes must lie inside it. */
+static uint8_t *l3_mem;
+static uint32_t l3_len;
+
+static void l3_read(uint32_t off, void *dst, uint32_t n) {
+    FUZZ_CHECK(l3_mem != NULL && off <= l3_len && n <= l3_len - off);
+    memcpy(dst, l3_mem + off, n);
+}
+
+static void l3_write(uint32_t off, const void *src, uint32_t n) {
+    FUZZ_CHECK(l3_mem != NULL && off <= l3_len && n <= l3_len - off);
+    memcpy(l3_mem + off, src, n);
+}
+
+static const ep_l3_t fuzz_l3 = {.bytes = FUZZ_L3_LIMIT, .read = l3_read, .write = l3_write};
 
 static uint64_t fake_clock(void) {
     static uint64_t t;
@@ -106,9 +130,12 @@ static void check_parsed(const ep_model_t *m) {
     FUZZ_CHECK(m->train_begin <= m->train_loss_end && m->train_loss_end <= m->update_begin &&
                m->update_begin <= m->n_nodes);
     FUZZ_CHECK(m->max_batch >= 1 && m->num_classes >= 2 && m->update_every >= 1);
+    FUZZ_CHECK(m->l3 == &fuzz_l3 && m->l3_bytes <= FUZZ_L3_LIMIT);
     for (uint16_t i = 0; i < m->n_tensors; i++) {
         const ep_tensor_t *t = &m->tensors[i];
-        FUZZ_CHECK(t->offset % EP_BLOB_ALIGN == 0 && (uint64_t)t->offset + t->bytes <= m->arena_bytes);
+        const uint32_t span = (t->flags & EP_TF_L3) ? m->l3_bytes : m->arena_bytes;
+        FUZZ_CHECK(t->offset % EP_BLOB_ALIGN == 0 && (uint64_t)t->offset + t->bytes <= span);
+        FUZZ_CHECK(!(t->flags & EP_TF_L3) || ((t->flags & EP_TF_PARAM) && !(t->flags & EP_TF_BATCHED)));
     }
     for (uint16_t i = 0; i < m->n_nodes; i++) {
         const ep_node_t *nd = &m->nodes[i];
@@ -121,9 +148,18 @@ static void check_parsed(const ep_model_t *m) {
         for (uint8_t k = 0; k < nd->n_out; k++) {
             FUZZ_CHECK(nd->out[k] < m->n_tensors && nd->out[k] != m->label_tensor);
         }
+        if (nd->op != EP_OP_L3_LOAD && nd->op != EP_OP_L3_STORE) {
+            for (uint8_t k = 0; k < nd->n_in; k++) {
+                FUZZ_CHECK(!(m->tensors[nd->in[k]].flags & EP_TF_L3));
+            }
+            for (uint8_t k = 0; k < nd->n_out; k++) {
+                FUZZ_CHECK(!(m->tensors[nd->out[k]].flags & EP_TF_L3));
+            }
+        }
     }
     FUZZ_CHECK(m->input_tensor < m->n_tensors && m->label_tensor < m->n_tensors &&
                m->stats_tensor < m->n_tensors);
+    FUZZ_CHECK(!(m->tensors[m->stats_tensor].flags & EP_TF_L3));
 }
 
 static void check_result(const ep_model_t *m, const uint8_t *arena, ep_status_t st, const ep_step_result_t *r,
@@ -159,6 +195,8 @@ static void run_model(const ep_model_t *m, const uint8_t *blob, cursor_t c) {
      * at least 8-aligned under ASan, as the runtime requires */
     uint8_t *arena = malloc(m->arena_bytes);
     FUZZ_CHECK(arena != NULL && ((uintptr_t)arena & (EP_BLOB_ALIGN - 1)) == 0);
+    l3_len = m->l3_bytes;
+    l3_mem = malloc(l3_len ? l3_len : 1);
     ep_model_init_arena(m, blob, arena);
 
     const ep_tensor_t *in = &m->tensors[m->input_tensor];
@@ -234,6 +272,8 @@ out:
     free(data);
     free(labels);
     free(arena);
+    free(l3_mem);
+    l3_mem = NULL;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -248,13 +288,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t *blob = malloc(blob_len ? blob_len : 1);
     memcpy(blob, data, blob_len);
     const char *why = NULL;
-    ep_status_t st = ep_model_parse(&model, blob, blob_len, FUZZ_ARENA_LIMIT, &why);
+    ep_status_t st = ep_model_parse(&model, blob, blob_len, FUZZ_ARENA_LIMIT, &fuzz_l3, &why);
     FUZZ_CHECK(why != NULL);
     if (st != EP_OK && blob_len >= EP_BLOB_HEADER_BYTES) {
         ep_wr32(blob + 8, blob_len);
         ep_wr32(blob + 12, ep_crc32(0, blob + 16, blob_len - 16));
         why = NULL;
-        st = ep_model_parse(&model, blob, blob_len, FUZZ_ARENA_LIMIT, &why);
+        st = ep_model_parse(&model, blob, blob_len, FUZZ_ARENA_LIMIT, &fuzz_l3, &why);
         FUZZ_CHECK(why != NULL);
     }
     FUZZ_CHECK(st == EP_OK || st == EP_BAD_BLOB || st == EP_NO_FIT || st == EP_BAD_HASH);

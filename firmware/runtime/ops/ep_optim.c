@@ -136,10 +136,12 @@ static bool is_trainable_f32(const ep_model_t *m, uint16_t t) {
     return x->dtype == EP_DTYPE_F32 && (x->flags & (EP_TF_BATCHED | EP_TF_TRAINABLE)) == EP_TF_TRAINABLE;
 }
 
-/* Optimizer state: an unbatched, untrained PARAM f32 (persistent between steps). */
+/* Optimizer state: an unbatched, untrained f32 that persists between steps: a PARAM, or
+ * the arena copy of one kept in L3 (EP_TF_L3_COPY: stored back after the step). */
 static bool is_state_f32(const ep_model_t *m, uint16_t t) {
     const ep_tensor_t *x = &m->tensors[t];
-    return x->dtype == EP_DTYPE_F32 && (x->flags & (EP_TF_BATCHED | EP_TF_PARAM | EP_TF_TRAINABLE)) == EP_TF_PARAM;
+    return x->dtype == EP_DTYPE_F32 && (x->flags & (EP_TF_BATCHED | EP_TF_TRAINABLE)) == 0 &&
+           (x->flags & (EP_TF_PARAM | EP_TF_L3_COPY)) != 0;
 }
 
 /* A step counter: state f32 [1]. */

@@ -22,7 +22,7 @@ static uint8_t blob_copy[GOLDEN_BLOB_BYTES] __attribute__((aligned(8)));
 
 int ep_golden_train(char *msg, size_t cap) {
     const char *why = "";
-    ep_status_t st = ep_model_parse(&model, golden_blob, GOLDEN_BLOB_BYTES, EP_ARENA_BYTES, &why);
+    ep_status_t st = ep_model_parse(&model, golden_blob, GOLDEN_BLOB_BYTES, EP_ARENA_BYTES, NULL, &why);
     if (st != EP_OK) {
         snprintf(msg, cap, "parse: status %d (%s)", (int)st, why);
         return -1;
@@ -73,11 +73,11 @@ int ep_golden_corrupt_refused(char *msg, size_t cap) {
     const char *why = "";
     memcpy(blob_copy, golden_blob, sizeof blob_copy);
     blob_copy[sizeof blob_copy - 5] ^= 0x10; /* inside the initial values, under the CRC */
-    if (ep_model_parse(&model, blob_copy, sizeof blob_copy, EP_ARENA_BYTES, &why) == EP_OK) {
+    if (ep_model_parse(&model, blob_copy, sizeof blob_copy, EP_ARENA_BYTES, NULL, &why) == EP_OK) {
         snprintf(msg, cap, "a blob with a flipped bit was accepted");
         return -1;
     }
-    if (ep_model_parse(&model, golden_blob, 16, EP_ARENA_BYTES, &why) == EP_OK) {
+    if (ep_model_parse(&model, golden_blob, 16, EP_ARENA_BYTES, NULL, &why) == EP_OK) {
         snprintf(msg, cap, "a truncated blob was accepted");
         return -1;
     }
