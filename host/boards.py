@@ -218,12 +218,12 @@ def render_linker_script(board: Board, template: Path | None = None) -> str | No
         "RAM_LENGTH": f"0x{mem['ram']['length']:08X}",
         "STACK_BYTES": str(board.stack_bytes),
     }
-    if "l1" in mem:  # a cluster's shared L1 (gap9): the riscv_virt template places core stacks there
-        values["L1_ORIGIN"] = f"0x{mem['l1']['origin']:08X}"
-        values["L1_LENGTH"] = f"0x{mem['l1']['length']:08X}"
-    if "l3" in mem:  # external memory (gap9's HyperRAM): the riscv_virt templates place section .l3 there
-        values["L3_ORIGIN"] = f"0x{mem['l3']['origin']:08X}"
-        values["L3_LENGTH"] = f"0x{mem['l3']['length']:08X}"
+    # gap9's cluster L1 (the riscv_virt templates put the core stacks there) and external L3
+    # (section .l3: L3 tensors and the upload staging)
+    for region in ("l1", "l3"):
+        if region in mem:
+            values[f"{region.upper()}_ORIGIN"] = f"0x{mem[region]['origin']:08X}"
+            values[f"{region.upper()}_LENGTH"] = f"0x{mem[region]['length']:08X}"
     return string.Template(template.read_text()).substitute(values)
 
 

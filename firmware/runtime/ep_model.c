@@ -314,8 +314,8 @@ ep_status_t ep_model_parse(ep_model_t *m, const uint8_t *blob, uint32_t len, uin
         return st;
     }
     for (uint16_t i = 0; i < m->n_nodes; i++) {
-        const ep_node_t *nd = &m->nodes[i];
-        st = parse_node(m, &m->nodes[i], blob + lay.nodes_off + (uint32_t)i * EP_BLOB_NODE_BYTES, why);
+        ep_node_t *nd = &m->nodes[i];
+        st = parse_node(m, nd, blob + lay.nodes_off + (uint32_t)i * EP_BLOB_NODE_BYTES, why);
         if (st != EP_OK) {
             return st;
         }
