@@ -9,9 +9,15 @@
    gradient): the output becomes a view of the input's span, so the two never
    take separate memory. The kernels allow exact aliasing for these (ep_ops.h).
 
-Both only shorten or merge lifetimes; `host.planner.check_plan` proves the result.
+The first two only shorten or merge lifetimes; `host.planner.check_plan` proves the result.
 
-3. `spill_to_l3` (run by the compiler only when a plan does not fit the board's arena
+3. `redequantize` (int8 programs): an f32 tensor that a DEQUANTIZE writes in the TRAIN
+   forward and an f32 op's backward reads again (a norm's or GELU's saved input) is not
+   kept alive across the forward: the backward gets its own DEQUANTIZE of the same
+   int8 codes, placed just before its first use. Its codes are kept alive instead (a
+   quarter of the bytes, often alive anyway for an int8 layer's backward). The copy is
+   bit-identical, so this saves memory and changes no result.
+4. `spill_to_l3` (run by the compiler only when a plan does not fit the board's arena
    and the board has L3 memory): chosen persistent tensors move to L3 (flag L3, planned
    in their own region); every maximal run of consecutive nodes that uses one reads and
    writes a fresh arena tensor instead, filled by an L3_LOAD before the run and, when
@@ -98,6 +104,55 @@ def in_place(g: Graph) -> int:
     return made
 
 
+def redequantize(g: Graph, max_nodes: int, max_tensors: int) -> int:
+    """Give backward readers of long-lived DEQUANTIZE outputs their own DEQUANTIZE (see the
+    module docstring), largest tensors first while the graph stays within the device's
+    limits; returns how many."""
+    bw_end = g.update_begin if g.update_begin is not None else len(g.nodes)
+    viewed = {t.alias_of for t in g.tensors if t.alias_of is not None}
+    found = []
+    for k in range(g.train_begin, g.train_loss_end):
+        d = g.nodes[k]
+        y = d.outputs[0] if d.op == OpCode.DEQUANTIZE else None
+        if y is None or y in viewed or g.tensors[y].alias_of is not None:
+            continue  # a view, or overwritten in place by a later op: not a plain copy of the codes
+        readers = [j for j in range(g.train_loss_end, bw_end) if y in g.nodes[j].inputs]
+        if not readers or any(y in n.outputs for n in g.nodes[k + 1:]):
+            continue
+        codes = {_root(g, t) for t in d.inputs}
+        if any(_root(g, t) in codes for n in g.nodes[k + 1:readers[0]] for t in n.outputs):
+            continue  # the codes or their exponent change before the backward reads: not the same values
+        found.append((g.tensors[y].nbytes(g.max_batch), k, y, readers))
+    room = min(max_nodes - len(g.nodes), max_tensors - len(g.tensors))
+    chosen = sorted(found, key=lambda f: (-f[0], f[1]))[:max(room, 0)]
+    before: dict[int, list[Node]] = {}
+    for _, k, y, readers in chosen:
+        d, t = g.nodes[k], g.tensors[y]
+        again = g.add_tensor(Tensor(f"{t.name}.bw", t.dims, t.dtype, t.flags))
+        for j in readers:
+            g.nodes[j].inputs = [again if i == y else i for i in g.nodes[j].inputs]
+        before.setdefault(readers[0], []).append(
+            Node(d.op, d.fn, list(d.inputs), [again], d.iattrs, d.fattrs, d.layer))
+    _insert(g, before, {})
+    return len(chosen)
+
+
+def _insert(g: Graph, before: dict[int, list[Node]], after: dict[int, list[Node]]) -> None:
+    """Insert nodes before and after nodes of g (by current index), moving the section bounds:
+    a node inserted before node k belongs to k's section, one after it to k's."""
+    nodes: list[Node] = []
+    start: dict[int, int] = {}
+    for k, node in enumerate(g.nodes):
+        start[k] = len(nodes)
+        nodes += before.get(k, []) + [node] + after.get(k, [])
+    start[len(g.nodes)] = len(nodes)
+    g.n_eval_nodes, g.train_begin, g.train_loss_end = (start[g.n_eval_nodes], start[g.train_begin],
+                                                       start[g.train_loss_end])
+    if g.update_begin is not None:
+        g.update_begin = start[g.update_begin]
+    g.nodes = nodes
+
+
 def l3_candidates(g: Graph) -> list[int]:
     """Tensors spill_to_l3 may move, largest first: persistent (PARAM) roots with no
     views, except the update counter (the executor reads it directly). The working copies
@@ -139,14 +194,4 @@ def spill_to_l3(g: Graph, chosen: list[int]) -> None:
             if writes:
                 after.setdefault(run[-1], []).append(Node(OpCode.L3_STORE, OpFn.FW, [work], [p], layer=layer))
         home.flags |= TensorFlag.L3
-    nodes: list[Node] = []
-    start: dict[int, int] = {}
-    for k, node in enumerate(g.nodes):
-        start[k] = len(nodes)
-        nodes += before.get(k, []) + [node] + after.get(k, [])
-    start[len(g.nodes)] = len(nodes)
-    g.n_eval_nodes, g.train_begin, g.train_loss_end = (start[g.n_eval_nodes], start[g.train_begin],
-                                                       start[g.train_loss_end])
-    if g.update_begin is not None:
-        g.update_begin = start[g.update_begin]
-    g.nodes = nodes
+    _insert(g, before, after)

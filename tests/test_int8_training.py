@@ -199,3 +199,37 @@ def test_every_shipped_model_compiles_and_loads_in_int8_and_mixed():
             prog = compile_model(spec, params, TrainConfig(batch=4, dtype=dtype, strategy=strategy))
             assert any(n.op in (OpCode.LINEAR_Q8, OpCode.CONV2D_Q8) for n in prog.graph.nodes), (name, dtype)
             nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
+
+
+@pytest.mark.parametrize("name", ["deepae-digits", "cnn-fashion", "cct-fashion"])
+def test_redequantized_backward_inputs_change_no_bit_and_save_memory(monkeypatch, name):
+    """passes.redequantize: a DEQUANTIZE output an f32 backward reads again (batch norm's,
+    GELU's saved input) is dequantized anew there instead of living across the forward.
+    The same steps with and without the pass give the same losses and parameters, bit for
+    bit, on the C runtime, and the pass lowers the activation peak."""
+    from host import passes
+    from host.bench_int8 import live_peak
+
+    spec, params = resolve_model(name, 0)
+    cfg = TrainConfig(batch=4, lr=1e-3, optimizer="adam", dtype="int8")
+    prog = compile_model(spec, params, cfg)
+    with monkeypatch.context() as m:
+        m.setattr(passes, "redequantize", lambda g, max_nodes, max_tensors: 0)
+        plain = compile_model(spec, params, cfg)
+    extra = [n for n in prog.graph.nodes if n.op == OpCode.DEQUANTIZE and n.outputs[0] >= len(plain.graph.tensors)]
+    assert extra and len(prog.graph.nodes) == len(plain.graph.nodes) + len(extra)
+    assert all(prog.graph.nodes.index(n) >= prog.graph.train_loss_end for n in extra)  # in the backward
+    assert live_peak(prog) < live_peak(plain)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((4, *spec.input)).astype(np.float32) for _ in range(3)]
+    ys = [bytes(rng.integers(0, spec.classes, 4).astype(np.uint8)) for _ in range(3)]
+    runs = []
+    for p in (plain, prog):
+        rt = nl.Runtime(build_blob(p), arena_bytes=max(1 << 20, p.plan.arena_bytes))
+        losses = []
+        for x, y in zip(xs, ys):
+            st, why, r = rt.run(y, x.tobytes(), train=True)
+            assert st == 0, why
+            losses.append(r.loss)
+        runs.append((losses, params_of(p, rt.arena)))
+    assert runs[0] == runs[1]
