@@ -4,10 +4,12 @@
    ReLU backward keeps the forward output y alive into the backward pass, the
    forward also writes a bit mask (1/32 of y's bytes) and the backward reads it,
    so y dies as soon as the forward is done with it (docs/blob.md, RELU).
-2. `in_place`: an elementwise node whose input dies at that node writes its
-   output over the input (RELU and the other activations, forward and input
-   gradient): the output becomes a view of the input's span, so the two never
-   take separate memory. The kernels allow exact aliasing for these (ep_ops.h).
+2. `in_place`: a node whose input 0 dies at that node writes its output 0 over it:
+   the activations (forward and input gradient), dropout (forward and input
+   gradient) and the norms' input gradients (dx over dy). The output becomes a view
+   of the input's span, so the two never take separate memory. Those kernels allow
+   exact aliasing (each op's header comment; tests/test_ops_norm_act.py runs each in
+   place against its out-of-place result).
 
 The first two only shorten or merge lifetimes; `host.planner.check_plan` proves the result.
 
@@ -33,9 +35,10 @@ from .graph import Graph, Node, Tensor
 from .ids import DType, OpCode, OpFn, TensorFlag
 
 #: (op, fn) whose output 0 may alias input 0 exactly
-ELEMENTWISE = {(op, fn) for op in (OpCode.RELU, OpCode.RELU6, OpCode.ELU, OpCode.GELU, OpCode.SIGMOID,
-                                   OpCode.TANH)
-               for fn in (OpFn.FW, OpFn.BW_INPUT)}
+IN_PLACE = ({(op, fn) for op in (OpCode.RELU, OpCode.RELU6, OpCode.ELU, OpCode.GELU, OpCode.SIGMOID, OpCode.TANH,
+                                 OpCode.DROPOUT)
+             for fn in (OpFn.FW, OpFn.BW_INPUT)}
+            | {(op, OpFn.BW_INPUT) for op in (OpCode.BATCHNORM, OpCode.LAYERNORM, OpCode.GROUPNORM)})
 
 
 def _root(g: Graph, t: int) -> int:
@@ -82,10 +85,10 @@ def relu_masks(g: Graph) -> int:
 
 
 def in_place(g: Graph) -> int:
-    """Alias the output of elementwise nodes onto an input that dies there; returns how many."""
+    """Alias output 0 of IN_PLACE nodes onto their input 0 where it dies there; returns how many."""
     made = 0
     for k, node in enumerate(g.nodes):
-        if (node.op, node.fn) not in ELEMENTWISE:
+        if (node.op, node.fn) not in IN_PLACE:
             continue
         x, y = node.inputs[0], node.outputs[0]
         rx, ry = _root(g, x), _root(g, y)

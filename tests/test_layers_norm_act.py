@@ -650,7 +650,7 @@ CASES = [
     ("dropout.state-over-mask", BD, [BD.t(BD.T("do.rng_state"), "offset", BD.offset(BD.T("do.mask")))],
      "dropout.fw: mask or state overlaps"),
     ("dropout.y-partially-over-x", BD,
-     [BD.t(BD.T("do.out"), "offset", BD.offset(BD.T("fc1.out")) + 8)], "dropout.fw: y partially"),
+     [BD.t(BD.T("do.out"), "offset", BD.offset(BD.ins(do_fw)[0]) + 8)], "dropout.fw: y partially"),
     ("dropout.bw-mask", BD, [BD.n(do_bi, "in1", BD.T("do.rng_state"))], "dropout.bw_input: mask"),
     ("dropout.bw-dx-is-mask", BD, [BD.n(do_bi, "out0", BD.T("do.mask"))], "dropout.bw_input"),
 ]
