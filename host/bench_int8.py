@@ -159,11 +159,11 @@ def layer_graph(name: str, dtype: str, batch: int) -> _G:
     G.t("gW", wd, DType.I32)
     G.t("gb", (wd[0],), DType.I32)
     G.t("e_g", (2,), DType.I32)
-    for fn in ("fw", "bw_input", "bw_param_i32"):
+    for fn in ("fw", "bw_input", "bw_param"):
         G.scratch("s_" + fn, scratch_bytes(name, fn, batch))
     G.node(op, OpFn.FW, ["x", "e_x", "W", "e_w", "b", "e_b"], ["y", "e_y", "s_fw"], iattrs)
     G.node(op, OpFn.BW_INPUT, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], iattrs)
-    G.node(op, OpFn.BW_PARAM, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param_i32"], iattrs)
+    G.node(op, OpFn.BW_PARAM, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param"], iattrs)
     return G
 
 
@@ -198,7 +198,7 @@ def memory_row(name: str, batch: int) -> dict:
     elems = 2 * batch * (int(np.prod(xd)) + int(np.prod(yd)))
     int8 = elems + 4 * 4  # the codes and four i32 exponents
     fp32 = 4 * elems
-    scratch = max(scratch_bytes(name, fn, batch) for fn in ("fw", "bw_input", "bw_param_i32"))
+    scratch = max(scratch_bytes(name, fn, batch) for fn in ("fw", "bw_input", "bw_param"))
     return {"kind": "memory", "name": name, "batch": batch, "int8_bytes": int8, "fp32_bytes": fp32,
             "ratio": round(int8 / fp32, 4), "int8_scratch_bytes": scratch,
             "ratio_with_scratch": round((int8 + scratch) / fp32, 4),

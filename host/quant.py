@@ -200,17 +200,17 @@ def linear_bw_param(dy, e_dy, x, e_x):
 
 #: the int8 layer functions with a scratch (BW_PARAM: f32 gradients for master weights, or
 #: int32 sums for SGD_Q8)
-SCRATCH_FNS = ("fw", "bw_input", "bw_param_f32", "bw_param_i32")
+SCRATCH_FNS = ("fw", "bw_input", "bw_param")
 
 
 def linear_scratch_bytes(fn: str, rows: int, M: int, K: int) -> int:
     """Scratch bytes LINEAR_Q8's fn needs for `rows` = max_batch × rows per sample
-    (fn: "fw", "bw_input", "bw_param_f32", "bw_param_i32")."""
+    (fn: "fw", "bw_input", "bw_param"). BW_PARAM sums into dW itself, f32 or int32 alike
+    (4 bytes a weight either way), so its scratch holds only the widened operands."""
     Kp, Mp, Rp = K + K % 2, M + M % 2, rows + rows % 2
     return {"fw": 4 * rows * M + 2 * rows * Kp + 2 * M * Kp,
             "bw_input": 4 * rows * K + 2 * rows * Mp + 2 * K * Mp,
-            "bw_param_f32": 4 * M * K + 2 * M * Rp + 2 * K * Rp,
-            "bw_param_i32": 2 * M * Rp + 2 * K * Rp}[fn]
+            "bw_param": 2 * M * Rp + 2 * K * Rp}[fn]
 
 
 # -- CONV2D_Q8 -------------------------------------------------------------------------------
@@ -322,8 +322,7 @@ def conv_scratch_bytes(fn: str, n: int, x_chw, w_shape, g: ConvGeom) -> int:
     # fw and bw_param also hold the int8 tap-major im2col chunk (J * CHP bytes)
     return {"fw": 4 * n * co * ho * wo + 2 * co * Jp + 2 * CHP * Jp + J * CHP,
             "bw_input": 4 * n * ci * h * wd + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J,
-            "bw_param_f32": 4 * co * J + 2 * cog * CHPp + 2 * J * CHPp + J * CHP,
-            "bw_param_i32": 2 * cog * CHPp + 2 * J * CHPp + J * CHP}[fn]
+            "bw_param": 2 * cog * CHPp + 2 * J * CHPp + J * CHP}[fn]
 
 
 # -- element-wise ------------------------------------------------------------------------------

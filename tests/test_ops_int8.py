@@ -190,13 +190,13 @@ def test_linear_q8(target, rng, case):
     qg.add("gW", (M, K), DType.I32)
     qg.add("gb", (M,), DType.I32)
     qg.exp("e_g", None, 2)
-    for fn in ("fw", "bw_input", "bw_param_f32", "bw_param_i32"):
+    for fn in ("fw", "bw_input", "bw_param"):
         qg.scratch("s_" + fn, q.linear_scratch_bytes(fn, rows, M, K))
     fw_in = ["x", "e_x", "W", "e_w"] + (["b", "e_b"] if bias else [])
     qg.node(OpCode.LINEAR_Q8, FW, fw_in, ["y", "e_y", "s_fw"])
     qg.node(OpCode.LINEAR_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"])
-    qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param_f32"])
-    qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param_i32"])
+    qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param"])
+    qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param"])
     qg.readable("y", "e_y", "dx", "e_dx", "dW", "db", "gW", "gb", "e_g")
     r = run_eval(target, qg)
 
@@ -281,13 +281,13 @@ def test_conv2d_q8(target, rng, case):
     qg.add("gW", conv_w_dims(wt, h), DType.I32)
     qg.add("gb", (co,), DType.I32)
     qg.exp("e_g", None, 2)
-    for fn in ("fw", "bw_input", "bw_param_f32", "bw_param_i32"):
+    for fn in ("fw", "bw_input", "bw_param"):
         qg.scratch("s_" + fn, q.conv_scratch_bytes(fn, mb, (ci, h, w), wt.shape, g))
     fw_in = ["x", "e_x", "W", "e_w"] + (["b", "e_b"] if bias else [])
     qg.node(OpCode.CONV2D_Q8, FW, fw_in, ["y", "e_y", "s_fw"], g.iattrs)
     qg.node(OpCode.CONV2D_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], g.iattrs)
-    qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param_f32"], g.iattrs)
-    qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param_i32"], g.iattrs)
+    qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param"], g.iattrs)
+    qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param"], g.iattrs)
     qg.readable("y", "e_y", "dx", "e_dx", "dW", "db", "gW", "gb", "e_g")
     r = run_eval(target, qg)
 
@@ -648,8 +648,7 @@ class Int8Mlp:
             qg.add(f"gb{i}", b.shape, gdt)
             qg.exp(f"eg{i}", None, 2)
             qg.scratch(f"s_fw{i}", q.linear_scratch_bytes("fw", BATCH, m, k))
-            qg.scratch(f"s_bwp{i}", q.linear_scratch_bytes("bw_param_i32" if mode == "sr" else "bw_param_f32",
-                                                            BATCH, m, k))
+            qg.scratch(f"s_bwp{i}", q.linear_scratch_bytes("bw_param", BATCH, m, k))
         qg.add("rng", (1,), DType.I32, P, np.array([self.s["rng"]], np.int64).astype(np.uint32).view(np.int32))
         qg.scratch("s_bwi2", q.linear_scratch_bytes("bw_input", BATCH, classes, HIDDEN))
         for name, n in (("xq", features), ("h1", HIDDEN), ("a1", HIDDEN), ("z", classes), ("dz", classes),

@@ -212,8 +212,9 @@ int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *rest
 /** DEQUANTIZE: y = q · 2^clamp(e, EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX) (exact). */
 void ep_q8_dequantize_f32(uint32_t count, const int8_t *restrict q, int32_t e, float *restrict y);
 
-/** int32 sums → f32: y = float(acc) · 2^clamp(e, -126, 127) (one rounding, to nearest even). */
-void ep_q8_acc_to_f32(uint32_t count, const int32_t *restrict acc, int32_t e, float *restrict y);
+/** int32 sums → f32: y = float(acc) · 2^clamp(e, -126, 127) (one rounding, to nearest even).
+ *  y may be acc's own memory (in place, element by element); no other overlap. */
+void ep_q8_acc_to_f32(uint32_t count, const int32_t *acc, int32_t e, float *y);
 
 /**
  * Per-channel int8 codes of f32 weights w [C][per] (REQUANT_WEIGHTS, and host

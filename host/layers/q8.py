@@ -98,7 +98,7 @@ def backward(e, layer, op: OpCode, x: int, dy: int, need_dx: bool, iattrs, scrat
         if b is None:  # BW_PARAM always writes db: a scratch for a layer without bias
             outs.append(e.scratch("db.unused", e.g.tensors[w].dims[0]))
         e.node(op, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x]],
-               outs + [e.scratch_bytes("bw_param.scratch", scratch["bw_param_f32"])], iattrs=iattrs)
+               outs + [e.scratch_bytes("bw_param.scratch", scratch["bw_param"])], iattrs=iattrs)
     dx = _input_error(e, op, p, x, dy, need_dx, iattrs, scratch)
     for param, gp in grads:
         e.update(param, gp, then=lambda em, param=param: _requant(em, p, param, param == w))
@@ -129,7 +129,7 @@ def _backward_sr(e, layer, op: OpCode, p: Q8Params, x: int, dy: int, need_dx: bo
     gb = e.g.add_tensor(Tensor(f"{layer.name}.bias.q32.grad", (C,), DType.I32))  # a scratch without bias
     eg = e.g.add_tensor(Tensor(f"{layer.name}.grad.exp", (2,), DType.I32))
     e.node(op, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x]],
-           [gw, gb, eg, e.scratch_bytes("bw_param.scratch", scratch["bw_param_i32"])], iattrs=iattrs)
+           [gw, gb, eg, e.scratch_bytes("bw_param.scratch", scratch["bw_param"])], iattrs=iattrs)
     dx = _input_error(e, op, p, x, dy, need_dx, iattrs, scratch)
     if e.q8_rng is None:  # xorshift32 state (nonzero), a parameter: checkpoints keep it
         e.q8_rng = e.g.add_tensor(_t("int8.sgd_rng", (1,), DType.I32, TensorFlag.PARAM,

@@ -22,7 +22,7 @@
 #include "ep_q8.h"
 
 enum { CONV_SH, CONV_SW, CONV_PT, CONV_PB, CONV_PL, CONV_PR, CONV_DH, CONV_DW, CONV_GROUPS, CONV_N_IATTR };
-enum { C_FW, C_BWI, C_BWP_F32, C_BWP_I32 };
+enum { C_FW, C_BWI, C_BWP };
 
 /* Output positions per chunk: whole output rows, at most EP_Q8_CONV_CHUNK (but ≥ 1 row). */
 static uint32_t chunk_positions(const ep_conv2d_params_t *p) {
@@ -41,9 +41,7 @@ static uint64_t scratch_bytes(int fn, const ep_conv2d_params_t *p) {
         return 4 * (uint64_t)p->n * p->c_out * P + 2 * (uint64_t)p->c_out * Jp + 2 * CHP * Jp + J * CHP;
     case C_BWI:
         return 4 * (uint64_t)p->n * p->c_in * p->h_in * p->w_in + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J;
-    case C_BWP_F32:
-        return 4 * (uint64_t)p->c_out * J + 2 * cog * CHPp + 2 * J * CHPp + J * CHP;
-    default:
+    default: /* C_BWP: the sums go into dW itself (f32 or i32: 4 bytes a weight) */
         return 2 * cog * CHPp + 2 * J * CHPp + J * CHP;
     }
 }
@@ -149,7 +147,7 @@ static ep_status_t conv2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if ((uint64_t)p.n * p.h_out * p.w_out > EP_Q8_MAX_TERMS_BW_PARAM) {
             return ep_reject(why, EP_WHY("conv2d_q8.bw_param: max_batch*H_out*W_out above 131071 could overflow the int32 sums"));
         }
-        if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(f32 ? C_BWP_F32 : C_BWP_I32, &p))) {
+        if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(C_BWP, &p))) {
             return ep_reject(why, EP_WHY("conv2d_q8.bw_param: scratch too small or not an unbatched s8"));
         }
         break;
@@ -337,8 +335,8 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const int32_t e_dy = ep_q8_ctx_exp(c, nd->in[1], 0), e_x = ep_q8_ctx_exp(c, nd->in[3], 0);
     const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
     int8_t *scratch = ep_ctx_s8(c, nd->out[f32 ? 2 : 3]);
-    int32_t *acc = f32 ? (int32_t *)(void *)scratch : ep_ctx_i32(c, nd->out[0]);
-    int16_t *dy16 = (int16_t *)(void *)(f32 ? scratch + 4 * p.c_out * J : scratch), *colt = dy16 + cog * CHPp;
+    int32_t *acc = ep_ctx_i32(c, nd->out[0]); /* the sums in dW's own bytes, f32 mode too */
+    int16_t *dy16 = (int16_t *)(void *)scratch, *colt = dy16 + cog * CHPp;
     int8_t *cols8 = (int8_t *)(void *)(colt + J * CHPp);
 
     for (uint32_t k = 0; p.n == 0 && k < p.c_out * J; k++) { /* no chunk to overwrite them */
@@ -358,7 +356,7 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
         }
     }
     if (f32) {
-        ep_q8_acc_to_f32(p.c_out * J, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0]));
+        ep_q8_acc_to_f32(p.c_out * J, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0])); /* in place */
     } else {
         int32_t *eg = ep_ctx_i32(c, nd->out[2]);
         eg[0] = e_dy + e_x;

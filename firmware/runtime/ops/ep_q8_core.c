@@ -443,7 +443,7 @@ void ep_q8_dequantize_f32(uint32_t count, const int8_t *restrict q, int32_t e, f
     }
 }
 
-void ep_q8_acc_to_f32(uint32_t count, const int32_t *restrict acc, int32_t e, float *restrict y) {
+void ep_q8_acc_to_f32(uint32_t count, const int32_t *acc, int32_t e, float *y) {
     e = e < -126 ? -126 : (e > 127 ? 127 : e);
     const float s = ep_q8_pow2f(e);
     for (uint32_t i = 0; i < count; i++) {

@@ -3,7 +3,7 @@
  *
  * Shapes as LINEAR: W s8 [M, K]; a sample holds R rows, y has R·M elements and x
  * R·K. rows = n·R. Every fn takes a scratch tensor (unbatched s8, at least
- * ep_q8_linear_scratch_bytes() for max_batch) the host planner places; it holds
+ * host.quant.linear_scratch_bytes() for max_batch) the host planner places; it holds
  * int32 accumulators and the int16 operands of ep_q8_dot_s16 (the larger / the
  * transposed one as A panels, the other as B rows; see ep_q8.h).
  *
@@ -13,13 +13,14 @@
  *             dx = requant(Σ_m (dy · 2^d_m) · W)  at exponent e_dy + e_lo
  *   BW_PARAM  in (dy, e_dy, x, e_x)  out (dW f32, db f32, scratch)            f32 mode
  *                                    out (dW i32, db i32, e_g i32 [2], scratch) int mode
- *             dW = Σ_rows dy·x at 2^(e_dy + e_x), db = Σ_rows dy at 2^e_dy; the f32
- *             mode converts (ep_q8_acc_to_f32), the int mode stores the sums and
+ *             dW = Σ_rows dy·x at 2^(e_dy + e_x), db = Σ_rows dy at 2^e_dy; the sums
+ *             are made in dW's own bytes, then the f32 mode converts them there
+ *             (ep_q8_acc_to_f32, in place), the int mode keeps them and sets
  *             e_g = (e_dy + e_x, e_dy) for SGD_Q8.
  */
 #include "ep_q8.h"
 
-enum { L_FW, L_BWI, L_BWP_F32, L_BWP_I32 };
+enum { L_FW, L_BWI, L_BWP };
 
 /* Scratch bytes of one fn for `rows` rows (n·R), W [M, K]. */
 static uint64_t scratch_bytes(int fn, uint64_t rows, uint64_t M, uint64_t K) {
@@ -29,9 +30,7 @@ static uint64_t scratch_bytes(int fn, uint64_t rows, uint64_t M, uint64_t K) {
         return 4 * rows * M + 2 * rows * Kp + 2 * M * Kp;
     case L_BWI:
         return 4 * rows * K + 2 * rows * Mp + 2 * K * Mp;
-    case L_BWP_F32:
-        return 4 * M * K + 2 * M * Rp + 2 * K * Rp;
-    default:
+    default: /* L_BWP: the sums go into dW itself (f32 or i32: 4 bytes a weight) */
         return 2 * M * Rp + 2 * K * Rp;
     }
 }
@@ -122,7 +121,7 @@ static ep_status_t prepare_bw_param(const ep_model_t *m, const ep_node_t *nd, co
     if (rows > EP_Q8_MAX_TERMS_BW_PARAM) {
         return ep_reject(why, EP_WHY("linear_q8.bw_param: max_batch x rows above 131071 could overflow the int32 sums"));
     }
-    if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(f32 ? L_BWP_F32 : L_BWP_I32, rows, M, K))) {
+    if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(L_BWP, rows, M, K))) {
         return ep_reject(why, EP_WHY("linear_q8.bw_param: scratch too small or not an unbatched s8"));
     }
     if (!(ep_iattrs_zero_from(nd, 0) && ep_fattrs_zero(nd)) || !ep_outputs_disjoint(m, nd, -1)) {
@@ -201,14 +200,14 @@ static void linear_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const int32_t e_dy = ep_q8_ctx_exp(c, nd->in[1], 0), e_x = ep_q8_ctx_exp(c, nd->in[3], 0);
     const int8_t *dy = ep_ctx_s8(c, nd->in[0]);
     int8_t *scratch = ep_ctx_s8(c, nd->out[f32 ? 2 : 3]);
-    int32_t *acc = f32 ? (int32_t *)(void *)scratch : ep_ctx_i32(c, nd->out[0]);
-    int16_t *dyt = (int16_t *)(void *)(f32 ? scratch + 4 * M * K : scratch), *xt = dyt + M * Rp;
+    int32_t *acc = ep_ctx_i32(c, nd->out[0]); /* the sums in dW's own bytes, f32 mode too */
+    int16_t *dyt = (int16_t *)(void *)scratch, *xt = dyt + M * Rp;
 
     ep_q8_pack(dy, M, rows, 1, M, NULL, 0, dyt, Rp);                        /* dyᵀ [M][rows] */
     ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]), K, rows, 1, K, xt, Rp);      /* xᵀ [K][rows] as panels */
     ep_q8_dot_s16(K, M, Rp, xt, dyt, acc, K, false);                     /* overwrites acc */
     if (f32) {
-        ep_q8_acc_to_f32(M * K, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0]));
+        ep_q8_acc_to_f32(M * K, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0])); /* in place */
     } else {
         int32_t *eg = ep_ctx_i32(c, nd->out[2]);
         eg[0] = e_dy + e_x;
