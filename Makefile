@@ -1,6 +1,6 @@
 # EdgeProp — the front door.
 #
-#   make demo                     set up, build, boot an emulated Cortex-M4F, train on real data
+#   make demo                     set up, build, boot an emulated Cortex-M4F, calibrate EEGNet on real EEG
 #   make test                     set up, build, run the whole test suite
 #   make firmware BOARD=<board>   build firmware (boards/<board>/board.toml)
 #                                 RTOS=freertos: the FreeRTOS port (docs/rtos.md) into
@@ -85,8 +85,9 @@ flash: firmware venv
 
 demo: setup
 	@$(MAKE) --no-print-directory firmware BOARD=mps2-an386
-	@echo "==> booting the emulated mps2-an386 (QEMU) and training on scikit-learn digits"
-	@$(HOST) stream --emulate --board mps2-an386 --dataset digits --epochs 3
+	@echo "==> booting the emulated mps2-an386 (QEMU): calibrating the pretrained EEGNet on a new EEG session"
+	@$(HOST) stream --emulate --board mps2-an386 --dataset eeg --model eegnet-scp1 --batch 16 \
+		--optimizer adam --lr 1e-3 --epochs 3
 
 test: setup
 	@$(SYSPY) -m host.toolcheck --install fuzz
