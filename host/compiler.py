@@ -360,8 +360,9 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
 
     updates.emit_section(e, g)
     passes.relu_masks(g)
-    passes.in_place(g)
     passes.redequantize(g, max_nodes, max_tensors)
+    passes.saved_as_codes(g, max_nodes, max_tensors)
+    passes.in_place(g)
     if len(g.tensors) > max_tensors or len(g.nodes) > max_nodes:
         raise ModelError(f"graph has {len(g.tensors)} tensors and {len(g.nodes)} nodes; "
                          f"the device takes at most {max_tensors} and {max_nodes}",

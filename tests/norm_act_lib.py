@@ -106,17 +106,19 @@ def bn_params(x_shape, eps=1e-5, momentum=0.1) -> BatchNormParams:
     return BatchNormParams(n, c, hw, eps, momentum)
 
 
-def bn_fw_train(x, gamma, beta, running_mean=None, running_var=None, eps=1e-5, momentum=0.1):
-    """(y, saved [2c], new running_mean, new running_var); running stats None → NULL."""
+def bn_fw_train(x, gamma, beta, running_mean=None, running_var=None, eps=1e-5, momentum=0.1, out=None):
+    """(y, saved [2c], new running_mean, new running_var); running stats None → NULL; out=x
+    runs in place."""
     x, gamma, beta = _f32(x), _f32(gamma), _f32(beta)
     p = bn_params(x.shape, eps, momentum)
-    y, saved = _Out(x.shape), _Out((2 * p.c,))
+    saved = _Out((2 * p.c,))
     track = running_mean is not None
     rm = _Out((p.c,), init=running_mean) if track else None
     rv = _Out((p.c,), init=running_var) if track else None
-    lib().ep_batchnorm_fw_train_f32(C.byref(p), _p(x), _p(gamma), _p(beta), y.ptr(), saved.ptr(),
-                                    rm.ptr() if track else None, rv.ptr() if track else None)
-    return y.get(), saved.get(), (rm.get() if track else None), (rv.get() if track else None)
+    y = _run_out(out, x.shape, lambda yp: lib().ep_batchnorm_fw_train_f32(
+        C.byref(p), _p(x if out is None else out), _p(gamma), _p(beta), yp, saved.ptr(),
+        rm.ptr() if track else None, rv.ptr() if track else None))
+    return y, saved.get(), (rm.get() if track else None), (rv.get() if track else None)
 
 
 def bn_fw_eval(x, gamma, beta, running_mean, running_var, eps=1e-5, out=None):

@@ -179,6 +179,9 @@ def test_batchnorm_train(rng, shape, offset):
     m = x.size // shape[1]
     mom = 0.1
     y, saved, rm2, rv2 = na.bn_fw_train(x, g, b, rm, rv, EPS, mom)
+    x_in = x.copy()  # in place (y over x, when the backward gets x elsewhere): same bits
+    got = na.bn_fw_train(x_in, g, b, rm, rv, EPS, mom, out=x_in)
+    assert all(np.array_equal(u, v) for u, v in zip(got, (y, saved, rm2, rv2))) and got[0] is x_in
     mod = torch_bn(shape, g, b, rm, rv, mom)
     mod.train()
     xt = t64(x, True)
@@ -347,7 +350,7 @@ def test_layernorm(rng, shape, offset):
     rows = x.size // d
     assert_within(saved[:rows], st.mu_set, st.dmu_set, "saved mean")
     assert_within(saved[rows:], st.k_set, st.rk * st.k_set, "saved inv_std")
-    x_in = x.copy()  # in place (y over x, allowed when no backward follows): same bits
+    x_in = x.copy()  # in place (y over x, when the backward gets x elsewhere): same bits
     _, saved_in = na.ln_fw(x_in, g, b, out=x_in)
     assert np.array_equal(x_in, y) and np.array_equal(saved_in, saved)
     dx = na.ln_bw_input(dy, x, g, saved)
@@ -396,7 +399,7 @@ def test_groupnorm(rng, shape, groups, offset):
     ng = shape[0] * groups
     assert_within(saved[:ng], st.mu_set, st.dmu_set, "saved mean")
     assert_within(saved[ng:], st.k_set, st.rk * st.k_set, "saved inv_std")
-    x_in = x.copy()  # in place (y over x, allowed when no backward follows): same bits
+    x_in = x.copy()  # in place (y over x, when the backward gets x elsewhere): same bits
     _, saved_in = na.gn_fw(x_in, g, b, groups, out=x_in)
     assert np.array_equal(x_in, y) and np.array_equal(saved_in, saved)
     dx = na.gn_bw_input(dy, x, g, saved, groups)

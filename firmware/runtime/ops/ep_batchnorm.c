@@ -136,8 +136,8 @@ static void bn_run(bn_chs_fn_t fn, const bn_args_t *a) {
 
 static void fw_train_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
     const ep_batchnorm_params_t *p = a->p;
-    const float *restrict x = a->in[0], *restrict gamma = a->in[1], *restrict beta = a->in[2];
-    float *restrict y = a->out[0], *restrict saved = a->out[1];
+    const float *x = a->in[0], *restrict gamma = a->in[1], *restrict beta = a->in[2];
+    float *y = a->out[0], *restrict saved = a->out[1];
     float *restrict running_mean = a->out[2], *restrict running_var = a->out[3];
     const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
     const uint32_t m = n * hw;
@@ -160,9 +160,9 @@ static void fw_train_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
     }
 }
 
-void ep_batchnorm_fw_train_f32(const ep_batchnorm_params_t *p, const float *restrict x,
+void ep_batchnorm_fw_train_f32(const ep_batchnorm_params_t *p, const float *x,
                                const float *restrict gamma, const float *restrict beta,
-                               float *restrict y, float *restrict saved,
+                               float *y, float *restrict saved,
                                float *restrict running_mean, float *restrict running_var) {
     const bn_args_t a = {p, {x, gamma, beta}, {y, saved, running_mean, running_var}};
     bn_run(fw_train_chs, &a);
@@ -297,6 +297,7 @@ void ep_batchnorm_bw_param_eval_f32(const ep_batchnorm_params_t *p, const float 
  * unbatched f32 [2·C].
  *
  *   fw  train  in (x, gamma, beta)                      out (y, saved, running_mean, running_var)
+ *                                                                              y may alias x
  *   fw  eval   in (x, gamma, beta, running_mean, running_var)  out (y)        y may alias x
  *   bwi train  in (dy, x, gamma, saved)                 out (dx)               dx may alias dy
  *   bwi eval   in (dy, gamma, running_var)              out (dx)               dx may alias dy
@@ -360,8 +361,8 @@ static ep_status_t batchnorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (train && !bn_is_vec(m, nd->out[1], 2u * C)) {
             return ep_reject(why, EP_WHY("batchnorm.fw: saved must be an unbatched f32 [2*C]"));
         }
-        if (!ep_outputs_disjoint(m, nd, train ? -1 : 0)) {
-            return ep_reject(why, EP_WHY("batchnorm.fw: an output overlaps an input or another output (only eval y may alias x exactly)"));
+        if (!ep_outputs_disjoint(m, nd, 0)) {
+            return ep_reject(why, EP_WHY("batchnorm.fw: an output overlaps an input or another output (only y may alias x exactly)"));
         }
         return EP_OK;
     }

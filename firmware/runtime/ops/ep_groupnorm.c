@@ -159,7 +159,7 @@ void ep_groupnorm_bw_param_f32(const ep_groupnorm_params_t *p, const float *rest
  * and their gradients are unbatched f32 [C]; saved is BATCHED f32 [2·G] (the
  * kernel stores [mean[n][G] | inv_std[n][G]]).
  *
- *   fw        in (x, gamma, beta)        out (y, saved)       nothing aliases
+ *   fw        in (x, gamma, beta)        out (y, saved)       y may alias x
  *   bw_input  in (dy, x, gamma, saved)   out (dx)             dx may alias dy
  *   bw_param  in (dy, x, saved)          out (dgamma, dbeta)
  */
@@ -215,6 +215,7 @@ static ep_status_t groupnorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
     bool vecs;
     int alias_in = -1;
     if (nd->fn == EP_FN_FW) {
+        alias_in = 0;
         vecs = gn_is_vec(m, nd->in[1], C) && gn_is_vec(m, nd->in[2], C) && gn_is_saved(m, nd, nd->out[1]);
     } else if (nd->fn == EP_FN_BW_INPUT) {
         vecs = gn_is_vec(m, nd->in[2], C) && gn_is_saved(m, nd, nd->in[3]);
@@ -226,7 +227,7 @@ static ep_status_t groupnorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         return ep_reject(why, EP_WHY("groupnorm: gamma, beta, dgamma, dbeta must be unbatched f32 [C], saved a batched f32 [2*groups]"));
     }
     if (!ep_outputs_disjoint(m, nd, alias_in)) {
-        return ep_reject(why, EP_WHY("groupnorm: an output overlaps another tensor of the node (only bw_input dx over dy exactly)"));
+        return ep_reject(why, EP_WHY("groupnorm: an output overlaps another tensor of the node (only y over x, dx over dy exactly)"));
     }
     return EP_OK;
 }

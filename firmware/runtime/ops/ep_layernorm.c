@@ -154,7 +154,7 @@ void ep_layernorm_bw_param_f32(const ep_layernorm_params_t *p, const float *rest
  * gradients are unbatched f32 [D]; saved is BATCHED f32 [2·R] (the kernel stores
  * [mean[n·R] | inv_std[n·R]], which fits the n samples' 2·R floats).
  *
- *   fw        in (x, gamma, beta)        out (y, saved)       nothing aliases
+ *   fw        in (x, gamma, beta)        out (y, saved)       y may alias x
  *   bw_input  in (dy, x, gamma, saved)   out (dx)             dx may alias dy
  *   bw_param  in (dy, x, saved)          out (dgamma, dbeta)
  */
@@ -210,8 +210,8 @@ static ep_status_t layernorm_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (!ln_is_saved(m, nd->out[1], x)) {
             return ep_reject(why, EP_WHY("layernorm.fw: saved must be a batched f32 [2*R], R = x elements / D"));
         }
-        if (!ep_outputs_disjoint(m, nd, -1)) {
-            return ep_reject(why, EP_WHY("layernorm.fw: y or saved overlaps another tensor of the node"));
+        if (!ep_outputs_disjoint(m, nd, 0)) {
+            return ep_reject(why, EP_WHY("layernorm.fw: y or saved overlaps another tensor of the node (only y over x exactly)"));
         }
         return EP_OK;
     }

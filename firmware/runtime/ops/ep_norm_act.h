@@ -24,7 +24,9 @@
  * tensors that exist anyway: per normalised set, its mean and inverse standard
  * deviation, stored as two consecutive arrays [mean…][inv_std…]. Backward
  * recomputes x̂ = (x − mean)·inv_std from the forward input x, so x must be kept
- * for backward (the normalisation fws must then not run in place).
+ * for backward: a normalisation fw runs in place only when its backward gets x
+ * from elsewhere (an int8 program dequantizes it again from its codes,
+ * host/passes.py) or there is no backward.
  *
  * Numerics of every mean/variance: the mean is x₀ + Σ(x − x₀)/m with x₀ the first
  * element of the set (shifted data: the sum adds deviations, not the offset, so
@@ -93,14 +95,15 @@ typedef struct {
  * @param[in]     x        [n][c][hw]
  * @param[in]     gamma    [c]
  * @param[in]     beta     [c]
- * @param[out]    y        [n][c][hw]; must not overlap anything (x is needed by backward)
+ * @param[out]    y        [n][c][hw]; may alias x exactly only when backward gets x
+ *                         from elsewhere (see above); no other overlap
  * @param[out]    saved    [2·c]; must not overlap anything
  * @param[in,out] running_mean [c], running_var [c]: updated in place; both NULL
  *                (track_running_stats=False) skips the update; must not overlap anything
  */
-void ep_batchnorm_fw_train_f32(const ep_batchnorm_params_t *p, const float *restrict x,
+void ep_batchnorm_fw_train_f32(const ep_batchnorm_params_t *p, const float *x,
                                const float *restrict gamma, const float *restrict beta,
-                               float *restrict y, float *restrict saved,
+                               float *y, float *restrict saved,
                                float *restrict running_mean, float *restrict running_var);
 
 /**
@@ -174,7 +177,8 @@ typedef struct {
  *   y[r][j] = (x[r][j] − mean[r])·inv_std[r]·gamma[j] + beta[j]
  *   saved = [mean[0..rows) | inv_std[0..rows)]   (2·rows floats)
  * @param[in]  x [rows][d];  gamma, beta [d]
- * @param[out] y [rows][d]; may alias x exactly only when no backward follows
+ * @param[out] y [rows][d]; may alias x exactly only when backward gets x from
+ *            elsewhere (see above)
  *             (backward reads x); must not overlap gamma, beta or saved
  * @param[out] saved [2·rows]; must not overlap anything
  */
@@ -218,7 +222,8 @@ typedef struct {
  * GroupNorm forward: per (i, g) mean and biased variance over the block,
  *   y = (x − mean[i][g])·inv_std[i][g]·gamma[c] + beta[c]
  *   saved = [mean[n][G] | inv_std[n][G]]   (2·n·G floats)
- * @param[out] y [n][c][hw]; may alias x exactly only when no backward follows;
+ * @param[out] y [n][c][hw]; may alias x exactly only when backward gets x from
+ *            elsewhere (see above);
  *             must not overlap gamma, beta, saved
  * @param[out] saved [2·n·G]; must not overlap anything
  */
