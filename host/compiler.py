@@ -284,13 +284,16 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     if cfg.dtype == "int8" and cfg.int8_updates == "sr":
         e.q8_sr = {n.split(".", 1)[0] for n in sel.trainable if n.split(".", 1)[0] in e.q8_layers}
         e.lr = cfg.lr
+    q8_weights = {layer.name for layer in spec.layers
+                  if layer.name in e.q8_layers and rule_for(layer.type).int8_weights}
     for name, shape in shapes.items():
         value = e.values.get(name)
         if value is None or tuple(value.shape) != shape:
             got = None if value is None else tuple(value.shape)
             raise ModelError(f"parameter {name}: expected shape {shape}, got {got}")
         trains = name in sel.trainable and name not in buffers
-        if name.split(".", 1)[0] in e.q8_layers and (not trains or name.split(".", 1)[0] in e.q8_sr):
+        owner = name.split(".", 1)[0]
+        if owner in q8_weights and (not trains or owner in e.q8_sr):
             continue  # a frozen (or SGD_Q8-trained) int8 layer holds only its int8 codes (host.layers.q8)
         flags = TensorFlag.PARAM | (TensorFlag.TRAINABLE if trains else 0)
         idx = g.add_tensor(Tensor(name, shape, flags=flags, init=np.ascontiguousarray(value, np.float32)))
@@ -361,7 +364,6 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     updates.emit_section(e, g)
     passes.relu_masks(g)
     passes.redequantize(g, max_nodes, max_tensors)
-    passes.saved_as_codes(g, max_nodes, max_tensors)
     passes.in_place(g)
     if len(g.tensors) > max_tensors or len(g.nodes) > max_nodes:
         raise ModelError(f"graph has {len(g.tensors)} tensors and {len(g.nodes)} nodes; "
@@ -373,22 +375,29 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
 def _int8_layers(spec: ModelSpec, dtype: str, sel: Selection, shapes: dict, needs_grad: dict) -> set[str]:
     """The layers that run in int8 under `dtype` (TrainConfig.dtype). A layer qualifies if its
     rule has an int8 form and it trains whole or not at all (no adapters, no sparse rows, not
-    bias-only); under mixed, only if it runs forward only; an int8 ReLU only right after an
-    int8 layer (a QUANTIZE just for a ReLU would cost more than it saves); flatten and reshape
-    pass int8 through."""
+    bias-only); under mixed, only if it runs forward only; ReLU, batch norm and the
+    activations only right after an int8 layer (rule.int8_after_int8), batch norm and the
+    activations only where every consumer is int8 too (rule.int8_before_int8); flatten and
+    reshape pass int8 through."""
     if dtype == "fp32":
         return set()
     chosen: set[str] = set()
+    buffers = spec.buffer_names()  # running statistics: never trained, so not counted
     for layer in spec.layers:
         rule = rule_for(layer.type)
-        own = [n for n in shapes if n.split(".", 1)[0] == layer.name]
+        own = [n for n in shapes if n.split(".", 1)[0] == layer.name and n not in buffers]
         trained = [n for n in own if n in sel.trainable]
         ok = rule.int8 and layer.name not in sel.lora_layers and layer.name not in sel.channels \
             and len(trained) in (0, len(own)) and (dtype == "int8" or not needs_grad[layer.name])
-        if ok and layer.type == "relu":
+        if ok and rule.int8_after_int8:
             ok = layer.inputs[0] in chosen
         if ok or (rule.any_dtype and layer.inputs[0] in chosen):
             chosen.add(layer.name)
+    for layer in reversed(spec.layers):  # consumers come later: one pass settles chains
+        users = [u for u in spec.layers if layer.name in u.inputs]
+        if layer.name in chosen and rule_for(layer.type).int8_before_int8 \
+                and (not users or any(u.name not in chosen for u in users)):
+            chosen.discard(layer.name)
     return {n for n in chosen if rule_for(next(l.type for l in spec.layers if l.name == n)).int8}
 
 

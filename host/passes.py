@@ -1,5 +1,5 @@
 """Memory passes over a built training graph, before the planner places it; the
-compiler runs the first four in this order.
+compiler runs the first three in this order.
 
 1. `relu_masks`: a ReLU backward needs only where x > 0. Where nothing but the
    ReLU backward keeps the forward output y alive into the backward pass, the
@@ -11,22 +11,18 @@ compiler runs the first four in this order.
    int8 codes, placed just before its first use. Its codes are kept alive instead (a
    quarter of the bytes, often alive anyway for an int8 layer's backward). The copy is
    bit-identical, so this saves memory and changes no result.
-3. `saved_as_codes` (int8 programs): the same for an f32 tensor that a QUANTIZE turns
-   into codes in the TRAIN forward (an activation's output, which its backward reads
-   again: RELU6, ELU, sigmoid, tanh): the backward reads a DEQUANTIZE of the codes the
-   next int8 layer consumed. This one rounds: the backward sees the activation as the
-   int8 layer after it saw it, which is what "int8 activations" means (docs/ops/int8.md).
-4. `in_place`: a node whose input 0 dies at that node writes its output 0 over it:
+3. `in_place`: a node whose input 0 dies at that node writes its output 0 over it:
    the activations (forward and input gradient), dropout (forward and input
    gradient), the norms' input gradients (dx over dy) and the norms' forwards (y over
-   x, which happens only when passes 2-3 gave the backward its own copy of x). The
+   x, which happens only when pass 2 gave the backward its own copy of x), and their
+   int8 forms (RELU_Q8, ACT_Q8, BATCHNORM_Q8). The
    output becomes a view of the input's span, so the two never take separate memory.
    Those kernels allow exact aliasing (each op's header comment;
    tests/test_ops_norm_act.py runs each in place against its out-of-place result).
 
-Passes 1 and 4 only shorten or merge lifetimes; `host.planner.check_plan` proves the result.
+Passes 1 and 3 only shorten or merge lifetimes; `host.planner.check_plan` proves the result.
 
-5. `spill_to_l3` (run by the compiler only when a plan does not fit the board's arena
+4. `spill_to_l3` (run by the compiler only when a plan does not fit the board's arena
    and the board has L3 memory): chosen persistent tensors move to L3 (flag L3, planned
    in their own region); every maximal run of consecutive nodes that uses one reads and
    writes a fresh arena tensor instead, filled by an L3_LOAD before the run and, when
@@ -46,6 +42,10 @@ IN_PLACE = ({(op, fn) for op in (OpCode.RELU, OpCode.RELU6, OpCode.ELU, OpCode.G
                                  OpCode.DROPOUT)
              for fn in (OpFn.FW, OpFn.BW_INPUT)}
             | {(op, fn) for op in (OpCode.BATCHNORM, OpCode.LAYERNORM, OpCode.GROUPNORM)
+               for fn in (OpFn.FW, OpFn.BW_INPUT)}
+            # int8 (docs/ops/int8.md): y over x, dx over dy (batch norm's stats node writes f32
+            # statistics, never of x's dtype, so it is never merged)
+            | {(op, fn) for op in (OpCode.RELU_Q8, OpCode.ACT_Q8, OpCode.BATCHNORM_Q8)
                for fn in (OpFn.FW, OpFn.BW_INPUT)})
 
 
@@ -116,51 +116,34 @@ def in_place(g: Graph) -> int:
 
 
 def redequantize(g: Graph, max_nodes: int, max_tensors: int) -> int:
-    """Give backward readers of long-lived DEQUANTIZE outputs their own DEQUANTIZE of the
-    same codes (pass 3 of the module docstring); returns how many."""
-    found = [(k, d.outputs[0], list(d.inputs)) for k, d in enumerate(g.nodes)
-             if d.op == OpCode.DEQUANTIZE and g.train_begin <= k < g.train_loss_end]
-    return _dequantize_again(g, found, max_nodes, max_tensors)
-
-
-def saved_as_codes(g: Graph, max_nodes: int, max_tensors: int) -> int:
-    """Give backward readers of f32 tensors that a QUANTIZE turned into codes in the TRAIN
-    forward a DEQUANTIZE of those codes (pass 4 of the module docstring); returns how many."""
-    found = [(k, q.inputs[0], list(q.outputs)) for k, q in enumerate(g.nodes)
-             if q.op == OpCode.QUANTIZE and g.train_begin <= k < g.train_loss_end
-             and g.tensors[q.inputs[0]].dtype == DType.F32]
-    return _dequantize_again(g, found, max_nodes, max_tensors)
-
-
-def _dequantize_again(g: Graph, found: list[tuple[int, int, list[int]]], max_nodes: int,
-                      max_tensors: int) -> int:
-    """found: (node k, f32 tensor y, [codes, exponent]) with y's values as k left them equal
-    to (or rounded to) DEQUANTIZE(codes). Where y is read again in the backward, the readers
-    get a new DEQUANTIZE of the codes, placed before the first of them, largest tensors
-    first while the graph stays within the device's limits; returns how many."""
+    """Give backward readers of long-lived DEQUANTIZE outputs their own DEQUANTIZE (see the
+    module docstring), largest tensors first while the graph stays within the device's
+    limits; returns how many."""
     bw_end = g.update_begin if g.update_begin is not None else len(g.nodes)
     viewed = {t.alias_of for t in g.tensors if t.alias_of is not None}
-    chosen = []
-    for k, y, codes in found:
-        if y in viewed or g.tensors[y].alias_of is not None or _pinned(g, y):
-            continue  # a view, overwritten in place by a later op, or alive anyway (the input)
+    found = []
+    for k in range(g.train_begin, g.train_loss_end):
+        d = g.nodes[k]
+        y = d.outputs[0] if d.op == OpCode.DEQUANTIZE else None
+        if y is None or y in viewed or g.tensors[y].alias_of is not None:
+            continue  # a view, or overwritten in place by a later op: not a plain copy of the codes
         readers = [j for j in range(g.train_loss_end, bw_end) if y in g.nodes[j].inputs]
         if not readers or any(y in n.outputs for n in g.nodes[k + 1:]):
             continue
-        roots = {_root(g, t) for t in codes}
-        if any(_root(g, t) in roots for n in g.nodes[k + 1:readers[0]] for t in n.outputs):
+        codes = {_root(g, t) for t in d.inputs}
+        if any(_root(g, t) in codes for n in g.nodes[k + 1:readers[0]] for t in n.outputs):
             continue  # the codes or their exponent change before the backward reads: not the same values
-        chosen.append((g.tensors[y].nbytes(g.max_batch), k, y, codes, readers))
+        found.append((g.tensors[y].nbytes(g.max_batch), k, y, readers))
     room = min(max_nodes - len(g.nodes), max_tensors - len(g.tensors))
-    chosen = sorted(chosen, key=lambda f: (-f[0], f[1]))[:max(room, 0)]
+    chosen = sorted(found, key=lambda f: (-f[0], f[1]))[:max(room, 0)]
     before: dict[int, list[Node]] = {}
-    for _, k, y, codes, readers in chosen:
-        t = g.tensors[y]
+    for _, k, y, readers in chosen:
+        d, t = g.nodes[k], g.tensors[y]
         again = g.add_tensor(Tensor(f"{t.name}.bw", t.dims, t.dtype, t.flags))
         for j in readers:
             g.nodes[j].inputs = [again if i == y else i for i in g.nodes[j].inputs]
         before.setdefault(readers[0], []).append(
-            Node(OpCode.DEQUANTIZE, OpFn.FW, codes, [again], layer=g.nodes[k].layer))
+            Node(d.op, d.fn, list(d.inputs), [again], d.iattrs, d.fattrs, d.layer))
     _insert(g, before, {})
     return len(chosen)
 

@@ -38,6 +38,8 @@ class QGraph:
         self.g = Graph(name, max_batch, num_classes)
         self.names: dict[str, int] = {}
         self.aliases: dict[str, int] = {}
+        #: tensors placed on another tensor's span (in-place outputs): name → that tensor
+        self.spans: dict[str, int] = {}
         self.g.input_tensor = self.add("input", input_dims, DType.F32, B | TensorFlag.INPUT)
         self.g.label_tensor = self.add("labels", (1,), DType.I32, B | TensorFlag.LABEL)
         self.g.stats_tensor = self.add("stats", (2,), DType.F32)
@@ -71,6 +73,13 @@ class QGraph:
         idx = lambda v: self.names[v] if isinstance(v, str) else int(v)  # noqa: E731
         self.g.add_node(Node(op, fn, [idx(v) for v in ins], [idx(v) for v in outs], tuple(iattrs), tuple(fattrs)))
 
+    def inplace(self, name: str, base: str) -> int:
+        """A tensor like `base` on base's very span (an in-place output)."""
+        b = self.g.tensors[self.names[base]]
+        self.names[name] = self.g.add_tensor(Tensor(name, b.dims, b.dtype, b.flags))
+        self.spans[name] = self.names[base]
+        return self.names[name]
+
     def readable(self, *names: str) -> None:
         """Give each named tensor a PARAM alias so READ_WEIGHTS can read it."""
         for name in names:
@@ -91,6 +100,7 @@ class QGraph:
         g.train_loss_end = g.n_eval_nodes if train_loss_end is None else train_loss_end
         offsets, sizes, cur = [], [], 0
         base_of = {v: self.names[k] for k, v in self.aliases.items()}
+        base_of.update({self.names[k]: v for k, v in self.spans.items()})
         for i, t in enumerate(g.tensors):
             sizes.append(t.nbytes(g.max_batch))
             if i in base_of:

@@ -202,7 +202,7 @@ def test_every_shipped_model_compiles_and_loads_in_int8_and_mixed():
             nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
 
 
-@pytest.mark.parametrize("name", ["deepae-digits", "cnn-fashion", "cct-fashion"])
+@pytest.mark.parametrize("name", ["deepae-digits", "cct-fashion"])
 def test_redequantized_backward_inputs_change_no_bit_and_save_memory(monkeypatch, name):
     """passes.redequantize: a DEQUANTIZE output an f32 backward reads again (batch norm's,
     GELU's saved input) is dequantized anew there instead of living across the forward.
@@ -220,7 +220,7 @@ def test_redequantized_backward_inputs_change_no_bit_and_save_memory(monkeypatch
     extra = [n for n in prog.graph.nodes if n.op == OpCode.DEQUANTIZE and n.outputs[0] >= len(plain.graph.tensors)]
     assert extra and len(prog.graph.nodes) == len(plain.graph.nodes) + len(extra)
     assert all(prog.graph.nodes.index(n) >= prog.graph.train_loss_end for n in extra)  # in the backward
-    assert live_peak(prog) < live_peak(plain)
+    assert live_peak(prog) <= live_peak(plain) and (name != "cct-fashion" or live_peak(prog) < live_peak(plain))
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((4, *spec.input)).astype(np.float32) for _ in range(3)]
     ys = [bytes(rng.integers(0, spec.classes, 4).astype(np.uint8)) for _ in range(3)]
@@ -236,61 +236,60 @@ def test_redequantized_backward_inputs_change_no_bit_and_save_memory(monkeypatch
     assert runs[0] == runs[1]
 
 
-def test_saved_activations_are_their_int8_codes_in_the_backward(monkeypatch):
-    """passes.saved_as_codes: an activation output that a QUANTIZE turns into codes for the
-    next int8 layer (cnn-fashion's ReLU6s) is not kept in f32 for its backward: the backward
-    reads a DEQUANTIZE of those codes. The forward is unchanged (the same loss, bit for bit).
-    The backward sees the activation as the next layer did, so the gradients change: on a
-    real Fashion-MNIST batch, one SGD step's parameter changes must stay as close to fp32's
-    as without the pass (summed relative distance within 10 %; it measures 0.8x, closer,
-    because the mask now matches what the next layer consumed), and point the same way as
-    without it (cosine ≥ 0.8 per parameter; the lowest measures 0.85)."""
-    from host import passes
+
+def test_int8_batch_norm_between_int8_layers_changes_no_bit(monkeypatch):
+    """eegnet-scp1's first batch norm sits between two int8 convs: under --dtype int8 it is
+    one BATCHNORM_Q8 (stats and train forward, both backwards) instead of DEQUANTIZE →
+    BATCHNORM → QUANTIZE, which it computes bit for bit, without the f32 tensors. Three
+    steps with and without the int8 form: the same losses and parameters, bit for bit,
+    and a lower activation peak. The batch norms and ELUs that feed a pool (f32) keep the
+    f32 form: an int8 output there would be a rounding the f32 program does not make."""
     from host.bench_int8 import live_peak
+    from host.layers.norm_act import BatchNorm
 
-    spec, params = resolve_model("cnn-fashion", 0)
-
-    def compiled(dtype, codes=True):
-        with monkeypatch.context() as m:
-            if not codes:
-                m.setattr(passes, "saved_as_codes", lambda g, max_nodes, max_tensors: 0)
-            return compile_model(spec, params, TrainConfig(batch=8, lr=1e-2, optimizer="sgd", dtype=dtype))
-
-    prog, plain, fp32 = compiled("int8"), compiled("int8", codes=False), compiled("fp32")
-    g = prog.graph
-    quantized = {tuple(n.outputs): n.inputs[0] for n in g.nodes[g.train_begin:g.train_loss_end]
-                 if n.op == OpCode.QUANTIZE}
-    again = [(k, n) for k, n in enumerate(g.nodes) if n.op == OpCode.DEQUANTIZE and tuple(n.inputs) in quantized]
-    made = {n.outputs[0] for _, n in again}
-    for n in g.nodes:  # every ReLU6 backward reads codes, unless its y was never quantized (the last: f32 pool)
-        if (n.op, n.fn) == (OpCode.RELU6, OpFn.BW_INPUT):
-            assert n.inputs[1] in made or n.inputs[1] not in quantized.values(), g.tensors[n.inputs[1]].name
-    assert len(again) == 4
-    for k, n in again:  # in the backward, read only by the ReLU6 backward of the activation it replaces
-        assert k >= g.train_loss_end
-        readers = [r for r in g.nodes if n.outputs[0] in r.inputs]
-        assert readers and all((r.op, r.fn) == (OpCode.RELU6, OpFn.BW_INPUT) for r in readers)
+    spec, params = resolve_model("eegnet-scp1", 0)
+    cfg = TrainConfig(batch=4, lr=1e-3, optimizer="adam", dtype="int8")
+    prog = compile_model(spec, params, cfg)
+    with monkeypatch.context() as m:
+        m.setattr(BatchNorm, "int8", False)
+        plain = compile_model(spec, params, cfg)
+    layers = {n.layer for n in prog.graph.nodes if n.op == OpCode.BATCHNORM_Q8}
+    assert layers == {"bn1"}, layers  # bn2, bn3 feed ELU → avgpool: f32
+    assert not any(n.op == OpCode.BATCHNORM_Q8 for n in plain.graph.nodes)
     assert live_peak(prog) < 0.8 * live_peak(plain)
-
-    ds = load_dataset("images")
-    sel = np.random.default_rng(0).choice(len(ds.y_train), 8, replace=False)
-    x, y = ds.x_train[sel].astype(np.float32).tobytes(), bytes(ds.y_train[sel].astype(np.uint8))
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((4, *spec.input)).astype(np.float32) for _ in range(3)]
+    ys = [bytes(rng.integers(0, spec.classes, 4).astype(np.uint8)) for _ in range(3)]
     runs = []
-    for p in (fp32, plain, prog):
+    for p in (plain, prog):
         rt = nl.Runtime(build_blob(p), arena_bytes=max(1 << 20, p.plan.arena_bytes))
-        start = params_of(p, rt.arena)
+        losses = []
+        for x, y in zip(xs, ys):
+            st, why, r = rt.run(y, x.tobytes(), train=True)
+            assert st == 0, why
+            losses.append(r.loss)
+        runs.append((losses, params_of(p, rt.arena)))
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1] == runs[1][1]
+
+
+def test_int8_batch_norm_and_activations_train_cnn_fashion():
+    """cnn-fashion under --dtype int8: the batch norms and ReLU6s between int8 convs run as
+    BATCHNORM_Q8 and ACT_Q8; those feeding the f32 pool or the skip ADD stay f32.
+    A few SGD steps on real Fashion-MNIST batches lower the loss on those batches."""
+    spec, params = resolve_model("cnn-fashion", 0)
+    prog = compile_model(spec, params, TrainConfig(batch=16, lr=0.05, optimizer="sgd", dtype="int8"))
+    ops = {(n.layer, n.op) for n in prog.graph.nodes}
+    assert ("b1_expand_bn", OpCode.BATCHNORM_Q8) in ops and ("b1_expand_act", OpCode.ACT_Q8) in ops
+    # the stem's ReLU6 also feeds the skip ADD, b2_pw's the pool, b1_project_bn the ADD: f32
+    assert {("stem_act", OpCode.RELU6), ("b2_pw_act", OpCode.RELU6), ("b1_project_bn", OpCode.BATCHNORM)} <= ops
+    ds = load_dataset("images")
+    sel = np.random.default_rng(1).choice(len(ds.y_train), 16, replace=False)
+    x, y = ds.x_train[sel].astype(np.float32).tobytes(), bytes(ds.y_train[sel].astype(np.uint8))
+    rt = nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
+    losses = []
+    for _ in range(8):
         st, why, r = rt.run(y, x, train=True)
         assert st == 0, why
-        end = params_of(p, rt.arena)
-        runs.append((r.loss, {k: np.frombuffer(end[k], np.float32) - np.frombuffer(start[k], np.float32)
-                              for k in end if k.endswith(("weight", "bias"))}))
-    (_, ref), (loss_plain, d_plain), (loss, d) = runs
-    assert loss == loss_plain
-    far = {"plain": 0.0, "codes": 0.0}
-    for name, r in ref.items():
-        if np.linalg.norm(r) == 0 or name not in d:
-            continue
-        far["plain"] += np.linalg.norm(d_plain[name] - r) / np.linalg.norm(r)
-        far["codes"] += np.linalg.norm(d[name] - r) / np.linalg.norm(r)
-        assert d[name] @ d_plain[name] >= 0.8 * np.linalg.norm(d[name]) * np.linalg.norm(d_plain[name]), name
-    assert far["codes"] <= 1.1 * far["plain"], far
+        losses.append(r.loss)
+    assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses

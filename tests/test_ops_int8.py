@@ -433,6 +433,192 @@ def test_the_smlad_kernel_builds_for_debugging(opt):
     assert proc.returncode == 0, proc.stderr
 
 
+# -- BATCHNORM_Q8, ACT_Q8: DEQUANTIZE → the f32 node → QUANTIZE, as one node ---------------------
+# Their reference is that chain of nodes on the same build (the f32 kernels are checked
+# against PyTorch by tests/test_ops_norm_act.py, QUANTIZE/DEQUANTIZE against host.quant
+# above): every output must be the same bits. In place where the op allows it.
+
+BNQ, ACTQ, F32 = OpCode.BATCHNORM_Q8, OpCode.ACT_Q8, DType.F32
+BNQ_STATS, BNQ_TRAIN, BNQ_EVAL = 2, 0, 1
+
+
+def _bnq_graph(fused: bool, dims, mb, x, dy, gamma, beta, rm, rv) -> il.QGraph:
+    C, eps, mom = dims[0], 1e-5, 0.1
+    qg = il.QGraph("bnq" if fused else "bnq_chain", mb)
+    qg.add("x", dims, DType.S8, B, x)
+    qg.exp("e_x", -6)
+    qg.add("dy", dims, DType.S8, B, dy)
+    qg.exp("e_dy", -13)
+    for name, v in (("gamma", gamma), ("beta", beta), ("rm", rm), ("rv", rv)):
+        qg.add(name, (C,), F32, P, v)
+    qg.add("saved", (2 * C,), F32)
+    qg.add("y", dims, DType.S8, B)
+    qg.add("dg", (C,), F32)
+    qg.add("db", (C,), F32)
+    for e in ("e_y", "e_dx", "e_ye"):
+        qg.exp(e)
+    if fused:  # dx over dy, and the eval forward (last) over x
+        qg.inplace("dx", "dy")
+        qg.inplace("ye", "x")
+        qg.scratch("k3", 12 * C)
+        qg.node(BNQ, FW, ["x", "e_x"], ["saved", "rm", "rv"], (BNQ_STATS,), (eps, mom))
+        qg.node(BNQ, FW, ["x", "e_x", "gamma", "beta", "saved"], ["y", "e_y"], (BNQ_TRAIN,), (eps,))
+        qg.node(BNQ, BWP, ["dy", "e_dy", "x", "e_x", "saved"], ["dg", "db"], (BNQ_TRAIN,), (eps,))
+        qg.node(BNQ, BWI, ["dy", "e_dy", "x", "e_x", "gamma", "saved"], ["dx", "e_dx", "k3"], (BNQ_TRAIN,), (eps,))
+        qg.node(BNQ, FW, ["x", "e_x", "gamma", "beta", "rm", "rv"], ["ye", "e_ye"], (BNQ_EVAL,), (eps,))
+    else:
+        for name in ("xf", "dyf", "yf", "dxf", "yef"):
+            qg.add(name, dims, F32, B)
+        qg.add("dx", dims, DType.S8, B)
+        qg.add("ye", dims, DType.S8, B)
+        qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+        qg.node(OpCode.BATCHNORM, FW, ["xf", "gamma", "beta"], ["yf", "saved", "rm", "rv"], (BNQ_TRAIN,), (eps, mom))
+        qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+        qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+        qg.node(OpCode.BATCHNORM, BWP, ["dyf", "xf", "saved"], ["dg", "db"], (BNQ_TRAIN,), (eps,))
+        qg.node(OpCode.BATCHNORM, BWI, ["dyf", "xf", "gamma", "saved"], ["dxf"], (BNQ_TRAIN,), (eps,))
+        qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+        qg.node(OpCode.BATCHNORM, FW, ["xf", "gamma", "beta", "rm", "rv"], ["yef"], (BNQ_EVAL,), (eps,))
+        qg.node(OpCode.QUANTIZE, FW, ["yef"], ["ye", "e_ye"])
+    qg.readable("saved", "y", "e_y", "dx", "e_dx", "dg", "db", "ye", "e_ye")
+    return qg
+
+
+def _read(runner, names) -> dict:
+    """Every named output, read before the next graph replaces this one on a device."""
+    return {name: runner.read(name) for name in names}
+
+
+BNQ_OUTPUTS = ("saved", "rm", "rv", "y", "e_y", "dx", "e_dx", "dg", "db", "ye", "e_ye")
+
+
+@pytest.mark.parametrize("case", ["conv", "sequence", "features", "one_value"])
+def test_batchnorm_q8_is_the_f32_chain(target, rng, case):
+    dims, mb = {"conv": ((5, 3, 7), 3), "sequence": ((4, 9), 2), "features": ((6,), 5),
+                "one_value": ((3,), 1)}[case]
+    C = dims[0]
+    x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, *dims))
+    gamma, beta, rm = (rng.standard_normal(C).astype(np.float32) for _ in range(3))
+    rv = (rng.random(C) + 0.5).astype(np.float32)
+    fused, chain = (_read(run_eval(target, _bnq_graph(f, dims, mb, x, dy, gamma, beta, rm, rv)), BNQ_OUTPUTS)
+                    for f in (True, False))
+    for name in BNQ_OUTPUTS:
+        assert_same(fused[name], chain[name], name)
+    assert np.abs(fused["y"]).max() > 60  # the codes use their range (not all 0)
+
+
+ACTS = {"relu6": (OpCode.RELU6, 0.0), "elu": (OpCode.ELU, 0.7), "gelu": (OpCode.GELU, 0.0),
+        "sigmoid": (OpCode.SIGMOID, 0.0), "tanh": (OpCode.TANH, 0.0)}
+
+
+def _actq_graph(fused: bool, act: str, mb, k, x, dy) -> il.QGraph:
+    op, alpha = ACTS[act]
+    fattrs = (alpha,) if op == OpCode.ELU else ()
+    t = "x" if op == OpCode.GELU else "y"  # what the backward reads
+    qg = il.QGraph("actq" if fused else "actq_chain", mb)
+    qg.add("x", (k,), DType.S8, B, x)
+    qg.exp("e_x", -4)  # codes up to ±7.9: both sides of ReLU6's 6
+    qg.add("dy", (k,), DType.S8, B, dy)
+    qg.exp("e_dy", -9)
+    qg.add("y", (k,), DType.S8, B)
+    for e in ("e_y", "e_dx"):
+        qg.exp(e)
+    if fused:  # dx over dy
+        qg.inplace("dx", "dy")
+        qg.node(ACTQ, FW, ["x", "e_x"], ["y", "e_y"], (op,), fattrs)
+        qg.node(ACTQ, BWI, ["dy", "e_dy", t, f"e_{t}"], ["dx", "e_dx"], (op,), fattrs)
+    else:
+        for name in ("xf", "yf", "tf", "dyf", "dxf"):
+            qg.add(name, (k,), F32, B)
+        qg.add("dx", (k,), DType.S8, B)
+        qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+        qg.node(op, FW, ["xf"], ["yf"], (), fattrs)
+        qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+        qg.node(OpCode.DEQUANTIZE, FW, [t, f"e_{t}"], ["tf"])  # the backward's t: from the codes
+        qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+        qg.node(op, BWI, ["dyf", "tf"], ["dxf"], (), fattrs)
+        qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+    qg.readable("y", "e_y", "dx", "e_dx")
+    return qg
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+def test_act_q8_is_the_f32_chain(target, rng, act):
+    mb, k = 3, 77  # 231 elements: several 32-element chunks and a short last one
+    x, dy = codes(rng, (mb, k)), codes(rng, (mb, k))
+    names = ("y", "e_y", "dx", "e_dx")
+    fused, chain = (_read(run_eval(target, _actq_graph(f, act, mb, k, x, dy)), names) for f in (True, False))
+    for name in names:
+        assert_same(fused[name], chain[name], name)
+    assert np.abs(fused["dx"]).max() > 60
+
+
+def test_act_q8_in_place_forward():
+    """y over x: the same codes as out of place (the runtime library)."""
+    mb, k, rng = 2, 40, np.random.default_rng(5)
+    x, dy = codes(rng, (mb, k)), codes(rng, (mb, k))
+    want = run_eval(lambda qg, blob: il.LibRunner(qg, blob), _actq_graph(True, "elu", mb, k, x, dy))
+    qg = il.QGraph("actq_inplace", mb)
+    qg.add("x", (k,), DType.S8, B, x)
+    qg.exp("e_x", -4)
+    qg.inplace("y", "x")
+    qg.exp("e_y")
+    qg.node(ACTQ, FW, ["x", "e_x"], ["y", "e_y"], (OpCode.ELU,), (0.7,))
+    qg.readable("y", "e_y")
+    got = run_eval(lambda qg, blob: il.LibRunner(qg, blob), qg)
+    assert_same(got.read("y"), want.read("y"), "y")
+    assert_same(got.read("e_y"), want.read("e_y"), "e_y")
+
+
+def _bnq_parse(mutate) -> str:
+    dims, mb = (4, 5), 2
+    z = np.zeros((mb, *dims), np.int8)
+    qg = _bnq_graph(True, dims, mb, z, z, *(np.ones(4, np.float32),) * 4)
+    mutate(qg)
+    p = nl.parse(qg.blob())
+    return p.why if p.status else ""
+
+
+def _bnq_node(k, **kw):
+    def f(qg):
+        for attr, v in kw.items():
+            setattr(qg.g.nodes[k], attr, v(qg) if callable(v) else v)
+    return f
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (_bnq_node(0, iattrs=(3,)), "mode"),
+    (_bnq_node(2, iattrs=(1,)), "backward only in train mode"),
+    (_bnq_node(1, fattrs=(1e-5, 0.1)), "momentum"),
+    (_bnq_node(0, fattrs=(0.0, 0.1)), "eps"),
+    (_bnq_node(3, outputs=lambda qg: qg.g.nodes[3].outputs[:2]), "wrong inputs or outputs"),
+    (lambda qg: setattr(qg.g.tensors[qg.names["k3"]], "dims", (47,)), "scratch"),
+    (_bnq_node(1, inputs=lambda qg: qg.g.nodes[1].inputs[:4] + [qg.names["rm"]]), "saved [2C]"),
+    (_bnq_node(2, inputs=lambda qg: [qg.names["saved"]] + qg.g.nodes[2].inputs[1:]), "one shape"),
+    (lambda qg: qg.spans.__setitem__("dx", qg.names["x"]), "overlaps"),  # dx over x, not dy
+])
+def test_malformed_batchnorm_q8_is_refused(mutate, why):
+    assert _bnq_parse(lambda qg: None) == ""
+    got = _bnq_parse(mutate)
+    assert why in got, got
+
+
+@pytest.mark.parametrize("fattrs, iattrs, why", [
+    ((0.0,), (OpCode.RELU,), "iattr[0] must name"),
+    ((-1.0,), (OpCode.ELU,), "alpha"),
+    ((0.5,), (OpCode.TANH,), "alpha"),
+])
+def test_malformed_act_q8_is_refused(fattrs, iattrs, why):
+    qg = il.QGraph("actq_bad", 1)
+    qg.add("x", (8,), DType.S8, B)
+    qg.exp("e_x", 0)
+    qg.add("y", (8,), DType.S8, B)
+    qg.exp("e_y")
+    qg.node(ACTQ, FW, ["x", "e_x"], ["y", "e_y"], iattrs, fattrs)
+    p = nl.parse(qg.blob())
+    assert p.status != 0 and why in p.why, p.why
+
+
 # -- malformed nodes are refused --------------------------------------------------------------------
 
 def _linear_graph(mutate=None) -> bytes:

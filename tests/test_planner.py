@@ -144,7 +144,10 @@ def test_plan_all_lists_every_model_strategy_and_board(capsys):
     full = {(r["model"], r["board"], r["dtype"]): r for r in rows if r["strategy"] == "full" and "peak_bytes" in r}
     for r in rows:
         f = full.get((r["model"], r["board"], r["dtype"]))
-        if r["strategy"] in ("last", "bias", "sparse") and f and "peak_bytes" in r and r["fits"]:
+        # bias-only training has no int8 form (an int8 layer trains whole or not at all), so
+        # under int8 its layers run in f32 and may need more than the whole model in int8
+        bias_in_f32 = r["strategy"] == "bias" and r["dtype"] == "int8"
+        if r["strategy"] in ("last", "bias", "sparse") and f and "peak_bytes" in r and r["fits"] and not bias_in_f32:
             # training part of the model never needs more memory or parameters
             assert r["peak_bytes"] <= f["peak_bytes"] and r["trainable_params"] <= f["trainable_params"]
 

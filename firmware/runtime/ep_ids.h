@@ -149,6 +149,8 @@ typedef enum {
     EP_OP_REQUANT_WEIGHTS = 39,
     EP_OP_L3_LOAD = 40,
     EP_OP_L3_STORE = 41,
+    EP_OP_BATCHNORM_Q8 = 42,
+    EP_OP_ACT_Q8 = 43,
 } ep_opcode_t;
 
 typedef enum {
@@ -168,6 +170,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 42
+#define EP_OPCODE_COUNT 44
 
 #endif /* EP_IDS_H */

@@ -48,6 +48,8 @@ static const ep_op_t *const k_ops[EP_OPCODE_COUNT] = {
     [EP_OP_REQUANT_WEIGHTS] = &ep_op_requant_weights,
     [EP_OP_L3_LOAD] = &ep_op_l3_load,
     [EP_OP_L3_STORE] = &ep_op_l3_store,
+    [EP_OP_BATCHNORM_Q8] = &ep_op_batchnorm_q8,
+    [EP_OP_ACT_Q8] = &ep_op_act_q8,
 };
 
 const ep_op_t *ep_op_lookup(uint8_t opcode) {

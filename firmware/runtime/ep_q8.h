@@ -125,6 +125,11 @@ static inline float ep_q8_pow2f(int32_t e) {
     return b.f;
 }
 
+/** The factor DEQUANTIZE multiplies codes by: 2^clamp(e, EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX). */
+static inline float ep_q8_dequant_scale(int32_t e) {
+    return ep_q8_pow2f(e < EP_Q8_FEXP_MIN ? EP_Q8_FEXP_MIN : (e > EP_Q8_FEXP_MAX ? EP_Q8_FEXP_MAX : e));
+}
+
 /**
  * Exponent for int8 codes of reals whose largest magnitude is a (a ≥ 0 or NaN):
  * with a = m · 2^E, m in [0.5, 1), e = clamp(E - 7, EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX);

@@ -65,6 +65,16 @@ class LayerRule:
     #: the rule has an int8 form (host.layers.q8): with --dtype int8 (or mixed, when frozen)
     #: forward and backward get and give S8 tensors; rules without one get f32
     int8: bool = False
+    #: the int8 form is used only where the input is int8 already (ReLU, batch norm, the
+    #: activations: a QUANTIZE just for them would cost more than it saves)
+    int8_after_int8: bool = False
+    #: ... and only where every consumer runs in int8 too (batch norm, the activations:
+    #: their int8 output is a rounding the f32 chain would not make, worth it only where
+    #: the next layer quantises anyway)
+    int8_before_int8: bool = False
+    #: the int8 form runs on int8 weights (linear, conv): a frozen layer keeps only those
+    #: codes; the other int8 forms (batch norm) keep their f32 parameters
+    int8_weights: bool = False
     #: the rule only reshapes (a view): it passes tensors of any dtype through
     any_dtype: bool = False
     #: inputs the layer reads; with more than one, forward gets a list of tensors and

@@ -241,7 +241,7 @@ class _Conv(LayerRule):
         ones = (1,) * len(self._kernel_dims(layer))
         return {"lora_A": (rank, c, *ones), "lora_B": (layer["out"], rank, *ones)}
 
-    int8 = True
+    int8 = int8_weights = True
 
     def _scratch(self, e, layer, x) -> dict[str, int]:
         """CONV2D_Q8's scratch bytes per fn (host.quant.conv_scratch_bytes; 1-D as height 1)."""

@@ -39,7 +39,7 @@ class Linear(LayerRule):
     def lora_shapes(self, layer, in_shape, rank):
         return {"lora_A": (rank, in_shape[-1]), "lora_B": (layer["out"], rank)}
 
-    int8 = True
+    int8 = int8_weights = True
 
     def _scratch(self, e, layer, x) -> dict[str, int]:
         rows = e.g.max_batch * elems(e.dims(x)) // e.dims(x)[-1]
@@ -138,7 +138,7 @@ class ReLU(LayerRule):
         import torch.nn as nn
         return nn.ReLU()
 
-    int8 = True
+    int8 = int8_after_int8 = True
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):

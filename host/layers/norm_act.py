@@ -29,6 +29,8 @@ from ..ids import DType, OpCode, OpFn, TensorFlag
 from . import LayerRule, Shape, float_attr, int_attr, register, register_onnx
 
 BN_TRAIN, BN_EVAL = 0, 1
+#: BATCHNORM_Q8's third mode: the training statistics alone (docs/ops/int8.md)
+BNQ_STATS = 2
 DROPOUT_TRAIN = 0
 
 
@@ -111,7 +113,11 @@ class BatchNorm(LayerRule):
         c = _channels(layer, in_shape)
         return {**_affine_init(c), "running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32)}
 
+    int8 = int8_after_int8 = int8_before_int8 = True
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):
+            return self._forward_q8(e, layer, x, train)
         w, b = e.param("weight"), e.param("bias")
         rm, rv = e.param("running_mean"), e.param("running_var")
         y = e.act("out" if train else "out.eval", e.dims(x))
@@ -124,9 +130,50 @@ class BatchNorm(LayerRule):
         return y, (x, saved)
 
     def backward(self, e, layer, saved, dy, need_dx):
+        if e.is_q8(layer):
+            return self._backward_q8(e, layer, saved, dy, need_dx)
         x, st = saved
         return _affine_backward(e, OpCode.BATCHNORM, dy, need_dx, (BN_TRAIN,), (layer["eps"],),
                                 [x, e.param("weight"), st], [x, st])
+
+    def _forward_q8(self, e, layer, x, train):
+        """BATCHNORM_Q8: int8 in and out, the f32 arithmetic in between (no f32 tensors);
+        the training forward is a stats node, then the normalisation."""
+        w, b = e.param("weight"), e.param("bias")
+        rm, rv = e.param("running_mean"), e.param("running_var")
+        x = e.to_q8(x)
+        y = e.act_q8("out" if train else "out.eval", e.dims(x))
+        eps = layer["eps"]
+        if not train:
+            e.node(OpCode.BATCHNORM_Q8, OpFn.FW, [x, e.qexp[x], w, b, rm, rv], [y, e.qexp[y]], iattrs=(BN_EVAL,),
+                   fattrs=(eps,))
+            return y, None
+        saved = e.saved("saved", (2 * e.dims(x)[0],))
+        e.node(OpCode.BATCHNORM_Q8, OpFn.FW, [x, e.qexp[x]], [saved, rm, rv], iattrs=(BNQ_STATS,),
+               fattrs=(eps, layer["momentum"]))
+        e.node(OpCode.BATCHNORM_Q8, OpFn.FW, [x, e.qexp[x], w, b, saved], [y, e.qexp[y]], iattrs=(BN_TRAIN,),
+               fattrs=(eps,))
+        return y, (x, saved)
+
+    def _backward_q8(self, e, layer, saved, dy, need_dx):
+        x, st = saved
+        dy = e.to_q8(dy)
+        codes = [dy, e.qexp[dy], x, e.qexp[x]]
+        w, b = e.param("weight"), e.param("bias")
+        attrs = dict(iattrs=(BN_TRAIN,), fattrs=(layer["eps"],))
+        trains = e.is_trainable(w)  # an int8 layer trains whole or not at all
+        if trains:
+            dw, db = e.param_grad(w), e.param_grad(b)
+            e.node(OpCode.BATCHNORM_Q8, OpFn.BW_PARAM, codes + [st], [dw, db], **attrs)
+        dx = None
+        if need_dx:
+            dx = e.act_q8("in.grad", e.dims(x), grad=True)
+            scratch = e.scratch_bytes("bw_input.scratch", 12 * e.dims(x)[0])
+            e.node(OpCode.BATCHNORM_Q8, OpFn.BW_INPUT, codes + [w, st], [dx, e.qexp[dx], scratch], **attrs)
+        if trains:
+            e.update(w, dw)
+            e.update(b, db)
+        return dx
 
     def torch_module(self, layer, in_shape):
         from torch import nn
@@ -255,7 +302,15 @@ class _Activation(LayerRule):
     def fattrs(self, layer) -> tuple[float, ...]:
         return ()
 
+    int8 = int8_after_int8 = int8_before_int8 = True
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):  # ACT_Q8: int8 in and out, the f32 activation in between
+            x = e.to_q8(x)
+            y = e.act_q8("out", e.dims(x))
+            e.node(OpCode.ACT_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y]], iattrs=(self.op,),
+                   fattrs=self.fattrs(layer))
+            return y, (x if self.reads_x else y)
         y = e.act("out", e.dims(x))
         e.node(self.op, OpFn.FW, [x], [y], fattrs=self.fattrs(layer))
         return y, (x if self.reads_x else y)
@@ -263,6 +318,12 @@ class _Activation(LayerRule):
     def backward(self, e, layer, t, dy, need_dx):
         if not need_dx:
             return None
+        if e.is_q8(layer):
+            dy = e.to_q8(dy)
+            dx = e.act_q8("in.grad", e.dims(t), grad=True)
+            e.node(OpCode.ACT_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], t, e.qexp[t]], [dx, e.qexp[dx]],
+                   iattrs=(self.op,), fattrs=self.fattrs(layer))
+            return dx
         dx = e.grad("in.grad", e.dims(t))
         e.node(self.op, OpFn.BW_INPUT, [dy, t], [dx], fattrs=self.fattrs(layer))
         return dx

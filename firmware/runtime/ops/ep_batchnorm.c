@@ -17,74 +17,12 @@
 
 void ep_norm_moments_f32(const float *x, uint32_t reps, uint32_t len, uint32_t stride, float *mean,
                          float *var) {
-    const float x0 = x[0];
-    const float m = (float)reps * (float)len;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-    for (uint32_t r = 0; r < reps; r++) {
-        const float *xr = x + r * stride;
-        uint32_t j = 0;
-        for (; j + 4 <= len; j += 4) {
-            s0 += xr[j] - x0;
-            s1 += xr[j + 1] - x0;
-            s2 += xr[j + 2] - x0;
-            s3 += xr[j + 3] - x0;
-        }
-        for (; j < len; j++) {
-            s0 += xr[j] - x0;
-        }
-    }
-    const float mu = x0 + ((s0 + s1) + (s2 + s3)) / m;
-    /* corrected two-pass: q = Σ d², c = Σ d with d = x − mu; var = (q − c²/m)/m */
-    float q0 = 0.0f, q1 = 0.0f, q2 = 0.0f, q3 = 0.0f, c0 = 0.0f, c1 = 0.0f;
-    for (uint32_t r = 0; r < reps; r++) {
-        const float *xr = x + r * stride;
-        uint32_t j = 0;
-        for (; j + 4 <= len; j += 4) {
-            const float d0 = xr[j] - mu, d1 = xr[j + 1] - mu, d2 = xr[j + 2] - mu, d3 = xr[j + 3] - mu;
-            q0 = fmaf(d0, d0, q0);
-            q1 = fmaf(d1, d1, q1);
-            q2 = fmaf(d2, d2, q2);
-            q3 = fmaf(d3, d3, q3);
-            c0 += d0 + d1;
-            c1 += d2 + d3;
-        }
-        for (; j < len; j++) {
-            const float d = xr[j] - mu;
-            q0 = fmaf(d, d, q0);
-            c0 += d;
-        }
-    }
-    const float c = c0 + c1;
-    const float v = (((q0 + q1) + (q2 + q3)) - c * c / m) / m;
-    *mean = mu;
-    *var = v > 0.0f ? v : 0.0f;
+    EP_NORM_MOMENTS_BODY(float, EP_NORM_LOAD_F32);
 }
 
 void ep_norm_dsums_f32(const float *dy, const float *x, uint32_t reps, uint32_t len, uint32_t stride,
                        float mean, float *sdy, float *sdyx) {
-    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-    float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
-    for (uint32_t r = 0; r < reps; r++) {
-        const float *xr = x + r * stride, *gr = dy + r * stride;
-        uint32_t j = 0;
-        for (; j + 4 <= len; j += 4) {
-            const float g0 = gr[j], g1 = gr[j + 1], g2 = gr[j + 2], g3 = gr[j + 3];
-            a0 += g0;
-            a1 += g1;
-            a2 += g2;
-            a3 += g3;
-            b0 = fmaf(g0, xr[j] - mean, b0);
-            b1 = fmaf(g1, xr[j + 1] - mean, b1);
-            b2 = fmaf(g2, xr[j + 2] - mean, b2);
-            b3 = fmaf(g3, xr[j + 3] - mean, b3);
-        }
-        for (; j < len; j++) {
-            a0 += gr[j];
-            b0 = fmaf(gr[j], xr[j] - mean, b0);
-        }
-    }
-    *sdy = (a0 + a1) + (a2 + a3);
-    *sdyx = (b0 + b1) + (b2 + b3);
+    EP_NORM_DSUMS_BODY(float, EP_NORM_LOAD_F32, float, EP_NORM_LOAD_F32);
 }
 
 /* y = (x − mean)·scale + shift over one channel's n runs of hw (y may alias x exactly). */
@@ -140,23 +78,11 @@ static void fw_train_chs(const bn_args_t *a, uint32_t c0, uint32_t c1) {
     float *y = a->out[0], *restrict saved = a->out[1];
     float *restrict running_mean = a->out[2], *restrict running_var = a->out[3];
     const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
-    const uint32_t m = n * hw;
-    const float keep = 1.0f - p->momentum, mom = p->momentum;
-    /* unbiased = biased · m/(m − 1); m = 1 leaves running_var alone (see the header) */
-    const float unbias = m > 1u ? (float)m / (float)(m - 1u) : 0.0f;
     for (uint32_t ch = c0; ch < c1; ch++) {
         float mean, var;
         ep_norm_moments_f32(x + ch * hw, n, hw, stride, &mean, &var);
-        const float inv_std = 1.0f / sqrtf(var + p->eps);
-        saved[ch] = mean;
-        saved[C + ch] = inv_std;
-        bn_apply(x + ch * hw, y + ch * hw, n, hw, stride, mean, inv_std * gamma[ch], beta[ch]);
-        if (running_mean != NULL && running_var != NULL) {
-            running_mean[ch] = fmaf(keep, running_mean[ch], mom * mean);
-            if (m > 1u) {
-                running_var[ch] = fmaf(keep, running_var[ch], mom * (var * unbias));
-            }
-        }
+        ep_bn_store_stats(p, ch, mean, var, saved, running_mean, running_var);
+        bn_apply(x + ch * hw, y + ch * hw, n, hw, stride, mean, saved[C + ch] * gamma[ch], beta[ch]);
     }
 }
 

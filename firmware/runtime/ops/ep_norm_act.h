@@ -38,6 +38,8 @@
 #ifndef EP_NORM_ACT_H
 #define EP_NORM_ACT_H
 
+#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ep_runtime.h"
@@ -60,6 +62,89 @@ void ep_norm_moments_f32(const float *x, uint32_t reps, uint32_t len, uint32_t s
 void ep_norm_dsums_f32(const float *dy, const float *x, uint32_t reps, uint32_t len, uint32_t stride,
                        float mean, float *sdy, float *sdyx);
 
+/*
+ * The bodies of the two reductions, for ep_norm_moments_f32 / ep_norm_dsums_f32 and
+ * for the int8 batch norm (ep_q8_norm_act.c), which reads its operands from int8
+ * codes. Both instantiate the same loops, so an int8 node sums the same values in
+ * the same order as DEQUANTIZE followed by the f32 node: bit for bit the same.
+ * LX(p, j) / LG(p, j) load element j of the row at p as a float; the body uses
+ * x, dy, reps, len, stride, mean (dsums) and writes *mean, *var or *sdy, *sdyx.
+ */
+#define EP_NORM_MOMENTS_BODY(T, LX)                                                   \
+    const float x0 = LX(x, 0);                                                        \
+    const float m_ = (float)reps * (float)len;                                        \
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;                                 \
+    for (uint32_t r = 0; r < reps; r++) {                                             \
+        const T *xr = x + r * stride;                                                 \
+        uint32_t j = 0;                                                               \
+        for (; j + 4 <= len; j += 4) {                                                \
+            s0 += LX(xr, j) - x0;                                                     \
+            s1 += LX(xr, j + 1) - x0;                                                 \
+            s2 += LX(xr, j + 2) - x0;                                                 \
+            s3 += LX(xr, j + 3) - x0;                                                 \
+        }                                                                             \
+        for (; j < len; j++) {                                                        \
+            s0 += LX(xr, j) - x0;                                                     \
+        }                                                                             \
+    }                                                                                 \
+    const float mu = x0 + ((s0 + s1) + (s2 + s3)) / m_;                               \
+    /* corrected two-pass: q = Σ d², c = Σ d with d = x − mu; var = (q − c²/m)/m */   \
+    float q0 = 0.0f, q1 = 0.0f, q2 = 0.0f, q3 = 0.0f, c0 = 0.0f, c1 = 0.0f;           \
+    for (uint32_t r = 0; r < reps; r++) {                                             \
+        const T *xr = x + r * stride;                                                 \
+        uint32_t j = 0;                                                               \
+        for (; j + 4 <= len; j += 4) {                                                \
+            const float d0 = LX(xr, j) - mu, d1 = LX(xr, j + 1) - mu;                 \
+            const float d2 = LX(xr, j + 2) - mu, d3 = LX(xr, j + 3) - mu;             \
+            q0 = fmaf(d0, d0, q0);                                                    \
+            q1 = fmaf(d1, d1, q1);                                                    \
+            q2 = fmaf(d2, d2, q2);                                                    \
+            q3 = fmaf(d3, d3, q3);                                                    \
+            c0 += d0 + d1;                                                            \
+            c1 += d2 + d3;                                                            \
+        }                                                                             \
+        for (; j < len; j++) {                                                        \
+            const float d = LX(xr, j) - mu;                                           \
+            q0 = fmaf(d, d, q0);                                                      \
+            c0 += d;                                                                  \
+        }                                                                             \
+    }                                                                                 \
+    const float c_ = c0 + c1;                                                         \
+    const float v_ = (((q0 + q1) + (q2 + q3)) - c_ * c_ / m_) / m_;                   \
+    *mean = mu;                                                                       \
+    *var = v_ > 0.0f ? v_ : 0.0f
+
+#define EP_NORM_DSUMS_BODY(TG, LG, TX, LX)                                            \
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;                                 \
+    float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;                                 \
+    for (uint32_t r = 0; r < reps; r++) {                                             \
+        const TX *xr = x + r * stride;                                                \
+        const TG *gr = dy + r * stride;                                               \
+        uint32_t j = 0;                                                               \
+        for (; j + 4 <= len; j += 4) {                                                \
+            const float g0 = LG(gr, j), g1 = LG(gr, j + 1);                           \
+            const float g2 = LG(gr, j + 2), g3 = LG(gr, j + 3);                       \
+            a0 += g0;                                                                 \
+            a1 += g1;                                                                 \
+            a2 += g2;                                                                 \
+            a3 += g3;                                                                 \
+            b0 = fmaf(g0, LX(xr, j) - mean, b0);                                      \
+            b1 = fmaf(g1, LX(xr, j + 1) - mean, b1);                                  \
+            b2 = fmaf(g2, LX(xr, j + 2) - mean, b2);                                  \
+            b3 = fmaf(g3, LX(xr, j + 3) - mean, b3);                                  \
+        }                                                                             \
+        for (; j < len; j++) {                                                        \
+            const float g = LG(gr, j);                                                \
+            a0 += g;                                                                  \
+            b0 = fmaf(g, LX(xr, j) - mean, b0);                                       \
+        }                                                                             \
+    }                                                                                 \
+    *sdy = (a0 + a1) + (a2 + a3);                                                     \
+    *sdyx = (b0 + b1) + (b2 + b3)
+
+/* The f32 load of the bodies above. */
+#define EP_NORM_LOAD_F32(p, j) ((p)[j])
+
 /* ------------------------------------------------------------------------- */
 /* BatchNorm                                                                 */
 /* ------------------------------------------------------------------------- */
@@ -78,6 +163,26 @@ typedef struct {
     float eps;
     float momentum;
 } ep_batchnorm_params_t;
+
+/*
+ * A batch norm channel's statistics from its moments, as the training forward stores
+ * them: saved[ch] = mean, saved[C + ch] = inv_std = 1/sqrt(var + eps), and the
+ * running averages (NULL: not tracked) moved by momentum, with the unbiased variance
+ * (m = n·hw values; m = 1 leaves running_var alone). Shared by the f32 and int8 nodes.
+ */
+static inline void ep_bn_store_stats(const ep_batchnorm_params_t *p, uint32_t ch, float mean, float var,
+                                     float *saved, float *running_mean, float *running_var) {
+    const uint32_t m = p->n * p->hw;
+    saved[ch] = mean;
+    saved[p->c + ch] = 1.0f / sqrtf(var + p->eps);
+    if (running_mean != NULL && running_var != NULL) {
+        const float keep = 1.0f - p->momentum, mom = p->momentum;
+        running_mean[ch] = fmaf(keep, running_mean[ch], mom * mean);
+        if (m > 1u) {
+            running_var[ch] = fmaf(keep, running_var[ch], mom * (var * ((float)m / (float)(m - 1u))));
+        }
+    }
+}
 
 /**
  * BatchNorm forward, training mode (batch statistics), as nn.BatchNorm in train():

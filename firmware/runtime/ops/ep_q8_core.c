@@ -436,8 +436,7 @@ int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *rest
 }
 
 void ep_q8_dequantize_f32(uint32_t count, const int8_t *restrict q, int32_t e, float *restrict y) {
-    e = e < EP_Q8_FEXP_MIN ? EP_Q8_FEXP_MIN : (e > EP_Q8_FEXP_MAX ? EP_Q8_FEXP_MAX : e);
-    const float s = ep_q8_pow2f(e);
+    const float s = ep_q8_dequant_scale(e);
     for (uint32_t i = 0; i < count; i++) {
         y[i] = (float)q[i] * s;
     }

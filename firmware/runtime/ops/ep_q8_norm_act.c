@@ -1,0 +1,376 @@
+/*
+ * ep_q8_norm_act.c — int8 batch norm and activations (docs/ops/int8.md):
+ *
+ *   BATCHNORM_Q8  FW  stats  in (x s8, e_x)                       out (saved, running_mean, running_var)
+ *                 FW  train  in (x, e_x, gamma, beta, saved)       out (y s8, e_y)        y may alias x
+ *                 FW  eval   in (x, e_x, gamma, beta, rm, rv)      out (y, e_y)           y may alias x
+ *                 BW_INPUT   in (dy s8, e_dy, x, e_x, gamma, saved) out (dx s8, e_dx, scratch)  dx may alias dy
+ *                 BW_PARAM   in (dy, e_dy, x, e_x, saved)          out (dgamma, dbeta)
+ *   ACT_Q8        FW         in (x s8, e_x)                       out (y s8, e_y)        y may alias x
+ *                 BW_INPUT   in (dy s8, e_dy, t s8, e_t)          out (dx s8, e_dx)      dx may alias dy or t
+ *
+ * Each computes exactly what DEQUANTIZE, the f32 node (BATCHNORM, or the activation
+ * named by ACT_Q8's iattr[0]) and QUANTIZE compute in a row, bit for bit, without the
+ * f32 tensors: operands are read from their codes (code · 2^e, exact, as DEQUANTIZE),
+ * the reductions are the f32 kernels' own loop bodies (ep_norm_act.h), and an int8
+ * output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
+ * picks it), then the codes. The batch norm's training forward is two nodes (stats,
+ * then train) because a node has at most four outputs.
+ *
+ * These kernels run on one core (no cluster split): their cost is a few passes over
+ * the codes, next to the conv and linear layers around them.
+ */
+#include <math.h>
+#include <stddef.h>
+
+#include "ep_norm_act.h"
+#include "ep_q8.h"
+
+enum { BNQ_TRAIN = 0, BNQ_EVAL = 1, BNQ_STATS = 2 };
+
+#define LOAD_S8(p, j) ((float)(p)[j] * s)
+#define LOAD_S8_G(p, j) ((float)(p)[j] * sg)
+#define LOAD_S8_X(p, j) ((float)(p)[j] * sx)
+
+static void moments_s8(const int8_t *x, float s, uint32_t reps, uint32_t len, uint32_t stride, float *mean,
+                       float *var) {
+    EP_NORM_MOMENTS_BODY(int8_t, LOAD_S8);
+}
+
+static void dsums_s8(const int8_t *dy, float sg, const int8_t *x, float sx, uint32_t reps, uint32_t len,
+                     uint32_t stride, float mean, float *sdy, float *sdyx) {
+    EP_NORM_DSUMS_BODY(int8_t, LOAD_S8_G, int8_t, LOAD_S8_X);
+}
+
+static float maxabs_step(float m, float v) {
+    const float a = fabsf(v);
+    return a > m ? a : m; /* NaN never wins, as in QUANTIZE */
+}
+
+/* ---- BATCHNORM_Q8 ------------------------------------------------------------------- */
+
+typedef struct {
+    ep_batchnorm_params_t p;
+    const int8_t *x;
+    float sx;
+    const float *gamma, *beta, *mean, *var_or_inv; /* per channel */
+    bool eval;
+} bnq_apply_t;
+
+/* The per-channel (mean, scale) of the f32 kernels: train scale = inv_std·gamma (fw_train),
+ * eval scale = gamma/sqrt(running_var + eps) (fw_eval). */
+static void bnq_channel(const bnq_apply_t *a, uint32_t ch, float *mean, float *scale) {
+    *mean = a->mean[ch];
+    *scale = a->eval ? a->gamma[ch] / sqrtf(a->var_or_inv[ch] + a->p.eps) : a->var_or_inv[ch] * a->gamma[ch];
+}
+
+static int32_t bnq_apply(const bnq_apply_t *a, int8_t *y) {
+    const uint32_t n = a->p.n, C = a->p.c, hw = a->p.hw;
+    const float sx = a->sx;
+    float amax = 0.0f;
+    for (uint32_t ch = 0; ch < C; ch++) {
+        float mean, scale;
+        bnq_channel(a, ch, &mean, &scale);
+        for (uint32_t i = 0; i < n; i++) {
+            const int8_t *xi = a->x + (i * C + ch) * hw;
+            for (uint32_t j = 0; j < hw; j++) {
+                amax = maxabs_step(amax, fmaf(LOAD_S8_X(xi, j) - mean, scale, a->beta[ch]));
+            }
+        }
+    }
+    const int32_t e = ep_q8_exp_for_maxabs(amax);
+    for (uint32_t ch = 0; ch < C; ch++) {
+        float mean, scale;
+        bnq_channel(a, ch, &mean, &scale);
+        for (uint32_t i = 0; i < n; i++) {
+            const int8_t *xi = a->x + (i * C + ch) * hw;
+            int8_t *yi = y + (i * C + ch) * hw;
+            for (uint32_t j = 0; j < hw; j++) {
+                yi[j] = ep_q8_quantize1(fmaf(LOAD_S8_X(xi, j) - mean, scale, a->beta[ch]), e);
+            }
+        }
+    }
+    return e;
+}
+
+/* dx of one element: the f32 bw_input's expression, k3 = (gamma·inv_std, Σdy/m, inv_std²·Σdy(x − mean)/m). */
+static inline float bnq_dx(const float *k3, float mean, float g, float x) {
+    return k3[0] * fmaf(-(x - mean), k3[2], g - k3[1]);
+}
+
+static int32_t bnq_bw_input(const ep_batchnorm_params_t *p, const int8_t *dy, float sg, const int8_t *x, float sx,
+                            const float *gamma, const float *saved, float *k3, int8_t *dx) {
+    const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
+    const float inv_m = 1.0f / ((float)n * (float)hw);
+    for (uint32_t ch = 0; ch < C; ch++) {
+        const float mean = saved[ch], k = saved[C + ch];
+        float sdy, sdyx;
+        dsums_s8(dy + ch * hw, sg, x + ch * hw, sx, n, hw, stride, mean, &sdy, &sdyx);
+        k3[3 * ch] = gamma[ch] * k;
+        k3[3 * ch + 1] = sdy * inv_m;
+        k3[3 * ch + 2] = k * k * sdyx * inv_m;
+    }
+    float amax = 0.0f;
+    for (uint32_t ch = 0; ch < C; ch++) {
+        for (uint32_t i = 0; i < n; i++) {
+            const int8_t *xi = x + i * stride + ch * hw, *gi = dy + i * stride + ch * hw;
+            for (uint32_t j = 0; j < hw; j++) {
+                amax = maxabs_step(amax, bnq_dx(k3 + 3 * ch, saved[ch], LOAD_S8_G(gi, j), LOAD_S8_X(xi, j)));
+            }
+        }
+    }
+    const int32_t e = ep_q8_exp_for_maxabs(amax);
+    for (uint32_t ch = 0; ch < C; ch++) {
+        for (uint32_t i = 0; i < n; i++) {
+            const int8_t *xi = x + i * stride + ch * hw, *gi = dy + i * stride + ch * hw;
+            int8_t *di = dx + i * stride + ch * hw;
+            for (uint32_t j = 0; j < hw; j++) {
+                di[j] = ep_q8_quantize1(bnq_dx(k3 + 3 * ch, saved[ch], LOAD_S8_G(gi, j), LOAD_S8_X(xi, j)), e);
+            }
+        }
+    }
+    return e;
+}
+
+/*
+ * iattr[0] mode (0 train, 1 eval, 2 stats); fattr[0] eps > 0 on every node, fattr[1]
+ * momentum in [0, 1] on the stats node only; everything else 0. x, y, dy, dx are
+ * batched s8 of one shape [C], [C][L] or [C][H][W]; exponents unbatched i32 [1];
+ * gamma, beta, running statistics and their gradients unbatched f32 [C]; saved
+ * unbatched f32 [2C]; the bw_input scratch an unbatched s8 of ≥ 12·C bytes.
+ */
+static bool bnq_is_act(const ep_model_t *m, uint16_t t) {
+    const ep_tensor_t *x = &m->tensors[t];
+    return x->dtype == EP_DTYPE_S8 && (x->flags & EP_TF_BATCHED) != 0 && x->rank >= 1 && x->rank <= 3;
+}
+
+static bool bnq_vec(const ep_model_t *m, uint16_t t, uint32_t len) {
+    return ep_tensor_is(m, t, EP_DTYPE_F32, false, 1) && m->tensors[t].elems == len;
+}
+
+static ep_status_t batchnorm_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const uint16_t mode = nd->iattr[0];
+    if (mode > BNQ_STATS || (nd->fn != EP_FN_FW && mode != BNQ_TRAIN) || nd->fn > EP_FN_BW_PARAM) {
+        return ep_reject(why, EP_WHY("batchnorm_q8: mode (iattr[0]) must be 0 train, 1 eval or 2 stats; backward only in train mode"));
+    }
+    if (!ep_iattrs_zero_from(nd, 1) || !(nd->fattr[0] > 0.0f)) {
+        return ep_reject(why, EP_WHY("batchnorm_q8: eps (fattr[0]) must be > 0 and iattr[1..11] 0"));
+    }
+    const bool stats = nd->fn == EP_FN_FW && mode == BNQ_STATS;
+    if (stats ? !(nd->fattr[1] >= 0.0f && nd->fattr[1] <= 1.0f) : nd->fattr[1] != 0.0f) {
+        return ep_reject(why, EP_WHY("batchnorm_q8: momentum (fattr[1]) must be in [0, 1] on the stats node, 0 elsewhere"));
+    }
+    for (uint8_t i = 2; i < EP_NODE_FATTRS; i++) {
+        if (nd->fattr[i] != 0.0f) {
+            return ep_reject(why, EP_WHY("batchnorm_q8: fattr[2..5] must be 0"));
+        }
+    }
+    static const uint8_t n_in[3][3] = {{5, 6, 2}, {6, 0, 0}, {5, 0, 0}}; /* [fn][mode] */
+    static const uint8_t n_out[3][3] = {{2, 2, 3}, {3, 0, 0}, {2, 0, 0}};
+    if (nd->n_in != n_in[nd->fn][mode] || nd->n_out != n_out[nd->fn][mode]) {
+        return ep_reject(why, EP_WHY("batchnorm_q8: wrong inputs or outputs for its fn and mode (docs/ops/int8.md)"));
+    }
+    const bool bw = nd->fn != EP_FN_FW;
+    const uint16_t x = bw ? nd->in[2] : nd->in[0];
+    if (!bnq_is_act(m, x) || !ep_q8_is_exp(m, bw ? nd->in[3] : nd->in[1], 1) ||
+        (bw && (!bnq_is_act(m, nd->in[0]) || !ep_same_shape(m, nd->in[0], x) || !ep_q8_is_exp(m, nd->in[1], 1)))) {
+        return ep_reject(why, EP_WHY("batchnorm_q8: x and dy must be batched s8 [C], [C][L] or [C][H][W] of one shape, each with an i32 [1] exponent"));
+    }
+    const uint32_t C = m->tensors[x].dims[0];
+    bool vecs;
+    int alias_in = -1;
+    if (stats) {
+        vecs = bnq_vec(m, nd->out[0], 2u * C) && bnq_vec(m, nd->out[1], C) && bnq_vec(m, nd->out[2], C);
+    } else if (!bw) {
+        vecs = bnq_vec(m, nd->in[2], C) && bnq_vec(m, nd->in[3], C) &&
+               (mode == BNQ_TRAIN ? bnq_vec(m, nd->in[4], 2u * C) : bnq_vec(m, nd->in[4], C) && bnq_vec(m, nd->in[5], C)) &&
+               bnq_is_act(m, nd->out[0]) && ep_same_shape(m, nd->out[0], x) && ep_q8_is_exp(m, nd->out[1], 1);
+        alias_in = 0;
+    } else if (nd->fn == EP_FN_BW_INPUT) {
+        vecs = bnq_vec(m, nd->in[4], C) && bnq_vec(m, nd->in[5], 2u * C) && bnq_is_act(m, nd->out[0]) &&
+               ep_same_shape(m, nd->out[0], x) && ep_q8_is_exp(m, nd->out[1], 1) &&
+               ep_q8_scratch_ok(m, nd->out[2], 12u * (uint64_t)C);
+        alias_in = 0;
+    } else {
+        vecs = bnq_vec(m, nd->in[4], 2u * C) && bnq_vec(m, nd->out[0], C) && bnq_vec(m, nd->out[1], C);
+    }
+    if (!vecs) {
+        return ep_reject(why, EP_WHY("batchnorm_q8: gamma, beta, running statistics, gradients must be unbatched f32 [C], saved [2C], y/dx like x with an exponent, scratch >= 12*C bytes"));
+    }
+    if (!ep_outputs_disjoint(m, nd, alias_in)) {
+        return ep_reject(why, EP_WHY("batchnorm_q8: an output overlaps an input or another output (only y over x, dx over dy exactly)"));
+    }
+    return EP_OK;
+}
+
+static ep_batchnorm_params_t bnq_shape(const ep_ctx_t *c, const ep_node_t *nd, uint16_t t) {
+    const ep_tensor_t *x = &c->model->tensors[t];
+    const ep_batchnorm_params_t p = {.n = c->n, .c = x->dims[0], .hw = x->elems / x->dims[0],
+                                     .eps = nd->fattr[0], .momentum = nd->fattr[1]};
+    return p;
+}
+
+static float bnq_scale(const ep_ctx_t *c, uint16_t e) {
+    return ep_q8_dequant_scale(ep_ctx_i32(c, e)[0]);
+}
+
+static void batchnorm_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
+    const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[0]);
+    const int8_t *x = ep_ctx_s8(c, nd->in[0]);
+    const float s = bnq_scale(c, nd->in[1]);
+    if (nd->iattr[0] == BNQ_STATS) {
+        float *saved = ep_ctx_f32(c, nd->out[0]);
+        for (uint32_t ch = 0; ch < p.c; ch++) {
+            float mean, var;
+            moments_s8(x + ch * p.hw, s, p.n, p.hw, p.c * p.hw, &mean, &var);
+            ep_bn_store_stats(&p, ch, mean, var, saved, ep_ctx_f32(c, nd->out[1]), ep_ctx_f32(c, nd->out[2]));
+        }
+        return;
+    }
+    const bool eval = nd->iattr[0] == BNQ_EVAL;
+    const float *stats = ep_ctx_f32(c, nd->in[4]);
+    const bnq_apply_t a = {p, x, s, ep_ctx_f32(c, nd->in[2]), ep_ctx_f32(c, nd->in[3]), stats,
+                           eval ? ep_ctx_f32(c, nd->in[5]) : stats + p.c, eval};
+    ep_ctx_i32(c, nd->out[1])[0] = bnq_apply(&a, ep_ctx_s8(c, nd->out[0]));
+}
+
+static void batchnorm_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
+    const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[2]);
+    ep_ctx_i32(c, nd->out[1])[0] =
+        bnq_bw_input(&p, ep_ctx_s8(c, nd->in[0]), bnq_scale(c, nd->in[1]), ep_ctx_s8(c, nd->in[2]),
+                     bnq_scale(c, nd->in[3]), ep_ctx_f32(c, nd->in[4]), ep_ctx_f32(c, nd->in[5]),
+                     ep_ctx_f32(c, nd->out[2]), ep_ctx_s8(c, nd->out[0]));
+}
+
+static void batchnorm_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
+    const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[2]);
+    const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
+    const float sg = bnq_scale(c, nd->in[1]), sx = bnq_scale(c, nd->in[3]);
+    const float *saved = ep_ctx_f32(c, nd->in[4]);
+    float *dgamma = ep_ctx_f32(c, nd->out[0]), *dbeta = ep_ctx_f32(c, nd->out[1]);
+    for (uint32_t ch = 0; ch < p.c; ch++) {
+        float sdy, sdyx;
+        dsums_s8(dy + ch * p.hw, sg, x + ch * p.hw, sx, p.n, p.hw, p.c * p.hw, saved[ch], &sdy, &sdyx);
+        dgamma[ch] = sdyx * saved[p.c + ch];
+        dbeta[ch] = sdy;
+    }
+}
+
+const ep_op_t ep_op_batchnorm_q8 = {
+    .name = "batchnorm_q8",
+    .prepare = batchnorm_q8_prepare,
+    .fn = {[EP_FN_FW] = batchnorm_q8_fw, [EP_FN_BW_INPUT] = batchnorm_q8_bw_input,
+           [EP_FN_BW_PARAM] = batchnorm_q8_bw_param},
+};
+
+/* ---- ACT_Q8 --------------------------------------------------------------------------- */
+
+typedef void (*act_fw_t)(const ep_act_params_t *p, const float *x, float *y);
+typedef void (*act_bw_t)(const ep_act_params_t *p, const float *dy, const float *t, float *dx);
+
+static const struct {
+    uint16_t op;
+    act_fw_t fw;
+    act_bw_t bw;
+} ACTS[] = {
+    {EP_OP_RELU6, ep_relu6_fw_f32, ep_relu6_bw_f32}, {EP_OP_ELU, ep_elu_fw_f32, ep_elu_bw_f32},
+    {EP_OP_GELU, ep_gelu_fw_f32, ep_gelu_bw_f32},    {EP_OP_SIGMOID, ep_sigmoid_fw_f32, ep_sigmoid_bw_f32},
+    {EP_OP_TANH, ep_tanh_fw_f32, ep_tanh_bw_f32},
+};
+
+/* Elements per chunk: operands are dequantized into a stack buffer this long, the f32
+ * kernel runs on it, and its results are scanned (pass 1) or quantized (pass 2). */
+#define ACTQ_CHUNK 32u
+
+static int act_index(uint16_t op) {
+    for (int i = 0; i < (int)(sizeof ACTS / sizeof ACTS[0]); i++) {
+        if (ACTS[i].op == op) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/*
+ * iattr[0] the activation's f32 opcode (RELU6, ELU, GELU, SIGMOID, TANH); fattr[0]
+ * ELU's alpha ≥ 0 (0 for the others); everything else 0. bw_input's t is the
+ * forward's output y (its input x for GELU), with its exponent. All activations and
+ * errors batched s8 with the same element count.
+ */
+static ep_status_t act_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const int a = act_index(nd->iattr[0]);
+    if (a < 0 || !ep_iattrs_zero_from(nd, 1)) {
+        return ep_reject(why, EP_WHY("act_q8: iattr[0] must name RELU6, ELU, GELU, SIGMOID or TANH, iattr[1..11] 0"));
+    }
+    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
+        if (i == 0 && nd->iattr[0] == EP_OP_ELU ? !(nd->fattr[0] >= 0.0f) : nd->fattr[i] != 0.0f) {
+            return ep_reject(why, EP_WHY("act_q8: alpha (fattr[0]) >= 0 for ELU, every other fattr 0"));
+        }
+    }
+    const bool bw = nd->fn == EP_FN_BW_INPUT;
+    if ((nd->fn != EP_FN_FW && !bw) || nd->n_in != (bw ? 4 : 2) || nd->n_out != 2) {
+        return ep_reject(why, EP_WHY("act_q8: needs fw (x, e_x) -> (y, e_y) or bw_input (dy, e_dy, t, e_t) -> (dx, e_dx)"));
+    }
+    const uint16_t x = nd->in[0];
+    const uint32_t elems = m->tensors[x].elems;
+    bool ok = ep_q8_is_batched(m, x, EP_DTYPE_S8) && ep_q8_is_batched(m, nd->out[0], EP_DTYPE_S8) &&
+              m->tensors[nd->out[0]].elems == elems && ep_q8_is_exp(m, nd->in[1], 1) && ep_q8_is_exp(m, nd->out[1], 1);
+    if (bw) {
+        ok = ok && ep_q8_is_batched(m, nd->in[2], EP_DTYPE_S8) && m->tensors[nd->in[2]].elems == elems &&
+             ep_q8_is_exp(m, nd->in[3], 1);
+    }
+    if (!ok) {
+        return ep_reject(why, EP_WHY("act_q8: x, y, dy, t, dx must be batched s8 of one size, each with an i32 [1] exponent"));
+    }
+    if (!ep_outputs_disjoint(m, nd, 0) || (bw && !ep_disjoint_or_same(m, nd->out[0], nd->in[2]))) {
+        return ep_reject(why, EP_WHY("act_q8: an output overlaps an input or the other output (only y over x, dx over dy or t exactly)"));
+    }
+    return EP_OK;
+}
+
+/* One pass over count elements: f32 results chunk by chunk into out (NULL: only the
+ * largest magnitude, returned), quantized with exponent e. */
+static float act_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, float sa, const int8_t *t, float st,
+                         int32_t e, int8_t *out) {
+    const int k = act_index(nd->iattr[0]);
+    float fa[ACTQ_CHUNK], ft[ACTQ_CHUNK], amax = 0.0f;
+    for (uint32_t i0 = 0; i0 < count; i0 += ACTQ_CHUNK) {
+        const uint32_t len = count - i0 < ACTQ_CHUNK ? count - i0 : ACTQ_CHUNK;
+        const ep_act_params_t p = {.count = len, .alpha = nd->fattr[0]};
+        for (uint32_t j = 0; j < len; j++) {
+            fa[j] = (float)a[i0 + j] * sa;
+        }
+        if (t != NULL) {
+            for (uint32_t j = 0; j < len; j++) {
+                ft[j] = (float)t[i0 + j] * st;
+            }
+            ACTS[k].bw(&p, fa, ft, fa);
+        } else {
+            ACTS[k].fw(&p, fa, fa);
+        }
+        for (uint32_t j = 0; j < len; j++) {
+            if (out != NULL) {
+                out[i0 + j] = ep_q8_quantize1(fa[j], e);
+            } else {
+                amax = maxabs_step(amax, fa[j]);
+            }
+        }
+    }
+    return amax;
+}
+
+static void act_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool bw = nd->fn == EP_FN_BW_INPUT;
+    const uint32_t count = ep_q8_count(c, nd->in[0]);
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]), *t = bw ? ep_ctx_s8(c, nd->in[2]) : NULL;
+    const float sa = bnq_scale(c, nd->in[1]), st = bw ? bnq_scale(c, nd->in[3]) : 0.0f;
+    const int32_t e = ep_q8_exp_for_maxabs(act_q8_pass(nd, count, a, sa, t, st, 0, NULL));
+    act_q8_pass(nd, count, a, sa, t, st, e, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+const ep_op_t ep_op_act_q8 = {
+    .name = "act_q8",
+    .prepare = act_q8_prepare,
+    .fn = {[EP_FN_FW] = act_q8_run, [EP_FN_BW_INPUT] = act_q8_run, [EP_FN_BW_PARAM] = NULL},
+};
