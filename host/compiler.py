@@ -39,6 +39,7 @@ B = TensorFlag.BATCHED
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 DTYPES = ("fp32", "int8", "mixed")
 INT8_UPDATES = ("auto", "master", "sr")
+INT8_SUMS = ("auto", "batch", "sample")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class TrainConfig:
     #: themselves by SGD_Q8: stochastic rounding and quantisation-aware scaling, no f32 copy;
     #: plain SGD only) or "auto" (master, unless only sr fits the board's arena)
     int8_updates: str = "auto"
+    #: how int8 convs hold their int32 sums in FW and BW_INPUT (docs/ops/int8.md): "batch" (the
+    #: whole batch's, requantised at once: fastest), "sample" (one sample's, made twice: those
+    #: MACs twice, the sums' memory divided by the batch) or "auto" (batch, unless only sample
+    #: fits the board's arena; tried before L3 and SGD_Q8, which cost copies or accuracy)
+    int8_sums: str = "auto"
 
     def sr_problem(self) -> str | None:
         """Why int8-weight updates (SGD_Q8) cannot run this config, or None."""
@@ -101,6 +107,8 @@ class TrainConfig:
             raise ModelError(f"dtype {self.dtype!r}: want one of {', '.join(DTYPES)}")
         if self.int8_updates not in INT8_UPDATES:
             raise ModelError(f"int8 updates {self.int8_updates!r}: want one of {', '.join(INT8_UPDATES)}")
+        if self.int8_sums not in INT8_SUMS:
+            raise ModelError(f"int8 sums {self.int8_sums!r}: want one of {', '.join(INT8_SUMS)}")
         if self.int8_updates == "sr" and self.sr_problem():
             raise ModelError(self.sr_problem(), hint="use --int8-updates master (f32 master weights) instead")
 
@@ -281,6 +289,7 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
     e.values = {name: params[name] if name in params else lora_init(name, shape)
                 for name, shape in shapes.items() if name in params or ".lora_" in name}
     e.q8_layers = _int8_layers(spec, cfg.dtype, sel, shapes, needs_grad)
+    e.q8_sample_sums = cfg.int8_sums == "sample"
     if cfg.dtype == "int8" and cfg.int8_updates == "sr":
         e.q8_sr = {n.split(".", 1)[0] for n in sel.trainable if n.split(".", 1)[0] in e.q8_layers}
         e.lr = cfg.lr
@@ -414,8 +423,16 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConf
     # copies, not accuracy)
     auto = cfg.int8_updates == "auto"
     cfg = replace(cfg, int8_updates="master") if auto else cfg
+    sums_auto = cfg.int8_sums == "auto"
+    cfg = replace(cfg, int8_sums="batch") if sums_auto else cfg
     graph, names = build_graph(spec, params, cfg, max_tensors, max_nodes)
     plan = plan_graph(graph)
+    if sums_auto and cfg.dtype != "fp32" and arena_limit is not None and plan.arena_bytes > arena_limit:
+        lean = replace(cfg, int8_sums="sample")  # the int8 convs' sums one sample at a time
+        lean_graph, lean_names = build_graph(spec, params, lean, max_tensors, max_nodes)
+        lean_plan = plan_graph(lean_graph)
+        if lean_plan.arena_bytes < plan.arena_bytes:
+            cfg, graph, names, plan = lean, lean_graph, lean_names, lean_plan
     if arena_limit is not None and plan.arena_bytes > arena_limit and l3_limit > 0:
         graph, plan = _with_l3(graph, plan, arena_limit, l3_limit, max_tensors, max_nodes)
     sr = replace(cfg, int8_updates="sr")
@@ -475,6 +492,8 @@ def _what_fits(spec: ModelSpec, params, cfg: TrainConfig, limit: int, max_tensor
     tries = [(f"--strategy {s}", replace(cfg, train_layers=None, strategy=s, train_channels=None))
              for s in ("lora=4", "bias", "last") if s != cfg.strategy]
     tries += [(f"--batch {b}", replace(cfg, batch=b)) for b in (16, 8, 4, 2, 1) if b < cfg.batch]
+    if cfg.dtype != "fp32" and cfg.int8_sums != "sample":
+        tries.append(("--int8-sums sample", replace(cfg, int8_sums="sample")))
     sr = replace(cfg, dtype="int8", int8_updates="sr")
     if cfg.dtype != "int8" or cfg.int8_updates != "sr":
         tries.append(("--dtype int8 --int8-updates sr" if sr.sr_problem() is None else "--dtype int8",

@@ -307,8 +307,10 @@ def conv_bw_param(dy, e_dy, x, e_x, w_shape, g: ConvGeom):
     return dw.reshape(w_shape), np.asarray(dy, np.int64).sum(axis=(0, 2, 3)), (e_dy + int(clamp_exp(e_x)), e_dy)
 
 
-def conv_scratch_bytes(fn: str, n: int, x_chw, w_shape, g: ConvGeom) -> int:
-    """Scratch bytes CONV2D_Q8's fn needs for n = max_batch (fn as linear_scratch_bytes)."""
+def conv_scratch_bytes(fn: str, n: int, x_chw, w_shape, g: ConvGeom, per_sample: bool = False) -> int:
+    """Scratch bytes CONV2D_Q8's fn needs for n = max_batch (fn as linear_scratch_bytes).
+    per_sample (iattr[9], fw and bw_input): int32 sums for one sample instead of the batch
+    (the kernel makes them twice), plus fw's C_out magnitudes."""
     ci, h, wd = x_chw
     co, cig, kh, kw = w_shape
     G = g.groups
@@ -320,7 +322,9 @@ def conv_scratch_bytes(fn: str, n: int, x_chw, w_shape, g: ConvGeom) -> int:
     CHP = rows * wo
     CHPp = CHP + CHP % 2
     # fw and bw_param also hold the int8 tap-major im2col chunk (J * CHP bytes)
-    return {"fw": 4 * n * co * ho * wo + 2 * co * Jp + 2 * CHP * Jp + J * CHP,
+    if per_sample and fn != "bw_param":
+        n = 1
+    return {"fw": 4 * n * co * ho * wo + (4 * co if per_sample else 0) + 2 * co * Jp + 2 * CHP * Jp + J * CHP,
             "bw_input": 4 * n * ci * h * wd + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J,
             "bw_param": 2 * cog * CHPp + 2 * J * CHPp + J * CHP}[fn]
 

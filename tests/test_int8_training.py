@@ -15,6 +15,8 @@ board) is tests/test_ops_int8.py's.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -293,3 +295,32 @@ def test_int8_batch_norm_and_activations_train_cnn_fashion():
         assert st == 0, why
         losses.append(r.loss)
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_per_sample_sums_change_no_bit_and_fit_where_batch_sums_do_not():
+    """TrainConfig.int8_sums "sample": the int8 convs keep one sample's int32 sums (CONV2D_Q8
+    iattr[9]) and make them twice. Three steps of eegnet-scp1 give the same losses and
+    parameters as with the whole batch's sums, with a smaller arena; "auto" picks it when
+    only it fits the arena, and says so in the program's config."""
+    spec, params = resolve_model("eegnet-scp1", 0)
+    cfg = TrainConfig(batch=4, lr=1e-3, optimizer="adam", dtype="int8")
+    progs = [compile_model(spec, params, replace(cfg, int8_sums=s)) for s in ("batch", "sample")]
+    assert progs[1].plan.arena_bytes < progs[0].plan.arena_bytes
+    assert any(n.op == OpCode.CONV2D_Q8 and len(n.iattrs) == 10 and n.iattrs[9] == 1 for n in progs[1].graph.nodes)
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((4, *spec.input)).astype(np.float32) for _ in range(3)]
+    ys = [bytes(rng.integers(0, spec.classes, 4).astype(np.uint8)) for _ in range(3)]
+    runs = []
+    for p in progs:
+        rt = nl.Runtime(build_blob(p), arena_bytes=max(1 << 20, p.plan.arena_bytes))
+        losses = []
+        for x, y in zip(xs, ys):
+            st, why, r = rt.run(y, x.tobytes(), train=True)
+            assert st == 0, why
+            losses.append(r.loss)
+        runs.append((losses, params_of(p, rt.arena)))
+    assert runs[0] == runs[1]
+    limit = (progs[0].plan.arena_bytes + progs[1].plan.arena_bytes) // 2
+    auto = compile_model(spec, params, cfg, arena_limit=limit)
+    assert auto.config.int8_sums == "sample" and auto.plan.arena_bytes == progs[1].plan.arena_bytes
+    assert compile_model(spec, params, cfg).config.int8_sums == "batch"

@@ -255,8 +255,11 @@ def conv_w_dims(wt, h):
     return (wt.shape[0], wt.shape[1], wt.shape[3]) if h == 1 else wt.shape
 
 
+@pytest.mark.parametrize("per_sample", [False, True], ids=["batch_sums", "sample_sums"])
 @pytest.mark.parametrize("case", list(CONV_CASES))
-def test_conv2d_q8(target, rng, case):
+def test_conv2d_q8(target, rng, case, per_sample):
+    """Every fn against the reference; with per_sample (iattr[9]) fw and bw_input keep one
+    sample's int32 sums and make them twice: the same bits."""
     mb, ci, h, w, co, (kh, kw), *_ = CONV_CASES[case]
     bias = CONV_CASES[case][-1]
     g, x, wt, e_w, b, dy = conv_inputs(rng, CONV_CASES[case])
@@ -282,10 +285,11 @@ def test_conv2d_q8(target, rng, case):
     qg.add("gb", (co,), DType.I32)
     qg.exp("e_g", None, 2)
     for fn in ("fw", "bw_input", "bw_param"):
-        qg.scratch("s_" + fn, q.conv_scratch_bytes(fn, mb, (ci, h, w), wt.shape, g))
+        qg.scratch("s_" + fn, q.conv_scratch_bytes(fn, mb, (ci, h, w), wt.shape, g, per_sample))
     fw_in = ["x", "e_x", "W", "e_w"] + (["b", "e_b"] if bias else [])
-    qg.node(OpCode.CONV2D_Q8, FW, fw_in, ["y", "e_y", "s_fw"], g.iattrs)
-    qg.node(OpCode.CONV2D_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], g.iattrs)
+    sums = tuple(g.iattrs) + (1,) if per_sample else g.iattrs
+    qg.node(OpCode.CONV2D_Q8, FW, fw_in, ["y", "e_y", "s_fw"], sums)
+    qg.node(OpCode.CONV2D_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], sums)
     qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param"], g.iattrs)
     qg.node(OpCode.CONV2D_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param"], g.iattrs)
     qg.readable("y", "e_y", "dx", "e_dx", "dW", "db", "gW", "gb", "e_g")

@@ -211,6 +211,17 @@ int32_t ep_q8_weight_exp_lo(const int32_t *e_w, uint32_t n);
 int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
                       const int32_t *restrict e_ch, int8_t *restrict y);
 
+/**
+ * ep_q8_requant in parts, for sums made a piece at a time (per-sample accumulators,
+ * CONV2D_Q8 iattr[9]): OR the magnitudes of acc's channels into mag[C] (acc laid out
+ * as in ep_q8_requant), the output exponent from all the pieces' mag, then each
+ * piece's codes at that exponent. The result is ep_q8_requant's over the whole.
+ */
+void ep_q8_acc_mags(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, uint32_t *restrict mag);
+int32_t ep_q8_requant_exp(const uint32_t *mag, uint32_t C, int32_t e_base, const int32_t *e_ch);
+void ep_q8_requant_apply(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
+                         const int32_t *restrict e_ch, int32_t e_out, int8_t *restrict y);
+
 /** QUANTIZE over count floats: returns e = ep_q8_exp_for_maxabs(max |x|), q = quantize1(x, e). */
 int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *restrict q);
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..compiler import DTYPES, INT8_UPDATES, OPTIMIZERS, TrainConfig
+from ..compiler import DTYPES, INT8_SUMS, INT8_UPDATES, OPTIMIZERS, TrainConfig
 from ..importer import resolve_model
 
 OPTIONS = {
@@ -55,6 +55,10 @@ def add_training_arguments(p) -> None:
                    help="with --dtype int8, how trained int8 layers update: master (f32 master weights, any "
                         "optimizer), sr (the int8 codes in place, SGD with stochastic rounding: no f32 copy, "
                         "plain SGD only), auto (default: master, or sr when only that fits the board)")
+    p.add_argument("--int8-sums", choices=INT8_SUMS, default="auto",
+                   help="with --dtype int8/mixed, how int8 convs hold their int32 sums: batch (fastest), "
+                        "sample (one sample's at a time, made twice: less memory, twice those MACs), auto "
+                        "(default: batch, or sample when only that fits the board)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
 
 
@@ -72,7 +76,7 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
                        optimizer=args.optimizer, strategy=args.strategy,
                        accumulate=args.accumulate, clip_norm=args.clip_norm, dtype=args.dtype,
-                       int8_updates=args.int8_updates)
+                       int8_updates=args.int8_updates, int8_sums=args.int8_sums)
 
 
 def compile_config(args, spec, params, arena_limit: int | None) -> TrainConfig:

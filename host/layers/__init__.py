@@ -205,6 +205,8 @@ class Emitter:
         #: int8 (docs/ops/int8.md): the layers that run in int8, each S8 activation's
         #: I32 [1] exponent tensor, and the conversions made so far (one per tensor)
         self.q8_layers: set[str] = set()
+        #: int8 convs keep one sample's int32 sums and make them twice (TrainConfig.int8_sums)
+        self.q8_sample_sums = False
         self.qexp: dict[int, int] = {}
         self._converted: dict[tuple[int, str], int] = {}
         #: f32 values of every parameter by name (int8 layers quantise them), int8 tensors per layer

@@ -249,7 +249,7 @@ class _Conv(LayerRule):
         g = _Geom.of(layer)
         geom = quant.ConvGeom(g.stride, g.pads, g.dilation, layer["groups"])
         w_shape = (layer["out"], c // layer["groups"], *g.kernel)
-        return {fn: quant.conv_scratch_bytes(fn, e.g.max_batch, (c, h, w), w_shape, geom)
+        return {fn: quant.conv_scratch_bytes(fn, e.g.max_batch, (c, h, w), w_shape, geom, e.q8_sample_sums)
                 for fn in quant.SCRATCH_FNS}
 
     def forward(self, e, layer, x, train):

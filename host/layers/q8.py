@@ -76,8 +76,13 @@ def forward(e, layer, op: OpCode, x: int, out_dims, iattrs, scratch: int, with_b
     x = e.to_q8(x)
     y = e.act_q8("out", out_dims)
     ins = [x, e.qexp[x], p.w, p.e_w] + ([p.b, p.e_b] if with_bias else [])
-    e.node(op, OpFn.FW, ins, [y, e.qexp[y], e.scratch_bytes("fw.scratch", scratch)], iattrs=iattrs)
+    e.node(op, OpFn.FW, ins, [y, e.qexp[y], e.scratch_bytes("fw.scratch", scratch)], iattrs=_sums(e, op, iattrs))
     return y, x
+
+
+def _sums(e, op: OpCode, iattrs) -> tuple[int, ...]:
+    """FW and BW_INPUT iattrs: a conv's get iattr[9] = 1 for per-sample sums (TrainConfig.int8_sums)."""
+    return tuple(iattrs) + (1,) if op == OpCode.CONV2D_Q8 and e.q8_sample_sums else tuple(iattrs)
 
 
 def backward(e, layer, op: OpCode, x: int, dy: int, need_dx: bool, iattrs, scratch: dict[str, int],
@@ -113,7 +118,7 @@ def _input_error(e, op: OpCode, p: Q8Params, x: int, dy: int, need_dx: bool, iat
         return None
     dx = e.act_q8("in.grad", e.dims(x), grad=True)
     e.node(op, OpFn.BW_INPUT, [dy, e.qexp[dy], p.w, p.e_w],
-           [dx, e.qexp[dx], e.scratch_bytes("bw_input.scratch", scratch["bw_input"])], iattrs=iattrs)
+           [dx, e.qexp[dx], e.scratch_bytes("bw_input.scratch", scratch["bw_input"])], iattrs=_sums(e, op, iattrs))
     return dx
 
 

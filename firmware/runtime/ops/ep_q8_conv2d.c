@@ -9,6 +9,11 @@
  *   FW        in (x, e_x, W, e_w[C_out], [b i32 [C_out], e_b])  out (y, e_y, scratch)
  *   BW_INPUT  in (dy, e_dy, W, e_w[C_out])                      out (dx, e_dx, scratch)
  *   BW_PARAM  in (dy, e_dy, x, e_x)   out (dW f32, db f32, scratch) | (dW i32, db i32, e_g i32 [2], scratch)
+ * iattr[9] (FW and BW_INPUT; 0 or 1): per-sample accumulators. 0 keeps the int32 sums
+ * of the whole batch in the scratch and requantises them at once; 1 keeps one
+ * sample's, and makes the sums twice: a first pass over the samples for the output
+ * exponent (ep_q8_acc_mags), a second for the codes. The same bits either way; 1
+ * costs the MACs twice and saves (max_batch − 1) samples of int32 sums.
  * Every product runs through ep_q8_dot_s16 over im2col rows built a chunk of whole
  * output rows (≤ EP_Q8_CONV_CHUNK positions, at least one row) at a time; padding
  * taps are zeros (symmetric quantisation: code 0 is the real 0), so they add nothing.
@@ -22,6 +27,7 @@
 #include "ep_q8.h"
 
 enum { CONV_SH, CONV_SW, CONV_PT, CONV_PB, CONV_PL, CONV_PR, CONV_DH, CONV_DW, CONV_GROUPS, CONV_N_IATTR };
+enum { CONV_PER_SAMPLE = CONV_N_IATTR }; /* iattr[9], CONV2D_Q8 only */
 enum { C_FW, C_BWI, C_BWP };
 
 /* Output positions per chunk: whole output rows, at most EP_Q8_CONV_CHUNK (but ≥ 1 row). */
@@ -31,16 +37,19 @@ static uint32_t chunk_positions(const ep_conv2d_params_t *p) {
     return rows * p->w_out;
 }
 
-/* Scratch bytes of one fn for p (p->n = max_batch). */
-static uint64_t scratch_bytes(int fn, const ep_conv2d_params_t *p) {
+/* Scratch bytes of one fn for p (p->n = max_batch); per_sample: iattr[9]. Per-sample
+ * sums keep one sample's, and FW the c_out magnitudes of ep_q8_acc_mags after them. */
+static uint64_t scratch_bytes(int fn, const ep_conv2d_params_t *p, bool per_sample) {
     const uint64_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G;
     const uint64_t J = cig * p->kh * p->kw, Jp = J + (J & 1), COgp = cog + (cog & 1);
     const uint64_t P = (uint64_t)p->h_out * p->w_out, CHP = chunk_positions(p), CHPp = CHP + (CHP & 1);
+    const uint64_t n = per_sample ? 1 : p->n;
     switch (fn) {
     case C_FW:
-        return 4 * (uint64_t)p->n * p->c_out * P + 2 * (uint64_t)p->c_out * Jp + 2 * CHP * Jp + J * CHP;
+        return 4 * n * p->c_out * P + (per_sample ? 4 * (uint64_t)p->c_out : 0) + 2 * (uint64_t)p->c_out * Jp +
+               2 * CHP * Jp + J * CHP;
     case C_BWI:
-        return 4 * (uint64_t)p->n * p->c_in * p->h_in * p->w_in + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J;
+        return 4 * n * p->c_in * p->h_in * p->w_in + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J;
     default: /* C_BWP: the sums go into dW itself (f32 or i32: 4 bytes a weight) */
         return 2 * cog * CHPp + 2 * J * CHPp + J * CHP;
     }
@@ -61,9 +70,12 @@ static ep_status_t check(const ep_model_t *m, const ep_node_t *nd, uint16_t x, u
     if (!ep_tensor_is(m, w, wdtype, false, (uint8_t)(m->tensors[x].rank + 1))) {
         return ep_reject(why, EP_WHY("conv2d_q8: W/dW must be unbatched [C_out][C_in/groups][kh][kw] (rank 3 for 1-D) of the fn's dtype"));
     }
-    for (uint8_t i = CONV_N_IATTR; i < EP_NODE_IATTRS; i++) {
+    if (nd->iattr[CONV_PER_SAMPLE] > (nd->fn == EP_FN_BW_PARAM ? 0 : 1)) {
+        return ep_reject(why, EP_WHY("conv2d_q8: iattr[9] (per-sample sums) must be 0 or 1, and 0 on bw_param"));
+    }
+    for (uint8_t i = CONV_PER_SAMPLE + 1; i < EP_NODE_IATTRS; i++) {
         if (nd->iattr[i] != 0) {
-            return ep_reject(why, EP_WHY("conv2d_q8: iattr[9..11] must be 0"));
+            return ep_reject(why, EP_WHY("conv2d_q8: iattr[10..11] must be 0"));
         }
     }
     for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
@@ -108,7 +120,7 @@ static ep_status_t conv2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if ((uint64_t)(p.c_in / p.groups) * p.kh * p.kw > EP_Q8_MAX_TERMS_FW) {
             return ep_reject(why, EP_WHY("conv2d_q8.fw: C_in/groups*kh*kw above 65535 could overflow the int32 sums"));
         }
-        if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(C_FW, &p))) {
+        if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(C_FW, &p, nd->iattr[CONV_PER_SAMPLE] != 0))) {
             return ep_reject(why, EP_WHY("conv2d_q8.fw: scratch too small or not an unbatched s8"));
         }
         break;
@@ -126,7 +138,7 @@ static ep_status_t conv2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if ((uint64_t)(p.c_out / p.groups) * p.kh * p.kw > EP_Q8_MAX_TERMS_BW_INPUT) {
             return ep_reject(why, EP_WHY("conv2d_q8.bw_input: C_out/groups*kh*kw above 8191 could overflow the int32 sums"));
         }
-        if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(C_BWI, &p))) {
+        if (!ep_q8_scratch_ok(m, nd->out[2], scratch_bytes(C_BWI, &p, nd->iattr[CONV_PER_SAMPLE] != 0))) {
             return ep_reject(why, EP_WHY("conv2d_q8.bw_input: scratch too small or not an unbatched s8"));
         }
         break;
@@ -147,7 +159,7 @@ static ep_status_t conv2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if ((uint64_t)p.n * p.h_out * p.w_out > EP_Q8_MAX_TERMS_BW_PARAM) {
             return ep_reject(why, EP_WHY("conv2d_q8.bw_param: max_batch*H_out*W_out above 131071 could overflow the int32 sums"));
         }
-        if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(C_BWP, &p))) {
+        if (!ep_q8_scratch_ok(m, nd->out[f32 ? 2 : 3], scratch_bytes(C_BWP, &p, false))) {
             return ep_reject(why, EP_WHY("conv2d_q8.bw_param: scratch too small or not an unbatched s8"));
         }
         break;
@@ -225,104 +237,177 @@ static void im2col8(const ep_conv2d_params_t *p, const int8_t *x, uint32_t cig, 
 
 /* ---- node functions --------------------------------------------------------------------- */
 
+/* What one sample's forward sums need: geometry, operands and the widened weights. */
+typedef struct {
+    ep_conv2d_params_t p;
+    const ep_ctx_t *c;
+    const ep_node_t *nd;
+    uint32_t J, Jp, P, HW, CHP;
+    int32_t e_x;
+    const int32_t *e_w;
+    const int16_t *w16;
+    int16_t *cols;
+    int8_t *cols8;
+} conv_fw_t;
+
+/* acc [c_out][P] = bias + the convolution of sample i. */
+static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G, CHR = f->CHP / p->w_out;
+    for (uint32_t co = 0; co < p->c_out; co++) {
+        int32_t b0 = 0;
+        if (f->nd->n_in == 6) {
+            b0 = ep_q8_bias_at(ep_ctx_i32(f->c, f->nd->in[4])[co], ep_q8_ctx_exp(f->c, f->nd->in[5], 0),
+                               f->e_x + ep_q8_exp(f->e_w[co]));
+        }
+        for (uint32_t q = 0; q < f->P; q++) {
+            acc[co * f->P + q] = b0;
+        }
+    }
+    const int8_t *x = ep_ctx_s8(f->c, f->nd->in[0]) + i * p->c_in * f->HW;
+    for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += CHR) {
+        const uint32_t nr = oh0 + CHR <= p->h_out ? CHR : p->h_out - oh0, pc = nr * p->w_out;
+        for (uint32_t g = 0; g < G; g++) {
+            /* positions as A rows (4 outputs of one channel per tile), W as B rows */
+            im2col8(p, x + g * cig * f->HW, cig, oh0, nr, f->cols8);
+            ep_q8_pack_panels(f->cols8, pc, f->J, 1, pc, f->cols, f->Jp);
+            ep_q8_dot_s16(pc, cog, f->Jp, f->cols, f->w16 + g * cog * f->Jp, acc + g * cog * f->P + oh0 * p->w_out,
+                          f->P, true);
+        }
+    }
+}
+
 static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->in[0], nd->in[2], nd->out[0]);
     p.n = c->n;
-    const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw, Jp = ep_q8_even(J);
-    const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;
-    const int32_t e_x = ep_q8_ctx_exp(c, nd->in[1], 0);
-    const int32_t *e_w = ep_ctx_i32(c, nd->in[3]);
-    const int8_t *x = ep_ctx_s8(c, nd->in[0]);
+    const bool per_sample = nd->iattr[CONV_PER_SAMPLE] != 0;
+    const uint32_t J = (p.c_in / p.groups) * p.kh * p.kw, Jp = ep_q8_even(J), P = p.h_out * p.w_out;
+    const uint32_t CHP = chunk_positions(&p), acc_n = per_sample ? 1 : p.n;
     int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
-    int16_t *w16 = (int16_t *)(void *)(acc + p.n * p.c_out * P), *cols = w16 + p.c_out * Jp;
-    int8_t *cols8 = (int8_t *)(void *)(cols + CHP * Jp);
-
-    for (uint32_t co = 0; co < p.c_out; co++) {
-        int32_t b0 = 0;
-        if (nd->n_in == 6) {
-            b0 = ep_q8_bias_at(ep_ctx_i32(c, nd->in[4])[co], ep_q8_ctx_exp(c, nd->in[5], 0), e_x + ep_q8_exp(e_w[co]));
+    uint32_t *mags = (uint32_t *)(void *)(acc + acc_n * p.c_out * P);
+    int16_t *w16 = (int16_t *)(void *)(mags + (per_sample ? p.c_out : 0)), *cols = w16 + p.c_out * Jp;
+    const conv_fw_t f = {p, c, nd, J, Jp, P, p.h_in * p.w_in, CHP, ep_q8_ctx_exp(c, nd->in[1], 0),
+                         ep_ctx_i32(c, nd->in[3]), w16, cols, (int8_t *)(void *)(cols + CHP * Jp)};
+    int8_t *y = ep_ctx_s8(c, nd->out[0]);
+    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), p.c_out, J, J, 1, NULL, 0, w16, Jp);
+    int32_t e_y;
+    if (!per_sample) {
+        for (uint32_t i = 0; i < p.n; i++) {
+            fw_sample(&f, i, acc + i * p.c_out * P);
+        }
+        e_y = ep_q8_requant(acc, p.n, p.c_out, P, f.e_x, f.e_w, y);
+    } else {
+        for (uint32_t co = 0; co < p.c_out; co++) {
+            mags[co] = 0;
         }
         for (uint32_t i = 0; i < p.n; i++) {
-            int32_t *a = acc + (i * p.c_out + co) * P;
-            for (uint32_t q = 0; q < P; q++) {
-                a[q] = b0;
-            }
+            fw_sample(&f, i, acc);
+            ep_q8_acc_mags(acc, 1, p.c_out, P, mags);
+        }
+        e_y = ep_q8_requant_exp(mags, p.c_out, f.e_x, f.e_w);
+        for (uint32_t i = 0; i < p.n; i++) {
+            fw_sample(&f, i, acc);
+            ep_q8_requant_apply(acc, 1, p.c_out, P, f.e_x, f.e_w, e_y, y + i * p.c_out * P);
         }
     }
-    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), p.c_out, J, J, 1, NULL, 0, w16, Jp);
-    for (uint32_t i = 0; i < p.n; i++) {
-        for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
-            const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
-            for (uint32_t g = 0; g < G; g++) {
-                /* positions as A rows (4 outputs of one channel per tile), W as B rows */
-                im2col8(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, cols8);
-                ep_q8_pack_panels(cols8, pc, J, 1, pc, cols, Jp);
-                ep_q8_dot_s16(pc, cog, Jp, cols, w16 + g * cog * Jp, acc + (i * p.c_out + g * cog) * P + oh0 * p.w_out,
-                              P, true);
-            }
-        }
-    }
-    ep_ctx_i32(c, nd->out[1])[0] = ep_q8_requant(acc, p.n, p.c_out, P, e_x, e_w, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e_y;
 }
 
-static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->out[0], nd->in[2], nd->in[0]);
-    p.n = c->n;
-    const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw, COgp = ep_q8_even(cog);
-    const uint32_t P = p.h_out * p.w_out, HW = p.h_in * p.w_in, CHP = chunk_positions(&p), CHR = CHP / p.w_out;
-    const int32_t *e_w = ep_ctx_i32(c, nd->in[3]);
-    const int32_t e_lo = ep_q8_weight_exp_lo(e_w, p.c_out);
-    const int8_t *dy = ep_ctx_s8(c, nd->in[0]);
-    int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
-    int16_t *wt = (int16_t *)(void *)(acc + p.n * p.c_in * HW), *dyt = wt + G * J * COgp;
-    int32_t *dcols = (int32_t *)(void *)(dyt + CHP * COgp);
+/* What one sample's input-gradient sums need. */
+typedef struct {
+    ep_conv2d_params_t p;
+    const int8_t *dy;
+    const int32_t *e_w;
+    int32_t e_lo;
+    uint32_t J, COgp, P, HW, CHP;
+    const int16_t *wt;
+    int16_t *dyt;
+    int32_t *dcols;
+} conv_bwi_t;
 
-    for (uint32_t i = 0; i < p.n * p.c_in * HW; i++) {
-        acc[i] = 0;
+/* acc [c_in][HW] = the input-gradient sums of sample i (dy · W, scattered back by col2im). */
+static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
+    const ep_conv2d_params_t p = f->p;
+    const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = f->J, COgp = f->COgp;
+    const uint32_t P = f->P, HW = f->HW, CHR = f->CHP / p.w_out;
+    int16_t *dyt = f->dyt;
+    int32_t *dcols = f->dcols;
+    for (uint32_t k = 0; k < p.c_in * HW; k++) {
+        acc[k] = 0;
     }
-    for (uint32_t g = 0; g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
-        ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, wt + g * J * COgp, COgp);
-    }
-    for (uint32_t i = 0; i < p.n; i++) {
-        for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
-            const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
-            for (uint32_t g = 0; g < G; g++) {
-                const uint32_t co0 = g * cog;
-                ep_q8_pack(dy + (i * p.c_out + co0) * P + oh0 * p.w_out, pc, cog, 1, P, e_w + co0, e_lo, dyt, COgp);
-                ep_q8_dot_s16(J, pc, COgp, wt + g * J * COgp, dyt, dcols, J, false); /* dcols [pc][J] */
-                /* col2im: scatter-add every tap back onto its input element */
-                int32_t *ax = acc + (i * p.c_in + g * cig) * HW;
-                uint32_t j = 0;
-                for (uint32_t ci = 0; ci < cig; ci++) {
-                    for (uint32_t ki = 0; ki < p.kh; ki++) {
-                        for (uint32_t kj = 0; kj < p.kw; kj++, j++) {
-                            const int32_t *dc = dcols + j;
-                            for (uint32_t r = 0; r < nr; r++) {
-                                const int32_t ih = (int32_t)((oh0 + r) * p.sh + ki * p.dh) - (int32_t)p.pad_top;
-                                if (ih < 0 || ih >= (int32_t)p.h_in) {
-                                    dc += p.w_out * J;
-                                    continue;
-                                }
-                                uint32_t lo, hi;
-                                valid_cols(&p, kj, &lo, &hi);
-                                if (lo < hi) {
-                                    int32_t *ar = ax + ci * HW + (uint32_t)ih * p.w_in +
-                                                  (uint32_t)((int32_t)(lo * p.sw + kj * p.dw) - (int32_t)p.pad_left);
-                                    const int32_t *d = dc + lo * J;
-                                    for (uint32_t ow = lo; ow < hi; ow++, ar += p.sw, d += J) {
-                                        *ar += *d;
-                                    }
-                                }
+    for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
+        const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
+        for (uint32_t g = 0; g < G; g++) {
+            const uint32_t co0 = g * cog;
+            ep_q8_pack(f->dy + (i * p.c_out + co0) * P + oh0 * p.w_out, pc, cog, 1, P, f->e_w + co0, f->e_lo, dyt, COgp);
+            ep_q8_dot_s16(J, pc, COgp, f->wt + g * J * COgp, dyt, dcols, J, false); /* dcols [pc][J] */
+            /* col2im: scatter-add every tap back onto its input element */
+            int32_t *ax = acc + g * cig * HW;
+            uint32_t j = 0;
+            for (uint32_t ci = 0; ci < cig; ci++) {
+                for (uint32_t ki = 0; ki < p.kh; ki++) {
+                    for (uint32_t kj = 0; kj < p.kw; kj++, j++) {
+                        const int32_t *dc = dcols + j;
+                        for (uint32_t r = 0; r < nr; r++) {
+                            const int32_t ih = (int32_t)((oh0 + r) * p.sh + ki * p.dh) - (int32_t)p.pad_top;
+                            if (ih < 0 || ih >= (int32_t)p.h_in) {
                                 dc += p.w_out * J;
+                                continue;
                             }
+                            uint32_t lo, hi;
+                            valid_cols(&p, kj, &lo, &hi);
+                            if (lo < hi) {
+                                int32_t *ar = ax + ci * HW + (uint32_t)ih * p.w_in +
+                                              (uint32_t)((int32_t)(lo * p.sw + kj * p.dw) - (int32_t)p.pad_left);
+                                const int32_t *d = dc + lo * J;
+                                for (uint32_t ow = lo; ow < hi; ow++, ar += p.sw, d += J) {
+                                    *ar += *d;
+                                }
+                            }
+                            dc += p.w_out * J;
                         }
                     }
                 }
             }
         }
     }
-    ep_ctx_i32(c, nd->out[1])[0] =
-        ep_q8_requant(acc, p.n * p.c_in * HW, 1, 1, ep_q8_ctx_exp(c, nd->in[1], 0) + e_lo, NULL, ep_ctx_s8(c, nd->out[0]));
+}
+
+static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
+    ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->out[0], nd->in[2], nd->in[0]);
+    p.n = c->n;
+    const bool per_sample = nd->iattr[CONV_PER_SAMPLE] != 0;
+    const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = cig * p.kh * p.kw, COgp = ep_q8_even(cog);
+    const uint32_t HW = p.h_in * p.w_in, CHP = chunk_positions(&p), acc_n = per_sample ? 1 : p.n;
+    const int32_t *e_w = ep_ctx_i32(c, nd->in[3]);
+    int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
+    int16_t *wt = (int16_t *)(void *)(acc + acc_n * p.c_in * HW), *dyt = wt + G * J * COgp;
+    const conv_bwi_t f = {p, ep_ctx_s8(c, nd->in[0]), e_w, ep_q8_weight_exp_lo(e_w, p.c_out), J, COgp,
+                          p.h_out * p.w_out, HW, CHP, wt, dyt, (int32_t *)(void *)(dyt + CHP * COgp)};
+    const int32_t e_base = ep_q8_ctx_exp(c, nd->in[1], 0) + f.e_lo;
+    int8_t *dx = ep_ctx_s8(c, nd->out[0]);
+    for (uint32_t g = 0; g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
+        ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, wt + g * J * COgp, COgp);
+    }
+    int32_t e_dx;
+    if (!per_sample) {
+        for (uint32_t i = 0; i < p.n; i++) {
+            bwi_sample(&f, i, acc + i * p.c_in * HW);
+        }
+        e_dx = ep_q8_requant(acc, p.n * p.c_in * HW, 1, 1, e_base, NULL, dx);
+    } else {
+        uint32_t mag = 0;
+        for (uint32_t i = 0; i < p.n; i++) {
+            bwi_sample(&f, i, acc);
+            ep_q8_acc_mags(acc, 1, 1, p.c_in * HW, &mag);
+        }
+        e_dx = ep_q8_requant_exp(&mag, 1, e_base, NULL);
+        for (uint32_t i = 0; i < p.n; i++) {
+            bwi_sample(&f, i, acc);
+            ep_q8_requant_apply(acc, 1, 1, p.c_in * HW, e_base, NULL, e_dx, dx + i * p.c_in * HW);
+        }
+    }
+    ep_ctx_i32(c, nd->out[1])[0] = e_dx;
 }
 
 static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {

@@ -367,6 +367,39 @@ static void shift_sat(const int32_t *restrict p, uint32_t n, int32_t s, int8_t *
     }
 }
 
+/* The exponent channel c's sums (OR of magnitudes mag) ask for. */
+static int32_t chan_exp(uint32_t mag, int32_t e_base, const int32_t *e_ch, uint32_t c) {
+    return ep_q8_bitlen(mag) + e_base + (e_ch ? ep_q8_exp(e_ch[c]) : 0) - 7;
+}
+
+void ep_q8_acc_mags(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, uint32_t *restrict mag) {
+    for (uint32_t c = 0; c < C; c++) {
+        for (uint32_t o = 0; o < outer; o++) {
+            mag[c] |= mag_or(acc + (o * C + c) * inner, inner);
+        }
+    }
+}
+
+int32_t ep_q8_requant_exp(const uint32_t *mag, uint32_t C, int32_t e_base, const int32_t *e_ch) {
+    int32_t e_out = INT32_MIN;
+    for (uint32_t c = 0; c < C; c++) {
+        const int32_t e = chan_exp(mag[c], e_base, e_ch, c);
+        e_out = e > e_out ? e : e_out;
+    }
+    return e_out;
+}
+
+void ep_q8_requant_apply(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
+                         const int32_t *restrict e_ch, int32_t e_out, int8_t *restrict y) {
+    for (uint32_t c = 0; c < C; c++) {
+        const int32_t s = e_out - (e_base + (e_ch ? ep_q8_exp(e_ch[c]) : 0));
+        for (uint32_t o = 0; o < outer; o++) {
+            const uint32_t base = (o * C + c) * inner;
+            shift_sat(acc + base, inner, s, y + base);
+        }
+    }
+}
+
 int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
                       const int32_t *restrict e_ch, int8_t *restrict y) {
     if (e_ch == NULL && C != 0) { /* one exponent: the whole tensor is one run */
@@ -379,16 +412,10 @@ int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, u
         for (uint32_t o = 0; o < outer; o++) {
             mag |= mag_or(acc + (o * C + c) * inner, inner);
         }
-        const int32_t e = ep_q8_bitlen(mag) + e_base + (e_ch ? ep_q8_exp(e_ch[c]) : 0) - 7;
+        const int32_t e = chan_exp(mag, e_base, e_ch, c);
         e_out = e > e_out ? e : e_out;
     }
-    for (uint32_t c = 0; c < C; c++) {
-        const int32_t s = e_out - (e_base + (e_ch ? ep_q8_exp(e_ch[c]) : 0));
-        for (uint32_t o = 0; o < outer; o++) {
-            const uint32_t base = (o * C + c) * inner;
-            shift_sat(acc + base, inner, s, y + base);
-        }
-    }
+    ep_q8_requant_apply(acc, outer, C, inner, e_base, e_ch, e_out, y);
     return e_out;
 }
 
