@@ -244,19 +244,23 @@ def test_int8_batch_norm_between_int8_layers_changes_no_bit(monkeypatch):
     one BATCHNORM_Q8 (stats and train forward, both backwards) instead of DEQUANTIZE →
     BATCHNORM → QUANTIZE, which it computes bit for bit, without the f32 tensors. Three
     steps with and without the int8 form: the same losses and parameters, bit for bit,
-    and a lower activation peak. The batch norms and ELUs that feed a pool (f32) keep the
-    f32 form: an int8 output there would be a rounding the f32 program does not make."""
+    and a lower activation peak. (With pooling and dropout kept in f32, the other batch
+    norms and ELUs feed an f32 layer and stay f32: an int8 output there would be a
+    rounding the f32 program does not make.)"""
     from host.bench_int8 import live_peak
-    from host.layers.norm_act import BatchNorm
+    from host.layers.conv_pool import AvgPool2d
+    from host.layers.norm_act import BatchNorm, Dropout
 
     spec, params = resolve_model("eegnet-scp1", 0)
     cfg = TrainConfig(batch=4, lr=1e-3, optimizer="adam", dtype="int8")
-    prog = compile_model(spec, params, cfg)
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m:  # pooling and dropout in f32: bn2, bn3 (→ ELU → pool) stay f32
+        m.setattr(AvgPool2d, "int8", False)
+        m.setattr(Dropout, "int8", False)
+        prog = compile_model(spec, params, cfg)
         m.setattr(BatchNorm, "int8", False)
         plain = compile_model(spec, params, cfg)
     layers = {n.layer for n in prog.graph.nodes if n.op == OpCode.BATCHNORM_Q8}
-    assert layers == {"bn1"}, layers  # bn2, bn3 feed ELU → avgpool: f32
+    assert layers == {"bn1"}, layers
     assert not any(n.op == OpCode.BATCHNORM_Q8 for n in plain.graph.nodes)
     assert live_peak(prog) < 0.8 * live_peak(plain)
     rng = np.random.default_rng(0)
@@ -324,3 +328,27 @@ def test_per_sample_sums_change_no_bit_and_fit_where_batch_sums_do_not():
     auto = compile_model(spec, params, cfg, arena_limit=limit)
     assert auto.config.int8_sums == "sample" and auto.plan.arena_bytes == progs[1].plan.arena_bytes
     assert compile_model(spec, params, cfg).config.int8_sums == "batch"
+
+
+
+def test_eegnet_runs_int8_from_conv_to_conv():
+    """By default every layer of eegnet-scp1 between its convs has an int8 form: batch norm,
+    ELU, average pooling and dropout (BATCHNORM_Q8, ACT_Q8, AVGPOOL2D_Q8, DROPOUT_Q8), so
+    its training program holds no f32 activation but the loss's; it trains on the C
+    runtime (a few Adam steps on real SCP1 trials lower the loss on them)."""
+    spec, params = resolve_model("eegnet-scp1", 0)
+    prog = compile_model(spec, params, TrainConfig(batch=16, lr=1e-3, optimizer="adam", dtype="int8"))
+    g = prog.graph
+    ops = {n.op for n in g.nodes[g.train_begin:g.train_loss_end]}
+    assert {OpCode.BATCHNORM_Q8, OpCode.ACT_Q8, OpCode.AVGPOOL2D_Q8, OpCode.DROPOUT_Q8} <= ops
+    assert not ops & {OpCode.BATCHNORM, OpCode.ELU, OpCode.AVGPOOL2D, OpCode.DROPOUT}
+    ds = load_dataset("eeg")
+    sel = np.random.default_rng(2).choice(len(ds.y_train), 16, replace=False)
+    x, y = ds.x_train[sel].astype(np.float32).tobytes(), bytes(ds.y_train[sel].astype(np.uint8))
+    rt = nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
+    losses = []
+    for _ in range(10):
+        st, why, r = rt.run(y, x, train=True)
+        assert st == 0, why
+        losses.append(r.loss)
+    assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses

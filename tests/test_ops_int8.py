@@ -574,6 +574,95 @@ def test_act_q8_in_place_forward():
     assert_same(got.read("e_y"), want.read("e_y"), "e_y")
 
 
+POOL_CASES = {  # dims (C, H, W) or (C, L), iattrs (kh kw sh sw pads×4 count_include_pad)
+    "2x2": ((3, 6, 8), (2, 2, 2, 2, 0, 0, 0, 0, 1)),
+    "eeg_1x4": ((4, 18), (1, 4, 1, 4, 0, 0, 0, 0, 1)),
+    "3x3_pad_exclusive": ((2, 7, 5), (3, 3, 2, 1, 1, 1, 1, 1, 0)),
+}
+
+
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_avgpool2d_q8_is_the_f32_chain(target, rng, case):
+    dims, attrs = POOL_CASES[case]
+    mb = 3
+    kh, kw, sh, sw, pt, pb, pl, pr, _ = attrs
+    h, w = (dims[1], dims[2]) if len(dims) == 3 else (1, dims[1])
+    ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    out = (dims[0], ho, wo) if len(dims) == 3 else (dims[0], wo)
+    x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, *out))
+    names = ("y", "e_y", "dx", "e_dx")
+    got = {}
+    for fused in (True, False):
+        qg = il.QGraph("poolq" if fused else "poolq_chain", mb)
+        qg.add("x", dims, DType.S8, B, x)
+        qg.exp("e_x", -5)
+        qg.add("dy", out, DType.S8, B, dy)
+        qg.exp("e_dy", -10)
+        qg.add("y", out, DType.S8, B)
+        qg.add("dx", dims, DType.S8, B)
+        qg.exp("e_y")
+        qg.exp("e_dx")
+        if fused:
+            qg.scratch("s", 4 * (h * w + ho * wo))
+            qg.node(OpCode.AVGPOOL2D_Q8, FW, ["x", "e_x"], ["y", "e_y", "s"], attrs)
+            qg.node(OpCode.AVGPOOL2D_Q8, BWI, ["dy", "e_dy"], ["dx", "e_dx", "s"], attrs)
+        else:
+            for name, d in (("xf", dims), ("yf", out), ("dyf", out), ("dxf", dims)):
+                qg.add(name, d, F32, B)
+            qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+            qg.node(OpCode.AVGPOOL2D, FW, ["xf"], ["yf"], attrs)
+            qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+            qg.node(OpCode.AVGPOOL2D, BWI, ["dyf"], ["dxf"], attrs)
+            qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+        qg.readable(*names)
+        got[fused] = _read(run_eval(target, qg), names)
+    for name in names:
+        assert_same(got[True][name], got[False][name], name)
+    assert np.abs(got[True]["y"]).max() > 60
+
+
+def test_dropout_q8_is_the_f32_chain(target, rng):
+    """The same mask (drawn 32 elements at a time: the same stream as all at once), state,
+    codes and exponents as DEQUANTIZE → DROPOUT → QUANTIZE; dx over dy."""
+    mb, k, p_drop = 3, 45, 0.25  # 135 elements: not a multiple of 8 or 32
+    x, dy = codes(rng, (mb, k)), codes(rng, (mb, k))
+    seed = np.array([0x2545F491], np.uint32).view(np.int32)
+    names = ("y", "e_y", "dx", "e_dx", "mask", "state")
+    got = {}
+    for fused in (True, False):
+        qg = il.QGraph("dropq" if fused else "dropq_chain", mb)
+        qg.add("x", (k,), DType.S8, B, x)
+        qg.exp("e_x", -5)
+        qg.add("dy", (k,), DType.S8, B, dy)
+        qg.exp("e_dy", -10)
+        qg.add("y", (k,), DType.S8, B)
+        qg.exp("e_y")
+        qg.exp("e_dx")
+        qg.add("mask", ((k + 7) // 8,), DType.U8, B)
+        qg.add("state", (1,), DType.I32, P, seed)
+        if fused:
+            qg.inplace("dx", "dy")
+            qg.node(OpCode.DROPOUT_Q8, FW, ["x", "e_x"], ["y", "e_y", "mask", "state"], (), (p_drop,))
+            qg.node(OpCode.DROPOUT_Q8, BWI, ["dy", "e_dy", "mask"], ["dx", "e_dx"], (), (p_drop,))
+        else:
+            qg.add("dx", (k,), DType.S8, B)
+            for name in ("xf", "yf", "dyf", "dxf"):
+                qg.add(name, (k,), F32, B)
+            qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+            qg.node(OpCode.DROPOUT, FW, ["xf"], ["yf", "mask", "state"], (0,), (p_drop,))
+            qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+            qg.node(OpCode.DROPOUT, BWI, ["dyf", "mask"], ["dxf"], (0,), (p_drop,))
+            qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+        qg.readable(*names)
+        got[fused] = _read(run_eval(target, qg), names)
+    for name in names:
+        assert_same(got[True][name], got[False][name], name)
+    kept = np.unpackbits(got[True]["mask"].reshape(-1), bitorder="little")[:mb * k]
+    assert 0.6 < kept.mean() < 0.9  # about 1 - p kept
+
+
 def _bnq_parse(mutate) -> str:
     dims, mb = (4, 5), 2
     z = np.zeros((mb, *dims), np.int8)
@@ -605,6 +694,39 @@ def test_malformed_batchnorm_q8_is_refused(mutate, why):
     assert _bnq_parse(lambda qg: None) == ""
     got = _bnq_parse(mutate)
     assert why in got, got
+
+
+def _pool_drop_graph(pool_scratch=4 * (18 + 5), pool_attrs=(1, 4, 1, 4, 0, 0, 0, 0, 1), p_drop=0.5,
+                     mask_elems=2, state_dims=(1,), drop_y=None) -> bytes:
+    qg = il.QGraph("pd_bad", 2)
+    qg.add("x", (4, 18), DType.S8, B)
+    qg.exp("e_x", 0)
+    qg.add("y", (4, 4), DType.S8, B)
+    qg.exp("e_y")
+    qg.scratch("s", pool_scratch)
+    qg.node(OpCode.AVGPOOL2D_Q8, FW, ["x", "e_x"], ["y", "e_y", "s"], pool_attrs)
+    qg.add("mask", (mask_elems,), DType.U8, B)
+    qg.add("state", state_dims, DType.I32, P)
+    qg.exp("e_z")
+    if drop_y is None:
+        qg.add("z", (4, 4), DType.S8, B)
+    qg.node(OpCode.DROPOUT_Q8, FW, ["y", "e_y"], [drop_y or "z", "e_z", "mask", "state"], (), (p_drop,))
+    return qg.blob()
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(pool_scratch=40), "scratch"),
+    (dict(pool_attrs=(1, 8, 1, 4, 0, 0, 0, 0, 1)), "output size"),
+    (dict(pool_attrs=(1, 4, 1, 4, 0, 0, 0, 0, 2)), "count_include_pad"),
+    (dict(p_drop=1.5), "p (fattr[0])"),
+    (dict(mask_elems=1), "mask"),
+    (dict(state_dims=(2,)), "state"),
+    (dict(drop_y="e_y"), "dropout_q8"),
+])
+def test_malformed_pool_and_dropout_q8_are_refused(kw, why):
+    assert nl.parse(_pool_drop_graph()).status == 0
+    p = nl.parse(_pool_drop_graph(**kw))
+    assert p.status != 0 and why in p.why, (p.status, p.why)
 
 
 @pytest.mark.parametrize("fattrs, iattrs, why", [

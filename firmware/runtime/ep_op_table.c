@@ -50,6 +50,8 @@ static const ep_op_t *const k_ops[EP_OPCODE_COUNT] = {
     [EP_OP_L3_STORE] = &ep_op_l3_store,
     [EP_OP_BATCHNORM_Q8] = &ep_op_batchnorm_q8,
     [EP_OP_ACT_Q8] = &ep_op_act_q8,
+    [EP_OP_AVGPOOL2D_Q8] = &ep_op_avgpool2d_q8,
+    [EP_OP_DROPOUT_Q8] = &ep_op_dropout_q8,
 };
 
 const ep_op_t *ep_op_lookup(uint8_t opcode) {

@@ -426,7 +426,19 @@ class _Pool(LayerRule):
         cip = int(layer.attrs.get("count_include_pad", False)) if self.kind == "avg" else 0
         return (*g.kernel, *g.stride, *g.pads, cip)
 
+    def _q8_scratch(self, e, layer, x) -> int:
+        """AVGPOOL2D_Q8's scratch: one (sample, channel) plane of each side in f32."""
+        c, h, w = _spatial(layer, e.dims(x), self.rank)
+        _, ho, wo = _spatial(layer, self.out_shape(layer, e.dims(x)), self.rank)
+        return e.scratch_bytes("q8.scratch", 4 * (h * w + ho * wo))
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):  # average pooling only (AvgPool*: int8 = True)
+            x = e.to_q8(x)
+            y = e.act_q8("out", self.out_shape(layer, e.dims(x)))
+            e.node(OpCode.AVGPOOL2D_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y], self._q8_scratch(e, layer, x)],
+                   iattrs=self.iattrs(layer))
+            return y, x
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(self.op, OpFn.FW, [x], [y], iattrs=self.iattrs(layer))
         # max pooling recomputes its selection from x in backward; average pooling needs only dy
@@ -435,6 +447,12 @@ class _Pool(LayerRule):
     def backward(self, e, layer, x, dy, need_dx):
         if not need_dx:
             return None
+        if e.is_q8(layer):
+            dy = e.to_q8(dy)
+            dx = e.act_q8("in.grad", e.dims(x), grad=True)
+            e.node(OpCode.AVGPOOL2D_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy]], [dx, e.qexp[dx], self._q8_scratch(e, layer, x)],
+                   iattrs=self.iattrs(layer))
+            return dx
         dx = e.grad("in.grad", e.dims(x))
         ins = [dy, x] if self.kind == "max" else [dy]
         e.node(self.op, OpFn.BW_INPUT, ins, [dx], iattrs=self.iattrs(layer))
@@ -481,6 +499,7 @@ class AvgPool2d(_Pool):
 
     type = "avgpool2d"
     torch_types = ("AvgPool2d",)
+    int8 = int8_after_int8 = int8_before_int8 = True  # AVGPOOL2D_Q8
 
 
 @register
@@ -498,6 +517,7 @@ class AvgPool1d(_Pool):
     type = "avgpool1d"
     rank = 2
     torch_types = ("AvgPool1d",)
+    int8 = int8_after_int8 = int8_before_int8 = True  # AVGPOOL2D_Q8
 
 
 @register

@@ -418,20 +418,32 @@ class Dropout(LayerRule):
             raise ModelError(f"attribute 'p' = {p!r}: want 0 <= p < 1")
         return {"p": p}
 
+    int8 = int8_after_int8 = int8_before_int8 = True  # DROPOUT_Q8 (training; eval has no node)
+
     def forward(self, e, layer, x, train):
         if not train:
             return x, None  # the identity: no node, the output is the input tensor
+        q8 = e.is_q8(layer)
+        x = e.to_q8(x) if q8 else x
         dims = e.dims(x)
-        y = e.act("out", dims)
+        y = e.act_q8("out", dims) if q8 else e.act("out", dims)
         mask = e.saved("mask", ((_elems(dims) + 7) // 8,), batched=True, dtype=DType.U8)
         seed = np.array([dropout_seed(layer.name)], np.uint32).view(np.int32)
         state = e.g.add_tensor(Tensor(f"{layer.name}.rng_state", (1,), DType.I32, TensorFlag.PARAM, init=seed))
-        e.node(OpCode.DROPOUT, OpFn.FW, [x], [y, mask, state], iattrs=(DROPOUT_TRAIN,), fattrs=(layer["p"],))
+        if q8:
+            e.node(OpCode.DROPOUT_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y], mask, state], fattrs=(layer["p"],))
+        else:
+            e.node(OpCode.DROPOUT, OpFn.FW, [x], [y, mask, state], iattrs=(DROPOUT_TRAIN,), fattrs=(layer["p"],))
         return y, mask
 
     def backward(self, e, layer, mask, dy, need_dx):
         if not need_dx:
             return None
+        if e.is_q8(layer):
+            dy = e.to_q8(dy)
+            dx = e.act_q8("in.grad", e.dims(dy), grad=True)
+            e.node(OpCode.DROPOUT_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], mask], [dx, e.qexp[dx]], fattrs=(layer["p"],))
+            return dx
         dx = e.grad("in.grad", e.dims(dy))
         e.node(OpCode.DROPOUT, OpFn.BW_INPUT, [dy, mask], [dx], iattrs=(DROPOUT_TRAIN,), fattrs=(layer["p"],))
         return dx

@@ -253,12 +253,12 @@ void ep_maxpool2d_bw_input_f32(const ep_pool2d_params_t *p, const float *restric
  */
 enum { POOL_KH, POOL_KW, POOL_SH, POOL_SW, POOL_PT, POOL_PB, POOL_PL, POOL_PR, POOL_CIP, POOL_N_IATTR };
 
-static bool pool_is_act(const ep_model_t *m, uint16_t t) {
+static bool pool_is_act(const ep_model_t *m, uint16_t t, uint8_t dtype) {
     const ep_tensor_t *x = &m->tensors[t];
-    return x->dtype == EP_DTYPE_F32 && (x->flags & EP_TF_BATCHED) != 0 && (x->rank == 2 || x->rank == 3);
+    return x->dtype == dtype && (x->flags & EP_TF_BATCHED) != 0 && (x->rank == 2 || x->rank == 3);
 }
 
-static ep_pool2d_params_t pool_geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t y) {
+ep_pool2d_params_t ep_pool2d_geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t y) {
     const ep_tensor_t *xt = &m->tensors[x], *yt = &m->tensors[y];
     const bool two_d = xt->rank == 3;
     const uint16_t *a = nd->iattr;
@@ -276,11 +276,11 @@ static ep_pool2d_params_t pool_geom(const ep_model_t *m, const ep_node_t *nd, ui
 /* The reason, naming the op the node belongs to. */
 #define POOL_WHY(msg) (is_max ? EP_WHY("maxpool2d: " msg) : EP_WHY("avgpool2d: " msg))
 
-static ep_status_t pool_check(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t y, bool is_max,
-                              const char **why) {
-    if (!pool_is_act(m, x) || !pool_is_act(m, y) || m->tensors[x].rank != m->tensors[y].rank ||
+ep_status_t ep_pool2d_check(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t y, bool is_max,
+                            uint8_t dtype, const char **why) {
+    if (!pool_is_act(m, x, dtype) || !pool_is_act(m, y, dtype) || m->tensors[x].rank != m->tensors[y].rank ||
         m->tensors[x].dims[0] != m->tensors[y].dims[0]) {
-        return ep_reject(why, POOL_WHY("x/dx and y/dy must be batched f32 [C][H][W] or [C][L], same rank and C"));
+        return ep_reject(why, POOL_WHY("x/dx and y/dy must be batched [C][H][W] or [C][L] (f32, s8 for avgpool2d_q8), same rank and C"));
     }
     for (uint8_t i = POOL_N_IATTR; i < EP_NODE_IATTRS; i++) {
         if (nd->iattr[i] != 0) {
@@ -292,7 +292,7 @@ static ep_status_t pool_check(const ep_model_t *m, const ep_node_t *nd, uint16_t
             return ep_reject(why, POOL_WHY("fattrs must be 0"));
         }
     }
-    const ep_pool2d_params_t p = pool_geom(m, nd, x, y);
+    const ep_pool2d_params_t p = ep_pool2d_geom(m, nd, x, y);
     if (p.kh == 0 || p.kw == 0) {
         return ep_reject(why, POOL_WHY("zero kernel"));
     }
@@ -330,7 +330,7 @@ static ep_status_t avgpool2d_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (nd->n_in != 1 || nd->n_out != 1) {
             return ep_reject(why, EP_WHY("avgpool2d.fw: needs input (x) and output (y)"));
         }
-        if ((st = pool_check(m, nd, nd->in[0], nd->out[0], false, why)) != EP_OK) {
+        if ((st = ep_pool2d_check(m, nd, nd->in[0], nd->out[0], false, EP_DTYPE_F32, why)) != EP_OK) {
             return st;
         }
         if (ep_overlap(m, nd->out[0], nd->in[0])) {
@@ -342,7 +342,7 @@ static ep_status_t avgpool2d_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (nd->n_in != 1 || nd->n_out != 1) {
             return ep_reject(why, EP_WHY("avgpool2d.bw_input: needs input (dy) and output (dx)"));
         }
-        if ((st = pool_check(m, nd, nd->out[0], nd->in[0], false, why)) != EP_OK) {
+        if ((st = ep_pool2d_check(m, nd, nd->out[0], nd->in[0], false, EP_DTYPE_F32, why)) != EP_OK) {
             return st;
         }
         if (ep_overlap(m, nd->out[0], nd->in[0])) {
@@ -359,7 +359,7 @@ static ep_status_t maxpool2d_prepare(const ep_model_t *m, const ep_node_t *nd, c
         if (nd->n_in != 1 || nd->n_out != 1) {
             return ep_reject(why, EP_WHY("maxpool2d.fw: needs input (x) and output (y)"));
         }
-        if ((st = pool_check(m, nd, nd->in[0], nd->out[0], true, why)) != EP_OK) {
+        if ((st = ep_pool2d_check(m, nd, nd->in[0], nd->out[0], true, EP_DTYPE_F32, why)) != EP_OK) {
             return st;
         }
         if (ep_overlap(m, nd->out[0], nd->in[0])) {
@@ -372,10 +372,10 @@ static ep_status_t maxpool2d_prepare(const ep_model_t *m, const ep_node_t *nd, c
             return ep_reject(why, EP_WHY("maxpool2d.bw_input: needs inputs (dy, x) and output (dx)"));
         }
         const uint16_t dy = nd->in[0], x = nd->in[1], dx = nd->out[0];
-        if ((st = pool_check(m, nd, dx, dy, true, why)) != EP_OK) {
+        if ((st = ep_pool2d_check(m, nd, dx, dy, true, EP_DTYPE_F32, why)) != EP_OK) {
             return st;
         }
-        if (!pool_is_act(m, x) || !ep_same_shape(m, x, dx)) {
+        if (!pool_is_act(m, x, EP_DTYPE_F32) || !ep_same_shape(m, x, dx)) {
             return ep_reject(why, EP_WHY("maxpool2d.bw_input: x must be batched f32 shaped like dx"));
         }
         if (ep_overlap(m, dx, dy) || ep_overlap(m, dx, x)) {
@@ -387,25 +387,25 @@ static ep_status_t maxpool2d_prepare(const ep_model_t *m, const ep_node_t *nd, c
 }
 
 static void avgpool2d_fw(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_pool2d_params_t p = pool_geom(c->model, nd, nd->in[0], nd->out[0]);
+    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, nd->in[0], nd->out[0]);
     p.n = c->n;
     ep_avgpool2d_fw_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->out[0]));
 }
 
 static void avgpool2d_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_pool2d_params_t p = pool_geom(c->model, nd, nd->out[0], nd->in[0]);
+    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, nd->out[0], nd->in[0]);
     p.n = c->n;
     ep_avgpool2d_bw_input_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->out[0]));
 }
 
 static void maxpool2d_fw(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_pool2d_params_t p = pool_geom(c->model, nd, nd->in[0], nd->out[0]);
+    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, nd->in[0], nd->out[0]);
     p.n = c->n;
     ep_maxpool2d_fw_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->out[0]));
 }
 
 static void maxpool2d_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
-    ep_pool2d_params_t p = pool_geom(c->model, nd, nd->out[0], nd->in[0]);
+    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, nd->out[0], nd->in[0]);
     p.n = c->n;
     ep_maxpool2d_bw_input_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->in[1]), ep_ctx_f32(c, nd->out[0]));
 }

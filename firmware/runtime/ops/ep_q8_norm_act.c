@@ -8,12 +8,17 @@
  *                 BW_PARAM   in (dy, e_dy, x, e_x, saved)          out (dgamma, dbeta)
  *   ACT_Q8        FW         in (x s8, e_x)                       out (y s8, e_y)        y may alias x
  *                 BW_INPUT   in (dy s8, e_dy, t s8, e_t)          out (dx s8, e_dx)      dx may alias dy or t
+ *   AVGPOOL2D_Q8  FW         in (x s8, e_x)                       out (y s8, e_y, scratch)
+ *                 BW_INPUT   in (dy s8, e_dy)                     out (dx s8, e_dx, scratch)
+ *   DROPOUT_Q8    FW         in (x s8, e_x)                       out (y s8, e_y, mask, state)  y may alias x
+ *                 BW_INPUT   in (dy s8, e_dy, mask)               out (dx s8, e_dx)      dx may alias dy
  *
- * Each computes exactly what DEQUANTIZE, the f32 node (BATCHNORM, or the activation
- * named by ACT_Q8's iattr[0]) and QUANTIZE compute in a row, bit for bit, without the
- * f32 tensors: operands are read from their codes (code · 2^e, exact, as DEQUANTIZE),
- * the reductions are the f32 kernels' own loop bodies (ep_norm_act.h), and an int8
- * output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
+ * Each computes exactly what DEQUANTIZE, the f32 node (BATCHNORM, the activation
+ * named by ACT_Q8's iattr[0], AVGPOOL2D, DROPOUT in train mode) and QUANTIZE compute
+ * in a row, bit for bit, without the f32 tensors: operands are read from their codes (code · 2^e, exact, as DEQUANTIZE),
+ * the reductions are the f32 kernels' own loop bodies (ep_norm_act.h), the
+ * element-wise ops run the f32 kernels on short stack chunks and the pooling on one
+ * (sample, channel) plane at a time in its scratch, and an int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
  * picks it), then the codes. The batch norm's training forward is two nodes (stats,
  * then train) because a node has at most four outputs.
  *
@@ -23,6 +28,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "ep_conv_pool.h"
 #include "ep_norm_act.h"
 #include "ep_q8.h"
 
@@ -373,4 +379,165 @@ const ep_op_t ep_op_act_q8 = {
     .name = "act_q8",
     .prepare = act_q8_prepare,
     .fn = {[EP_FN_FW] = act_q8_run, [EP_FN_BW_INPUT] = act_q8_run, [EP_FN_BW_PARAM] = NULL},
+};
+
+/* ---- AVGPOOL2D_Q8 --------------------------------------------------------------------- */
+
+/*
+ * iattrs as AVGPOOL2D (kh kw sh sw pad×4 count_include_pad); x/dx [C][H][W] or [C][L]
+ * and y/dy batched s8 with i32 [1] exponents; scratch an unbatched s8 of at least
+ * 4·(H·W + H_out·W_out) bytes: one plane of each side in f32.
+ */
+static ep_status_t avgpool2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const bool fw = nd->fn == EP_FN_FW;
+    if ((!fw && nd->fn != EP_FN_BW_INPUT) || nd->n_in != 2 || nd->n_out != 3) {
+        return ep_reject(why, EP_WHY("avgpool2d_q8: needs fw (x, e_x) -> (y, e_y, scratch) or bw_input (dy, e_dy) -> (dx, e_dx, scratch)"));
+    }
+    const uint16_t x = fw ? nd->in[0] : nd->out[0], y = fw ? nd->out[0] : nd->in[0];
+    const ep_status_t st = ep_pool2d_check(m, nd, x, y, false, EP_DTYPE_S8, why);
+    if (st != EP_OK) {
+        return st;
+    }
+    const ep_pool2d_params_t p = ep_pool2d_geom(m, nd, x, y);
+    if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->out[1], 1) ||
+        !ep_q8_scratch_ok(m, nd->out[2], 4u * ((uint64_t)p.h_in * p.w_in + (uint64_t)p.h_out * p.w_out))) {
+        return ep_reject(why, EP_WHY("avgpool2d_q8: exponents must be i32 [1], scratch an unbatched s8 of >= 4*(H*W + H_out*W_out) bytes"));
+    }
+    if (!ep_outputs_disjoint(m, nd, -1)) {
+        return ep_reject(why, EP_WHY("avgpool2d_q8: outputs overlap inputs or each other"));
+    }
+    return EP_OK;
+}
+
+/* One pass over the n·C planes: the f32 pooling (or its input gradient) of each dequantized
+ * plane in the scratch; out NULL: the largest magnitude (returned), else codes at e. */
+static float avgpool_q8_pass(const ep_pool2d_params_t *p, bool fw, const int8_t *a, float sa, float *buf, int32_t e,
+                             int8_t *out) {
+    const uint32_t in = fw ? p->h_in * p->w_in : p->h_out * p->w_out;
+    const uint32_t res = fw ? p->h_out * p->w_out : p->h_in * p->w_in;
+    float *src = buf, *dst = buf + (fw ? p->h_in * p->w_in : p->h_out * p->w_out);
+    ep_pool2d_params_t one = *p;
+    one.n = one.c = 1;
+    float amax = 0.0f;
+    for (uint32_t k = 0; k < p->n * p->c; k++) {
+        for (uint32_t j = 0; j < in; j++) {
+            src[j] = (float)a[k * in + j] * sa;
+        }
+        if (fw) {
+            ep_avgpool2d_fw_f32(&one, src, dst);
+        } else {
+            ep_avgpool2d_bw_input_f32(&one, src, dst);
+        }
+        for (uint32_t j = 0; j < res; j++) {
+            if (out != NULL) {
+                out[k * res + j] = ep_q8_quantize1(dst[j], e);
+            } else {
+                amax = maxabs_step(amax, dst[j]);
+            }
+        }
+    }
+    return amax;
+}
+
+static void avgpool2d_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool fw = nd->fn == EP_FN_FW;
+    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, fw ? nd->in[0] : nd->out[0], fw ? nd->out[0] : nd->in[0]);
+    p.n = c->n;
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]);
+    const float sa = bnq_scale(c, nd->in[1]);
+    float *buf = ep_ctx_f32(c, nd->out[2]);
+    const int32_t e = ep_q8_exp_for_maxabs(avgpool_q8_pass(&p, fw, a, sa, buf, 0, NULL));
+    avgpool_q8_pass(&p, fw, a, sa, buf, e, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+const ep_op_t ep_op_avgpool2d_q8 = {
+    .name = "avgpool2d_q8",
+    .prepare = avgpool2d_q8_prepare,
+    .fn = {[EP_FN_FW] = avgpool2d_q8_run, [EP_FN_BW_INPUT] = avgpool2d_q8_run, [EP_FN_BW_PARAM] = NULL},
+};
+
+/* ---- DROPOUT_Q8 ------------------------------------------------------------------------ */
+
+/*
+ * The training dropout only (the eval forward is the identity: no node). fattr[0] p in
+ * [0, 1], everything else 0. x, y, dy, dx batched s8 of one element count E per sample,
+ * exponents i32 [1]; mask a batched u8 [ceil(E/8)]; state an unbatched i32 [1] (as
+ * DROPOUT). The forward's first pass draws the mask (the f32 kernel on 32-element
+ * chunks: the same stream and bits as over the whole batch at once), the second applies
+ * it (x·scale where kept, the f32 kernel's product).
+ */
+static ep_status_t dropout_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const bool fw = nd->fn == EP_FN_FW;
+    if ((!fw && nd->fn != EP_FN_BW_INPUT) || nd->n_in != (fw ? 2 : 3) || nd->n_out != (fw ? 4 : 2)) {
+        return ep_reject(why, EP_WHY("dropout_q8: needs fw (x, e_x) -> (y, e_y, mask, state) or bw_input (dy, e_dy, mask) -> (dx, e_dx)"));
+    }
+    if (!ep_iattrs_zero_from(nd, 0) || !(nd->fattr[0] >= 0.0f && nd->fattr[0] <= 1.0f)) {
+        return ep_reject(why, EP_WHY("dropout_q8: p (fattr[0]) must be in [0, 1], iattrs 0"));
+    }
+    for (uint8_t i = 1; i < EP_NODE_FATTRS; i++) {
+        if (nd->fattr[i] != 0.0f) {
+            return ep_reject(why, EP_WHY("dropout_q8: fattr[1..5] must be 0"));
+        }
+    }
+    const uint16_t x = nd->in[0], mask = fw ? nd->out[2] : nd->in[2];
+    const uint32_t E = m->tensors[x].elems;
+    bool ok = ep_q8_is_batched(m, x, EP_DTYPE_S8) && ep_q8_is_batched(m, nd->out[0], EP_DTYPE_S8) &&
+              m->tensors[nd->out[0]].elems == E && ep_q8_is_exp(m, nd->in[1], 1) && ep_q8_is_exp(m, nd->out[1], 1) &&
+              ep_tensor_is(m, mask, EP_DTYPE_U8, true, 1) && m->tensors[mask].elems == (E >> 3) + ((E & 7u) != 0u);
+    if (fw) {
+        ok = ok && ep_tensor_is(m, nd->out[3], EP_DTYPE_I32, false, 1) && m->tensors[nd->out[3]].elems == 1;
+    }
+    if (!ok) {
+        return ep_reject(why, EP_WHY("dropout_q8: x, y, dy, dx batched s8 of one size with i32 [1] exponents, mask a batched u8 [ceil(E/8)], state an i32 [1]"));
+    }
+    if (!ep_outputs_disjoint(m, nd, 0)) {
+        return ep_reject(why, EP_WHY("dropout_q8: an output overlaps an input or another output (only y over x, dx over dy exactly)"));
+    }
+    return EP_OK;
+}
+
+/* One pass in 32-element chunks: draw (the fw's first pass) or apply the mask to the
+ * dequantized codes; out NULL: the largest magnitude (returned), else codes at e. */
+static float dropout_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, float sa, uint8_t *mask,
+                             uint32_t *state, int32_t e, int8_t *out) {
+    float f[ACTQ_CHUNK], amax = 0.0f;
+    for (uint32_t i0 = 0; i0 < count; i0 += ACTQ_CHUNK) {
+        const uint32_t len = count - i0 < ACTQ_CHUNK ? count - i0 : ACTQ_CHUNK;
+        const ep_dropout_params_t p = {.count = len, .p_drop = nd->fattr[0], .state = state};
+        for (uint32_t j = 0; j < len; j++) {
+            f[j] = (float)a[i0 + j] * sa;
+        }
+        if (state != NULL) {
+            ep_dropout_fw_train_f32(&p, f, f, mask + i0 / 8u);
+        } else {
+            ep_dropout_bw_f32(&p, f, mask + i0 / 8u, f);
+        }
+        for (uint32_t j = 0; j < len; j++) {
+            if (out != NULL) {
+                out[i0 + j] = ep_q8_quantize1(f[j], e);
+            } else {
+                amax = maxabs_step(amax, f[j]);
+            }
+        }
+    }
+    return amax;
+}
+
+static void dropout_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool fw = nd->fn == EP_FN_FW;
+    const uint32_t count = ep_q8_count(c, nd->in[0]);
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]);
+    const float sa = bnq_scale(c, nd->in[1]);
+    uint8_t *mask = c->arena + c->model->tensors[fw ? nd->out[2] : nd->in[2]].offset;
+    uint32_t *state = fw ? (uint32_t *)(void *)ep_ctx_i32(c, nd->out[3]) : NULL;
+    const int32_t e = ep_q8_exp_for_maxabs(dropout_q8_pass(nd, count, a, sa, mask, state, 0, NULL));
+    dropout_q8_pass(nd, count, a, sa, mask, NULL, e, ep_ctx_s8(c, nd->out[0])); /* apply the mask drawn */
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+const ep_op_t ep_op_dropout_q8 = {
+    .name = "dropout_q8",
+    .prepare = dropout_q8_prepare,
+    .fn = {[EP_FN_FW] = dropout_q8_run, [EP_FN_BW_INPUT] = dropout_q8_run, [EP_FN_BW_PARAM] = NULL},
 };
