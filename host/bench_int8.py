@@ -14,10 +14,13 @@ build with -DEP_Q8_PORTABLE (plain C), built here into build/<board>-q8portable/
 Rows of bench/int8_results.json:
   kind "op"      one per layer, function, dtype, build and batch: instructions,
                  MACs (host.costs, taps inside the input only), MAC/instruction;
+                 dtype "int8-sample" is the conv with per-sample sums (TrainConfig
+                 int8_sums "sample": fw and bw_input make their sums twice);
   kind "memory"  per layer and batch: bytes of activations and back-propagated
                  errors the layer keeps (x, y, dy, dx), int8 vs fp32, their ratio,
                  and the int8 kernels' transient scratch (reused between nodes);
-  kind "model_memory"  per shipped model (full backprop, the largest batch): the planned
+  kind "model_memory"  per shipped model (full backprop, the largest batch) and way of
+                 holding the int8 convs' sums (int8_sums batch | sample): the planned
                  peak of activations, errors and scratch alive at once, fp32 vs int8;
   kind "fp32_model_ops"  the fp32 conv/linear totals of bench/results.json
                  (`make bench`), copied for comparison when that file exists.
@@ -159,20 +162,22 @@ def layer_graph(name: str, dtype: str, batch: int) -> _G:
     G.t("gW", wd, DType.I32)
     G.t("gb", (wd[0],), DType.I32)
     G.t("e_g", (2,), DType.I32)
+    per_sample = dtype == "int8-sample"  # CONV2D_Q8 iattr[9]: one sample's sums, made twice
     for fn in ("fw", "bw_input", "bw_param"):
-        G.scratch("s_" + fn, scratch_bytes(name, fn, batch))
-    G.node(op, OpFn.FW, ["x", "e_x", "W", "e_w", "b", "e_b"], ["y", "e_y", "s_fw"], iattrs)
-    G.node(op, OpFn.BW_INPUT, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], iattrs)
+        G.scratch("s_" + fn, scratch_bytes(name, fn, batch, per_sample))
+    sums = tuple(iattrs) + (1,) if per_sample else iattrs
+    G.node(op, OpFn.FW, ["x", "e_x", "W", "e_w", "b", "e_b"], ["y", "e_y", "s_fw"], sums)
+    G.node(op, OpFn.BW_INPUT, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], sums)
     G.node(op, OpFn.BW_PARAM, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param"], iattrs)
     return G
 
 
-def scratch_bytes(name: str, fn: str, batch: int) -> int:
+def scratch_bytes(name: str, fn: str, batch: int, per_sample: bool = False) -> int:
     kind, shape = LAYERS[name]
     xd, _, wd, geo = _act_shapes(kind, shape)
     if kind == "linear":
         return q.linear_scratch_bytes(fn, batch, wd[0], wd[1])
-    return q.conv_scratch_bytes(fn, batch, xd, wd, geo)
+    return q.conv_scratch_bytes(fn, batch, xd, wd, geo, per_sample)
 
 
 def measure(dev: Device, G: _G) -> list[int]:
@@ -222,8 +227,10 @@ def live_peak(prog, scratch: bool = True) -> int:
 def model_memory_rows(batch: int) -> list[dict]:
     """Per shipped model, full backprop at `batch`: the planned activation + error peak (and
     the whole arena) in fp32 and in int8 (f32 masters), and their ratio: the issue's
-    memory target measured on whole plans, where fp32 layers between the int8 ones (norms,
-    ELU/GELU, pools, attention, the loss) keep their f32 tensors and conversions add copies."""
+    memory target measured on whole plans, where fp32 layers between the int8 ones (layer
+    norms, attention, the loss, and what feeds an ADD) keep their f32 tensors. One row per
+    way the int8 convs hold their int32 sums (TrainConfig.int8_sums): "batch" (fastest) and
+    "sample" (one sample's, made twice: what `auto` picks when only it fits a board)."""
     from .compiler import TrainConfig, compile_model
     from .importer import resolve_model
     from .zoo import model_names
@@ -231,16 +238,18 @@ def model_memory_rows(batch: int) -> list[dict]:
     rows = []
     for name in model_names():
         spec, params = resolve_model(name, 0)
-        progs = {d: compile_model(spec, params, TrainConfig(batch=batch, dtype=d)) for d in ("fp32", "int8")}
-        live = {d: live_peak(p) for d, p in progs.items()}
-        bare = {d: live_peak(p, scratch=False) for d, p in progs.items()}
-        rows.append({"kind": "model_memory", "name": name, "batch": batch, "strategy": "full",
-                     "fp32_live_bytes": live["fp32"], "int8_live_bytes": live["int8"],
-                     "ratio": round(live["int8"] / live["fp32"], 4),
-                     "int8_live_bytes_without_scratch": bare["int8"],
-                     "ratio_without_scratch": round(bare["int8"] / bare["fp32"], 4),
-                     "fp32_arena_bytes": progs["fp32"].plan.arena_bytes,
-                     "int8_arena_bytes": progs["int8"].plan.arena_bytes})
+        fp32 = compile_model(spec, params, TrainConfig(batch=batch))
+        for sums in ("batch", "sample"):
+            int8 = compile_model(spec, params, TrainConfig(batch=batch, dtype="int8", int8_sums=sums))
+            live = {"fp32": live_peak(fp32), "int8": live_peak(int8)}
+            bare = {"fp32": live_peak(fp32, scratch=False), "int8": live_peak(int8, scratch=False)}
+            rows.append({"kind": "model_memory", "name": name, "batch": batch, "strategy": "full",
+                         "int8_sums": sums, "fp32_live_bytes": live["fp32"], "int8_live_bytes": live["int8"],
+                         "ratio": round(live["int8"] / live["fp32"], 4),
+                         "int8_live_bytes_without_scratch": bare["int8"],
+                         "ratio_without_scratch": round(bare["int8"] / bare["fp32"], 4),
+                         "fp32_arena_bytes": fp32.plan.arena_bytes,
+                         "int8_arena_bytes": int8.plan.arena_bytes})
     return rows
 
 
@@ -253,6 +262,8 @@ def run_board(board, elf, build: str, batches, dtypes, console) -> list[dict]:
             for batch in batches:
                 macs = macs_of(name, batch)
                 for dtype in dtypes:
+                    if dtype == "int8-sample" and (LAYERS[name][0] != "conv" or batch == 1):
+                        continue  # per-sample sums: convs only, and the same as batch sums at batch 1
                     console.print(f"==> {name} {dtype} ({build}) batch {batch} on {board.name}")
                     cycles = measure(dev, layer_graph(name, dtype, batch))
                     for fn, c, m in zip(FNS, cycles, macs):
@@ -282,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         if not firmware_path(board).is_file():
             raise ToolError(f"no firmware for {board.name}", hint=f"run `make firmware BOARD={board.name}` first")
         arm_dsp = board.name.startswith(ARM_DSP_BOARDS)
-        rows = run_board(board, None, "simd" if arm_dsp else "default", batches, ("int8", "fp32"), console)
+        rows = run_board(board, None, "simd" if arm_dsp else "default", batches, ("int8", "int8-sample", "fp32"),
+                         console)
         if not args.no_portable and arm_dsp:
             rows += run_board(board, portable_firmware(board.name), "portable", batches, ("int8",), console)
     except EdgePropError as e:
@@ -304,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["kind"] != "op":
             continue
         mpi = r["mac_per_instruction"]
-        flag = " [yellow](below)[/]" if r["dtype"] == "int8" and mpi < TARGET_MPI else ""
+        flag = " [yellow](below)[/]" if r["dtype"].startswith("int8") and mpi < TARGET_MPI else ""
         table.add_row(r["name"], str(r["batch"]), r["dtype"], r["build"], f"{r['instructions']:,}", f"{r['macs']:,}",
                       f"{mpi:.3f}{flag}")
     console.print(table)
@@ -317,12 +329,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r['int8_scratch_bytes']:,}", f"{r['ratio_with_scratch']:.3f}")
     console.print(mem)
     whole = Table(title=f"whole plans, full backprop: activation + error peak (target ≤ {TARGET_MEMORY_RATIO}× fp32)")
-    for col in ("model", "batch", "fp32 B", "int8 B", "ratio", "ratio w/o scratch", "arena fp32 → int8"):
-        whole.add_column(col, justify="left" if col == "model" else "right")
+    for col in ("model", "int8 sums", "batch", "fp32 B", "int8 B", "ratio", "ratio w/o scratch", "arena fp32 → int8"):
+        whole.add_column(col, justify="left" if col in ("model", "int8 sums") else "right")
     for r in rows:
         if r["kind"] == "model_memory":
             flag = "" if r["ratio"] <= TARGET_MEMORY_RATIO else " [yellow](above)[/]"
-            whole.add_row(r["name"], str(r["batch"]), f"{r['fp32_live_bytes']:,}", f"{r['int8_live_bytes']:,}",
+            whole.add_row(r["name"], r["int8_sums"], str(r["batch"]), f"{r['fp32_live_bytes']:,}", f"{r['int8_live_bytes']:,}",
                           f"{r['ratio']:.3f}{flag}", f"{r['ratio_without_scratch']:.3f}",
                           f"{r['fp32_arena_bytes']:,} → {r['int8_arena_bytes']:,}")
     console.print(whole)
