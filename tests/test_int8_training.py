@@ -62,6 +62,22 @@ def params_of(prog, arena: np.ndarray) -> dict[str, bytes]:
     return out
 
 
+def random_steps(prog, steps: int = 3, batch: int = 4) -> tuple[list[float], dict[str, bytes]]:
+    """The losses of `steps` TRAIN steps on seeded random batches on the C runtime, and
+    every parameter's bytes after them: two programs that compute the same bits agree."""
+    spec = prog.spec
+    rng = np.random.default_rng(0)
+    rt = nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
+    losses = []
+    for _ in range(steps):
+        x = rng.standard_normal((batch, *spec.input)).astype(np.float32)
+        y = bytes(rng.integers(0, spec.classes, batch).astype(np.uint8))
+        st, why, r = rt.run(y, x.tobytes(), train=True)
+        assert st == 0, why
+        losses.append(r.loss)
+    return losses, params_of(prog, rt.arena)
+
+
 @pytest.mark.parametrize("dtype, strategy, updates", [("int8", "full", "master"), ("mixed", "last", "master"),
                                                       ("int8", "last", "master"), ("int8", "full", "sr"),
                                                       ("int8", "last", "sr")])
@@ -223,19 +239,7 @@ def test_redequantized_backward_inputs_change_no_bit_and_save_memory(monkeypatch
     assert extra and len(prog.graph.nodes) == len(plain.graph.nodes) + len(extra)
     assert all(prog.graph.nodes.index(n) >= prog.graph.train_loss_end for n in extra)  # in the backward
     assert live_peak(prog) <= live_peak(plain) and (name != "cct-fashion" or live_peak(prog) < live_peak(plain))
-    rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((4, *spec.input)).astype(np.float32) for _ in range(3)]
-    ys = [bytes(rng.integers(0, spec.classes, 4).astype(np.uint8)) for _ in range(3)]
-    runs = []
-    for p in (plain, prog):
-        rt = nl.Runtime(build_blob(p), arena_bytes=max(1 << 20, p.plan.arena_bytes))
-        losses = []
-        for x, y in zip(xs, ys):
-            st, why, r = rt.run(y, x.tobytes(), train=True)
-            assert st == 0, why
-            losses.append(r.loss)
-        runs.append((losses, params_of(p, rt.arena)))
-    assert runs[0] == runs[1]
+    assert random_steps(plain) == random_steps(prog)
 
 
 
@@ -263,20 +267,7 @@ def test_int8_batch_norm_between_int8_layers_changes_no_bit(monkeypatch):
     assert layers == {"bn1"}, layers
     assert not any(n.op == OpCode.BATCHNORM_Q8 for n in plain.graph.nodes)
     assert live_peak(prog) < 0.8 * live_peak(plain)
-    rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((4, *spec.input)).astype(np.float32) for _ in range(3)]
-    ys = [bytes(rng.integers(0, spec.classes, 4).astype(np.uint8)) for _ in range(3)]
-    runs = []
-    for p in (plain, prog):
-        rt = nl.Runtime(build_blob(p), arena_bytes=max(1 << 20, p.plan.arena_bytes))
-        losses = []
-        for x, y in zip(xs, ys):
-            st, why, r = rt.run(y, x.tobytes(), train=True)
-            assert st == 0, why
-            losses.append(r.loss)
-        runs.append((losses, params_of(p, rt.arena)))
-    assert runs[0][0] == runs[1][0]
-    assert runs[0][1] == runs[1][1]
+    assert random_steps(plain) == random_steps(prog)
 
 
 def test_int8_batch_norm_and_activations_train_cnn_fashion():
@@ -311,19 +302,7 @@ def test_per_sample_sums_change_no_bit_and_fit_where_batch_sums_do_not():
     progs = [compile_model(spec, params, replace(cfg, int8_sums=s)) for s in ("batch", "sample")]
     assert progs[1].plan.arena_bytes < progs[0].plan.arena_bytes
     assert any(n.op == OpCode.CONV2D_Q8 and len(n.iattrs) == 10 and n.iattrs[9] == 1 for n in progs[1].graph.nodes)
-    rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((4, *spec.input)).astype(np.float32) for _ in range(3)]
-    ys = [bytes(rng.integers(0, spec.classes, 4).astype(np.uint8)) for _ in range(3)]
-    runs = []
-    for p in progs:
-        rt = nl.Runtime(build_blob(p), arena_bytes=max(1 << 20, p.plan.arena_bytes))
-        losses = []
-        for x, y in zip(xs, ys):
-            st, why, r = rt.run(y, x.tobytes(), train=True)
-            assert st == 0, why
-            losses.append(r.loss)
-        runs.append((losses, params_of(p, rt.arena)))
-    assert runs[0] == runs[1]
+    assert random_steps(progs[0]) == random_steps(progs[1])
     limit = (progs[0].plan.arena_bytes + progs[1].plan.arena_bytes) // 2
     auto = compile_model(spec, params, cfg, arena_limit=limit)
     assert auto.config.int8_sums == "sample" and auto.plan.arena_bytes == progs[1].plan.arena_bytes

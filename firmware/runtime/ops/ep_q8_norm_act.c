@@ -53,6 +53,19 @@ static float maxabs_step(float m, float v) {
     return a > m ? a : m; /* NaN never wins, as in QUANTIZE */
 }
 
+/* The end of a chunk of f32 results f[len]: their codes at exponent e into out (a pass's
+ * second run), or (out NULL, the first run) the largest magnitude so far, amax. */
+static float q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax) {
+    for (uint32_t j = 0; j < len; j++) {
+        if (out != NULL) {
+            out[j] = ep_q8_quantize1(f[j], e);
+        } else {
+            amax = maxabs_step(amax, f[j]);
+        }
+    }
+    return amax;
+}
+
 /* ---- BATCHNORM_Q8 ------------------------------------------------------------------- */
 
 typedef struct {
@@ -354,13 +367,7 @@ static float act_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, f
         } else {
             ACTS[k].fw(&p, fa, fa);
         }
-        for (uint32_t j = 0; j < len; j++) {
-            if (out != NULL) {
-                out[i0 + j] = ep_q8_quantize1(fa[j], e);
-            } else {
-                amax = maxabs_step(amax, fa[j]);
-            }
-        }
+        amax = q8_chunk_out(fa, len, out != NULL ? out + i0 : NULL, e, amax);
     }
     return amax;
 }
@@ -428,13 +435,7 @@ static float avgpool_q8_pass(const ep_pool2d_params_t *p, bool fw, const int8_t 
         } else {
             ep_avgpool2d_bw_input_f32(&one, src, dst);
         }
-        for (uint32_t j = 0; j < res; j++) {
-            if (out != NULL) {
-                out[k * res + j] = ep_q8_quantize1(dst[j], e);
-            } else {
-                amax = maxabs_step(amax, dst[j]);
-            }
-        }
+        amax = q8_chunk_out(dst, res, out != NULL ? out + k * res : NULL, e, amax);
     }
     return amax;
 }
@@ -513,13 +514,7 @@ static float dropout_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *
         } else {
             ep_dropout_bw_f32(&p, f, mask + i0 / 8u, f);
         }
-        for (uint32_t j = 0; j < len; j++) {
-            if (out != NULL) {
-                out[i0 + j] = ep_q8_quantize1(f[j], e);
-            } else {
-                amax = maxabs_step(amax, f[j]);
-            }
-        }
+        amax = q8_chunk_out(f, len, out != NULL ? out + i0 : NULL, e, amax);
     }
     return amax;
 }
