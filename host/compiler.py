@@ -151,7 +151,9 @@ class Program:
                  and not t.flags & TensorFlag.BATCHED]
         state = [i for i, t in enumerate(g.tensors) if t.is_param and not t.flags & TensorFlag.TRAINABLE
                  and t.name.endswith(_OPTIMIZER_STATE)]
-        return {"strategy": self.config.strategy, "trainable_params": trained,
+        return {"strategy": self.config.strategy, "dtype": self.config.dtype,
+                "int8_sums": self.config.int8_sums, "int8_updates": self.config.int8_updates,
+                "trainable_params": trained,
                 "gradient_bytes": sum(self.plan.sizes[i] for i in grads),
                 "optimizer_state_bytes": sum(self.plan.sizes[i] for i in state),
                 "forward_macs": graph_macs(g, n, range(g.train_begin, g.train_loss_end)),
@@ -359,6 +361,13 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
             if src not in grads:
                 grads[src] = dx
                 continue
+            both_q8 = g.tensors[dx].dtype == g.tensors[grads[src]].dtype == DType.S8
+            if both_q8 and src in e.q8_layers:
+                # an int8 layer quantises the sum at once: ADD_Q8 computes exactly that, without the f32 sum
+                total = e.act_q8(f"{src}.grad.sum", g.tensors[grads[src]].dims, grad=True)
+                e.node(OpCode.ADD_Q8, OpFn.FW, [grads[src], e.qexp[grads[src]], dx, e.qexp[dx]], [total, e.qexp[total]])
+                grads[src] = total
+                continue
             if DType.S8 in (g.tensors[dx].dtype, g.tensors[grads[src]].dtype):  # gradient sums are f32
                 grads[src], dx = e.to_f32(grads[src]), e.to_f32(dx)
             if any(t == grads[src] for k, t in grads.items() if k != src):
@@ -399,7 +408,7 @@ def _int8_layers(spec: ModelSpec, dtype: str, sel: Selection, shapes: dict, need
         ok = rule.int8 and layer.name not in sel.lora_layers and layer.name not in sel.channels \
             and len(trained) in (0, len(own)) and (dtype == "int8" or not needs_grad[layer.name])
         if ok and rule.int8_after_int8:
-            ok = layer.inputs[0] in chosen
+            ok = all(src in chosen for src in layer.inputs)
         if ok or (rule.any_dtype and layer.inputs[0] in chosen):
             chosen.add(layer.name)
     for layer in reversed(spec.layers):  # consumers come later: one pass settles chains

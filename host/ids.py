@@ -210,12 +210,14 @@ class OpCode(enum.IntEnum):
     #: L3 tier (docs/blob.md): copy an L3 tensor into its L2 working copy, and back after an update
     L3_LOAD = 40
     L3_STORE = 41
-    #: int8 batch norm, activations, average pooling and dropout: int8 in and out, the f32 op's arithmetic in between,
+    #: int8 batch norm, activations, pooling, dropout and the residual add: int8 in and out, the f32 op's arithmetic in between,
     #: bit for bit DEQUANTIZE → the f32 op → QUANTIZE without the f32 tensors (docs/ops/int8.md)
     BATCHNORM_Q8 = 42
     ACT_Q8 = 43
     AVGPOOL2D_Q8 = 44
     DROPOUT_Q8 = 45
+    ADD_Q8 = 46
+    GLOBAL_AVGPOOL_Q8 = 47
 
 
 class OpFn(enum.IntEnum):

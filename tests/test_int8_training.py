@@ -78,6 +78,22 @@ def random_steps(prog, steps: int = 3, batch: int = 4) -> tuple[list[float], dic
     return losses, params_of(prog, rt.arena)
 
 
+def steps_on_one_batch(prog, dataset: str, seed: int, steps: int) -> list[float]:
+    """The losses of `steps` TRAIN steps on the C runtime, all on one real batch of
+    `dataset` (max_batch training samples drawn with `seed`): they must fall."""
+    ds = load_dataset(dataset)
+    b = prog.graph.max_batch
+    sel = np.random.default_rng(seed).choice(len(ds.y_train), b, replace=False)
+    x, y = ds.x_train[sel].astype(np.float32).tobytes(), bytes(ds.y_train[sel].astype(np.uint8))
+    rt = nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
+    losses = []
+    for _ in range(steps):
+        st, why, r = rt.run(y, x, train=True)
+        assert st == 0, why
+        losses.append(r.loss)
+    return losses
+
+
 @pytest.mark.parametrize("dtype, strategy, updates", [("int8", "full", "master"), ("mixed", "last", "master"),
                                                       ("int8", "last", "master"), ("int8", "full", "sr"),
                                                       ("int8", "last", "sr")])
@@ -271,24 +287,19 @@ def test_int8_batch_norm_between_int8_layers_changes_no_bit(monkeypatch):
 
 
 def test_int8_batch_norm_and_activations_train_cnn_fashion():
-    """cnn-fashion under --dtype int8: the batch norms and ReLU6s between int8 convs run as
-    BATCHNORM_Q8 and ACT_Q8; those feeding the f32 pool or the skip ADD stay f32.
+    """cnn-fashion under --dtype int8 runs int8 from its first conv to its classifier: batch
+    norms, ReLU6s, the residual add and the global pool as BATCHNORM_Q8, ACT_Q8, ADD_Q8 and
+    GLOBAL_AVGPOOL_Q8, and the gradient of the tensor that feeds both the block and the
+    skip summed by ADD_Q8.
     A few SGD steps on real Fashion-MNIST batches lower the loss on those batches."""
     spec, params = resolve_model("cnn-fashion", 0)
     prog = compile_model(spec, params, TrainConfig(batch=16, lr=0.05, optimizer="sgd", dtype="int8"))
-    ops = {(n.layer, n.op) for n in prog.graph.nodes}
-    assert ("b1_expand_bn", OpCode.BATCHNORM_Q8) in ops and ("b1_expand_act", OpCode.ACT_Q8) in ops
-    # the stem's ReLU6 also feeds the skip ADD, b2_pw's the pool, b1_project_bn the ADD: f32
-    assert {("stem_act", OpCode.RELU6), ("b2_pw_act", OpCode.RELU6), ("b1_project_bn", OpCode.BATCHNORM)} <= ops
-    ds = load_dataset("images")
-    sel = np.random.default_rng(1).choice(len(ds.y_train), 16, replace=False)
-    x, y = ds.x_train[sel].astype(np.float32).tobytes(), bytes(ds.y_train[sel].astype(np.uint8))
-    rt = nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
-    losses = []
-    for _ in range(8):
-        st, why, r = rt.run(y, x, train=True)
-        assert st == 0, why
-        losses.append(r.loss)
+    g = prog.graph
+    ops = {n.op for n in g.nodes[g.train_begin:]}
+    assert {OpCode.BATCHNORM_Q8, OpCode.ACT_Q8, OpCode.ADD_Q8, OpCode.GLOBAL_AVGPOOL_Q8} <= ops
+    assert not ops & {OpCode.BATCHNORM, OpCode.RELU6, OpCode.ADD, OpCode.GLOBAL_AVGPOOL}
+    assert sum(n.op == OpCode.ADD_Q8 for n in g.nodes[g.train_loss_end:]) == 1  # stem_act's gradient sum
+    losses = steps_on_one_batch(prog, "images", seed=1, steps=8)
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses
 
 
@@ -321,13 +332,5 @@ def test_eegnet_runs_int8_from_conv_to_conv():
     ops = {n.op for n in g.nodes[g.train_begin:g.train_loss_end]}
     assert {OpCode.BATCHNORM_Q8, OpCode.ACT_Q8, OpCode.AVGPOOL2D_Q8, OpCode.DROPOUT_Q8} <= ops
     assert not ops & {OpCode.BATCHNORM, OpCode.ELU, OpCode.AVGPOOL2D, OpCode.DROPOUT}
-    ds = load_dataset("eeg")
-    sel = np.random.default_rng(2).choice(len(ds.y_train), 16, replace=False)
-    x, y = ds.x_train[sel].astype(np.float32).tobytes(), bytes(ds.y_train[sel].astype(np.uint8))
-    rt = nl.Runtime(build_blob(prog), arena_bytes=max(1 << 20, prog.plan.arena_bytes))
-    losses = []
-    for _ in range(10):
-        st, why, r = rt.run(y, x, train=True)
-        assert st == 0, why
-        losses.append(r.loss)
+    losses = steps_on_one_batch(prog, "eeg", seed=2, steps=10)
     assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses

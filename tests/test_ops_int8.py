@@ -663,6 +663,75 @@ def test_dropout_q8_is_the_f32_chain(target, rng):
     assert 0.6 < kept.mean() < 0.9  # about 1 - p kept
 
 
+def test_add_q8_is_the_f32_chain(target, rng):
+    """ADD_Q8 = QUANTIZE(DEQUANTIZE a + DEQUANTIZE b), the two at different exponents; y
+    over a (in place)."""
+    mb, k = 3, 50
+    a, b = codes(rng, (mb, k)), codes(rng, (mb, k))
+    names = ("y", "e_y")
+    got = {}
+    for fused in (True, False):
+        qg = il.QGraph("addq" if fused else "addq_chain", mb)
+        qg.add("a", (k,), DType.S8, B, a)
+        qg.exp("e_a", -6)
+        qg.add("b", (k,), DType.S8, B, b)
+        qg.exp("e_b", -4)
+        qg.exp("e_y")
+        if fused:
+            qg.inplace("y", "a")
+            qg.node(OpCode.ADD_Q8, FW, ["a", "e_a", "b", "e_b"], ["y", "e_y"])
+        else:
+            qg.add("y", (k,), DType.S8, B)
+            for name in ("af", "bf", "yf"):
+                qg.add(name, (k,), F32, B)
+            qg.node(OpCode.DEQUANTIZE, FW, ["a", "e_a"], ["af"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["b", "e_b"], ["bf"])
+            qg.node(OpCode.ADD, FW, ["af", "bf"], ["yf"])
+            qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+        qg.readable(*names)
+        got[fused] = _read(run_eval(target, qg), names)
+    for name in names:
+        assert_same(got[True][name], got[False][name], name)
+    assert np.abs(got[True]["y"]).max() > 60
+
+
+@pytest.mark.parametrize("dims", [(3, 5, 6), (4, 9)], ids=["2d", "1d"])
+def test_global_avgpool_q8_is_the_f32_chain(target, rng, dims):
+    mb, C = 3, dims[0]
+    hw = int(np.prod(dims[1:]))
+    x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, C))
+    names = ("y", "e_y", "dx", "e_dx")
+    got = {}
+    for fused in (True, False):
+        qg = il.QGraph("gapq" if fused else "gapq_chain", mb)
+        qg.add("x", dims, DType.S8, B, x)
+        qg.exp("e_x", -5)
+        qg.add("dy", (C,), DType.S8, B, dy)
+        qg.exp("e_dy", -8)
+        qg.add("y", (C,), DType.S8, B)
+        qg.add("dx", dims, DType.S8, B)
+        qg.exp("e_y")
+        qg.exp("e_dx")
+        if fused:
+            qg.scratch("s", 4 * hw)
+            qg.node(OpCode.GLOBAL_AVGPOOL_Q8, FW, ["x", "e_x"], ["y", "e_y", "s"])
+            qg.node(OpCode.GLOBAL_AVGPOOL_Q8, BWI, ["dy", "e_dy"], ["dx", "e_dx", "s"])
+        else:
+            for name, d in (("xf", dims), ("yf", (C,)), ("dyf", (C,)), ("dxf", dims)):
+                qg.add(name, d, F32, B)
+            qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+            qg.node(OpCode.GLOBAL_AVGPOOL, FW, ["xf"], ["yf"])
+            qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+            qg.node(OpCode.GLOBAL_AVGPOOL, BWI, ["dyf"], ["dxf"])
+            qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+        qg.readable(*names)
+        got[fused] = _read(run_eval(target, qg), names)
+    for name in names:
+        assert_same(got[True][name], got[False][name], name)
+    assert np.abs(got[True]["dx"]).max() > 60
+
+
 def _bnq_parse(mutate) -> str:
     dims, mb = (4, 5), 2
     z = np.zeros((mb, *dims), np.int8)
@@ -726,6 +795,35 @@ def _pool_drop_graph(pool_scratch=4 * (18 + 5), pool_attrs=(1, 4, 1, 4, 0, 0, 0,
 def test_malformed_pool_and_dropout_q8_are_refused(kw, why):
     assert nl.parse(_pool_drop_graph()).status == 0
     p = nl.parse(_pool_drop_graph(**kw))
+    assert p.status != 0 and why in p.why, (p.status, p.why)
+
+
+def _add_gap_graph(b_elems=6, gap_scratch=16, gap_y=(2,)) -> bytes:
+    qg = il.QGraph("ag_bad", 2)
+    qg.add("a", (6,), DType.S8, B)
+    qg.add("b", (b_elems,), DType.S8, B)
+    qg.exp("e_a", 0)
+    qg.exp("e_b", 0)
+    qg.exp("e_y")
+    qg.add("y", (6,), DType.S8, B)
+    qg.node(OpCode.ADD_Q8, FW, ["a", "e_a", "b", "e_b"], ["y", "e_y"])
+    qg.add("x", (2, 4), DType.S8, B)
+    qg.exp("e_x", 0)
+    qg.add("g", gap_y, DType.S8, B)
+    qg.exp("e_g")
+    qg.scratch("s", gap_scratch)
+    qg.node(OpCode.GLOBAL_AVGPOOL_Q8, FW, ["x", "e_x"], ["g", "e_g", "s"])
+    return qg.blob()
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(b_elems=5), "add_q8: a, b, y"),
+    (dict(gap_scratch=8), "global_avgpool_q8"),
+    (dict(gap_y=(3,)), "global_avgpool_q8"),
+])
+def test_malformed_add_and_global_avgpool_q8_are_refused(kw, why):
+    assert nl.parse(_add_gap_graph()).status == 0
+    p = nl.parse(_add_gap_graph(**kw))
     assert p.status != 0 and why in p.why, (p.status, p.why)
 
 

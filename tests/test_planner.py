@@ -180,3 +180,20 @@ def test_strategies_name_what_trains():
     assert [g.tensors[i].name for i in g.trainable] == ["classify.weight", "classify.bias"]
     # nothing before the classifier runs backward
     assert all(n.fn.name == "FW" or n.layer in ("classify", "loss") for n in g.nodes)
+
+
+def test_plan_shows_what_compile_makes_for_the_board(capsys):
+    """`host plan` plans as `host compile` would for the board: eegnet-scp1 in int8 at batch
+    16 needs 1.24 MB with the batch's int32 sums, more than GAP9's 896 KiB arena, so `auto`
+    keeps one sample's sums (648,624 B, it fits) and the plan says so."""
+    import json
+
+    from host.cli import main
+
+    assert main(["plan", "--model", "eegnet-scp1", "--board", "gap9", "--dtype", "int8", "--batch", "16",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["fits"] and r["int8_sums"] == "sample" and r["peak_bytes"] < 917_504
+    assert main(["plan", "--model", "eegnet-scp1", "--board", "gap9", "--dtype", "int8", "--batch", "8",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["int8_sums"] == "batch"  # fits as it is: the fast sums

@@ -153,6 +153,8 @@ typedef enum {
     EP_OP_ACT_Q8 = 43,
     EP_OP_AVGPOOL2D_Q8 = 44,
     EP_OP_DROPOUT_Q8 = 45,
+    EP_OP_ADD_Q8 = 46,
+    EP_OP_GLOBAL_AVGPOOL_Q8 = 47,
 } ep_opcode_t;
 
 typedef enum {
@@ -172,6 +174,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 46
+#define EP_OPCODE_COUNT 48
 
 #endif /* EP_IDS_H */

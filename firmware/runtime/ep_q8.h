@@ -222,6 +222,24 @@ int32_t ep_q8_requant_exp(const uint32_t *mag, uint32_t C, int32_t e_base, const
 void ep_q8_requant_apply(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
                          const int32_t *restrict e_ch, int32_t e_out, int8_t *restrict y);
 
+/* ---- the int8 forms of f32 nodes (ep_q8_eltwise.c, ep_q8_norm.c, ep_q8_pool.c) ---- */
+
+/** Elements per chunk: operands are dequantized into a stack buffer this long. */
+#define EP_Q8_CHUNK 32u
+
+/** The running largest magnitude: NaN never wins, as in QUANTIZE. */
+static inline float ep_q8_maxabs_step(float m, float v) {
+    const float a = v < 0.0f ? -v : v;
+    return a > m ? a : m;
+}
+
+/**
+ * The end of a chunk of f32 results f[len]: their codes at exponent e into out (a
+ * two-pass node's second pass), or, with out NULL (the first), the largest magnitude
+ * so far given amax. Returns amax.
+ */
+float ep_q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax);
+
 /** QUANTIZE over count floats: returns e = ep_q8_exp_for_maxabs(max |x|), q = quantize1(x, e). */
 int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *restrict q);
 
@@ -302,6 +320,11 @@ static inline int8_t *ep_ctx_s8(const ep_ctx_t *c, uint16_t t) {
 static inline uint32_t ep_q8_count(const ep_ctx_t *c, uint16_t t) {
     const ep_tensor_t *x = &c->model->tensors[t];
     return x->elems * ((x->flags & EP_TF_BATCHED) ? c->n : 1u);
+}
+
+/** DEQUANTIZE's factor for the exponent in I32 [1] tensor t. */
+static inline float ep_q8_ctx_scale(const ep_ctx_t *c, uint16_t t) {
+    return ep_q8_dequant_scale(ep_ctx_i32(c, t)[0]);
 }
 
 /** The clamped exponent stored in element i of I32 tensor t. */

@@ -59,9 +59,11 @@ def row(spec, params, cfg: TrainConfig, board, dataset=None) -> dict:
 
 def _compile(spec, params, cfg: TrainConfig, board):
     """The program as planned for the board: its plan even where it does not fit the arena,
-    with persistent tensors in L3 where the board has L3 and that makes it fit."""
+    or, where it does not, what `host compile` would make of it for this board (the
+    `auto` choices: per-sample int8 sums, persistent tensors in L3, int8 codes trained in
+    place) when that fits."""
     prog = compile_model(spec, params, cfg, max_tensors=board.max_tensors, max_nodes=board.max_nodes)
-    if prog.plan.arena_bytes > board.arena_bytes and board.l3_bytes:
+    if prog.plan.arena_bytes > board.arena_bytes:
         try:
             prog = compile_model(spec, params, cfg, arena_limit=board.arena_bytes, max_tensors=board.max_tensors,
                                  max_nodes=board.max_nodes, l3_limit=board.l3_bytes)
@@ -114,7 +116,10 @@ def run(args) -> int:
         return 0
     prog = _compile(spec, params, cfg, board)
     c.print(format_plan(prog.graph, prog.plan), highlight=False)
-    c.print(f"{spec.name} on {board.name}, strategy {cfg.strategy}: peak {r['peak_bytes']:,} B, lower bound "
+    auto = [f"int8 sums per {prog.config.int8_sums}", f"int8 updates {prog.config.int8_updates}"] \
+        if prog.config.dtype != "fp32" else []
+    c.print(f"{spec.name} on {board.name}, strategy {cfg.strategy}{''.join(', ' + a for a in auto)}: "
+            f"peak {r['peak_bytes']:,} B, lower bound "
             f"{r['lower_bound_bytes']:,} B (×{r['peak_over_lower_bound']}), no sharing {r['naive_bytes']:,} B; "
             f"{'fits' if r['fits'] else 'does NOT fit'} the {board.arena_bytes:,}-byte arena; "
             f"{r['trainable_params']:,} trainable parameters", highlight=False)

@@ -552,7 +552,18 @@ class GlobalAvgPool(LayerRule):
         c = in_shape[0]
         return (c, *([1] * (len(in_shape) - 1))) if layer.attrs.get("keepdims") else (c,)
 
+    int8 = int8_after_int8 = int8_before_int8 = True  # GLOBAL_AVGPOOL_Q8
+
+    def _q8_scratch(self, e, dims) -> int:
+        """GLOBAL_AVGPOOL_Q8's scratch: one (sample, channel) plane in f32."""
+        return e.scratch_bytes("q8.scratch", 4 * int(np.prod(dims[1:])))
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):
+            x = e.to_q8(x)
+            y = e.act_q8("out", self.out_shape(layer, e.dims(x)))
+            e.node(OpCode.GLOBAL_AVGPOOL_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y], self._q8_scratch(e, e.dims(x))])
+            return y, e.dims(x)
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(OpCode.GLOBAL_AVGPOOL, OpFn.FW, [x], [y])
         return y, e.dims(x)
@@ -560,6 +571,12 @@ class GlobalAvgPool(LayerRule):
     def backward(self, e, layer, in_dims, dy, need_dx):
         if not need_dx:
             return None
+        if e.is_q8(layer):
+            dy = e.to_q8(dy)
+            dx = e.act_q8("in.grad", in_dims, grad=True)
+            e.node(OpCode.GLOBAL_AVGPOOL_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy]],
+                   [dx, e.qexp[dx], self._q8_scratch(e, in_dims)])
+            return dx
         dx = e.grad("in.grad", in_dims)
         e.node(OpCode.GLOBAL_AVGPOOL, OpFn.BW_INPUT, [dy], [dx])
         return dx

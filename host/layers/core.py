@@ -213,6 +213,7 @@ class Add(LayerRule):
 
     type = "add"
     n_inputs = 2
+    int8 = int8_after_int8 = int8_before_int8 = True  # ADD_Q8
 
     def out_shape(self, layer, in_shape):
         a, b = in_shape
@@ -221,6 +222,11 @@ class Add(LayerRule):
         return a
 
     def forward(self, e, layer, xs, train):
+        if e.is_q8(layer):
+            a, b = (e.to_q8(x) for x in xs)
+            y = e.act_q8("out", e.dims(a))
+            e.node(OpCode.ADD_Q8, OpFn.FW, [a, e.qexp[a], b, e.qexp[b]], [y, e.qexp[y]])
+            return y, None
         y = e.act("out", e.dims(xs[0]))
         e.node(OpCode.ADD, OpFn.FW, xs, [y])
         return y, None

@@ -182,7 +182,7 @@ bool ep_pool2d_params_ok(const ep_pool2d_params_t *p);
 
 /* The pooling nodes' geometry from iattrs [kh kw sh sw pad×4 count_include_pad] and the
  * x, y tensors (n = 1), and their shared checks over x (or dx) and y (or dy) of `dtype`
- * (ep_pool2d.c; AVGPOOL2D_Q8 in ep_q8_norm_act.c uses them with s8). */
+ * (ep_pool2d.c; AVGPOOL2D_Q8 in ep_q8_pool.c uses them with s8). */
 ep_pool2d_params_t ep_pool2d_geom(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t y);
 ep_status_t ep_pool2d_check(const ep_model_t *m, const ep_node_t *nd, uint16_t x, uint16_t y, bool is_max,
                             uint8_t dtype, const char **why);

@@ -64,7 +64,7 @@ void ep_norm_dsums_f32(const float *dy, const float *x, uint32_t reps, uint32_t 
 
 /*
  * The bodies of the two reductions, for ep_norm_moments_f32 / ep_norm_dsums_f32 and
- * for the int8 batch norm (ep_q8_norm_act.c), which reads its operands from int8
+ * for the int8 batch norm (ep_q8_norm.c), which reads its operands from int8
  * codes. Both instantiate the same loops, so an int8 node sums the same values in
  * the same order as DEQUANTIZE followed by the f32 node: bit for bit the same.
  * LX(p, j) / LG(p, j) load element j of the row at p as a float; the body uses

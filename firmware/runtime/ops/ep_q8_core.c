@@ -462,6 +462,17 @@ int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *rest
     return e;
 }
 
+float ep_q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax) {
+    for (uint32_t j = 0; j < len; j++) {
+        if (out != NULL) {
+            out[j] = ep_q8_quantize1(f[j], e);
+        } else {
+            amax = ep_q8_maxabs_step(amax, f[j]);
+        }
+    }
+    return amax;
+}
+
 void ep_q8_dequantize_f32(uint32_t count, const int8_t *restrict q, int32_t e, float *restrict y) {
     const float s = ep_q8_dequant_scale(e);
     for (uint32_t i = 0; i < count; i++) {

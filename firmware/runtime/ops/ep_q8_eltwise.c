@@ -4,8 +4,16 @@
  *   DEQUANTIZE  FW  in (q s8, e i32[1])   out (y f32)
  *   RELU_Q8     FW  in (x s8, e i32[1])   out (y s8, e_y i32[1])     y may alias x
  *               BW  in (dy s8, e i32[1], y s8) out (dx s8, e_dx i32[1])  dx may alias dy
+ *   ACT_Q8      FW  in (x s8, e_x)        out (y s8, e_y)            y may alias x
+ *               BW  in (dy s8, e_dy, t s8, e_t) out (dx s8, e_dx)     dx may alias dy or t
+ *   ADD_Q8      FW  in (a s8, e_a, b s8, e_b)   out (y s8, e_y)      y may alias a or b
  * x/q/y share one shape and batchedness (batched: one exponent for the whole batch).
+ * ACT_Q8 (the activation named by iattr[0]) and ADD_Q8 compute exactly DEQUANTIZE → the
+ * f32 node → QUANTIZE, bit for bit: the f32 kernel on EP_Q8_CHUNK-element stack chunks
+ * of dequantized codes, in two passes (the largest magnitude, then the codes).
  */
+#include "ep_attn_optim.h"
+#include "ep_norm_act.h"
 #include "ep_q8.h"
 
 static bool same_elems(const ep_model_t *m, uint16_t a, uint16_t b) {
@@ -129,3 +137,154 @@ const ep_op_t ep_op_relu_q8 = {
     .prepare = relu_q8_prepare,
     .fn = {[EP_FN_FW] = relu_q8_fw, [EP_FN_BW_INPUT] = relu_q8_bw},
 };
+
+/* ---- ACT_Q8 --------------------------------------------------------------------------- */
+
+typedef void (*act_fw_t)(const ep_act_params_t *p, const float *x, float *y);
+typedef void (*act_bw_t)(const ep_act_params_t *p, const float *dy, const float *t, float *dx);
+
+static const struct {
+    uint16_t op;
+    act_fw_t fw;
+    act_bw_t bw;
+} ACTS[] = {
+    {EP_OP_RELU6, ep_relu6_fw_f32, ep_relu6_bw_f32}, {EP_OP_ELU, ep_elu_fw_f32, ep_elu_bw_f32},
+    {EP_OP_GELU, ep_gelu_fw_f32, ep_gelu_bw_f32},    {EP_OP_SIGMOID, ep_sigmoid_fw_f32, ep_sigmoid_bw_f32},
+    {EP_OP_TANH, ep_tanh_fw_f32, ep_tanh_bw_f32},
+};
+
+static int act_index(uint16_t op) {
+    for (int i = 0; i < (int)(sizeof ACTS / sizeof ACTS[0]); i++) {
+        if (ACTS[i].op == op) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/*
+ * iattr[0] the activation's f32 opcode (RELU6, ELU, GELU, SIGMOID, TANH); fattr[0]
+ * ELU's alpha ≥ 0 (0 for the others); everything else 0. bw_input's t is the
+ * forward's output y (its input x for GELU), with its exponent. All activations and
+ * errors batched s8 with the same element count.
+ */
+static ep_status_t act_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const int a = act_index(nd->iattr[0]);
+    if (a < 0 || !ep_iattrs_zero_from(nd, 1)) {
+        return ep_reject(why, EP_WHY("act_q8: iattr[0] must name RELU6, ELU, GELU, SIGMOID or TANH, iattr[1..11] 0"));
+    }
+    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
+        if (i == 0 && nd->iattr[0] == EP_OP_ELU ? !(nd->fattr[0] >= 0.0f) : nd->fattr[i] != 0.0f) {
+            return ep_reject(why, EP_WHY("act_q8: alpha (fattr[0]) >= 0 for ELU, every other fattr 0"));
+        }
+    }
+    const bool bw = nd->fn == EP_FN_BW_INPUT;
+    if ((nd->fn != EP_FN_FW && !bw) || nd->n_in != (bw ? 4 : 2) || nd->n_out != 2) {
+        return ep_reject(why, EP_WHY("act_q8: needs fw (x, e_x) -> (y, e_y) or bw_input (dy, e_dy, t, e_t) -> (dx, e_dx)"));
+    }
+    const uint16_t x = nd->in[0];
+    const uint32_t elems = m->tensors[x].elems;
+    bool ok = ep_q8_is_batched(m, x, EP_DTYPE_S8) && ep_q8_is_batched(m, nd->out[0], EP_DTYPE_S8) &&
+              m->tensors[nd->out[0]].elems == elems && ep_q8_is_exp(m, nd->in[1], 1) && ep_q8_is_exp(m, nd->out[1], 1);
+    if (bw) {
+        ok = ok && ep_q8_is_batched(m, nd->in[2], EP_DTYPE_S8) && m->tensors[nd->in[2]].elems == elems &&
+             ep_q8_is_exp(m, nd->in[3], 1);
+    }
+    if (!ok) {
+        return ep_reject(why, EP_WHY("act_q8: x, y, dy, t, dx must be batched s8 of one size, each with an i32 [1] exponent"));
+    }
+    if (!ep_outputs_disjoint(m, nd, 0) || (bw && !ep_disjoint_or_same(m, nd->out[0], nd->in[2]))) {
+        return ep_reject(why, EP_WHY("act_q8: an output overlaps an input or the other output (only y over x, dx over dy or t exactly)"));
+    }
+    return EP_OK;
+}
+
+/* One pass over count elements: f32 results chunk by chunk into out (NULL: only the
+ * largest magnitude, returned), quantized with exponent e. */
+static float act_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, float sa, const int8_t *t, float st,
+                         int32_t e, int8_t *out) {
+    const int k = act_index(nd->iattr[0]);
+    float fa[EP_Q8_CHUNK], ft[EP_Q8_CHUNK], amax = 0.0f;
+    for (uint32_t i0 = 0; i0 < count; i0 += EP_Q8_CHUNK) {
+        const uint32_t len = count - i0 < EP_Q8_CHUNK ? count - i0 : EP_Q8_CHUNK;
+        const ep_act_params_t p = {.count = len, .alpha = nd->fattr[0]};
+        for (uint32_t j = 0; j < len; j++) {
+            fa[j] = (float)a[i0 + j] * sa;
+        }
+        if (t != NULL) {
+            for (uint32_t j = 0; j < len; j++) {
+                ft[j] = (float)t[i0 + j] * st;
+            }
+            ACTS[k].bw(&p, fa, ft, fa);
+        } else {
+            ACTS[k].fw(&p, fa, fa);
+        }
+        amax = ep_q8_chunk_out(fa, len, out != NULL ? out + i0 : NULL, e, amax);
+    }
+    return amax;
+}
+
+static void act_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool bw = nd->fn == EP_FN_BW_INPUT;
+    const uint32_t count = ep_q8_count(c, nd->in[0]);
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]), *t = bw ? ep_ctx_s8(c, nd->in[2]) : NULL;
+    const float sa = ep_q8_ctx_scale(c, nd->in[1]), st = bw ? ep_q8_ctx_scale(c, nd->in[3]) : 0.0f;
+    const int32_t e = ep_q8_exp_for_maxabs(act_q8_pass(nd, count, a, sa, t, st, 0, NULL));
+    act_q8_pass(nd, count, a, sa, t, st, e, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+const ep_op_t ep_op_act_q8 = {
+    .name = "act_q8",
+    .prepare = act_q8_prepare,
+    .fn = {[EP_FN_FW] = act_q8_run, [EP_FN_BW_INPUT] = act_q8_run, [EP_FN_BW_PARAM] = NULL},
+};
+
+/* ---- ADD_Q8 ----------------------------------------------------------------------------- */
+
+/* a, b, y batched s8 with one element count, exponents i32 [1]; no attributes. Also the
+ * sum of two int8 gradients where a tensor feeds two layers. */
+static ep_status_t add_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    if (nd->fn != EP_FN_FW || nd->n_in != 4 || nd->n_out != 2 || !ep_iattrs_zero_from(nd, 0) || !ep_fattrs_zero(nd)) {
+        return ep_reject(why, EP_WHY("add_q8: needs fw (a, e_a, b, e_b) -> (y, e_y) and no attributes"));
+    }
+    const uint16_t a = nd->in[0], b = nd->in[2], y = nd->out[0];
+    const uint32_t E = m->tensors[y].elems;
+    if (!ep_q8_is_batched(m, a, EP_DTYPE_S8) || !ep_q8_is_batched(m, b, EP_DTYPE_S8) ||
+        !ep_q8_is_batched(m, y, EP_DTYPE_S8) || m->tensors[a].elems != E || m->tensors[b].elems != E ||
+        !ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->in[3], 1) || !ep_q8_is_exp(m, nd->out[1], 1)) {
+        return ep_reject(why, EP_WHY("add_q8: a, b, y batched s8 of one size with i32 [1] exponents"));
+    }
+    if (!ep_disjoint_or_same(m, y, a) || !ep_disjoint_or_same(m, y, b) || ep_overlap(m, nd->out[1], a) ||
+        ep_overlap(m, nd->out[1], b) || ep_overlap(m, nd->out[1], y) || ep_overlap(m, nd->out[1], nd->in[1]) ||
+        ep_overlap(m, nd->out[1], nd->in[3])) {
+        return ep_reject(why, EP_WHY("add_q8: y partially overlaps a or b, or e_y overlaps a tensor of the node"));
+    }
+    return EP_OK;
+}
+
+static float add_q8_pass(uint32_t count, const int8_t *a, float sa, const int8_t *b, float sb, int32_t e, int8_t *out) {
+    float fa[EP_Q8_CHUNK], fb[EP_Q8_CHUNK], amax = 0.0f;
+    for (uint32_t i0 = 0; i0 < count; i0 += EP_Q8_CHUNK) {
+        const uint32_t len = count - i0 < EP_Q8_CHUNK ? count - i0 : EP_Q8_CHUNK;
+        const ep_add_params_t p = {len};
+        for (uint32_t j = 0; j < len; j++) {
+            fa[j] = (float)a[i0 + j] * sa;
+            fb[j] = (float)b[i0 + j] * sb;
+        }
+        ep_add_fw_f32(&p, fa, fb, fa);
+        amax = ep_q8_chunk_out(fa, len, out != NULL ? out + i0 : NULL, e, amax);
+    }
+    return amax;
+}
+
+static void add_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
+    const uint32_t count = ep_q8_count(c, nd->out[0]);
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]), *b = ep_ctx_s8(c, nd->in[2]);
+    const float sa = ep_q8_ctx_scale(c, nd->in[1]), sb = ep_q8_ctx_scale(c, nd->in[3]);
+    const int32_t e = ep_q8_exp_for_maxabs(add_q8_pass(count, a, sa, b, sb, 0, NULL));
+    add_q8_pass(count, a, sa, b, sb, e, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+const ep_op_t ep_op_add_q8 = {.name = "add_q8", .prepare = add_q8_prepare, .fn = {[EP_FN_FW] = add_q8_fw}};

@@ -1,34 +1,28 @@
 /*
- * ep_q8_norm_act.c — int8 batch norm and activations (docs/ops/int8.md):
+ * ep_q8_norm.c — int8 batch norm and dropout (the NORM op family, zephyr/Kconfig):
  *
  *   BATCHNORM_Q8  FW  stats  in (x s8, e_x)                       out (saved, running_mean, running_var)
  *                 FW  train  in (x, e_x, gamma, beta, saved)       out (y s8, e_y)        y may alias x
  *                 FW  eval   in (x, e_x, gamma, beta, rm, rv)      out (y, e_y)           y may alias x
  *                 BW_INPUT   in (dy s8, e_dy, x, e_x, gamma, saved) out (dx s8, e_dx, scratch)  dx may alias dy
  *                 BW_PARAM   in (dy, e_dy, x, e_x, saved)          out (dgamma, dbeta)
- *   ACT_Q8        FW         in (x s8, e_x)                       out (y s8, e_y)        y may alias x
- *                 BW_INPUT   in (dy s8, e_dy, t s8, e_t)          out (dx s8, e_dx)      dx may alias dy or t
- *   AVGPOOL2D_Q8  FW         in (x s8, e_x)                       out (y s8, e_y, scratch)
- *                 BW_INPUT   in (dy s8, e_dy)                     out (dx s8, e_dx, scratch)
  *   DROPOUT_Q8    FW         in (x s8, e_x)                       out (y s8, e_y, mask, state)  y may alias x
  *                 BW_INPUT   in (dy s8, e_dy, mask)               out (dx s8, e_dx)      dx may alias dy
  *
- * Each computes exactly what DEQUANTIZE, the f32 node (BATCHNORM, the activation
- * named by ACT_Q8's iattr[0], AVGPOOL2D, DROPOUT in train mode) and QUANTIZE compute
- * in a row, bit for bit, without the f32 tensors: operands are read from their codes (code · 2^e, exact, as DEQUANTIZE),
- * the reductions are the f32 kernels' own loop bodies (ep_norm_act.h), the
- * element-wise ops run the f32 kernels on short stack chunks and the pooling on one
- * (sample, channel) plane at a time in its scratch, and an int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
- * picks it), then the codes. The batch norm's training forward is two nodes (stats,
- * then train) because a node has at most four outputs.
- *
- * These kernels run on one core (no cluster split): their cost is a few passes over
- * the codes, next to the conv and linear layers around them.
+ * The f32 nodes they stand for: BATCHNORM (its reductions are the f32 kernels' own loop
+ * bodies, EP_NORM_MOMENTS_BODY / EP_NORM_DSUMS_BODY of ep_norm_act.h, over the codes) and
+ * DROPOUT in train mode (the f32 kernel on short chunks). The batch norm's training
+ * forward is two nodes (stats, then train) because a node has at most four outputs.
+ * Each computes exactly what DEQUANTIZE, the f32 node and QUANTIZE compute in a row,
+ * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
+ * int8"): operands are read from their codes (code · 2^e, exact, as DEQUANTIZE), and an
+ * int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
+ * picks it), then the codes. They run on one core (no cluster split): their cost is a
+ * few passes over the codes, next to the conv and linear layers around them.
  */
 #include <math.h>
 #include <stddef.h>
 
-#include "ep_conv_pool.h"
 #include "ep_norm_act.h"
 #include "ep_q8.h"
 
@@ -46,24 +40,6 @@ static void moments_s8(const int8_t *x, float s, uint32_t reps, uint32_t len, ui
 static void dsums_s8(const int8_t *dy, float sg, const int8_t *x, float sx, uint32_t reps, uint32_t len,
                      uint32_t stride, float mean, float *sdy, float *sdyx) {
     EP_NORM_DSUMS_BODY(int8_t, LOAD_S8_G, int8_t, LOAD_S8_X);
-}
-
-static float maxabs_step(float m, float v) {
-    const float a = fabsf(v);
-    return a > m ? a : m; /* NaN never wins, as in QUANTIZE */
-}
-
-/* The end of a chunk of f32 results f[len]: their codes at exponent e into out (a pass's
- * second run), or (out NULL, the first run) the largest magnitude so far, amax. */
-static float q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax) {
-    for (uint32_t j = 0; j < len; j++) {
-        if (out != NULL) {
-            out[j] = ep_q8_quantize1(f[j], e);
-        } else {
-            amax = maxabs_step(amax, f[j]);
-        }
-    }
-    return amax;
 }
 
 /* ---- BATCHNORM_Q8 ------------------------------------------------------------------- */
@@ -93,7 +69,7 @@ static int32_t bnq_apply(const bnq_apply_t *a, int8_t *y) {
         for (uint32_t i = 0; i < n; i++) {
             const int8_t *xi = a->x + (i * C + ch) * hw;
             for (uint32_t j = 0; j < hw; j++) {
-                amax = maxabs_step(amax, fmaf(LOAD_S8_X(xi, j) - mean, scale, a->beta[ch]));
+                amax = ep_q8_maxabs_step(amax, fmaf(LOAD_S8_X(xi, j) - mean, scale, a->beta[ch]));
             }
         }
     }
@@ -134,7 +110,7 @@ static int32_t bnq_bw_input(const ep_batchnorm_params_t *p, const int8_t *dy, fl
         for (uint32_t i = 0; i < n; i++) {
             const int8_t *xi = x + i * stride + ch * hw, *gi = dy + i * stride + ch * hw;
             for (uint32_t j = 0; j < hw; j++) {
-                amax = maxabs_step(amax, bnq_dx(k3 + 3 * ch, saved[ch], LOAD_S8_G(gi, j), LOAD_S8_X(xi, j)));
+                amax = ep_q8_maxabs_step(amax, bnq_dx(k3 + 3 * ch, saved[ch], LOAD_S8_G(gi, j), LOAD_S8_X(xi, j)));
             }
         }
     }
@@ -229,14 +205,10 @@ static ep_batchnorm_params_t bnq_shape(const ep_ctx_t *c, const ep_node_t *nd, u
     return p;
 }
 
-static float bnq_scale(const ep_ctx_t *c, uint16_t e) {
-    return ep_q8_dequant_scale(ep_ctx_i32(c, e)[0]);
-}
-
 static void batchnorm_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[0]);
     const int8_t *x = ep_ctx_s8(c, nd->in[0]);
-    const float s = bnq_scale(c, nd->in[1]);
+    const float s = ep_q8_ctx_scale(c, nd->in[1]);
     if (nd->iattr[0] == BNQ_STATS) {
         float *saved = ep_ctx_f32(c, nd->out[0]);
         for (uint32_t ch = 0; ch < p.c; ch++) {
@@ -256,15 +228,15 @@ static void batchnorm_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
 static void batchnorm_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[2]);
     ep_ctx_i32(c, nd->out[1])[0] =
-        bnq_bw_input(&p, ep_ctx_s8(c, nd->in[0]), bnq_scale(c, nd->in[1]), ep_ctx_s8(c, nd->in[2]),
-                     bnq_scale(c, nd->in[3]), ep_ctx_f32(c, nd->in[4]), ep_ctx_f32(c, nd->in[5]),
+        bnq_bw_input(&p, ep_ctx_s8(c, nd->in[0]), ep_q8_ctx_scale(c, nd->in[1]), ep_ctx_s8(c, nd->in[2]),
+                     ep_q8_ctx_scale(c, nd->in[3]), ep_ctx_f32(c, nd->in[4]), ep_ctx_f32(c, nd->in[5]),
                      ep_ctx_f32(c, nd->out[2]), ep_ctx_s8(c, nd->out[0]));
 }
 
 static void batchnorm_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[2]);
     const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
-    const float sg = bnq_scale(c, nd->in[1]), sx = bnq_scale(c, nd->in[3]);
+    const float sg = ep_q8_ctx_scale(c, nd->in[1]), sx = ep_q8_ctx_scale(c, nd->in[3]);
     const float *saved = ep_ctx_f32(c, nd->in[4]);
     float *dgamma = ep_ctx_f32(c, nd->out[0]), *dbeta = ep_ctx_f32(c, nd->out[1]);
     for (uint32_t ch = 0; ch < p.c; ch++) {
@@ -281,183 +253,6 @@ const ep_op_t ep_op_batchnorm_q8 = {
     .fn = {[EP_FN_FW] = batchnorm_q8_fw, [EP_FN_BW_INPUT] = batchnorm_q8_bw_input,
            [EP_FN_BW_PARAM] = batchnorm_q8_bw_param},
 };
-
-/* ---- ACT_Q8 --------------------------------------------------------------------------- */
-
-typedef void (*act_fw_t)(const ep_act_params_t *p, const float *x, float *y);
-typedef void (*act_bw_t)(const ep_act_params_t *p, const float *dy, const float *t, float *dx);
-
-static const struct {
-    uint16_t op;
-    act_fw_t fw;
-    act_bw_t bw;
-} ACTS[] = {
-    {EP_OP_RELU6, ep_relu6_fw_f32, ep_relu6_bw_f32}, {EP_OP_ELU, ep_elu_fw_f32, ep_elu_bw_f32},
-    {EP_OP_GELU, ep_gelu_fw_f32, ep_gelu_bw_f32},    {EP_OP_SIGMOID, ep_sigmoid_fw_f32, ep_sigmoid_bw_f32},
-    {EP_OP_TANH, ep_tanh_fw_f32, ep_tanh_bw_f32},
-};
-
-/* Elements per chunk: operands are dequantized into a stack buffer this long, the f32
- * kernel runs on it, and its results are scanned (pass 1) or quantized (pass 2). */
-#define ACTQ_CHUNK 32u
-
-static int act_index(uint16_t op) {
-    for (int i = 0; i < (int)(sizeof ACTS / sizeof ACTS[0]); i++) {
-        if (ACTS[i].op == op) {
-            return i;
-        }
-    }
-    return -1;
-}
-
-/*
- * iattr[0] the activation's f32 opcode (RELU6, ELU, GELU, SIGMOID, TANH); fattr[0]
- * ELU's alpha ≥ 0 (0 for the others); everything else 0. bw_input's t is the
- * forward's output y (its input x for GELU), with its exponent. All activations and
- * errors batched s8 with the same element count.
- */
-static ep_status_t act_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
-    const int a = act_index(nd->iattr[0]);
-    if (a < 0 || !ep_iattrs_zero_from(nd, 1)) {
-        return ep_reject(why, EP_WHY("act_q8: iattr[0] must name RELU6, ELU, GELU, SIGMOID or TANH, iattr[1..11] 0"));
-    }
-    for (uint8_t i = 0; i < EP_NODE_FATTRS; i++) {
-        if (i == 0 && nd->iattr[0] == EP_OP_ELU ? !(nd->fattr[0] >= 0.0f) : nd->fattr[i] != 0.0f) {
-            return ep_reject(why, EP_WHY("act_q8: alpha (fattr[0]) >= 0 for ELU, every other fattr 0"));
-        }
-    }
-    const bool bw = nd->fn == EP_FN_BW_INPUT;
-    if ((nd->fn != EP_FN_FW && !bw) || nd->n_in != (bw ? 4 : 2) || nd->n_out != 2) {
-        return ep_reject(why, EP_WHY("act_q8: needs fw (x, e_x) -> (y, e_y) or bw_input (dy, e_dy, t, e_t) -> (dx, e_dx)"));
-    }
-    const uint16_t x = nd->in[0];
-    const uint32_t elems = m->tensors[x].elems;
-    bool ok = ep_q8_is_batched(m, x, EP_DTYPE_S8) && ep_q8_is_batched(m, nd->out[0], EP_DTYPE_S8) &&
-              m->tensors[nd->out[0]].elems == elems && ep_q8_is_exp(m, nd->in[1], 1) && ep_q8_is_exp(m, nd->out[1], 1);
-    if (bw) {
-        ok = ok && ep_q8_is_batched(m, nd->in[2], EP_DTYPE_S8) && m->tensors[nd->in[2]].elems == elems &&
-             ep_q8_is_exp(m, nd->in[3], 1);
-    }
-    if (!ok) {
-        return ep_reject(why, EP_WHY("act_q8: x, y, dy, t, dx must be batched s8 of one size, each with an i32 [1] exponent"));
-    }
-    if (!ep_outputs_disjoint(m, nd, 0) || (bw && !ep_disjoint_or_same(m, nd->out[0], nd->in[2]))) {
-        return ep_reject(why, EP_WHY("act_q8: an output overlaps an input or the other output (only y over x, dx over dy or t exactly)"));
-    }
-    return EP_OK;
-}
-
-/* One pass over count elements: f32 results chunk by chunk into out (NULL: only the
- * largest magnitude, returned), quantized with exponent e. */
-static float act_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, float sa, const int8_t *t, float st,
-                         int32_t e, int8_t *out) {
-    const int k = act_index(nd->iattr[0]);
-    float fa[ACTQ_CHUNK], ft[ACTQ_CHUNK], amax = 0.0f;
-    for (uint32_t i0 = 0; i0 < count; i0 += ACTQ_CHUNK) {
-        const uint32_t len = count - i0 < ACTQ_CHUNK ? count - i0 : ACTQ_CHUNK;
-        const ep_act_params_t p = {.count = len, .alpha = nd->fattr[0]};
-        for (uint32_t j = 0; j < len; j++) {
-            fa[j] = (float)a[i0 + j] * sa;
-        }
-        if (t != NULL) {
-            for (uint32_t j = 0; j < len; j++) {
-                ft[j] = (float)t[i0 + j] * st;
-            }
-            ACTS[k].bw(&p, fa, ft, fa);
-        } else {
-            ACTS[k].fw(&p, fa, fa);
-        }
-        amax = q8_chunk_out(fa, len, out != NULL ? out + i0 : NULL, e, amax);
-    }
-    return amax;
-}
-
-static void act_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
-    const bool bw = nd->fn == EP_FN_BW_INPUT;
-    const uint32_t count = ep_q8_count(c, nd->in[0]);
-    const int8_t *a = ep_ctx_s8(c, nd->in[0]), *t = bw ? ep_ctx_s8(c, nd->in[2]) : NULL;
-    const float sa = bnq_scale(c, nd->in[1]), st = bw ? bnq_scale(c, nd->in[3]) : 0.0f;
-    const int32_t e = ep_q8_exp_for_maxabs(act_q8_pass(nd, count, a, sa, t, st, 0, NULL));
-    act_q8_pass(nd, count, a, sa, t, st, e, ep_ctx_s8(c, nd->out[0]));
-    ep_ctx_i32(c, nd->out[1])[0] = e;
-}
-
-const ep_op_t ep_op_act_q8 = {
-    .name = "act_q8",
-    .prepare = act_q8_prepare,
-    .fn = {[EP_FN_FW] = act_q8_run, [EP_FN_BW_INPUT] = act_q8_run, [EP_FN_BW_PARAM] = NULL},
-};
-
-/* ---- AVGPOOL2D_Q8 --------------------------------------------------------------------- */
-
-/*
- * iattrs as AVGPOOL2D (kh kw sh sw pad×4 count_include_pad); x/dx [C][H][W] or [C][L]
- * and y/dy batched s8 with i32 [1] exponents; scratch an unbatched s8 of at least
- * 4·(H·W + H_out·W_out) bytes: one plane of each side in f32.
- */
-static ep_status_t avgpool2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
-    const bool fw = nd->fn == EP_FN_FW;
-    if ((!fw && nd->fn != EP_FN_BW_INPUT) || nd->n_in != 2 || nd->n_out != 3) {
-        return ep_reject(why, EP_WHY("avgpool2d_q8: needs fw (x, e_x) -> (y, e_y, scratch) or bw_input (dy, e_dy) -> (dx, e_dx, scratch)"));
-    }
-    const uint16_t x = fw ? nd->in[0] : nd->out[0], y = fw ? nd->out[0] : nd->in[0];
-    const ep_status_t st = ep_pool2d_check(m, nd, x, y, false, EP_DTYPE_S8, why);
-    if (st != EP_OK) {
-        return st;
-    }
-    const ep_pool2d_params_t p = ep_pool2d_geom(m, nd, x, y);
-    if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->out[1], 1) ||
-        !ep_q8_scratch_ok(m, nd->out[2], 4u * ((uint64_t)p.h_in * p.w_in + (uint64_t)p.h_out * p.w_out))) {
-        return ep_reject(why, EP_WHY("avgpool2d_q8: exponents must be i32 [1], scratch an unbatched s8 of >= 4*(H*W + H_out*W_out) bytes"));
-    }
-    if (!ep_outputs_disjoint(m, nd, -1)) {
-        return ep_reject(why, EP_WHY("avgpool2d_q8: outputs overlap inputs or each other"));
-    }
-    return EP_OK;
-}
-
-/* One pass over the n·C planes: the f32 pooling (or its input gradient) of each dequantized
- * plane in the scratch; out NULL: the largest magnitude (returned), else codes at e. */
-static float avgpool_q8_pass(const ep_pool2d_params_t *p, bool fw, const int8_t *a, float sa, float *buf, int32_t e,
-                             int8_t *out) {
-    const uint32_t in = fw ? p->h_in * p->w_in : p->h_out * p->w_out;
-    const uint32_t res = fw ? p->h_out * p->w_out : p->h_in * p->w_in;
-    float *src = buf, *dst = buf + (fw ? p->h_in * p->w_in : p->h_out * p->w_out);
-    ep_pool2d_params_t one = *p;
-    one.n = one.c = 1;
-    float amax = 0.0f;
-    for (uint32_t k = 0; k < p->n * p->c; k++) {
-        for (uint32_t j = 0; j < in; j++) {
-            src[j] = (float)a[k * in + j] * sa;
-        }
-        if (fw) {
-            ep_avgpool2d_fw_f32(&one, src, dst);
-        } else {
-            ep_avgpool2d_bw_input_f32(&one, src, dst);
-        }
-        amax = q8_chunk_out(dst, res, out != NULL ? out + k * res : NULL, e, amax);
-    }
-    return amax;
-}
-
-static void avgpool2d_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
-    const bool fw = nd->fn == EP_FN_FW;
-    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, fw ? nd->in[0] : nd->out[0], fw ? nd->out[0] : nd->in[0]);
-    p.n = c->n;
-    const int8_t *a = ep_ctx_s8(c, nd->in[0]);
-    const float sa = bnq_scale(c, nd->in[1]);
-    float *buf = ep_ctx_f32(c, nd->out[2]);
-    const int32_t e = ep_q8_exp_for_maxabs(avgpool_q8_pass(&p, fw, a, sa, buf, 0, NULL));
-    avgpool_q8_pass(&p, fw, a, sa, buf, e, ep_ctx_s8(c, nd->out[0]));
-    ep_ctx_i32(c, nd->out[1])[0] = e;
-}
-
-const ep_op_t ep_op_avgpool2d_q8 = {
-    .name = "avgpool2d_q8",
-    .prepare = avgpool2d_q8_prepare,
-    .fn = {[EP_FN_FW] = avgpool2d_q8_run, [EP_FN_BW_INPUT] = avgpool2d_q8_run, [EP_FN_BW_PARAM] = NULL},
-};
-
 /* ---- DROPOUT_Q8 ------------------------------------------------------------------------ */
 
 /*
@@ -502,9 +297,9 @@ static ep_status_t dropout_q8_prepare(const ep_model_t *m, const ep_node_t *nd, 
  * dequantized codes; out NULL: the largest magnitude (returned), else codes at e. */
 static float dropout_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, float sa, uint8_t *mask,
                              uint32_t *state, int32_t e, int8_t *out) {
-    float f[ACTQ_CHUNK], amax = 0.0f;
-    for (uint32_t i0 = 0; i0 < count; i0 += ACTQ_CHUNK) {
-        const uint32_t len = count - i0 < ACTQ_CHUNK ? count - i0 : ACTQ_CHUNK;
+    float f[EP_Q8_CHUNK], amax = 0.0f;
+    for (uint32_t i0 = 0; i0 < count; i0 += EP_Q8_CHUNK) {
+        const uint32_t len = count - i0 < EP_Q8_CHUNK ? count - i0 : EP_Q8_CHUNK;
         const ep_dropout_params_t p = {.count = len, .p_drop = nd->fattr[0], .state = state};
         for (uint32_t j = 0; j < len; j++) {
             f[j] = (float)a[i0 + j] * sa;
@@ -514,7 +309,7 @@ static float dropout_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *
         } else {
             ep_dropout_bw_f32(&p, f, mask + i0 / 8u, f);
         }
-        amax = q8_chunk_out(f, len, out != NULL ? out + i0 : NULL, e, amax);
+        amax = ep_q8_chunk_out(f, len, out != NULL ? out + i0 : NULL, e, amax);
     }
     return amax;
 }
@@ -523,7 +318,7 @@ static void dropout_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
     const bool fw = nd->fn == EP_FN_FW;
     const uint32_t count = ep_q8_count(c, nd->in[0]);
     const int8_t *a = ep_ctx_s8(c, nd->in[0]);
-    const float sa = bnq_scale(c, nd->in[1]);
+    const float sa = ep_q8_ctx_scale(c, nd->in[1]);
     uint8_t *mask = c->arena + c->model->tensors[fw ? nd->out[2] : nd->in[2]].offset;
     uint32_t *state = fw ? (uint32_t *)(void *)ep_ctx_i32(c, nd->out[3]) : NULL;
     const int32_t e = ep_q8_exp_for_maxabs(dropout_q8_pass(nd, count, a, sa, mask, state, 0, NULL));

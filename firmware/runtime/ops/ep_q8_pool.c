@@ -1,0 +1,153 @@
+/*
+ * ep_q8_pool.c — int8 average pooling (the CONV op family, zephyr/Kconfig):
+ *
+ *   AVGPOOL2D_Q8       FW        in (x s8, e_x)     out (y s8, e_y, scratch)
+ *                      BW_INPUT  in (dy s8, e_dy)   out (dx s8, e_dx, scratch)
+ *   GLOBAL_AVGPOOL_Q8  FW        in (x s8, e_x)     out (y s8, e_y, scratch)
+ *                      BW_INPUT  in (dy s8, e_dy)   out (dx s8, e_dx, scratch)
+ *
+ * The f32 nodes they stand for: AVGPOOL2D and GLOBAL_AVGPOOL, whose kernels run on one
+ * dequantized (sample, channel) plane at a time in the node's scratch.
+ * Each computes exactly what DEQUANTIZE, the f32 node and QUANTIZE compute in a row,
+ * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
+ * int8"): operands are read from their codes (code · 2^e, exact, as DEQUANTIZE), and an
+ * int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
+ * picks it), then the codes. They run on one core (no cluster split): their cost is a
+ * few passes over the codes, next to the conv and linear layers around them.
+ */
+#include <stddef.h>
+
+#include "ep_conv_pool.h"
+#include "ep_q8.h"
+
+/* ---- AVGPOOL2D_Q8 --------------------------------------------------------------------- */
+
+/*
+ * iattrs as AVGPOOL2D (kh kw sh sw pad×4 count_include_pad); x/dx [C][H][W] or [C][L]
+ * and y/dy batched s8 with i32 [1] exponents; scratch an unbatched s8 of at least
+ * 4·(H·W + H_out·W_out) bytes: one plane of each side in f32.
+ */
+static ep_status_t avgpool2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const bool fw = nd->fn == EP_FN_FW;
+    if ((!fw && nd->fn != EP_FN_BW_INPUT) || nd->n_in != 2 || nd->n_out != 3) {
+        return ep_reject(why, EP_WHY("avgpool2d_q8: needs fw (x, e_x) -> (y, e_y, scratch) or bw_input (dy, e_dy) -> (dx, e_dx, scratch)"));
+    }
+    const uint16_t x = fw ? nd->in[0] : nd->out[0], y = fw ? nd->out[0] : nd->in[0];
+    const ep_status_t st = ep_pool2d_check(m, nd, x, y, false, EP_DTYPE_S8, why);
+    if (st != EP_OK) {
+        return st;
+    }
+    const ep_pool2d_params_t p = ep_pool2d_geom(m, nd, x, y);
+    if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->out[1], 1) ||
+        !ep_q8_scratch_ok(m, nd->out[2], 4u * ((uint64_t)p.h_in * p.w_in + (uint64_t)p.h_out * p.w_out))) {
+        return ep_reject(why, EP_WHY("avgpool2d_q8: exponents must be i32 [1], scratch an unbatched s8 of >= 4*(H*W + H_out*W_out) bytes"));
+    }
+    if (!ep_outputs_disjoint(m, nd, -1)) {
+        return ep_reject(why, EP_WHY("avgpool2d_q8: outputs overlap inputs or each other"));
+    }
+    return EP_OK;
+}
+
+/* One pass over the n·C planes: the f32 pooling (or its input gradient) of each dequantized
+ * plane in the scratch; out NULL: the largest magnitude (returned), else codes at e. */
+static float avgpool_q8_pass(const ep_pool2d_params_t *p, bool fw, const int8_t *a, float sa, float *buf, int32_t e,
+                             int8_t *out) {
+    const uint32_t in = fw ? p->h_in * p->w_in : p->h_out * p->w_out;
+    const uint32_t res = fw ? p->h_out * p->w_out : p->h_in * p->w_in;
+    float *src = buf, *dst = buf + (fw ? p->h_in * p->w_in : p->h_out * p->w_out);
+    ep_pool2d_params_t one = *p;
+    one.n = one.c = 1;
+    float amax = 0.0f;
+    for (uint32_t k = 0; k < p->n * p->c; k++) {
+        for (uint32_t j = 0; j < in; j++) {
+            src[j] = (float)a[k * in + j] * sa;
+        }
+        if (fw) {
+            ep_avgpool2d_fw_f32(&one, src, dst);
+        } else {
+            ep_avgpool2d_bw_input_f32(&one, src, dst);
+        }
+        amax = ep_q8_chunk_out(dst, res, out != NULL ? out + k * res : NULL, e, amax);
+    }
+    return amax;
+}
+
+static void avgpool2d_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool fw = nd->fn == EP_FN_FW;
+    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, fw ? nd->in[0] : nd->out[0], fw ? nd->out[0] : nd->in[0]);
+    p.n = c->n;
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]);
+    const float sa = ep_q8_ctx_scale(c, nd->in[1]);
+    float *buf = ep_ctx_f32(c, nd->out[2]);
+    const int32_t e = ep_q8_exp_for_maxabs(avgpool_q8_pass(&p, fw, a, sa, buf, 0, NULL));
+    avgpool_q8_pass(&p, fw, a, sa, buf, e, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+const ep_op_t ep_op_avgpool2d_q8 = {
+    .name = "avgpool2d_q8",
+    .prepare = avgpool2d_q8_prepare,
+    .fn = {[EP_FN_FW] = avgpool2d_q8_run, [EP_FN_BW_INPUT] = avgpool2d_q8_run, [EP_FN_BW_PARAM] = NULL},
+};
+/* ---- GLOBAL_AVGPOOL_Q8 ---------------------------------------------------------------- */
+
+/* x/dx batched s8 [C][...] (rank 2..4, hw = the product past C), y/dy batched s8 of C
+ * elements, exponents i32 [1], scratch an unbatched s8 of ≥ 4·hw bytes (one plane in f32);
+ * no attributes. */
+static ep_status_t global_avgpool_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    const bool fw = nd->fn == EP_FN_FW;
+    if ((!fw && nd->fn != EP_FN_BW_INPUT) || nd->n_in != 2 || nd->n_out != 3 || !ep_iattrs_zero_from(nd, 0) ||
+        !ep_fattrs_zero(nd)) {
+        return ep_reject(why, EP_WHY("global_avgpool_q8: needs fw (x, e_x) -> (y, e_y, scratch) or bw_input (dy, e_dy) -> (dx, e_dx, scratch), no attributes"));
+    }
+    const uint16_t x = fw ? nd->in[0] : nd->out[0], y = fw ? nd->out[0] : nd->in[0];
+    const ep_tensor_t *xt = &m->tensors[x], *yt = &m->tensors[y];
+    if (!ep_q8_is_batched(m, x, EP_DTYPE_S8) || xt->rank < 2 || !ep_q8_is_batched(m, y, EP_DTYPE_S8) ||
+        yt->dims[0] != xt->dims[0] || yt->elems != yt->dims[0] || !ep_q8_is_exp(m, nd->in[1], 1) ||
+        !ep_q8_is_exp(m, nd->out[1], 1) || !ep_q8_scratch_ok(m, nd->out[2], 4u * (uint64_t)(xt->elems / xt->dims[0]))) {
+        return ep_reject(why, EP_WHY("global_avgpool_q8: x/dx batched s8 [C][...], y/dy batched s8 [C], i32 [1] exponents, scratch >= 4*hw bytes"));
+    }
+    if (!ep_outputs_disjoint(m, nd, -1)) {
+        return ep_reject(why, EP_WHY("global_avgpool_q8: outputs overlap inputs or each other"));
+    }
+    return EP_OK;
+}
+
+/* One pass over the n·C planes (the f32 kernel on one plane, n = c = 1). */
+static float gap_q8_pass(uint32_t planes, uint32_t hw, bool fw, const int8_t *a, float sa, float *buf, int32_t e,
+                         int8_t *out) {
+    const ep_global_avgpool_params_t one = {1, 1, hw};
+    const uint32_t in = fw ? hw : 1u, res = fw ? 1u : hw;
+    float y1, amax = 0.0f;
+    for (uint32_t k = 0; k < planes; k++) {
+        float *src = fw ? buf : &y1, *dst = fw ? &y1 : buf;
+        for (uint32_t j = 0; j < in; j++) {
+            src[j] = (float)a[k * in + j] * sa;
+        }
+        if (fw) {
+            ep_global_avgpool_fw_f32(&one, src, dst);
+        } else {
+            ep_global_avgpool_bw_input_f32(&one, src, dst);
+        }
+        amax = ep_q8_chunk_out(dst, res, out != NULL ? out + k * res : NULL, e, amax);
+    }
+    return amax;
+}
+
+static void global_avgpool_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    const bool fw = nd->fn == EP_FN_FW;
+    const ep_tensor_t *xt = &c->model->tensors[fw ? nd->in[0] : nd->out[0]];
+    const uint32_t planes = c->n * xt->dims[0], hw = xt->elems / xt->dims[0];
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]);
+    const float sa = ep_q8_ctx_scale(c, nd->in[1]);
+    float *buf = ep_ctx_f32(c, nd->out[2]);
+    const int32_t e = ep_q8_exp_for_maxabs(gap_q8_pass(planes, hw, fw, a, sa, buf, 0, NULL));
+    gap_q8_pass(planes, hw, fw, a, sa, buf, e, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+const ep_op_t ep_op_global_avgpool_q8 = {
+    .name = "global_avgpool_q8",
+    .prepare = global_avgpool_q8_prepare,
+    .fn = {[EP_FN_FW] = global_avgpool_q8_run, [EP_FN_BW_INPUT] = global_avgpool_q8_run, [EP_FN_BW_PARAM] = NULL},
+};
