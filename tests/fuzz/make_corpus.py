@@ -100,15 +100,17 @@ MODELS = [
         {"type": "sigmoid", "name": "a4"},
         {"type": "tanh", "name": "a5"},
         {"type": "linear", "name": "fc2", "out": 3}]), TrainConfig(batch=2, optimizer="momentum")),
-    # int8 from conv to conv: BATCHNORM_Q8, ACT_Q8, AVGPOOL2D_Q8, DROPOUT_Q8, per-sample conv sums
+    # int8 from conv to classifier: BATCHNORM_Q8, ACT_Q8, AVGPOOL2D_Q8, DROPOUT_Q8, ADD_Q8 (a
+    # residual and its gradient sum), GLOBAL_AVGPOOL_Q8, per-sample conv sums
     (tiny("int8-chain", [2, 4, 8], [
         {"type": "conv2d", "name": "c1", "out": 4, "kernel": 3, "padding": 1},
         {"type": "batchnorm", "name": "bn"},
         {"type": "elu", "name": "a1"},
         {"type": "avgpool2d", "name": "p1", "kernel": 2},
         {"type": "dropout", "name": "drop", "p": 0.25},
-        {"type": "conv2d", "name": "c2", "out": 2, "kernel": 1},
-        {"type": "flatten", "name": "f"},
+        {"type": "conv2d", "name": "c2", "out": 4, "kernel": 1},
+        {"type": "add", "name": "res", "inputs": ["c2", "drop"]},
+        {"type": "global_avgpool", "name": "g"},
         {"type": "linear", "name": "fc", "out": 3}]), TrainConfig(batch=2, dtype="int8", int8_sums="sample")),
 ]
 
