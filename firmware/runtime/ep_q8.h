@@ -41,6 +41,7 @@
 #ifndef EP_Q8_H
 #define EP_Q8_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -227,9 +228,9 @@ void ep_q8_requant_apply(const int32_t *restrict acc, uint32_t outer, uint32_t C
 /** Elements per chunk: operands are dequantized into a stack buffer this long. */
 #define EP_Q8_CHUNK 32u
 
-/** The running largest magnitude: NaN never wins, as in QUANTIZE. */
+/** The running largest magnitude m (≥ 0) after v: NaN never wins. QUANTIZE's rule. */
 static inline float ep_q8_maxabs_step(float m, float v) {
-    const float a = v < 0.0f ? -v : v;
+    const float a = fabsf(v);
     return a > m ? a : m;
 }
 

@@ -448,8 +448,7 @@ int8_t ep_q8_quantize1(float x, int32_t e) {
 static float absmax_f32(uint32_t count, const float *x) {
     float m = 0.0f;
     for (uint32_t i = 0; i < count; i++) {
-        const float a = fabsf(x[i]);
-        m = a > m ? a : m; /* NaN never wins */
+        m = ep_q8_maxabs_step(m, x[i]);
     }
     return m;
 }
