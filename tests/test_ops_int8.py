@@ -484,13 +484,26 @@ def _bnq_graph(fused: bool, dims, mb, x, dy, gamma, beta, rm, rv) -> il.QGraph:
         qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
         qg.node(OpCode.BATCHNORM, FW, ["xf", "gamma", "beta", "rm", "rv"], ["yef"], (BNQ_EVAL,), (eps,))
         qg.node(OpCode.QUANTIZE, FW, ["yef"], ["ye", "e_ye"])
-    qg.readable("saved", "y", "e_y", "dx", "e_dx", "dg", "db", "ye", "e_ye")
     return qg
 
 
 def _read(runner, names) -> dict:
     """Every named output, read before the next graph replaces this one on a device."""
     return {name: runner.read(name) for name in names}
+
+
+def _fused_is_chain(target, build, names) -> dict:
+    """build(True): a graph of the int8 node(s); build(False): the same inputs through
+    DEQUANTIZE → the f32 node → QUANTIZE. Both run on target, and every named output must
+    be the same bits. Returns the int8 node's outputs."""
+    got = []
+    for fused in (True, False):
+        qg = build(fused)
+        qg.readable(*names)
+        got.append(_read(run_eval(target, qg), names))
+    for name in names:
+        assert_same(got[0][name], got[1][name], name)
+    return got[0]
 
 
 BNQ_OUTPUTS = ("saved", "rm", "rv", "y", "e_y", "dx", "e_dx", "dg", "db", "ye", "e_ye")
@@ -504,10 +517,7 @@ def test_batchnorm_q8_is_the_f32_chain(target, rng, case):
     x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, *dims))
     gamma, beta, rm = (rng.standard_normal(C).astype(np.float32) for _ in range(3))
     rv = (rng.random(C) + 0.5).astype(np.float32)
-    fused, chain = (_read(run_eval(target, _bnq_graph(f, dims, mb, x, dy, gamma, beta, rm, rv)), BNQ_OUTPUTS)
-                    for f in (True, False))
-    for name in BNQ_OUTPUTS:
-        assert_same(fused[name], chain[name], name)
+    fused = _fused_is_chain(target, lambda f: _bnq_graph(f, dims, mb, x, dy, gamma, beta, rm, rv), BNQ_OUTPUTS)
     assert np.abs(fused["y"]).max() > 60  # the codes use their range (not all 0)
 
 
@@ -542,7 +552,6 @@ def _actq_graph(fused: bool, act: str, mb, k, x, dy) -> il.QGraph:
         qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
         qg.node(op, BWI, ["dyf", "tf"], ["dxf"], (), fattrs)
         qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
-    qg.readable("y", "e_y", "dx", "e_dx")
     return qg
 
 
@@ -550,10 +559,7 @@ def _actq_graph(fused: bool, act: str, mb, k, x, dy) -> il.QGraph:
 def test_act_q8_is_the_f32_chain(target, rng, act):
     mb, k = 3, 77  # 231 elements: several 32-element chunks and a short last one
     x, dy = codes(rng, (mb, k)), codes(rng, (mb, k))
-    names = ("y", "e_y", "dx", "e_dx")
-    fused, chain = (_read(run_eval(target, _actq_graph(f, act, mb, k, x, dy)), names) for f in (True, False))
-    for name in names:
-        assert_same(fused[name], chain[name], name)
+    fused = _fused_is_chain(target, lambda f: _actq_graph(f, act, mb, k, x, dy), ("y", "e_y", "dx", "e_dx"))
     assert np.abs(fused["dx"]).max() > 60
 
 
@@ -561,7 +567,9 @@ def test_act_q8_in_place_forward():
     """y over x: the same codes as out of place (the runtime library)."""
     mb, k, rng = 2, 40, np.random.default_rng(5)
     x, dy = codes(rng, (mb, k)), codes(rng, (mb, k))
-    want = run_eval(lambda qg, blob: il.LibRunner(qg, blob), _actq_graph(True, "elu", mb, k, x, dy))
+    fused = _actq_graph(True, "elu", mb, k, x, dy)
+    fused.readable("y", "e_y")
+    want = run_eval(lambda qg, blob: il.LibRunner(qg, blob), fused)
     qg = il.QGraph("actq_inplace", mb)
     qg.add("x", (k,), DType.S8, B, x)
     qg.exp("e_x", -4)
@@ -591,8 +599,8 @@ def test_avgpool2d_q8_is_the_f32_chain(target, rng, case):
     out = (dims[0], ho, wo) if len(dims) == 3 else (dims[0], wo)
     x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, *out))
     names = ("y", "e_y", "dx", "e_dx")
-    got = {}
-    for fused in (True, False):
+
+    def build(fused):
         qg = il.QGraph("poolq" if fused else "poolq_chain", mb)
         qg.add("x", dims, DType.S8, B, x)
         qg.exp("e_x", -5)
@@ -615,11 +623,10 @@ def test_avgpool2d_q8_is_the_f32_chain(target, rng, case):
             qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
             qg.node(OpCode.AVGPOOL2D, BWI, ["dyf"], ["dxf"], attrs)
             qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
-        qg.readable(*names)
-        got[fused] = _read(run_eval(target, qg), names)
-    for name in names:
-        assert_same(got[True][name], got[False][name], name)
-    assert np.abs(got[True]["y"]).max() > 60
+        return qg
+
+    got = _fused_is_chain(target, build, names)
+    assert np.abs(got["y"]).max() > 60
 
 
 def test_dropout_q8_is_the_f32_chain(target, rng):
@@ -629,8 +636,8 @@ def test_dropout_q8_is_the_f32_chain(target, rng):
     x, dy = codes(rng, (mb, k)), codes(rng, (mb, k))
     seed = np.array([0x2545F491], np.uint32).view(np.int32)
     names = ("y", "e_y", "dx", "e_dx", "mask", "state")
-    got = {}
-    for fused in (True, False):
+
+    def build(fused):
         qg = il.QGraph("dropq" if fused else "dropq_chain", mb)
         qg.add("x", (k,), DType.S8, B, x)
         qg.exp("e_x", -5)
@@ -655,11 +662,10 @@ def test_dropout_q8_is_the_f32_chain(target, rng):
             qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
             qg.node(OpCode.DROPOUT, BWI, ["dyf", "mask"], ["dxf"], (0,), (p_drop,))
             qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
-        qg.readable(*names)
-        got[fused] = _read(run_eval(target, qg), names)
-    for name in names:
-        assert_same(got[True][name], got[False][name], name)
-    kept = np.unpackbits(got[True]["mask"].reshape(-1), bitorder="little")[:mb * k]
+        return qg
+
+    got = _fused_is_chain(target, build, names)
+    kept = np.unpackbits(got["mask"].reshape(-1), bitorder="little")[:mb * k]
     assert 0.6 < kept.mean() < 0.9  # about 1 - p kept
 
 
@@ -669,8 +675,8 @@ def test_add_q8_is_the_f32_chain(target, rng):
     mb, k = 3, 50
     a, b = codes(rng, (mb, k)), codes(rng, (mb, k))
     names = ("y", "e_y")
-    got = {}
-    for fused in (True, False):
+
+    def build(fused):
         qg = il.QGraph("addq" if fused else "addq_chain", mb)
         qg.add("a", (k,), DType.S8, B, a)
         qg.exp("e_a", -6)
@@ -688,11 +694,10 @@ def test_add_q8_is_the_f32_chain(target, rng):
             qg.node(OpCode.DEQUANTIZE, FW, ["b", "e_b"], ["bf"])
             qg.node(OpCode.ADD, FW, ["af", "bf"], ["yf"])
             qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
-        qg.readable(*names)
-        got[fused] = _read(run_eval(target, qg), names)
-    for name in names:
-        assert_same(got[True][name], got[False][name], name)
-    assert np.abs(got[True]["y"]).max() > 60
+        return qg
+
+    got = _fused_is_chain(target, build, names)
+    assert np.abs(got["y"]).max() > 60
 
 
 @pytest.mark.parametrize("dims", [(3, 5, 6), (4, 9)], ids=["2d", "1d"])
@@ -701,8 +706,8 @@ def test_global_avgpool_q8_is_the_f32_chain(target, rng, dims):
     hw = int(np.prod(dims[1:]))
     x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, C))
     names = ("y", "e_y", "dx", "e_dx")
-    got = {}
-    for fused in (True, False):
+
+    def build(fused):
         qg = il.QGraph("gapq" if fused else "gapq_chain", mb)
         qg.add("x", dims, DType.S8, B, x)
         qg.exp("e_x", -5)
@@ -725,11 +730,10 @@ def test_global_avgpool_q8_is_the_f32_chain(target, rng, dims):
             qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
             qg.node(OpCode.GLOBAL_AVGPOOL, BWI, ["dyf"], ["dxf"])
             qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
-        qg.readable(*names)
-        got[fused] = _read(run_eval(target, qg), names)
-    for name in names:
-        assert_same(got[True][name], got[False][name], name)
-    assert np.abs(got[True]["dx"]).max() > 60
+        return qg
+
+    got = _fused_is_chain(target, build, names)
+    assert np.abs(got["dx"]).max() > 60
 
 
 def _bnq_parse(mutate) -> str:
