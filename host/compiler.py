@@ -393,10 +393,10 @@ def build_graph(spec: ModelSpec, params: dict[str, np.ndarray], cfg: TrainConfig
 def _int8_layers(spec: ModelSpec, dtype: str, sel: Selection, shapes: dict, needs_grad: dict) -> set[str]:
     """The layers that run in int8 under `dtype` (TrainConfig.dtype). A layer qualifies if its
     rule has an int8 form and it trains whole or not at all (no adapters, no sparse rows, not
-    bias-only); under mixed, only if it runs forward only; ReLU, batch norm and the
-    activations only right after an int8 layer (rule.int8_after_int8), batch norm and the
-    activations only where every consumer is int8 too (rule.int8_before_int8); flatten and
-    reshape pass int8 through."""
+    bias-only); under mixed, only if it runs forward only; ReLU, batch norm, the
+    activations, average pooling, dropout and add only where their inputs are int8
+    (rule.int8_after_int8), and all but ReLU only where every consumer is int8 too
+    (rule.int8_before_int8); flatten and reshape pass int8 through."""
     if dtype == "fp32":
         return set()
     chosen: set[str] = set()

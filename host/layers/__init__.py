@@ -65,12 +65,12 @@ class LayerRule:
     #: the rule has an int8 form (host.layers.q8): with --dtype int8 (or mixed, when frozen)
     #: forward and backward get and give S8 tensors; rules without one get f32
     int8: bool = False
-    #: the int8 form is used only where the input is int8 already (ReLU, batch norm, the
-    #: activations: a QUANTIZE just for them would cost more than it saves)
+    #: the int8 form is used only where the inputs are int8 already (ReLU and the layers
+    #: below: a QUANTIZE just for them would cost more than it saves)
     int8_after_int8: bool = False
-    #: ... and only where every consumer runs in int8 too (batch norm, the activations:
-    #: their int8 output is a rounding the f32 chain would not make, worth it only where
-    #: the next layer quantises anyway)
+    #: ... and only where every consumer runs in int8 too (batch norm, the activations,
+    #: average pooling, dropout, add: their int8 output is a rounding the f32 chain would
+    #: not make, worth it only where the next layer quantises anyway)
     int8_before_int8: bool = False
     #: the int8 form runs on int8 weights (linear, conv): a frozen layer keeps only those
     #: codes; the other int8 forms (batch norm) keep their f32 parameters
@@ -338,6 +338,20 @@ class Emitter:
         q = self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), DType.S8, flags))
         self.qexp[q] = self.g.add_tensor(Tensor(f"{self._current}.{local}.exp", (1,), DType.I32))
         return q
+
+    def q8_node(self, op: OpCode, fn: OpFn, ins: list[int], local: str, dims: Shape, *, grad: bool = False,
+                more_ins: tuple[int, ...] = (), scratch: tuple[str, int] | None = None,
+                iattrs: tuple[int, ...] = (), fattrs: tuple[float, ...] = ()) -> tuple[int, list[int]]:
+        """A node of an int8 form: each of `ins` as int8 (to_q8) followed by its exponent, then
+        more_ins; out a new S8 tensor `local` of `dims` (a gradient with `grad`) and its
+        exponent, then, with scratch = (local, bytes), a scratch_bytes tensor. Returns the
+        output and the int8 inputs."""
+        xs = [self.to_q8(t) for t in ins]
+        y = self.act_q8(local, dims, grad)
+        outs = [y, self.qexp[y]] + ([self.scratch_bytes(*scratch)] if scratch else [])
+        self.node(op, fn, [v for x in xs for v in (x, self.qexp[x])] + list(more_ins), outs, iattrs=iattrs,
+                  fattrs=fattrs)
+        return y, xs
 
     def scratch_bytes(self, local: str, nbytes: int) -> int:
         """Temporary memory of one int8 node (its accumulators and operand rows), in bytes."""

@@ -426,18 +426,16 @@ class _Pool(LayerRule):
         cip = int(layer.attrs.get("count_include_pad", False)) if self.kind == "avg" else 0
         return (*g.kernel, *g.stride, *g.pads, cip)
 
-    def _q8_scratch(self, e, layer, x) -> int:
+    def _q8_scratch(self, layer, in_dims) -> tuple[str, int]:
         """AVGPOOL2D_Q8's scratch: one (sample, channel) plane of each side in f32."""
-        c, h, w = _spatial(layer, e.dims(x), self.rank)
-        _, ho, wo = _spatial(layer, self.out_shape(layer, e.dims(x)), self.rank)
-        return e.scratch_bytes("q8.scratch", 4 * (h * w + ho * wo))
+        c, h, w = _spatial(layer, in_dims, self.rank)
+        _, ho, wo = _spatial(layer, self.out_shape(layer, in_dims), self.rank)
+        return "q8.scratch", 4 * (h * w + ho * wo)
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):  # average pooling only (AvgPool*: int8 = True)
-            x = e.to_q8(x)
-            y = e.act_q8("out", self.out_shape(layer, e.dims(x)))
-            e.node(OpCode.AVGPOOL2D_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y], self._q8_scratch(e, layer, x)],
-                   iattrs=self.iattrs(layer))
+            y, (x,) = e.q8_node(OpCode.AVGPOOL2D_Q8, OpFn.FW, [x], "out", self.out_shape(layer, e.dims(x)),
+                                scratch=self._q8_scratch(layer, e.dims(x)), iattrs=self.iattrs(layer))
             return y, x
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(self.op, OpFn.FW, [x], [y], iattrs=self.iattrs(layer))
@@ -448,11 +446,8 @@ class _Pool(LayerRule):
         if not need_dx:
             return None
         if e.is_q8(layer):
-            dy = e.to_q8(dy)
-            dx = e.act_q8("in.grad", e.dims(x), grad=True)
-            e.node(OpCode.AVGPOOL2D_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy]], [dx, e.qexp[dx], self._q8_scratch(e, layer, x)],
-                   iattrs=self.iattrs(layer))
-            return dx
+            return e.q8_node(OpCode.AVGPOOL2D_Q8, OpFn.BW_INPUT, [dy], "in.grad", e.dims(x), grad=True,
+                             scratch=self._q8_scratch(layer, e.dims(x)), iattrs=self.iattrs(layer))[0]
         dx = e.grad("in.grad", e.dims(x))
         ins = [dy, x] if self.kind == "max" else [dy]
         e.node(self.op, OpFn.BW_INPUT, ins, [dx], iattrs=self.iattrs(layer))
@@ -554,15 +549,15 @@ class GlobalAvgPool(LayerRule):
 
     int8 = int8_after_int8 = int8_before_int8 = True  # GLOBAL_AVGPOOL_Q8
 
-    def _q8_scratch(self, e, dims) -> int:
+    @staticmethod
+    def _q8_scratch(in_dims) -> tuple[str, int]:
         """GLOBAL_AVGPOOL_Q8's scratch: one (sample, channel) plane in f32."""
-        return e.scratch_bytes("q8.scratch", 4 * int(np.prod(dims[1:])))
+        return "q8.scratch", 4 * int(np.prod(in_dims[1:]))
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):
-            x = e.to_q8(x)
-            y = e.act_q8("out", self.out_shape(layer, e.dims(x)))
-            e.node(OpCode.GLOBAL_AVGPOOL_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y], self._q8_scratch(e, e.dims(x))])
+            y, _ = e.q8_node(OpCode.GLOBAL_AVGPOOL_Q8, OpFn.FW, [x], "out", self.out_shape(layer, e.dims(x)),
+                             scratch=self._q8_scratch(e.dims(x)))
             return y, e.dims(x)
         y = e.act("out", self.out_shape(layer, e.dims(x)))
         e.node(OpCode.GLOBAL_AVGPOOL, OpFn.FW, [x], [y])
@@ -572,11 +567,8 @@ class GlobalAvgPool(LayerRule):
         if not need_dx:
             return None
         if e.is_q8(layer):
-            dy = e.to_q8(dy)
-            dx = e.act_q8("in.grad", in_dims, grad=True)
-            e.node(OpCode.GLOBAL_AVGPOOL_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy]],
-                   [dx, e.qexp[dx], self._q8_scratch(e, in_dims)])
-            return dx
+            return e.q8_node(OpCode.GLOBAL_AVGPOOL_Q8, OpFn.BW_INPUT, [dy], "in.grad", in_dims, grad=True,
+                             scratch=self._q8_scratch(in_dims))[0]
         dx = e.grad("in.grad", in_dims)
         e.node(OpCode.GLOBAL_AVGPOOL, OpFn.BW_INPUT, [dy], [dx])
         return dx

@@ -142,9 +142,7 @@ class ReLU(LayerRule):
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):
-            x = e.to_q8(x)
-            y = e.act_q8("out", e.dims(x))
-            e.node(OpCode.RELU_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y]])
+            y, _ = e.q8_node(OpCode.RELU_Q8, OpFn.FW, [x], "out", e.dims(x))
             return y, y
         y = e.act("out", e.dims(x))
         e.node(OpCode.RELU, OpFn.FW, [x], [y])
@@ -154,10 +152,7 @@ class ReLU(LayerRule):
         if not need_dx:
             return None
         if e.is_q8(layer):
-            dy = e.to_q8(dy)
-            dx = e.act_q8("in.grad", e.dims(y), grad=True)
-            e.node(OpCode.RELU_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], y], [dx, e.qexp[dx]])
-            return dx
+            return e.q8_node(OpCode.RELU_Q8, OpFn.BW_INPUT, [dy], "in.grad", e.dims(y), grad=True, more_ins=(y,))[0]
         dx = e.grad("in.grad", e.dims(y))
         e.node(OpCode.RELU, OpFn.BW_INPUT, [dy, y], [dx])
         return dx
@@ -223,10 +218,7 @@ class Add(LayerRule):
 
     def forward(self, e, layer, xs, train):
         if e.is_q8(layer):
-            a, b = (e.to_q8(x) for x in xs)
-            y = e.act_q8("out", e.dims(a))
-            e.node(OpCode.ADD_Q8, OpFn.FW, [a, e.qexp[a], b, e.qexp[b]], [y, e.qexp[y]])
-            return y, None
+            return e.q8_node(OpCode.ADD_Q8, OpFn.FW, xs, "out", e.dims(xs[0]))[0], None
         y = e.act("out", e.dims(xs[0]))
         e.node(OpCode.ADD, OpFn.FW, xs, [y])
         return y, None

@@ -166,10 +166,9 @@ class BatchNorm(LayerRule):
             dw, db = e.param_grad(w), e.param_grad(b)
             e.node(OpCode.BATCHNORM_Q8, OpFn.BW_PARAM, codes + [st], [dw, db], **attrs)
         dx = None
-        if need_dx:
-            dx = e.act_q8("in.grad", e.dims(x), grad=True)
-            scratch = e.scratch_bytes("bw_input.scratch", 12 * e.dims(x)[0])
-            e.node(OpCode.BATCHNORM_Q8, OpFn.BW_INPUT, codes + [w, st], [dx, e.qexp[dx], scratch], **attrs)
+        if need_dx:  # scratch: three floats per channel between the two passes
+            dx, _ = e.q8_node(OpCode.BATCHNORM_Q8, OpFn.BW_INPUT, [dy, x], "in.grad", e.dims(x), grad=True,
+                              more_ins=(w, st), scratch=("bw_input.scratch", 12 * e.dims(x)[0]), **attrs)
         if trains:
             e.update(w, dw)
             e.update(b, db)
@@ -306,10 +305,8 @@ class _Activation(LayerRule):
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):  # ACT_Q8: int8 in and out, the f32 activation in between
-            x = e.to_q8(x)
-            y = e.act_q8("out", e.dims(x))
-            e.node(OpCode.ACT_Q8, OpFn.FW, [x, e.qexp[x]], [y, e.qexp[y]], iattrs=(self.op,),
-                   fattrs=self.fattrs(layer))
+            y, (x,) = e.q8_node(OpCode.ACT_Q8, OpFn.FW, [x], "out", e.dims(x), iattrs=(self.op,),
+                                fattrs=self.fattrs(layer))
             return y, (x if self.reads_x else y)
         y = e.act("out", e.dims(x))
         e.node(self.op, OpFn.FW, [x], [y], fattrs=self.fattrs(layer))
@@ -319,11 +316,8 @@ class _Activation(LayerRule):
         if not need_dx:
             return None
         if e.is_q8(layer):
-            dy = e.to_q8(dy)
-            dx = e.act_q8("in.grad", e.dims(t), grad=True)
-            e.node(OpCode.ACT_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], t, e.qexp[t]], [dx, e.qexp[dx]],
-                   iattrs=(self.op,), fattrs=self.fattrs(layer))
-            return dx
+            return e.q8_node(OpCode.ACT_Q8, OpFn.BW_INPUT, [dy, t], "in.grad", e.dims(t), grad=True,
+                             iattrs=(self.op,), fattrs=self.fattrs(layer))[0]
         dx = e.grad("in.grad", e.dims(t))
         e.node(self.op, OpFn.BW_INPUT, [dy, t], [dx], fattrs=self.fattrs(layer))
         return dx
@@ -440,10 +434,8 @@ class Dropout(LayerRule):
         if not need_dx:
             return None
         if e.is_q8(layer):
-            dy = e.to_q8(dy)
-            dx = e.act_q8("in.grad", e.dims(dy), grad=True)
-            e.node(OpCode.DROPOUT_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], mask], [dx, e.qexp[dx]], fattrs=(layer["p"],))
-            return dx
+            return e.q8_node(OpCode.DROPOUT_Q8, OpFn.BW_INPUT, [dy], "in.grad", e.dims(dy), grad=True,
+                             more_ins=(mask,), fattrs=(layer["p"],))[0]
         dx = e.grad("in.grad", e.dims(dy))
         e.node(OpCode.DROPOUT, OpFn.BW_INPUT, [dy, mask], [dx], iattrs=(DROPOUT_TRAIN,), fattrs=(layer["p"],))
         return dx
