@@ -209,6 +209,7 @@ class Emitter:
         self.q8_sample_sums = False
         self.qexp: dict[int, int] = {}
         self._converted: dict[tuple[int, str], int] = {}
+        self._rewrites: dict[int, int] = {}  # t → times t was written again after a conversion
         #: f32 values of every parameter by name (int8 layers quantise them), int8 tensors per layer
         self.values: dict[str, np.ndarray] = {}
         self.q8_cache: dict = {}
@@ -275,6 +276,12 @@ class Emitter:
     def node(self, op: OpCode, fn: OpFn, ins: list[int], outs: list[int],
              iattrs: tuple[int, ...] = (), fattrs: tuple[float, ...] = ()) -> None:
         self.g.add_node(Node(op, fn, list(ins), list(outs), tuple(iattrs), tuple(fattrs), layer=self._current))
+        for t in outs:  # a tensor written again (ACCUMULATE): its conversions made so far are stale
+            stale = [k for k, v in self._converted.items() if t in (k[0], v)]
+            for key in stale:
+                del self._converted[key]
+            if stale:
+                self._rewrites[t] = self._rewrites.get(t, 0) + 1
 
     def update(self, p: int, gp: int, rows: tuple[int, int, int] | None = None, then=None) -> None:
         """The optimizer step of parameter p from its gradient gp (as the config says).
@@ -356,8 +363,15 @@ class Emitter:
     def scratch_bytes(self, local: str, nbytes: int) -> int:
         """Temporary memory of one int8 node (its accumulators and operand rows), in bytes."""
         n = max(int(nbytes), 1)
-        dims = (n,) if n <= 0xFFFF else (-(-n // 0x8000), 0x8000)  # a blob dim is a u16
+        rows = -(-n // 0xFFFF)  # a blob dim is a u16: the fewest rows, as short as they can be
+        dims = (n,) if rows == 1 else (rows, -(-n // rows))
         return self.g.add_tensor(Tensor(f"{self._current}.{local}", dims, DType.S8))
+
+    def _fresh(self, t: int, suffix: str) -> str:
+        """The name of a conversion of t: t's name + suffix, + .2, .3, ... for the conversions
+        of t's later values (after an ACCUMULATE into t)."""
+        k = self._rewrites.get(t, 0)
+        return f"{self.g.tensors[t].name}{suffix}" + (f".{k + 1}" if k else "")
 
     def to_q8(self, t: int) -> int:
         """t as int8: itself, or QUANTIZE t (a dynamic exponent), once per tensor."""
@@ -365,10 +379,10 @@ class Emitter:
             return t
         key = (t, "q8")
         if key not in self._converted:
-            name = self.g.tensors[t].name
-            q = self.g.add_tensor(Tensor(f"{name}.q8", self.g.tensors[t].dims, DType.S8,
+            name = self._fresh(t, ".q8")
+            q = self.g.add_tensor(Tensor(name, self.g.tensors[t].dims, DType.S8,
                                          self.g.tensors[t].flags & (B | TensorFlag.GRAD)))
-            self.qexp[q] = self.g.add_tensor(Tensor(f"{name}.q8.exp", (1,), DType.I32))
+            self.qexp[q] = self.g.add_tensor(Tensor(f"{name}.exp", (1,), DType.I32))
             self.node(OpCode.QUANTIZE, OpFn.FW, [t], [q, self.qexp[q]])
             self._converted[key] = q
         return self._converted[key]
@@ -380,7 +394,7 @@ class Emitter:
         key = (t, "f32")
         if key not in self._converted:
             src = self.g.tensors[t]
-            y = self.g.add_tensor(Tensor(f"{src.name}.f32", src.dims, DType.F32, src.flags & (B | TensorFlag.GRAD)))
+            y = self.g.add_tensor(Tensor(self._fresh(t, ".f32"), src.dims, DType.F32, src.flags & (B | TensorFlag.GRAD)))
             self.node(OpCode.DEQUANTIZE, OpFn.FW, [t, self.qexp[t]], [y])
             self._converted[key] = y
         return self._converted[key]
