@@ -78,6 +78,7 @@ def _valid_taps(in_len: int, out_len: int, k: int, stride: int, dil: int, pad_lo
     return int(((pos >= 0) & (pos < in_len)).sum())
 
 
+@rule(OpCode.MHSA_Q8)
 @rule(OpCode.MHSA)
 def _mhsa(g: Graph, node: Node, n: int) -> int:
     """Per sample with T tokens of D (docs/ops/attn_optim.md): forward is the Q/K/V and

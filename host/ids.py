@@ -30,10 +30,10 @@ FRAME_IDLE_TIMEOUT_MS = 2000
 
 #: Model blob magic ("EPMB") and version.
 BLOB_MAGIC = b"EPMB"
-BLOB_VERSION = 2
+BLOB_VERSION = 3
 BLOB_HEADER_BYTES = 64
 BLOB_TENSOR_BYTES = 24
-BLOB_NODE_BYTES = 72
+BLOB_NODE_BYTES = 76
 #: Every arena offset and tensor size is a multiple of this.
 BLOB_ALIGN = 8
 #: Limits a device accepts; the compiler refuses graphs beyond them. A board may
@@ -42,7 +42,7 @@ BLOB_ALIGN = 8
 MAX_TENSORS = 512
 MAX_NODES = 256
 MAX_RANK = 4
-MAX_NODE_INPUTS = 6
+MAX_NODE_INPUTS = 8
 MAX_NODE_OUTPUTS = 4
 #: Per node: integer attributes (shapes, strides, flags) and float attributes
 #: (hyper-parameters); each op documents its own use in docs/blob.md.
@@ -218,6 +218,10 @@ class OpCode(enum.IntEnum):
     DROPOUT_Q8 = 45
     ADD_Q8 = 46
     GLOBAL_AVGPOOL_Q8 = 47
+    #: int8 multi-head self-attention: int8 in and out, its saved Q, K, V and probabilities as int8 codes
+    MHSA_Q8 = 48
+    #: int8 max pooling (its backward recomputes the selection from x's codes, as MAXPOOL2D from x)
+    MAXPOOL2D_Q8 = 49
 
 
 class OpFn(enum.IntEnum):

@@ -589,9 +589,16 @@ POOL_CASES = {  # dims (C, H, W) or (C, L), iattrs (kh kw sh sw pads×4 count_in
 }
 
 
+@pytest.mark.parametrize("kind", ["avg", "max"])
 @pytest.mark.parametrize("case", list(POOL_CASES))
-def test_avgpool2d_q8_is_the_f32_chain(target, rng, case):
+def test_pool2d_q8_is_the_f32_chain(target, rng, case, kind):
+    """AVGPOOL2D_Q8 and MAXPOOL2D_Q8 (whose backward reads x's codes: overlapping windows
+    in the 3×3 case, where dx sums several dy)."""
     dims, attrs = POOL_CASES[case]
+    is_max = kind == "max"
+    if is_max:
+        attrs = attrs[:-1] + (0,)  # count_include_pad is the average's
+    op_q8, op = (OpCode.MAXPOOL2D_Q8, OpCode.MAXPOOL2D) if is_max else (OpCode.AVGPOOL2D_Q8, OpCode.AVGPOOL2D)
     mb = 3
     kh, kw, sh, sw, pt, pb, pl, pr, _ = attrs
     h, w = (dims[1], dims[2]) if len(dims) == 3 else (1, dims[1])
@@ -599,6 +606,7 @@ def test_avgpool2d_q8_is_the_f32_chain(target, rng, case):
     out = (dims[0], ho, wo) if len(dims) == 3 else (dims[0], wo)
     x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, *out))
     names = ("y", "e_y", "dx", "e_dx")
+    x_in = ["x", "e_x"] if is_max else []
 
     def build(fused):
         qg = il.QGraph("poolq" if fused else "poolq_chain", mb)
@@ -611,22 +619,22 @@ def test_avgpool2d_q8_is_the_f32_chain(target, rng, case):
         qg.exp("e_y")
         qg.exp("e_dx")
         if fused:
-            qg.scratch("s", 4 * (h * w + ho * wo))
-            qg.node(OpCode.AVGPOOL2D_Q8, FW, ["x", "e_x"], ["y", "e_y", "s"], attrs)
-            qg.node(OpCode.AVGPOOL2D_Q8, BWI, ["dy", "e_dy"], ["dx", "e_dx", "s"], attrs)
+            qg.scratch("s", 4 * ((2 if is_max else 1) * h * w + ho * wo))
+            qg.node(op_q8, FW, ["x", "e_x"], ["y", "e_y", "s"], attrs)
+            qg.node(op_q8, BWI, ["dy", "e_dy"] + x_in, ["dx", "e_dx", "s"], attrs)
         else:
             for name, d in (("xf", dims), ("yf", out), ("dyf", out), ("dxf", dims)):
                 qg.add(name, d, F32, B)
             qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
-            qg.node(OpCode.AVGPOOL2D, FW, ["xf"], ["yf"], attrs)
+            qg.node(op, FW, ["xf"], ["yf"], attrs)
             qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
             qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
-            qg.node(OpCode.AVGPOOL2D, BWI, ["dyf"], ["dxf"], attrs)
+            qg.node(op, BWI, ["dyf"] + (["xf"] if is_max else []), ["dxf"], attrs)
             qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
         return qg
 
     got = _fused_is_chain(target, build, names)
-    assert np.abs(got["y"]).max() > 60
+    assert np.abs(got["y"]).max() > 60 and np.abs(got["dx"]).max() > 60
 
 
 def test_dropout_q8_is_the_f32_chain(target, rng):
@@ -1213,3 +1221,176 @@ def test_under_sanitizers():
                           cwd=Path(__file__).parents[1], timeout=600)
     assert proc.returncode == 0, proc.stderr[:6000] + proc.stdout[-3000:]
     assert " passed" in proc.stdout
+
+
+# -- MHSA_Q8 ------------------------------------------------------------------------------
+
+MQ_T, MQ_D, MQ_H = 5, 8, 2
+MQ_SAVED = 3 * MQ_D + MQ_H * MQ_T  # per token: qkv [3D], then the sample's P rows
+
+
+def _mq_params(rng) -> dict:
+    D = MQ_D
+    return {"w_in": (rng.standard_normal((3 * D, D)) * 0.5).astype(np.float32),
+            "b_in": (rng.standard_normal(3 * D) * 0.1).astype(np.float32),
+            "w_out": (rng.standard_normal((D, D)) * 0.3).astype(np.float32),
+            "b_out": (rng.standard_normal(D) * 0.1).astype(np.float32)}
+
+
+def _mq_add_params(qg, prm, names=("w_in", "b_in", "w_out", "b_out")) -> None:
+    for k in names:
+        qg.add(k, prm[k].shape, F32, P, prm[k])
+
+
+def _mq_scratch(qg) -> None:
+    qg.scratch("s", 4 * (6 * MQ_T * MQ_D + (MQ_H + 1) * MQ_T * MQ_T))
+
+
+def _mq_saved_codes(saved_f32: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """QUANTIZE of the f32 saved state as two tensors, qkv and P (the forward's saved codes)."""
+    mb, T, D = saved_f32.shape[0], MQ_T, MQ_D
+    flat = saved_f32.reshape(mb, -1)
+    (cq, eq), (cp, ep) = q.quantize(flat[:, :3 * T * D]), q.quantize(flat[:, 3 * T * D:])
+    return np.concatenate([cq, cp], axis=1).reshape(saved_f32.shape), [eq, ep]
+
+
+def test_mhsa_q8_forward_is_the_f32_chain(target, rng):
+    mb, T, D, H = 3, MQ_T, MQ_D, MQ_H
+    x, prm = codes(rng, (mb, T, D)), _mq_params(rng)
+    got = []
+    for fused in (True, False):
+        qg = il.QGraph("mhsaq_fw" if fused else "mhsaq_fw_chain", mb)
+        qg.add("x", (T, D), DType.S8, B, x)
+        qg.exp("e_x", -6)
+        _mq_add_params(qg, prm)
+        qg.add("y", (T, D), DType.S8, B)
+        qg.exp("e_y")
+        if fused:
+            _mq_scratch(qg)
+            qg.add("saved", (T, MQ_SAVED), DType.S8, B)
+            qg.exp("e_s", n=2)
+            qg.node(OpCode.MHSA_Q8, FW, ["x", "e_x", "w_in", "b_in", "w_out", "b_out", "s"],
+                    ["y", "e_y", "saved", "e_s"], (H,))
+            names = ("y", "e_y", "saved", "e_s")
+        else:
+            qg.add("xf", (T, D), F32, B)
+            qg.add("yf", (T, D), F32, B)
+            qg.add("saved", (T, MQ_SAVED), F32, B)
+            qg.add("sf", (T, D + T), F32)
+            qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+            qg.node(OpCode.MHSA, FW, ["xf", "w_in", "b_in", "w_out", "b_out", "sf"], ["yf", "saved"], (H,))
+            qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+            names = ("y", "e_y", "saved")
+        qg.readable(*names)
+        got.append(_read(run_eval(target, qg), names))
+    fused, chain = got
+    assert_same(fused["y"], chain["y"], "y")
+    assert_same(fused["e_y"], chain["e_y"], "e_y")
+    want, e_want = _mq_saved_codes(chain["saved"])
+    assert_same(fused["saved"], want, "saved codes")
+    assert_same(fused["e_s"], np.array(e_want, np.int32), "saved exponents")
+    assert np.abs(fused["y"]).max() > 60 and np.abs(want).max() > 60
+
+
+@pytest.mark.parametrize("want_dx", [True, False], ids=["dx", "dqkv_only"])
+def test_mhsa_q8_backward_is_the_f32_chain(target, rng, want_dx):
+    """From saved codes (any: the backward only dequantizes them) through DEQUANTIZE →
+    MHSA's backward → QUANTIZE; bw_param's running sums over samples match the f32
+    kernel's over the batch."""
+    mb, T, D, H = 3, MQ_T, MQ_D, MQ_H
+    x, dy, prm = codes(rng, (mb, T, D)), codes(rng, (mb, T, D)), _mq_params(rng)
+    saved = codes(rng, (mb, T, MQ_SAVED))
+    P_codes = rng.integers(0, 128, size=(mb, H * T * T))  # probabilities are ≥ 0
+    saved.reshape(mb, -1)[:, 3 * T * D:] = P_codes
+    e_s = [-5, -7]
+    grads = {"dw_in": (3 * D, D), "db_in": (3 * D,), "dw_out": (D, D), "db_out": (D,)}
+    got = []
+    for fused in (True, False):
+        qg = il.QGraph("mhsaq_bw" if fused else "mhsaq_bw_chain", mb)
+        qg.add("dy", (T, D), DType.S8, B, dy)
+        qg.exp("e_dy", -9)
+        qg.add("x", (T, D), DType.S8, B, x)
+        qg.exp("e_x", -6)
+        _mq_add_params(qg, prm, ("w_in", "w_out"))
+        qg.add("dqkv", (T, 3 * D), F32, B)
+        qg.add("dx", (T, D), DType.S8, B)
+        qg.exp("e_dx")
+        for k, shape in grads.items():
+            qg.add(k, shape, F32)
+        outs = ["dqkv"] + (["dx", "e_dx"] if want_dx else [])
+        if fused:
+            _mq_scratch(qg)
+            qg.add("saved", (T, MQ_SAVED), DType.S8, B, saved)
+            qg.exp("e_s", e_s, n=2)
+            qg.node(OpCode.MHSA_Q8, BWI, ["dy", "e_dy", "w_in", "w_out", "saved", "e_s", "s"], outs, (H,))
+            qg.node(OpCode.MHSA_Q8, BWP, ["dy", "e_dy", "x", "e_x", "saved", "e_s", "dqkv", "s"], list(grads), (H,))
+        else:
+            flat = saved.reshape(mb, -1)
+            sf = np.concatenate([q.dequantize(flat[:, :3 * T * D], e_s[0]), q.dequantize(flat[:, 3 * T * D:], e_s[1])], 1)
+            qg.add("savedf", (T, MQ_SAVED), F32, B, sf)
+            for k in ("dyf", "xf", "dxf"):
+                qg.add(k, (T, D), F32, B)
+            qg.add("sf", (T, D + T), F32)
+            qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+            qg.node(OpCode.MHSA, BWI, ["dyf", "w_in", "w_out", "savedf", "sf"], ["dqkv"] + (["dxf"] if want_dx else []), (H,))
+            if want_dx:
+                qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+            qg.node(OpCode.MHSA, BWP, ["dyf", "xf", "savedf", "dqkv", "sf"], list(grads), (H,))
+        names = outs + list(grads)
+        qg.readable(*names)
+        got.append(_read(run_eval(target, qg), names))
+    for name in got[0]:
+        assert_same(got[0][name], got[1][name], name)
+    if want_dx:
+        assert np.abs(got[0]["dx"]).max() > 60
+
+
+def _mq_bad_graph(e_s_n=2, heads=MQ_H, scratch=None, saved_cols=MQ_SAVED, y_dtype=DType.S8) -> bytes:
+    qg = il.QGraph("mhsaq_bad", 2)
+    T, D = MQ_T, MQ_D
+    qg.add("x", (T, D), DType.S8, B)
+    qg.exp("e_x", 0)
+    _mq_add_params(qg, _mq_params(np.random.default_rng(0)))
+    qg.add("y", (T, D), y_dtype, B)
+    qg.exp("e_y")
+    qg.add("saved", (T, saved_cols), DType.S8, B)
+    qg.exp("e_s", n=e_s_n)
+    qg.scratch("s", scratch if scratch is not None else 4 * (6 * T * D + (MQ_H + 1) * T * T))
+    qg.node(OpCode.MHSA_Q8, FW, ["x", "e_x", "w_in", "b_in", "w_out", "b_out", "s"], ["y", "e_y", "saved", "e_s"],
+            (heads,))
+    return qg.blob()
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(e_s_n=1), "i32 [2] exponent"),
+    (dict(heads=3), "heads (iattr[0])"),
+    (dict(scratch=64), "scratch"),
+    (dict(saved_cols=MQ_SAVED - 1), "saved must be"),
+    (dict(y_dtype=F32), "mhsa_q8: want"),
+])
+def test_malformed_mhsa_q8_is_refused(kw, why):
+    assert nl.parse(_mq_bad_graph()).status == 0
+    p = nl.parse(_mq_bad_graph(**kw))
+    assert p.status != 0 and why in p.why, (p.status, p.why)
+
+
+@pytest.mark.parametrize("x_dims, scratch, why", [
+    ((4, 17), 4 * (2 * 18 + 4), "x must be batched s8 shaped like dx"),
+    ((4, 18), 4 * (18 + 4), "scratch"),
+])
+def test_malformed_maxpool2d_q8_is_refused(x_dims, scratch, why):
+    def blob(x_dims=(4, 18), scratch=4 * (2 * 18 + 4)):
+        qg = il.QGraph("maxq_bad", 2)
+        qg.add("dy", (4, 4), DType.S8, B)
+        qg.exp("e_dy", 0)
+        qg.add("x", x_dims, DType.S8, B)
+        qg.exp("e_x", 0)
+        qg.add("dx", (4, 18), DType.S8, B)
+        qg.exp("e_dx")
+        qg.scratch("s", scratch)
+        qg.node(OpCode.MAXPOOL2D_Q8, BWI, ["dy", "e_dy", "x", "e_x"], ["dx", "e_dx", "s"], (1, 4, 1, 4, 0, 0, 0, 0, 0))
+        return qg.blob()
+    assert nl.parse(blob()).status == 0
+    p = nl.parse(blob(x_dims, scratch))
+    assert p.status != 0 and why in p.why, (p.status, p.why)

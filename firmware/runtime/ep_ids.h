@@ -10,10 +10,10 @@
 #define EP_FRAME_MAX_PAYLOAD 4096
 #define EP_FRAME_RESPONSE_BIT 128
 #define EP_FRAME_IDLE_TIMEOUT_MS 2000
-#define EP_BLOB_VERSION 2
+#define EP_BLOB_VERSION 3
 #define EP_BLOB_HEADER_BYTES 64
 #define EP_BLOB_TENSOR_BYTES 24
-#define EP_BLOB_NODE_BYTES 72
+#define EP_BLOB_NODE_BYTES 76
 #define EP_BLOB_ALIGN 8
 #ifndef EP_MAX_TENSORS
 #define EP_MAX_TENSORS 512
@@ -22,7 +22,7 @@
 #define EP_MAX_NODES 256
 #endif
 #define EP_MAX_RANK 4
-#define EP_MAX_NODE_INPUTS 6
+#define EP_MAX_NODE_INPUTS 8
 #define EP_MAX_NODE_OUTPUTS 4
 #define EP_NODE_IATTRS 12
 #define EP_NODE_FATTRS 6
@@ -155,6 +155,8 @@ typedef enum {
     EP_OP_DROPOUT_Q8 = 45,
     EP_OP_ADD_Q8 = 46,
     EP_OP_GLOBAL_AVGPOOL_Q8 = 47,
+    EP_OP_MHSA_Q8 = 48,
+    EP_OP_MAXPOOL2D_Q8 = 49,
 } ep_opcode_t;
 
 typedef enum {
@@ -174,6 +176,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 48
+#define EP_OPCODE_COUNT 50
 
 #endif /* EP_IDS_H */

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph import Tensor
-from ..ids import OpCode, OpFn
+from ..ids import DType, OpCode, OpFn
 from . import LayerRule, int_attr, register, register_onnx, uniform
 
 _TORCH_CLASSES = ("Transpose", "SelfAttention", "SeqPool")
@@ -194,7 +194,19 @@ class MhsaRule(LayerRule):
         # (T·D + T·T) floats (ep_mhsa_scratch_bytes), one per node so it lives for that node only
         return e.g.add_tensor(Tensor(f"{layer.name}.{what}.scratch", (T, D + T)))
 
+    #: MHSA_Q8: int8 in and out, the saved qkv and probabilities as int8 codes (a quarter of
+    #: the f32 saved state), f32 weights and gradients
+    int8 = True
+
+    @staticmethod
+    def q8_scratch_bytes(T: int, D: int, H: int) -> int:
+        """MHSA_Q8's scratch (ep_q8_attn.c): two sample rows, a sample's saved state and
+        MHSA's own scratch, in floats."""
+        return 4 * (6 * T * D + (H + 1) * T * T)
+
     def forward(self, e, layer, x, train):
+        if e.is_q8(layer):
+            return self._forward_q8(e, layer, x)
         T, D = _tokens(layer, e.dims(x))
         H = layer["heads"]
         y = e.act("out", (T, D))
@@ -205,11 +217,54 @@ class MhsaRule(LayerRule):
                [y, saved], iattrs=(H,))
         return y, (x, saved)
 
+    def _params(self, e):
+        return [e.param(k) for k in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")]
+
+    def _forward_q8(self, e, layer, x):
+        x = e.to_q8(x)
+        T, D = _tokens(layer, e.dims(x))
+        H = layer["heads"]
+        y = e.act_q8("out", (T, D))
+        st = e.saved("saved", (T, 3 * D + H * T), batched=True, dtype=DType.S8)  # qkv codes, then P codes
+        e_st = e.saved("saved.exp", (2,), dtype=DType.I32)
+        e.node(OpCode.MHSA_Q8, OpFn.FW,
+               [x, e.qexp[x], *self._params(e), e.scratch_bytes("fw.scratch", self.q8_scratch_bytes(T, D, H))],
+               [y, e.qexp[y], st, e_st], iattrs=(H,))
+        return y, (x, (st, e_st))
+
+    def _backward_q8(self, e, layer, saved, dy, need_dx):
+        x, (st, e_st) = saved
+        T, D = e.dims(x)
+        H = layer["heads"]
+        params = self._params(e)
+        trains = e.is_trainable(params[0])  # an int8 layer trains whole or not at all
+        if not trains and not need_dx:
+            return None
+        dy = e.to_q8(dy)
+        dqkv = e.grad("qkv.grad", (T, 3 * D))
+        outs = [dqkv]
+        dx = None
+        if need_dx:
+            dx = e.act_q8("in.grad", (T, D), grad=True)
+            outs += [dx, e.qexp[dx]]
+        nbytes = self.q8_scratch_bytes(T, D, H)
+        e.node(OpCode.MHSA_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], params[0], params[2], st, e_st,
+                                               e.scratch_bytes("bw_input.scratch", nbytes)], outs, iattrs=(H,))
+        if trains:
+            grads = [e.param_grad(p) for p in params]
+            e.node(OpCode.MHSA_Q8, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x], st, e_st, dqkv,
+                                                   e.scratch_bytes("bw_param.scratch", nbytes)], grads, iattrs=(H,))
+            for p, gp in zip(params, grads):
+                e.update(p, gp)
+        return dx
+
     def backward(self, e, layer, saved, dy, need_dx):
+        if e.is_q8(layer):
+            return self._backward_q8(e, layer, saved, dy, need_dx)
         x, st = saved
         T, D = e.dims(x)
         H = layer["heads"]
-        params = [e.param(k) for k in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")]
+        params = self._params(e)
         trains = [p for p in params if e.is_trainable(p)]
         if not trains and not need_dx:
             return None

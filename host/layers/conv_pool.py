@@ -427,14 +427,19 @@ class _Pool(LayerRule):
         return (*g.kernel, *g.stride, *g.pads, cip)
 
     def _q8_scratch(self, layer, in_dims) -> tuple[str, int]:
-        """AVGPOOL2D_Q8's scratch: one (sample, channel) plane of each side in f32."""
+        """AVGPOOL2D_Q8's / MAXPOOL2D_Q8's scratch: one (sample, channel) plane of each side in
+        f32, and one of x for the max pool's backward."""
         c, h, w = _spatial(layer, in_dims, self.rank)
         _, ho, wo = _spatial(layer, self.out_shape(layer, in_dims), self.rank)
-        return "q8.scratch", 4 * (h * w + ho * wo)
+        return "q8.scratch", 4 * ((2 if self.kind == "max" else 1) * h * w + ho * wo)
+
+    @property
+    def q8_op(self) -> OpCode:
+        return OpCode.MAXPOOL2D_Q8 if self.kind == "max" else OpCode.AVGPOOL2D_Q8
 
     def forward(self, e, layer, x, train):
-        if e.is_q8(layer):  # average pooling only (AvgPool*: int8 = True)
-            y, (x,) = e.q8_node(OpCode.AVGPOOL2D_Q8, OpFn.FW, [x], "out", self.out_shape(layer, e.dims(x)),
+        if e.is_q8(layer):
+            y, (x,) = e.q8_node(self.q8_op, OpFn.FW, [x], "out", self.out_shape(layer, e.dims(x)),
                                 scratch=self._q8_scratch(layer, e.dims(x)), iattrs=self.iattrs(layer))
             return y, x
         y = e.act("out", self.out_shape(layer, e.dims(x)))
@@ -445,9 +450,10 @@ class _Pool(LayerRule):
     def backward(self, e, layer, x, dy, need_dx):
         if not need_dx:
             return None
-        if e.is_q8(layer):
-            return e.q8_node(OpCode.AVGPOOL2D_Q8, OpFn.BW_INPUT, [dy], "in.grad", e.dims(x), grad=True,
-                             scratch=self._q8_scratch(layer, e.dims(x)), iattrs=self.iattrs(layer))[0]
+        if e.is_q8(layer):  # the max pool recomputes its selection from x's codes
+            return e.q8_node(self.q8_op, OpFn.BW_INPUT, [dy] + ([x] if self.kind == "max" else []), "in.grad",
+                             e.dims(x), grad=True, scratch=self._q8_scratch(layer, e.dims(x)),
+                             iattrs=self.iattrs(layer))[0]
         dx = e.grad("in.grad", e.dims(x))
         ins = [dy, x] if self.kind == "max" else [dy]
         e.node(self.op, OpFn.BW_INPUT, ins, [dx], iattrs=self.iattrs(layer))
@@ -505,6 +511,7 @@ class MaxPool2d(_Pool):
     type = "maxpool2d"
     kind, op = "max", OpCode.MAXPOOL2D
     torch_types = ("MaxPool2d",)
+    int8 = int8_after_int8 = int8_before_int8 = True  # MAXPOOL2D_Q8
 
 
 @register
@@ -521,6 +528,7 @@ class MaxPool1d(_Pool):
     rank = 2
     kind, op = "max", OpCode.MAXPOOL2D
     torch_types = ("MaxPool1d",)
+    int8 = int8_after_int8 = int8_before_int8 = True  # MAXPOOL2D_Q8
 
 
 # -- global average pooling ---------------------------------------------------------------

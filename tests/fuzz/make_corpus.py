@@ -112,6 +112,16 @@ MODELS = [
         {"type": "add", "name": "res", "inputs": ["c2", "drop"]},
         {"type": "global_avgpool", "name": "g"},
         {"type": "linear", "name": "fc", "out": 3}]), TrainConfig(batch=2, dtype="int8", int8_sums="sample")),
+    # int8 tokenizer and attention: MAXPOOL2D_Q8, MHSA_Q8 (saved state as codes)
+    (tiny("int8-attention", [1, 8, 8], [
+        {"type": "conv2d", "name": "c1", "out": 4, "kernel": 3, "padding": 1},
+        {"type": "relu", "name": "r1"},
+        {"type": "maxpool2d", "name": "p1", "kernel": 3, "stride": 2, "padding": 1},
+        {"type": "reshape", "name": "cm", "shape": [4, 16]},
+        {"type": "transpose", "name": "tok"},
+        {"type": "mhsa", "name": "att", "heads": 2},
+        {"type": "seqpool", "name": "pool"},
+        {"type": "linear", "name": "fc", "out": 3}]), TrainConfig(batch=2, dtype="int8")),
 ]
 
 

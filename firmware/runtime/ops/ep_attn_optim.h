@@ -109,8 +109,13 @@ void ep_mhsa_bw_input_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict saved, float *restrict dqkv, float *restrict dx,
                           float *restrict scratch);
 
+/** dx = dqkv w_in over n·T rows: the last step of ep_mhsa_bw_input_f32 alone (same bits). */
+void ep_mhsa_bw_dx_f32(const ep_mhsa_params_t *p, const float *restrict dqkv, const float *restrict w_in,
+                       float *restrict dx);
+
 /**
- * Parameter gradients summed over the batch (overwrite):
+ * Parameter gradients summed over the batch (overwrite), sample by sample in order
+ * (each gradient a running sum: sample 0's sums, then each next sample's added):
  *   dw_in [3D][D] = Σ_{i,t} dqkv[i][t]ᵀ x[i][t],   db_in [3D] = Σ_{i,t} dqkv[i][t]
  *   dw_out [D][D] = Σ_{i,t} dy[i][t]ᵀ O[i][t],     db_out [D] = Σ_{i,t} dy[i][t]
  * with O recomputed from saved (P V, per sample, in scratch).
@@ -122,6 +127,13 @@ void ep_mhsa_bw_param_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict x, const float *restrict saved,
                           const float *restrict dqkv, float *restrict dw_in, float *restrict db_in,
                           float *restrict dw_out, float *restrict db_out, float *restrict scratch);
+
+/** ep_mhsa_bw_param_f32 adding to the gradients instead of overwriting them: over the
+ *  samples one call at a time, the same bits as one call over all (MHSA_Q8). */
+void ep_mhsa_bw_param_add_f32(const ep_mhsa_params_t *p, const float *restrict dy,
+                              const float *restrict x, const float *restrict saved,
+                              const float *restrict dqkv, float *restrict dw_in, float *restrict db_in,
+                              float *restrict dw_out, float *restrict db_out, float *restrict scratch);
 
 /* ------------------------------------------------------------------------- */
 /* Sequence pooling (CCT SeqPool)                                            */

@@ -355,11 +355,11 @@ static uint32_t head_items(uint32_t H, uint32_t T, uint32_t *lo, uint32_t *hi, u
     return bands;
 }
 
-/* out[m] = Σ_r y[r][m] over rows × M (bias gradients), for this core's columns. */
-static void col_sum_share(uint32_t rows, uint32_t M, const float *restrict y, float *restrict out) {
+/* out[m] (+)= Σ_r y[r][m] over rows × M (bias gradients), for this core's columns. */
+static void col_sum_share(uint32_t rows, uint32_t M, const float *restrict y, float *restrict out, int acc) {
     uint32_t m0, m1;
     ep_par_range(M, &m0, &m1);
-    for (uint32_t m = m0; m < m1; m++) {
+    for (uint32_t m = m0; m < m1 && !acc; m++) {
         out[m] = 0.0f;
     }
     for (uint32_t r = 0; r < rows; r++, y += M) {
@@ -384,6 +384,7 @@ static void attn_out_share(const ep_mhsa_params_t *p, const float *restrict qkv,
 
 typedef struct {
     const ep_mhsa_params_t *p;
+    int acc; /* bw_param: add to the gradients */
     const float *x, *w_in, *b_in, *w_out, *b_out, *dy, *saved, *dqkv_in;
     float *y, *saved_out, *scratch, *dqkv, *dx, *dw_in, *db_in, *dw_out, *db_out;
 } mhsa_args_t;
@@ -473,13 +474,15 @@ static void bw_qkv_core(void *arg) {
     }
 }
 
-static void bw_input_core(void *arg) {
+static void dx_core(void *arg) {
     const mhsa_args_t *a = arg;
     const ep_mhsa_params_t *p = a->p;
-    bw_qkv_core(arg);
-    if (a->dx != NULL) {
-        gemm_nn_share(p->n * p->t, p->d, 3 * p->d, 1.0f, a->dqkv, 3 * p->d, a->w_in, p->d, a->dx, p->d);
-    }
+    gemm_nn_share(p->n * p->t, p->d, 3 * p->d, 1.0f, a->dqkv_in, 3 * p->d, a->w_in, p->d, a->dx, p->d);
+}
+
+static void bw_input_core(void *arg) {
+    bw_qkv_core(arg); /* ends on a barrier: dqkv is complete */
+    dx_core(arg);
 }
 
 void ep_mhsa_bw_qkv_f32(const ep_mhsa_params_t *p, const float *restrict dy,
@@ -494,34 +497,56 @@ void ep_mhsa_bw_input_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict saved, float *restrict dqkv, float *restrict dx,
                           float *restrict scratch) {
     const mhsa_args_t a = {.p = p, .dy = dy, .w_in = w_in, .w_out = w_out, .saved = saved, .dqkv = dqkv,
-                           .dx = dx, .scratch = scratch};
+                           .dqkv_in = dqkv, .dx = dx, .scratch = scratch};
     ep_par_fork(0, bw_input_core, (void *)&a);
 }
 
+void ep_mhsa_bw_dx_f32(const ep_mhsa_params_t *p, const float *restrict dqkv, const float *restrict w_in,
+                       float *restrict dx) {
+    const mhsa_args_t a = {.p = p, .w_in = w_in, .dqkv_in = dqkv, .dx = dx};
+    ep_par_fork(0, dx_core, (void *)&a);
+}
+
+/* Sample by sample, each gradient a running sum over the samples in order (the first
+ * overwrites unless a->acc): per sample the same products as over the whole batch, so a
+ * call per sample with accumulation (MHSA_Q8) gives these bits. */
 static void bw_param_core(void *arg) {
     const mhsa_args_t *a = arg;
     const ep_mhsa_params_t *p = a->p;
-    const uint32_t n = p->n, T = p->t, D = p->d, rows = n * T;
-    const uint32_t stride = per_sample(p);
-    gemm_tn_share(3 * D, D, rows, 1.0f, a->dqkv_in, 3 * D, a->x, D, a->dw_in, D, 0);
-    col_sum_share(rows, 3 * D, a->dqkv_in, a->db_in);
-    col_sum_share(rows, D, a->dy, a->db_out);
-    const float *dy = a->dy, *saved = a->saved;
-    for (uint32_t i = 0; i < n; i++, dy += T * D, saved += stride) {
+    const uint32_t n = p->n, T = p->t, D = p->d, stride = per_sample(p);
+    const float *dy = a->dy, *x = a->x, *saved = a->saved, *dqkv = a->dqkv_in;
+    for (uint32_t i = 0; i < n; i++, dy += T * D, x += T * D, dqkv += 3 * T * D, saved += stride) {
+        const int acc = a->acc || i > 0;
+        gemm_tn_share(3 * D, D, T, 1.0f, dqkv, 3 * D, x, D, a->dw_in, D, acc);
+        col_sum_share(T, 3 * D, dqkv, a->db_in, acc);
+        col_sum_share(T, D, dy, a->db_out, acc);
         attn_out_share(p, saved, saved + 3 * T * D, a->scratch);
         ep_par_barrier();
-        gemm_tn_share(D, D, T, 1.0f, dy, D, a->scratch, D, a->dw_out, D, i > 0);
+        gemm_tn_share(D, D, T, 1.0f, dy, D, a->scratch, D, a->dw_out, D, acc);
         ep_par_barrier(); /* the next sample rewrites the scratch */
     }
+}
+
+static void bw_param(const ep_mhsa_params_t *p, const float *dy, const float *x, const float *saved,
+                     const float *dqkv, float *dw_in, float *db_in, float *dw_out, float *db_out, float *scratch,
+                     int acc) {
+    const mhsa_args_t a = {.p = p, .acc = acc, .dy = dy, .x = x, .saved = saved, .dqkv_in = dqkv, .dw_in = dw_in,
+                           .db_in = db_in, .dw_out = dw_out, .db_out = db_out, .scratch = scratch};
+    ep_par_fork(0, bw_param_core, (void *)&a);
 }
 
 void ep_mhsa_bw_param_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict x, const float *restrict saved,
                           const float *restrict dqkv, float *restrict dw_in, float *restrict db_in,
                           float *restrict dw_out, float *restrict db_out, float *restrict scratch) {
-    const mhsa_args_t a = {.p = p, .dy = dy, .x = x, .saved = saved, .dqkv_in = dqkv, .dw_in = dw_in,
-                           .db_in = db_in, .dw_out = dw_out, .db_out = db_out, .scratch = scratch};
-    ep_par_fork(0, bw_param_core, (void *)&a);
+    bw_param(p, dy, x, saved, dqkv, dw_in, db_in, dw_out, db_out, scratch, 0);
+}
+
+void ep_mhsa_bw_param_add_f32(const ep_mhsa_params_t *p, const float *restrict dy,
+                              const float *restrict x, const float *restrict saved,
+                              const float *restrict dqkv, float *restrict dw_in, float *restrict db_in,
+                              float *restrict dw_out, float *restrict db_out, float *restrict scratch) {
+    bw_param(p, dy, x, saved, dqkv, dw_in, db_in, dw_out, db_out, scratch, 1);
 }
 
 /* ------------------------------------------------------------------------- */

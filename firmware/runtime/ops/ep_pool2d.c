@@ -280,7 +280,7 @@ ep_status_t ep_pool2d_check(const ep_model_t *m, const ep_node_t *nd, uint16_t x
                             uint8_t dtype, const char **why) {
     if (!pool_is_act(m, x, dtype) || !pool_is_act(m, y, dtype) || m->tensors[x].rank != m->tensors[y].rank ||
         m->tensors[x].dims[0] != m->tensors[y].dims[0]) {
-        return ep_reject(why, POOL_WHY("x/dx and y/dy must be batched [C][H][W] or [C][L] (f32, s8 for avgpool2d_q8), same rank and C"));
+        return ep_reject(why, POOL_WHY("x/dx and y/dy must be batched [C][H][W] or [C][L] (f32, s8 for the int8 pools), same rank and C"));
     }
     for (uint8_t i = POOL_N_IATTR; i < EP_NODE_IATTRS; i++) {
         if (nd->iattr[i] != 0) {

@@ -1,12 +1,14 @@
 /*
- * ep_q8_pool.c — int8 average pooling (the CONV op family, zephyr/Kconfig):
+ * ep_q8_pool.c — int8 average and max pooling (the CONV op family, zephyr/Kconfig):
  *
  *   AVGPOOL2D_Q8       FW        in (x s8, e_x)     out (y s8, e_y, scratch)
  *                      BW_INPUT  in (dy s8, e_dy)   out (dx s8, e_dx, scratch)
+ *   MAXPOOL2D_Q8       FW        in (x s8, e_x)     out (y s8, e_y, scratch)
+ *                      BW_INPUT  in (dy s8, e_dy, x s8, e_x)  out (dx s8, e_dx, scratch)
  *   GLOBAL_AVGPOOL_Q8  FW        in (x s8, e_x)     out (y s8, e_y, scratch)
  *                      BW_INPUT  in (dy s8, e_dy)   out (dx s8, e_dx, scratch)
  *
- * The f32 nodes they stand for: AVGPOOL2D and GLOBAL_AVGPOOL, whose kernels run on one
+ * The f32 nodes they stand for: AVGPOOL2D, MAXPOOL2D and GLOBAL_AVGPOOL, whose kernels run on one
  * dequantized (sample, channel) plane at a time in the node's scratch.
  * Each computes exactly what DEQUANTIZE, the f32 node and QUANTIZE compute in a row,
  * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
@@ -20,50 +22,88 @@
 #include "ep_conv_pool.h"
 #include "ep_q8.h"
 
-/* ---- AVGPOOL2D_Q8 --------------------------------------------------------------------- */
+/* ---- AVGPOOL2D_Q8, MAXPOOL2D_Q8 ------------------------------------------------------- */
 
 /*
- * iattrs as AVGPOOL2D (kh kw sh sw pad×4 count_include_pad); x/dx [C][H][W] or [C][L]
- * and y/dy batched s8 with i32 [1] exponents; scratch an unbatched s8 of at least
- * 4·(H·W + H_out·W_out) bytes: one plane of each side in f32.
+ * iattrs as AVGPOOL2D / MAXPOOL2D (kh kw sh sw pad×4 count_include_pad); x/dx [C][H][W]
+ * or [C][L] and y/dy batched s8 with i32 [1] exponents; the max pool's backward also
+ * reads (x, e_x), its selection recomputed from x as MAXPOOL2D's is. Scratch an
+ * unbatched s8 of at least 4·(H·W + H_out·W_out) bytes (4·(2·H·W + H_out·W_out) for
+ * the max pool): one plane of each side in f32 (and x's for the max pool's backward).
  */
-static ep_status_t avgpool2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+static uint64_t pool_q8_scratch(const ep_pool2d_params_t *p, bool is_max) {
+    const uint64_t hw = (uint64_t)p->h_in * p->w_in;
+    return 4u * ((is_max ? 2u : 1u) * hw + (uint64_t)p->h_out * p->w_out);
+}
+
+static ep_status_t pool_q8_prepare(const ep_model_t *m, const ep_node_t *nd, bool is_max, const char **why) {
     const bool fw = nd->fn == EP_FN_FW;
-    if ((!fw && nd->fn != EP_FN_BW_INPUT) || nd->n_in != 2 || nd->n_out != 3) {
-        return ep_reject(why, EP_WHY("avgpool2d_q8: needs fw (x, e_x) -> (y, e_y, scratch) or bw_input (dy, e_dy) -> (dx, e_dx, scratch)"));
+    const uint8_t n_in = !fw && is_max ? 4 : 2;
+    if ((!fw && nd->fn != EP_FN_BW_INPUT) || nd->n_in != n_in || nd->n_out != 3) {
+        return ep_reject(why, is_max ? EP_WHY("maxpool2d_q8: needs fw (x, e_x) -> (y, e_y, scratch) or bw_input (dy, e_dy, x, e_x) -> (dx, e_dx, scratch)")
+                                     : EP_WHY("avgpool2d_q8: needs fw (x, e_x) -> (y, e_y, scratch) or bw_input (dy, e_dy) -> (dx, e_dx, scratch)"));
     }
     const uint16_t x = fw ? nd->in[0] : nd->out[0], y = fw ? nd->out[0] : nd->in[0];
-    const ep_status_t st = ep_pool2d_check(m, nd, x, y, false, EP_DTYPE_S8, why);
+    const ep_status_t st = ep_pool2d_check(m, nd, x, y, is_max, EP_DTYPE_S8, why);
     if (st != EP_OK) {
         return st;
     }
     const ep_pool2d_params_t p = ep_pool2d_geom(m, nd, x, y);
     if (!ep_q8_is_exp(m, nd->in[1], 1) || !ep_q8_is_exp(m, nd->out[1], 1) ||
-        !ep_q8_scratch_ok(m, nd->out[2], 4u * ((uint64_t)p.h_in * p.w_in + (uint64_t)p.h_out * p.w_out))) {
-        return ep_reject(why, EP_WHY("avgpool2d_q8: exponents must be i32 [1], scratch an unbatched s8 of >= 4*(H*W + H_out*W_out) bytes"));
+        !ep_q8_scratch_ok(m, nd->out[2], pool_q8_scratch(&p, is_max))) {
+        return ep_reject(why, is_max ? EP_WHY("maxpool2d_q8: exponents must be i32 [1], scratch an unbatched s8 of >= 4*(2*H*W + H_out*W_out) bytes")
+                                     : EP_WHY("avgpool2d_q8: exponents must be i32 [1], scratch an unbatched s8 of >= 4*(H*W + H_out*W_out) bytes"));
+    }
+    if (n_in == 4 && (!ep_same_shape(m, nd->in[2], x) || m->tensors[nd->in[2]].dtype != EP_DTYPE_S8 ||
+                      (m->tensors[nd->in[2]].flags & EP_TF_BATCHED) == 0 || !ep_q8_is_exp(m, nd->in[3], 1))) {
+        return ep_reject(why, EP_WHY("maxpool2d_q8: x must be batched s8 shaped like dx, with an i32 [1] exponent"));
     }
     if (!ep_outputs_disjoint(m, nd, -1)) {
-        return ep_reject(why, EP_WHY("avgpool2d_q8: outputs overlap inputs or each other"));
+        return ep_reject(why, is_max ? EP_WHY("maxpool2d_q8: outputs overlap inputs or each other")
+                                     : EP_WHY("avgpool2d_q8: outputs overlap inputs or each other"));
     }
     return EP_OK;
 }
 
+static ep_status_t avgpool2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    return pool_q8_prepare(m, nd, false, why);
+}
+
+static ep_status_t maxpool2d_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    return pool_q8_prepare(m, nd, true, why);
+}
+
+typedef struct {
+    ep_pool2d_params_t p;
+    bool fw, is_max;
+    const int8_t *a, *x; /* the node's input (x or dy), and x for the max pool's backward */
+    float sa, sx;
+    float *buf;
+} pool_q8_t;
+
+static void dequant_plane(const int8_t *a, float s, uint32_t len, float *dst) {
+    for (uint32_t j = 0; j < len; j++) {
+        dst[j] = (float)a[j] * s;
+    }
+}
+
 /* One pass over the n·C planes: the f32 pooling (or its input gradient) of each dequantized
  * plane in the scratch; out NULL: the largest magnitude (returned), else codes at e. */
-static float avgpool_q8_pass(const ep_pool2d_params_t *p, bool fw, const int8_t *a, float sa, float *buf, int32_t e,
-                             int8_t *out) {
-    const uint32_t in = fw ? p->h_in * p->w_in : p->h_out * p->w_out;
-    const uint32_t res = fw ? p->h_out * p->w_out : p->h_in * p->w_in;
-    float *src = buf, *dst = buf + (fw ? p->h_in * p->w_in : p->h_out * p->w_out);
+static float pool_q8_pass(const pool_q8_t *q, int32_t e, int8_t *out) {
+    const ep_pool2d_params_t *p = &q->p;
+    const uint32_t hw = p->h_in * p->w_in, howo = p->h_out * p->w_out;
+    const uint32_t in = q->fw ? hw : howo, res = q->fw ? howo : hw;
+    float *src = q->buf, *dst = q->buf + in, *xs = dst + res;
     ep_pool2d_params_t one = *p;
     one.n = one.c = 1;
     float amax = 0.0f;
     for (uint32_t k = 0; k < p->n * p->c; k++) {
-        for (uint32_t j = 0; j < in; j++) {
-            src[j] = (float)a[k * in + j] * sa;
-        }
-        if (fw) {
-            ep_avgpool2d_fw_f32(&one, src, dst);
+        dequant_plane(q->a + k * in, q->sa, in, src);
+        if (q->fw) {
+            (q->is_max ? ep_maxpool2d_fw_f32 : ep_avgpool2d_fw_f32)(&one, src, dst);
+        } else if (q->is_max) {
+            dequant_plane(q->x + k * hw, q->sx, hw, xs);
+            ep_maxpool2d_bw_input_f32(&one, src, xs, dst);
         } else {
             ep_avgpool2d_bw_input_f32(&one, src, dst);
         }
@@ -72,22 +112,39 @@ static float avgpool_q8_pass(const ep_pool2d_params_t *p, bool fw, const int8_t 
     return amax;
 }
 
-static void avgpool2d_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+static void pool_q8_run(const ep_ctx_t *c, const ep_node_t *nd, bool is_max) {
     const bool fw = nd->fn == EP_FN_FW;
-    ep_pool2d_params_t p = ep_pool2d_geom(c->model, nd, fw ? nd->in[0] : nd->out[0], fw ? nd->out[0] : nd->in[0]);
-    p.n = c->n;
-    const int8_t *a = ep_ctx_s8(c, nd->in[0]);
-    const float sa = ep_q8_ctx_scale(c, nd->in[1]);
-    float *buf = ep_ctx_f32(c, nd->out[2]);
-    const int32_t e = ep_q8_exp_for_maxabs(avgpool_q8_pass(&p, fw, a, sa, buf, 0, NULL));
-    avgpool_q8_pass(&p, fw, a, sa, buf, e, ep_ctx_s8(c, nd->out[0]));
+    pool_q8_t q = {.p = ep_pool2d_geom(c->model, nd, fw ? nd->in[0] : nd->out[0], fw ? nd->out[0] : nd->in[0]),
+                   .fw = fw, .is_max = is_max, .a = ep_ctx_s8(c, nd->in[0]), .sa = ep_q8_ctx_scale(c, nd->in[1]),
+                   .buf = ep_ctx_f32(c, nd->out[2])};
+    q.p.n = c->n;
+    if (!fw && is_max) {
+        q.x = ep_ctx_s8(c, nd->in[2]);
+        q.sx = ep_q8_ctx_scale(c, nd->in[3]);
+    }
+    const int32_t e = ep_q8_exp_for_maxabs(pool_q8_pass(&q, 0, NULL));
+    pool_q8_pass(&q, e, ep_ctx_s8(c, nd->out[0]));
     ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+static void avgpool2d_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    pool_q8_run(c, nd, false);
+}
+
+static void maxpool2d_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    pool_q8_run(c, nd, true);
 }
 
 const ep_op_t ep_op_avgpool2d_q8 = {
     .name = "avgpool2d_q8",
     .prepare = avgpool2d_q8_prepare,
     .fn = {[EP_FN_FW] = avgpool2d_q8_run, [EP_FN_BW_INPUT] = avgpool2d_q8_run, [EP_FN_BW_PARAM] = NULL},
+};
+
+const ep_op_t ep_op_maxpool2d_q8 = {
+    .name = "maxpool2d_q8",
+    .prepare = maxpool2d_q8_prepare,
+    .fn = {[EP_FN_FW] = maxpool2d_q8_run, [EP_FN_BW_INPUT] = maxpool2d_q8_run, [EP_FN_BW_PARAM] = NULL},
 };
 /* ---- GLOBAL_AVGPOOL_Q8 ---------------------------------------------------------------- */
 
