@@ -222,6 +222,8 @@ class OpCode(enum.IntEnum):
     MHSA_Q8 = 48
     #: int8 max pooling (its backward recomputes the selection from x's codes, as MAXPOOL2D from x)
     MAXPOOL2D_Q8 = 49
+    #: int8 layer norm (rows of D: the f32 kernels on one dequantized row at a time)
+    LAYERNORM_Q8 = 50
 
 
 class OpFn(enum.IntEnum):

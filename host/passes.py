@@ -15,7 +15,7 @@ compiler runs the first three in this order.
    the activations (forward and input gradient), dropout (forward and input
    gradient), the norms' input gradients (dx over dy) and the norms' forwards (y over
    x, which happens only when pass 2 gave the backward its own copy of x), and their
-   int8 forms (RELU_Q8, ACT_Q8, BATCHNORM_Q8, DROPOUT_Q8, ADD_Q8). The
+   int8 forms (RELU_Q8, ACT_Q8, BATCHNORM_Q8, LAYERNORM_Q8, DROPOUT_Q8, ADD_Q8). The
    output becomes a view of the input's span, so the two never take separate memory.
    Those kernels allow exact aliasing (each op's header comment;
    tests/test_ops_norm_act.py runs each in place against its out-of-place result).
@@ -45,8 +45,8 @@ IN_PLACE = ({(op, fn) for op in (OpCode.RELU, OpCode.RELU6, OpCode.ELU, OpCode.G
                for fn in (OpFn.FW, OpFn.BW_INPUT)}
             # int8 (docs/ops/int8.md): y over x, dx over dy (batch norm's stats node writes f32
             # statistics, never of x's dtype, so it is never merged)
-            | {(op, fn) for op in (OpCode.RELU_Q8, OpCode.ACT_Q8, OpCode.BATCHNORM_Q8, OpCode.DROPOUT_Q8,
-                                   OpCode.ADD_Q8)
+            | {(op, fn) for op in (OpCode.RELU_Q8, OpCode.ACT_Q8, OpCode.BATCHNORM_Q8, OpCode.LAYERNORM_Q8,
+                                   OpCode.DROPOUT_Q8, OpCode.ADD_Q8)
                for fn in (OpFn.FW, OpFn.BW_INPUT)})
 
 

@@ -1394,3 +1394,95 @@ def test_malformed_maxpool2d_q8_is_refused(x_dims, scratch, why):
     assert nl.parse(blob()).status == 0
     p = nl.parse(blob(x_dims, scratch))
     assert p.status != 0 and why in p.why, (p.status, p.why)
+
+
+# -- LAYERNORM_Q8, TRANSPOSE over codes -----------------------------------------------------
+
+LNQ = OpCode.LAYERNORM_Q8
+
+
+@pytest.mark.parametrize("dims", [(5, 8), (12,), (2, 3, 7)], ids=["tokens", "features", "rank3"])
+def test_layernorm_q8_is_the_f32_chain(target, rng, dims):
+    mb, D, eps = 3, dims[-1], 1e-5
+    R = int(np.prod(dims)) // D
+    x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, *dims))
+    gamma, beta = (rng.standard_normal(D).astype(np.float32) for _ in range(2))
+    names = ("y", "e_y", "saved", "dx", "e_dx", "dg", "db")
+
+    def build(fused):
+        qg = il.QGraph("lnq" if fused else "lnq_chain", mb)
+        qg.add("x", dims, DType.S8, B, x)
+        qg.exp("e_x", -6)
+        qg.add("dy", dims, DType.S8, B, dy)
+        qg.exp("e_dy", -11)
+        qg.add("gamma", (D,), F32, P, gamma)
+        qg.add("beta", (D,), F32, P, beta)
+        qg.add("saved", (2 * R,), F32, B)
+        qg.add("y", dims, DType.S8, B)
+        qg.add("dg", (D,), F32)
+        qg.add("db", (D,), F32)
+        qg.exp("e_y")
+        qg.exp("e_dx")
+        if fused:  # dx over dy
+            qg.inplace("dx", "dy")
+            qg.scratch("s", 12 * D)
+            qg.node(LNQ, FW, ["x", "e_x", "gamma", "beta"], ["y", "e_y", "saved", "s"], (), (eps,))
+            qg.node(LNQ, BWP, ["dy", "e_dy", "x", "e_x", "saved"], ["dg", "db", "s"], (), (eps,))
+            qg.node(LNQ, BWI, ["dy", "e_dy", "x", "e_x", "gamma", "saved"], ["dx", "e_dx", "s"], (), (eps,))
+        else:
+            for name in ("xf", "dyf", "yf", "dxf"):
+                qg.add(name, dims, F32, B)
+            qg.add("dx", dims, DType.S8, B)
+            qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+            qg.node(OpCode.LAYERNORM, FW, ["xf", "gamma", "beta"], ["yf", "saved"], (), (eps,))
+            qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+            qg.node(OpCode.LAYERNORM, BWP, ["dyf", "xf", "saved"], ["dg", "db"], (), (eps,))
+            qg.node(OpCode.LAYERNORM, BWI, ["dyf", "xf", "gamma", "saved"], ["dxf"], (), (eps,))
+            qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+        return qg
+
+    got = _fused_is_chain(target, build, names)
+    assert np.abs(got["y"]).max() > 60 and np.abs(got["dx"]).max() > 60
+
+
+def test_transpose_moves_int8_codes(target, rng):
+    """TRANSPOSE over s8 tensors: the codes move, forward and backward (their exponent is the
+    graph's, shared)."""
+    mb, A, Bd = 3, 5, 7
+    x, dy = codes(rng, (mb, A, Bd)), codes(rng, (mb, Bd, A))
+    qg = il.QGraph("transpose_s8", mb)
+    qg.add("x", (A, Bd), DType.S8, B, x)
+    qg.add("dy", (Bd, A), DType.S8, B, dy)
+    qg.add("y", (Bd, A), DType.S8, B)
+    qg.add("dx", (A, Bd), DType.S8, B)
+    qg.node(OpCode.TRANSPOSE, FW, ["x"], ["y"])
+    qg.node(OpCode.TRANSPOSE, BWI, ["dy"], ["dx"])
+    qg.readable("y", "dx")
+    got = _read(run_eval(target, qg), ("y", "dx"))
+    assert_same(got["y"], x.transpose(0, 2, 1), "y")
+    assert_same(got["dx"], dy.transpose(0, 2, 1), "dx")
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(scratch=12 * 8 - 1), "scratch >= 12*D"),
+    (dict(saved=9), "saved batched f32 [2R]"),
+    (dict(eps=0.0), "eps (fattr[0])"),
+    (dict(y_dtype=F32), "layernorm_q8"),
+])
+def test_malformed_layernorm_q8_is_refused(kw, why):
+    def blob(scratch=12 * 8, saved=10, eps=1e-5, y_dtype=DType.S8):
+        qg = il.QGraph("lnq_bad", 2)
+        qg.add("x", (5, 8), DType.S8, B)
+        qg.exp("e_x", 0)
+        qg.add("gamma", (8,), F32, P)
+        qg.add("beta", (8,), F32, P)
+        qg.add("y", (5, 8), y_dtype, B)
+        qg.exp("e_y")
+        qg.add("saved", (saved,), F32, B)
+        qg.scratch("s", scratch)
+        qg.node(LNQ, FW, ["x", "e_x", "gamma", "beta"], ["y", "e_y", "saved", "s"], (), (eps,))
+        return qg.blob()
+    assert nl.parse(blob()).status == 0
+    p = nl.parse(blob(**kw))
+    assert p.status != 0 and why in p.why, (p.status, p.why)

@@ -157,6 +157,7 @@ typedef enum {
     EP_OP_GLOBAL_AVGPOOL_Q8 = 47,
     EP_OP_MHSA_Q8 = 48,
     EP_OP_MAXPOOL2D_Q8 = 49,
+    EP_OP_LAYERNORM_Q8 = 50,
 } ep_opcode_t;
 
 typedef enum {
@@ -176,6 +177,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 50
+#define EP_OPCODE_COUNT 51
 
 #endif /* EP_IDS_H */

@@ -339,23 +339,26 @@ class Emitter:
     def is_q8(self, layer: Layer) -> bool:
         return layer.name in self.q8_layers
 
-    def act_q8(self, local: str, dims: Shape, grad: bool = False) -> int:
-        """A batched S8 activation (or gradient) of the current layer and its exponent."""
+    def act_q8(self, local: str, dims: Shape, grad: bool = False, exp: int | None = None) -> int:
+        """A batched S8 activation (or gradient) of the current layer and its exponent: a new
+        one, or `exp` (codes that only move, as a transpose's, keep their exponent)."""
         flags = B | (TensorFlag.GRAD if grad else TensorFlag(0))
         q = self.g.add_tensor(Tensor(f"{self._current}.{local}", tuple(dims), DType.S8, flags))
-        self.qexp[q] = self.g.add_tensor(Tensor(f"{self._current}.{local}.exp", (1,), DType.I32))
+        self.qexp[q] = exp if exp is not None else self.g.add_tensor(
+            Tensor(f"{self._current}.{local}.exp", (1,), DType.I32))
         return q
 
     def q8_node(self, op: OpCode, fn: OpFn, ins: list[int], local: str, dims: Shape, *, grad: bool = False,
-                more_ins: tuple[int, ...] = (), scratch: tuple[str, int] | None = None,
+                more_ins: tuple[int, ...] = (), more_outs: tuple[int, ...] = (),
+                scratch: tuple[str, int] | None = None,
                 iattrs: tuple[int, ...] = (), fattrs: tuple[float, ...] = ()) -> tuple[int, list[int]]:
         """A node of an int8 form: each of `ins` as int8 (to_q8) followed by its exponent, then
         more_ins; out a new S8 tensor `local` of `dims` (a gradient with `grad`) and its
-        exponent, then, with scratch = (local, bytes), a scratch_bytes tensor. Returns the
-        output and the int8 inputs."""
+        exponent, then more_outs, then, with scratch = (local, bytes), a scratch_bytes tensor.
+        Returns the output and the int8 inputs."""
         xs = [self.to_q8(t) for t in ins]
         y = self.act_q8(local, dims, grad)
-        outs = [y, self.qexp[y]] + ([self.scratch_bytes(*scratch)] if scratch else [])
+        outs = [y, self.qexp[y], *more_outs] + ([self.scratch_bytes(*scratch)] if scratch else [])
         self.node(op, fn, [v for x in xs for v in (x, self.qexp[x])] + list(more_ins), outs, iattrs=iattrs,
                   fattrs=fattrs)
         return y, xs

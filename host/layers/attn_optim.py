@@ -128,15 +128,24 @@ class TransposeRule(LayerRule):
         a, b = _tokens(layer, in_shape)
         return (b, a)
 
+    #: over int8 codes the bytes move and the exponent stays (TRANSPOSE takes s8 tensors):
+    #: no rounding, so it is int8 wherever its input is
+    int8 = int8_after_int8 = True
+
     def forward(self, e, layer, x, train):
-        y = e.act("out", self.out_shape(layer, e.dims(x)))
+        dims = self.out_shape(layer, e.dims(x))
+        y = e.act_q8("out", dims, exp=e.qexp[x]) if e.is_q8(layer) else e.act("out", dims)
         e.node(OpCode.TRANSPOSE, OpFn.FW, [x], [y])
         return y, e.dims(x)
 
     def backward(self, e, layer, in_dims, dy, need_dx):
         if not need_dx:
             return None
-        dx = e.grad("in.grad", in_dims)
+        if e.is_q8(layer):
+            dy = e.to_q8(dy)
+            dx = e.act_q8("in.grad", in_dims, grad=True, exp=e.qexp[dy])
+        else:
+            dx = e.grad("in.grad", in_dims)
         e.node(OpCode.TRANSPOSE, OpFn.BW_INPUT, [dy], [dx])
         return dx
 

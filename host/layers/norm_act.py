@@ -213,18 +213,42 @@ class LayerNorm(LayerRule):
     def init_params(self, layer, in_shape, rng):
         return _affine_init(in_shape[-1])
 
+    #: LAYERNORM_Q8: int8 in and out, the f32 kernels on one dequantized row at a time
+    int8 = int8_after_int8 = int8_before_int8 = True
+
     def forward(self, e, layer, x, train):
         dims = e.dims(x)
-        y = e.act("out", dims)
         saved = e.saved("saved", (2 * (_elems(dims) // dims[-1]),), batched=True)
+        if e.is_q8(layer):  # scratch: three rows of D floats
+            y, (x,) = e.q8_node(OpCode.LAYERNORM_Q8, OpFn.FW, [x], "out", dims, more_ins=(e.param("weight"), e.param("bias")),
+                                more_outs=(saved,), scratch=("fw.scratch", 12 * dims[-1]), fattrs=(layer["eps"],))
+            return y, (x, saved)
+        y = e.act("out", dims)
         e.node(OpCode.LAYERNORM, OpFn.FW, [x, e.param("weight"), e.param("bias")], [y, saved],
                fattrs=(layer["eps"],))
         return y, (x, saved)
 
     def backward(self, e, layer, saved, dy, need_dx):
         x, st = saved
-        return _affine_backward(e, OpCode.LAYERNORM, dy, need_dx, (), (layer["eps"],),
-                                [x, e.param("weight"), st], [x, st])
+        if not e.is_q8(layer):
+            return _affine_backward(e, OpCode.LAYERNORM, dy, need_dx, (), (layer["eps"],),
+                                    [x, e.param("weight"), st], [x, st])
+        dy = e.to_q8(dy)
+        w, b = e.param("weight"), e.param("bias")
+        scratch = ("bw.scratch", 12 * e.dims(x)[-1])
+        trains = e.is_trainable(w)  # an int8 layer trains whole or not at all
+        if trains:
+            dw, db = e.param_grad(w), e.param_grad(b)
+            e.node(OpCode.LAYERNORM_Q8, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x], st],
+                   [dw, db, e.scratch_bytes(*scratch)], fattrs=(layer["eps"],))
+        dx = None
+        if need_dx:
+            dx, _ = e.q8_node(OpCode.LAYERNORM_Q8, OpFn.BW_INPUT, [dy, x], "in.grad", e.dims(x), grad=True,
+                              more_ins=(w, st), scratch=scratch, fattrs=(layer["eps"],))
+        if trains:
+            e.update(w, dw)
+            e.update(b, db)
+        return dx
 
     def torch_module(self, layer, in_shape):
         from torch import nn

@@ -18,6 +18,7 @@ typedef struct {
     const ep_layernorm_params_t *p;
     const float *in[4];
     float *out[2];
+    int acc; /* bw_param: add to the gradients */
 } ln_args_t;
 
 typedef void (*ln_part_fn_t)(const ln_args_t *a, uint32_t lo, uint32_t hi);
@@ -65,7 +66,7 @@ static void fw_rows(const ln_args_t *a, uint32_t r0, uint32_t r1) {
 
 void ep_layernorm_fw_f32(const ep_layernorm_params_t *p, const float *x, const float *restrict gamma,
                          const float *restrict beta, float *y, float *restrict saved) {
-    const ln_args_t a = {p, {x, gamma, beta}, {y, saved}};
+    const ln_args_t a = {p, {x, gamma, beta}, {y, saved}, 0};
     ln_run(fw_rows, &a, p->rows);
 }
 
@@ -110,7 +111,7 @@ static void bw_input_rows(const ln_args_t *a, uint32_t r0, uint32_t r1) {
 
 void ep_layernorm_bw_input_f32(const ep_layernorm_params_t *p, const float *dy, const float *restrict x,
                                const float *restrict gamma, const float *restrict saved, float *dx) {
-    const ln_args_t a = {p, {dy, x, gamma, saved}, {dx}};
+    const ln_args_t a = {p, {dy, x, gamma, saved}, {dx}, 0};
     ln_run(bw_input_rows, &a, p->rows);
 }
 
@@ -119,15 +120,15 @@ static void bw_param_cols(const ln_args_t *a, uint32_t j0, uint32_t j1) {
     const float *restrict dy = a->in[0], *restrict x = a->in[1], *restrict saved = a->in[2];
     float *restrict dgamma = a->out[0], *restrict dbeta = a->out[1];
     const uint32_t rows = p->rows, D = p->d;
-    /* column sums over rows: the first row initialises (overwrite), the others add */
-    {
+    /* column sums over rows: the first row initialises (overwrite) unless a->acc, the others add */
+    if (!a->acc) {
         const float mean = saved[0], k = saved[rows];
         for (uint32_t j = j0; j < j1; j++) {
             dgamma[j] = dy[j] * ((x[j] - mean) * k);
             dbeta[j] = dy[j];
         }
     }
-    for (uint32_t r = 1; r < rows; r++) {
+    for (uint32_t r = a->acc ? 0 : 1; r < rows; r++) {
         const float *xr = x + r * D, *gr = dy + r * D;
         const float mean = saved[r], k = saved[rows + r];
         for (uint32_t j = j0; j < j1; j++) {
@@ -140,7 +141,14 @@ static void bw_param_cols(const ln_args_t *a, uint32_t j0, uint32_t j1) {
 void ep_layernorm_bw_param_f32(const ep_layernorm_params_t *p, const float *restrict dy,
                                const float *restrict x, const float *restrict saved,
                                float *restrict dgamma, float *restrict dbeta) {
-    const ln_args_t a = {p, {dy, x, saved}, {dgamma, dbeta}};
+    const ln_args_t a = {p, {dy, x, saved}, {dgamma, dbeta}, 0};
+    ln_run(bw_param_cols, &a, p->d);
+}
+
+void ep_layernorm_bw_param_add_f32(const ep_layernorm_params_t *p, const float *restrict dy,
+                                   const float *restrict x, const float *restrict saved,
+                                   float *restrict dgamma, float *restrict dbeta) {
+    const ln_args_t a = {p, {dy, x, saved}, {dgamma, dbeta}, 1};
     ln_run(bw_param_cols, &a, p->d);
 }
 

@@ -306,6 +306,12 @@ void ep_layernorm_bw_param_f32(const ep_layernorm_params_t *p, const float *rest
                                const float *restrict x, const float *restrict saved,
                                float *restrict dgamma, float *restrict dbeta);
 
+/** ep_layernorm_bw_param_f32 adding every row to the gradients (none overwrites them):
+ *  row by row, the same bits as one call over all rows (LAYERNORM_Q8). */
+void ep_layernorm_bw_param_add_f32(const ep_layernorm_params_t *p, const float *restrict dy,
+                                   const float *restrict x, const float *restrict saved,
+                                   float *restrict dgamma, float *restrict dbeta);
+
 /* ------------------------------------------------------------------------- */
 /* GroupNorm                                                                 */
 /* ------------------------------------------------------------------------- */

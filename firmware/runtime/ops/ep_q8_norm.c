@@ -1,17 +1,20 @@
 /*
- * ep_q8_norm.c — int8 batch norm and dropout (the NORM op family, zephyr/Kconfig):
+ * ep_q8_norm.c — int8 batch norm, layer norm and dropout (the NORM op family, zephyr/Kconfig):
  *
  *   BATCHNORM_Q8  FW  stats  in (x s8, e_x)                       out (saved, running_mean, running_var)
  *                 FW  train  in (x, e_x, gamma, beta, saved)       out (y s8, e_y)        y may alias x
  *                 FW  eval   in (x, e_x, gamma, beta, rm, rv)      out (y, e_y)           y may alias x
  *                 BW_INPUT   in (dy s8, e_dy, x, e_x, gamma, saved) out (dx s8, e_dx, scratch)  dx may alias dy
  *                 BW_PARAM   in (dy, e_dy, x, e_x, saved)          out (dgamma, dbeta)
+ *   LAYERNORM_Q8  FW         in (x s8, e_x, gamma, beta)          out (y s8, e_y, saved, scratch)  y may alias x
+ *                 BW_INPUT   in (dy s8, e_dy, x, e_x, gamma, saved) out (dx s8, e_dx, scratch)  dx may alias dy
+ *                 BW_PARAM   in (dy, e_dy, x, e_x, saved)          out (dgamma, dbeta, scratch)
  *   DROPOUT_Q8    FW         in (x s8, e_x)                       out (y s8, e_y, mask, state)  y may alias x
  *                 BW_INPUT   in (dy s8, e_dy, mask)               out (dx s8, e_dx)      dx may alias dy
  *
  * The f32 nodes they stand for: BATCHNORM (its reductions are the f32 kernels' own loop
- * bodies, EP_NORM_MOMENTS_BODY / EP_NORM_DSUMS_BODY of ep_norm_act.h, over the codes) and
- * DROPOUT in train mode (the f32 kernel on short chunks). The batch norm's training
+ * bodies, EP_NORM_MOMENTS_BODY / EP_NORM_DSUMS_BODY of ep_norm_act.h, over the codes),
+ * LAYERNORM (the f32 kernels on one dequantized row at a time) and DROPOUT in train mode (the f32 kernel on short chunks). The batch norm's training
  * forward is two nodes (stats, then train) because a node has at most four outputs.
  * Each computes exactly what DEQUANTIZE, the f32 node and QUANTIZE compute in a row,
  * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
@@ -253,6 +256,152 @@ const ep_op_t ep_op_batchnorm_q8 = {
     .fn = {[EP_FN_FW] = batchnorm_q8_fw, [EP_FN_BW_INPUT] = batchnorm_q8_bw_input,
            [EP_FN_BW_PARAM] = batchnorm_q8_bw_param},
 };
+/* ---- LAYERNORM_Q8 ---------------------------------------------------------------------- */
+
+/*
+ * fattr[0] eps > 0, everything else 0. x, y, dy, dx batched s8 of one shape, D its last
+ * dim and R = elements / D rows per sample; exponents i32 [1]; gamma, beta and their
+ * gradients unbatched f32 [D]; saved batched f32 [2R] (LAYERNORM's layout: the means of
+ * all n·R rows, then their inverse deviations); scratch an unbatched s8 of ≥ 12·D bytes.
+ * The f32 kernels run one row at a time (rows = 1) over dequantized rows in the scratch:
+ * a row's results are the batch call's, and the parameter gradients are column sums
+ * over the rows in order (ep_layernorm_bw_param_add_f32 continues them).
+ */
+static ep_status_t layernorm_q8_prepare(const ep_model_t *m, const ep_node_t *nd, const char **why) {
+    static const uint8_t n_in[3] = {4, 6, 5}, n_out[3] = {4, 3, 3};
+    if (nd->fn > EP_FN_BW_PARAM || nd->n_in != n_in[nd->fn] || nd->n_out != n_out[nd->fn]) {
+        return ep_reject(why, EP_WHY("layernorm_q8: wrong inputs or outputs for its fn (docs/ops/int8.md)"));
+    }
+    if (!ep_iattrs_zero_from(nd, 0) || !(nd->fattr[0] > 0.0f)) {
+        return ep_reject(why, EP_WHY("layernorm_q8: eps (fattr[0]) must be > 0 and iattrs 0"));
+    }
+    for (uint8_t i = 1; i < EP_NODE_FATTRS; i++) {
+        if (nd->fattr[i] != 0.0f) {
+            return ep_reject(why, EP_WHY("layernorm_q8: fattr[1..5] must be 0"));
+        }
+    }
+    const bool fw = nd->fn == EP_FN_FW;
+    const uint16_t x = fw ? nd->in[0] : nd->in[2];
+    const ep_tensor_t *xt = &m->tensors[x];
+    if (!ep_q8_is_batched(m, x, EP_DTYPE_S8) || xt->rank < 1 || !ep_q8_is_exp(m, fw ? nd->in[1] : nd->in[3], 1) ||
+        (!fw && (!ep_q8_is_batched(m, nd->in[0], EP_DTYPE_S8) || !ep_same_shape(m, nd->in[0], x) ||
+                 !ep_q8_is_exp(m, nd->in[1], 1)))) {
+        return ep_reject(why, EP_WHY("layernorm_q8: x and dy must be batched s8 of one shape, each with an i32 [1] exponent"));
+    }
+    const uint32_t D = xt->dims[xt->rank - 1], R = xt->elems / D;
+    const uint16_t saved = fw ? nd->out[2] : nd->in[nd->fn == EP_FN_BW_INPUT ? 5 : 4];
+    const uint16_t scratch = fw ? nd->out[3] : nd->out[2];
+    bool ok = ep_q8_is_batched(m, saved, EP_DTYPE_F32) && m->tensors[saved].elems == 2u * R &&
+              ep_q8_scratch_ok(m, scratch, 12u * (uint64_t)D);
+    if (fw) {
+        ok = ok && bnq_vec(m, nd->in[2], D) && bnq_vec(m, nd->in[3], D) && ep_q8_is_batched(m, nd->out[0], EP_DTYPE_S8) &&
+             ep_same_shape(m, nd->out[0], x) && ep_q8_is_exp(m, nd->out[1], 1);
+    } else if (nd->fn == EP_FN_BW_INPUT) {
+        ok = ok && bnq_vec(m, nd->in[4], D) && ep_q8_is_batched(m, nd->out[0], EP_DTYPE_S8) &&
+             ep_same_shape(m, nd->out[0], x) && ep_q8_is_exp(m, nd->out[1], 1);
+    } else {
+        ok = ok && bnq_vec(m, nd->out[0], D) && bnq_vec(m, nd->out[1], D);
+    }
+    if (!ok) {
+        return ep_reject(why, EP_WHY("layernorm_q8: gamma, beta, gradients unbatched f32 [D], saved batched f32 [2R], y/dx like x with an exponent, scratch >= 12*D bytes"));
+    }
+    if (!ep_outputs_disjoint(m, nd, nd->fn == EP_FN_BW_PARAM ? -1 : 0)) {
+        return ep_reject(why, EP_WHY("layernorm_q8: an output overlaps an input or another output (only y over x, dx over dy exactly)"));
+    }
+    return EP_OK;
+}
+
+typedef struct {
+    ep_layernorm_params_t row; /* one row: rows = 1 */
+    uint32_t rows;             /* n·R */
+    float *a, *b, *c;          /* scratch: three rows of D floats */
+} lnq_t;
+
+static lnq_t lnq_setup(const ep_ctx_t *c, const ep_node_t *nd, uint16_t x, uint16_t scratch) {
+    const ep_tensor_t *t = &c->model->tensors[x];
+    const uint32_t D = t->dims[t->rank - 1];
+    lnq_t q = {.row = {1, D, nd->fattr[0]}, .rows = c->n * (t->elems / D)};
+    q.a = ep_ctx_f32(c, scratch);
+    q.b = q.a + D;
+    q.c = q.b + D;
+    return q;
+}
+
+static void layernorm_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
+    const lnq_t q = lnq_setup(c, nd, nd->in[0], nd->out[3]);
+    const uint32_t D = q.row.d;
+    const int8_t *x = ep_ctx_s8(c, nd->in[0]);
+    const int32_t e_x = ep_ctx_i32(c, nd->in[1])[0];
+    const float *gamma = ep_ctx_f32(c, nd->in[2]), *beta = ep_ctx_f32(c, nd->in[3]);
+    float *saved = ep_ctx_f32(c, nd->out[2]);
+    int8_t *y = ep_ctx_s8(c, nd->out[0]);
+    float amax = 0.0f, sv[2];
+    int32_t e_y = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t r = 0; r < q.rows; r++) {
+            ep_q8_dequantize_f32(D, x + r * D, e_x, q.a);
+            ep_layernorm_fw_f32(&q.row, q.a, gamma, beta, q.b, sv);
+            if (pass == 0) {
+                saved[r] = sv[0];
+                saved[q.rows + r] = sv[1];
+                amax = ep_q8_chunk_out(q.b, D, NULL, 0, amax);
+            } else {
+                (void)ep_q8_chunk_out(q.b, D, y + r * D, e_y, 0.0f);
+            }
+        }
+        e_y = ep_q8_exp_for_maxabs(amax);
+    }
+    ep_ctx_i32(c, nd->out[1])[0] = e_y;
+}
+
+static void layernorm_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
+    const lnq_t q = lnq_setup(c, nd, nd->in[2], nd->out[2]);
+    const uint32_t D = q.row.d;
+    const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
+    const int32_t e_dy = ep_ctx_i32(c, nd->in[1])[0], e_x = ep_ctx_i32(c, nd->in[3])[0];
+    const float *gamma = ep_ctx_f32(c, nd->in[4]), *saved = ep_ctx_f32(c, nd->in[5]);
+    int8_t *dx = ep_ctx_s8(c, nd->out[0]);
+    float amax = 0.0f;
+    int32_t e_dx = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t r = 0; r < q.rows; r++) {
+            const float sv[2] = {saved[r], saved[q.rows + r]};
+            ep_q8_dequantize_f32(D, dy + r * D, e_dy, q.a);
+            ep_q8_dequantize_f32(D, x + r * D, e_x, q.b);
+            ep_layernorm_bw_input_f32(&q.row, q.a, q.b, gamma, sv, q.c);
+            if (pass == 0) {
+                amax = ep_q8_chunk_out(q.c, D, NULL, 0, amax);
+            } else {
+                (void)ep_q8_chunk_out(q.c, D, dx + r * D, e_dx, 0.0f);
+            }
+        }
+        e_dx = ep_q8_exp_for_maxabs(amax);
+    }
+    ep_ctx_i32(c, nd->out[1])[0] = e_dx;
+}
+
+static void layernorm_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
+    const lnq_t q = lnq_setup(c, nd, nd->in[2], nd->out[2]);
+    const uint32_t D = q.row.d;
+    const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
+    const int32_t e_dy = ep_ctx_i32(c, nd->in[1])[0], e_x = ep_ctx_i32(c, nd->in[3])[0];
+    const float *saved = ep_ctx_f32(c, nd->in[4]);
+    float *dgamma = ep_ctx_f32(c, nd->out[0]), *dbeta = ep_ctx_f32(c, nd->out[1]);
+    for (uint32_t r = 0; r < q.rows; r++) {
+        const float sv[2] = {saved[r], saved[q.rows + r]};
+        ep_q8_dequantize_f32(D, dy + r * D, e_dy, q.a);
+        ep_q8_dequantize_f32(D, x + r * D, e_x, q.b);
+        (r == 0 ? ep_layernorm_bw_param_f32 : ep_layernorm_bw_param_add_f32)(&q.row, q.a, q.b, sv, dgamma, dbeta);
+    }
+}
+
+const ep_op_t ep_op_layernorm_q8 = {
+    .name = "layernorm_q8",
+    .prepare = layernorm_q8_prepare,
+    .fn = {[EP_FN_FW] = layernorm_q8_fw, [EP_FN_BW_INPUT] = layernorm_q8_bw_input,
+           [EP_FN_BW_PARAM] = layernorm_q8_bw_param},
+};
+
 /* ---- DROPOUT_Q8 ------------------------------------------------------------------------ */
 
 /*

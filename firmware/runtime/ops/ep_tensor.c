@@ -45,29 +45,36 @@ void ep_concat_bw_f32(const ep_concat_params_t *p, const float *restrict dy, flo
     }
 }
 
-/* y[j][k] = x[k][j] per sample: x [A][B] → y [B][A], 4 rows of x per pass over y's rows. */
-static void transpose(uint32_t n, uint32_t A, uint32_t B, const float *restrict x,
-                      float *restrict y) {
-    for (uint32_t i = 0; i < n; i++, x += A * B, y += A * B) {
-        uint32_t k = 0;
-        for (; k + 4 <= A; k += 4) {
-            const float *x0 = x + k * B, *x1 = x0 + B, *x2 = x1 + B, *x3 = x2 + B;
-            float *yj = y + k;
-            for (uint32_t j = 0; j < B; j++, yj += A) {
-                yj[0] = x0[j];
-                yj[1] = x1[j];
-                yj[2] = x2[j];
-                yj[3] = x3[j];
-            }
-        }
-        for (; k < A; k++) {
-            const float *xk = x + k * B;
-            float *yj = y + k;
-            for (uint32_t j = 0; j < B; j++, yj += A) {
-                yj[0] = xk[j];
-            }
-        }
+/* y[j][k] = x[k][j] per sample: x [A][B] → y [B][A], 4 rows of x per pass over y's rows;
+ * elements of type T (f32, or the int8 codes of TRANSPOSE over s8 tensors). */
+#define TRANSPOSE_BODY(T)                                                       \
+    for (uint32_t i = 0; i < n; i++, x += A * B, y += A * B) {                  \
+        uint32_t k = 0;                                                         \
+        for (; k + 4 <= A; k += 4) {                                            \
+            const T *x0 = x + k * B, *x1 = x0 + B, *x2 = x1 + B, *x3 = x2 + B;  \
+            T *yj = y + k;                                                      \
+            for (uint32_t j = 0; j < B; j++, yj += A) {                         \
+                yj[0] = x0[j];                                                  \
+                yj[1] = x1[j];                                                  \
+                yj[2] = x2[j];                                                  \
+                yj[3] = x3[j];                                                  \
+            }                                                                   \
+        }                                                                       \
+        for (; k < A; k++) {                                                    \
+            const T *xk = x + k * B;                                            \
+            T *yj = y + k;                                                      \
+            for (uint32_t j = 0; j < B; j++, yj += A) {                         \
+                yj[0] = xk[j];                                                  \
+            }                                                                   \
+        }                                                                       \
     }
+
+static void transpose(uint32_t n, uint32_t A, uint32_t B, const float *restrict x, float *restrict y) {
+    TRANSPOSE_BODY(float)
+}
+
+static void transpose_s8(uint32_t n, uint32_t A, uint32_t B, const int8_t *restrict x, int8_t *restrict y) {
+    TRANSPOSE_BODY(int8_t)
 }
 
 void ep_transpose_fw_f32(const ep_transpose_params_t *p, const float *restrict x,
@@ -230,9 +237,11 @@ const ep_op_t ep_op_concat = {
     .fn = {[EP_FN_FW] = concat_fw, [EP_FN_BW_INPUT] = concat_bw_input},
 };
 
-/* src [A][B] and dst [B][A]: batched f32 of rank 2. */
+/* src [A][B] and dst [B][A]: batched of rank 2, both f32 or both s8 (int8 codes: the
+ * exponent is the graph's business, the bytes only move). */
 static bool transposed(const ep_model_t *m, uint16_t src, uint16_t dst) {
-    return ep_tensor_is(m, src, EP_DTYPE_F32, true, 2) && ep_tensor_is(m, dst, EP_DTYPE_F32, true, 2) &&
+    const uint8_t dt = m->tensors[src].dtype == EP_DTYPE_S8 ? EP_DTYPE_S8 : EP_DTYPE_F32;
+    return ep_tensor_is(m, src, dt, true, 2) && ep_tensor_is(m, dst, dt, true, 2) &&
            m->tensors[src].dims[0] == m->tensors[dst].dims[1] && m->tensors[src].dims[1] == m->tensors[dst].dims[0];
 }
 
@@ -242,7 +251,7 @@ static ep_status_t transpose_prepare(const ep_model_t *m, const ep_node_t *nd, c
             return ep_reject(why, EP_WHY("transpose.fw: needs input (x) and output (y)"));
         }
         if (!transposed(m, nd->in[0], nd->out[0])) {
-            return ep_reject(why, EP_WHY("transpose.fw: want batched f32 x [A][B] and y [B][A]"));
+            return ep_reject(why, EP_WHY("transpose.fw: want batched x [A][B] and y [B][A], both f32 or both s8"));
         }
         if (ep_overlap(m, nd->in[0], nd->out[0])) {
             return ep_reject(why, EP_WHY("transpose.fw: y overlaps x"));
@@ -254,7 +263,7 @@ static ep_status_t transpose_prepare(const ep_model_t *m, const ep_node_t *nd, c
             return ep_reject(why, EP_WHY("transpose.bw_input: needs input (dy) and output (dx)"));
         }
         if (!transposed(m, nd->in[0], nd->out[0])) {
-            return ep_reject(why, EP_WHY("transpose.bw_input: want batched f32 dy [B][A] and dx [A][B]"));
+            return ep_reject(why, EP_WHY("transpose.bw_input: want batched dy [B][A] and dx [A][B], both f32 or both s8"));
         }
         if (ep_overlap(m, nd->in[0], nd->out[0])) {
             return ep_reject(why, EP_WHY("transpose.bw_input: dx overlaps dy"));
@@ -264,20 +273,20 @@ static ep_status_t transpose_prepare(const ep_model_t *m, const ep_node_t *nd, c
     return ep_reject(why, EP_WHY("transpose: only fw and bw_input exist"));
 }
 
-static void transpose_fw(const ep_ctx_t *c, const ep_node_t *nd) {
-    const ep_tensor_t *x = &c->model->tensors[nd->in[0]];
-    const ep_transpose_params_t p = {c->n, x->dims[0], x->dims[1]};
-    ep_transpose_fw_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->out[0]));
-}
-
-static void transpose_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
-    const ep_tensor_t *dx = &c->model->tensors[nd->out[0]];
-    const ep_transpose_params_t p = {c->n, dx->dims[0], dx->dims[1]};
-    ep_transpose_bw_f32(&p, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->out[0]));
+/* x [A][B] → y [B][A] per sample (fw: x, y; bw_input: dy, dx with A, B of dx). */
+static void transpose_run(const ep_ctx_t *c, const ep_node_t *nd) {
+    const ep_tensor_t *t = &c->model->tensors[nd->fn == EP_FN_FW ? nd->in[0] : nd->out[0]];
+    const uint32_t A = nd->fn == EP_FN_FW ? t->dims[0] : t->dims[1], B = nd->fn == EP_FN_FW ? t->dims[1] : t->dims[0];
+    if (t->dtype == EP_DTYPE_S8) {
+        transpose_s8(c->n, A, B, (const int8_t *)(const void *)(c->arena + c->model->tensors[nd->in[0]].offset),
+                     (int8_t *)(void *)(c->arena + c->model->tensors[nd->out[0]].offset));
+    } else {
+        transpose(c->n, A, B, ep_ctx_f32(c, nd->in[0]), ep_ctx_f32(c, nd->out[0]));
+    }
 }
 
 const ep_op_t ep_op_transpose = {
     .name = "transpose",
     .prepare = transpose_prepare,
-    .fn = {[EP_FN_FW] = transpose_fw, [EP_FN_BW_INPUT] = transpose_bw_input},
+    .fn = {[EP_FN_FW] = transpose_run, [EP_FN_BW_INPUT] = transpose_run},
 };
