@@ -224,6 +224,8 @@ class OpCode(enum.IntEnum):
     MAXPOOL2D_Q8 = 49
     #: int8 layer norm (rows of D: the f32 kernels on one dequantized row at a time)
     LAYERNORM_Q8 = 50
+    #: int8 sequence pooling (CCT): the f32 kernels on one dequantized sample at a time
+    SEQPOOL_Q8 = 51
 
 
 class OpFn(enum.IntEnum):

@@ -203,12 +203,17 @@ def linear_bw_param(dy, e_dy, x, e_x):
 SCRATCH_FNS = ("fw", "bw_input", "bw_param")
 
 
-def linear_scratch_bytes(fn: str, rows: int, M: int, K: int) -> int:
+def linear_scratch_bytes(fn: str, rows: int, M: int, K: int, sample_rows: int | None = None) -> int:
     """Scratch bytes LINEAR_Q8's fn needs for `rows` = max_batch × rows per sample
     (fn: "fw", "bw_input", "bw_param"). BW_PARAM sums into dW itself, f32 or int32 alike
-    (4 bytes a weight either way), so its scratch holds only the widened operands."""
+    (4 bytes a weight either way), so its scratch holds only the widened operands.
+    sample_rows (the rows of one sample) for per-sample sums (iattr[0], fw and
+    bw_input): one sample's int32 sums and operands, plus fw's M magnitudes."""
     Kp, Mp, Rp = K + K % 2, M + M % 2, rows + rows % 2
-    return {"fw": 4 * rows * M + 2 * rows * Kp + 2 * M * Kp,
+    per_sample = sample_rows is not None and fn != "bw_param"
+    if per_sample:
+        rows = sample_rows
+    return {"fw": 4 * rows * M + (4 * M if per_sample else 0) + 2 * rows * Kp + 2 * M * Kp,
             "bw_input": 4 * rows * K + 2 * rows * Mp + 2 * K * Mp,
             "bw_param": 2 * M * Rp + 2 * K * Rp}[fn]
 

@@ -372,9 +372,11 @@ def _stale_reads(g) -> list[str]:
 
 
 def test_cct_trains_with_int8_attention_and_max_pools():
-    """cct-fashion under --dtype int8: its tokenizer's max pools, the token transpose, the
-    attention and the layer norms before attention and MLP run as MAXPOOL2D_Q8, TRANSPOSE
-    over codes, MHSA_Q8 (saved Q, K, V and probabilities as int8 codes) and LAYERNORM_Q8. The
+    """cct-fashion under --dtype int8 runs int8 from its first conv to its classifier: the
+    tokenizer's max pools, the token transpose, attention, layer norms, residual adds and
+    the sequence pooling as MAXPOOL2D_Q8, TRANSPOSE over codes, MHSA_Q8 (saved Q, K, V and
+    probabilities as int8 codes), LAYERNORM_Q8, ADD_Q8 and SEQPOOL_Q8; no f32 activation
+    is left but the loss's. The
     residual stream's gradient is summed in place (ACCUMULATE) between the layers that
     read it: each reads codes of its current value, not of an earlier one. A few Adam
     steps on one real Fashion-MNIST batch lower the loss on it."""
@@ -382,7 +384,8 @@ def test_cct_trains_with_int8_attention_and_max_pools():
     prog = compile_model(spec, params, TrainConfig(batch=8, lr=1e-3, optimizer="adam", dtype="int8"))
     g = prog.graph
     ops = {n.op for n in g.nodes[g.train_begin:]}
-    assert {OpCode.MHSA_Q8, OpCode.MAXPOOL2D_Q8, OpCode.LAYERNORM_Q8} <= ops and not ops & {OpCode.MHSA, OpCode.MAXPOOL2D}
+    assert {OpCode.MHSA_Q8, OpCode.MAXPOOL2D_Q8, OpCode.LAYERNORM_Q8, OpCode.ADD_Q8, OpCode.SEQPOOL_Q8} <= ops
+    assert not ops & {OpCode.MHSA, OpCode.MAXPOOL2D, OpCode.LAYERNORM, OpCode.ADD, OpCode.SEQPOOL, OpCode.ACCUMULATE}
     assert all(g.tensors[n.inputs[0]].dtype == DType.S8 for n in g.nodes if n.op == OpCode.TRANSPOSE)
     assert all(g.tensors[i].dtype == DType.S8 for i in range(len(g.tensors)) if g.tensors[i].name.endswith("attn.saved"))
     assert _stale_reads(g) == []

@@ -166,9 +166,13 @@ def linear_inputs(rng, mb, R, K, M, spread):
     return x, w, e_w, b
 
 
+@pytest.mark.parametrize("sums", ["batch_sums", "sample_sums"])
 @pytest.mark.parametrize("case", list(LINEAR_CASES))
-def test_linear_q8(target, rng, case):
+def test_linear_q8(target, rng, case, sums):
+    """Per-sample sums (iattr[0] = 1 on fw and bw_input) give the same bits as the batch's."""
     mb, R, K, M, bias, spread = LINEAR_CASES[case]
+    per = sums == "sample_sums"
+    attrs = (1,) if per else ()
     x, w, e_w, b = linear_inputs(rng, mb, R, K, M, spread)
     dy = codes(rng, (mb, R * M))
     e_x, e_b, e_dy = -7, -20, -12
@@ -191,10 +195,10 @@ def test_linear_q8(target, rng, case):
     qg.add("gb", (M,), DType.I32)
     qg.exp("e_g", None, 2)
     for fn in ("fw", "bw_input", "bw_param"):
-        qg.scratch("s_" + fn, q.linear_scratch_bytes(fn, rows, M, K))
+        qg.scratch("s_" + fn, q.linear_scratch_bytes(fn, rows, M, K, R if per else None))
     fw_in = ["x", "e_x", "W", "e_w"] + (["b", "e_b"] if bias else [])
-    qg.node(OpCode.LINEAR_Q8, FW, fw_in, ["y", "e_y", "s_fw"])
-    qg.node(OpCode.LINEAR_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"])
+    qg.node(OpCode.LINEAR_Q8, FW, fw_in, ["y", "e_y", "s_fw"], attrs)
+    qg.node(OpCode.LINEAR_Q8, BWI, ["dy", "e_dy", "W", "e_w"], ["dx", "e_dx", "s_bw_input"], attrs)
     qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["dW", "db", "s_bw_param"])
     qg.node(OpCode.LINEAR_Q8, BWP, ["dy", "e_dy", "x", "e_x"], ["gW", "gb", "e_g", "s_bw_param"])
     qg.readable("y", "e_y", "dx", "e_dx", "dW", "db", "gW", "gb", "e_g")
@@ -1295,8 +1299,8 @@ def test_mhsa_q8_forward_is_the_f32_chain(target, rng):
 @pytest.mark.parametrize("want_dx", [True, False], ids=["dx", "dqkv_only"])
 def test_mhsa_q8_backward_is_the_f32_chain(target, rng, want_dx):
     """From saved codes (any: the backward only dequantizes them) through DEQUANTIZE →
-    MHSA's backward → QUANTIZE; bw_param's running sums over samples match the f32
-    kernel's over the batch."""
+    MHSA's backward → QUANTIZE, dqkv quantised between the input and the parameter
+    gradient; bw_param's running sums over samples match the f32 kernel's over the batch."""
     mb, T, D, H = 3, MQ_T, MQ_D, MQ_H
     x, dy, prm = codes(rng, (mb, T, D)), codes(rng, (mb, T, D)), _mq_params(rng)
     saved = codes(rng, (mb, T, MQ_SAVED))
@@ -1312,38 +1316,49 @@ def test_mhsa_q8_backward_is_the_f32_chain(target, rng, want_dx):
         qg.add("x", (T, D), DType.S8, B, x)
         qg.exp("e_x", -6)
         _mq_add_params(qg, prm, ("w_in", "w_out"))
-        qg.add("dqkv", (T, 3 * D), F32, B)
+        qg.add("dqkv", (T, 3 * D), DType.S8, B)
         qg.add("dx", (T, D), DType.S8, B)
         qg.exp("e_dx")
         for k, shape in grads.items():
             qg.add(k, shape, F32)
-        outs = ["dqkv"] + (["dx", "e_dx"] if want_dx else [])
         if fused:
-            _mq_scratch(qg)
+            qg.scratch("s", 4 * (9 * T * D + (H + 1) * T * T))
             qg.add("saved", (T, MQ_SAVED), DType.S8, B, saved)
             qg.exp("e_s", e_s, n=2)
+            qg.exp("e_bw", n=3)
+            outs = ["dqkv", "e_bw"] + (["dx", "e_dx"] if want_dx else [])
             qg.node(OpCode.MHSA_Q8, BWI, ["dy", "e_dy", "w_in", "w_out", "saved", "e_s", "s"], outs, (H,))
-            qg.node(OpCode.MHSA_Q8, BWP, ["dy", "e_dy", "x", "e_x", "saved", "e_s", "dqkv", "s"], list(grads), (H,))
+            qg.node(OpCode.MHSA_Q8, BWP, ["dy", "e_dy", "x", "e_x", "saved", "dqkv", "e_bw", "s"], list(grads), (H,))
+            names = outs + list(grads)
         else:
             flat = saved.reshape(mb, -1)
             sf = np.concatenate([q.dequantize(flat[:, :3 * T * D], e_s[0]), q.dequantize(flat[:, 3 * T * D:], e_s[1])], 1)
             qg.add("savedf", (T, MQ_SAVED), F32, B, sf)
             for k in ("dyf", "xf", "dxf"):
                 qg.add(k, (T, D), F32, B)
+            for k in ("dqkvf", "dqkvd"):
+                qg.add(k, (T, 3 * D), F32, B)
+            qg.exp("e_dqkv")
             qg.add("sf", (T, D + T), F32)
             qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
             qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
-            qg.node(OpCode.MHSA, BWI, ["dyf", "w_in", "w_out", "savedf", "sf"], ["dqkv"] + (["dxf"] if want_dx else []), (H,))
+            qg.node(OpCode.MHSA, BWI, ["dyf", "w_in", "w_out", "savedf", "sf"], ["dqkvf"] + (["dxf"] if want_dx else []), (H,))
             if want_dx:
                 qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
-            qg.node(OpCode.MHSA, BWP, ["dyf", "xf", "savedf", "dqkv", "sf"], list(grads), (H,))
-        names = outs + list(grads)
+            qg.node(OpCode.QUANTIZE, FW, ["dqkvf"], ["dqkv", "e_dqkv"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["dqkv", "e_dqkv"], ["dqkvd"])
+            qg.node(OpCode.MHSA, BWP, ["dyf", "xf", "savedf", "dqkvd", "sf"], list(grads), (H,))
+            names = ["dqkv", "e_dqkv"] + (["dx", "e_dx"] if want_dx else []) + list(grads)
         qg.readable(*names)
         got.append(_read(run_eval(target, qg), names))
-    for name in got[0]:
-        assert_same(got[0][name], got[1][name], name)
+    fused, chain = got
+    assert fused["e_bw"].tolist() == e_s + [int(chain["e_dqkv"][0])]
+    for name in chain:
+        if name != "e_dqkv":
+            assert_same(fused[name], chain[name], name)
+    assert np.abs(fused["dqkv"]).max() > 60
     if want_dx:
-        assert np.abs(got[0]["dx"]).max() > 60
+        assert np.abs(fused["dx"]).max() > 60
 
 
 def _mq_bad_graph(e_s_n=2, heads=MQ_H, scratch=None, saved_cols=MQ_SAVED, y_dtype=DType.S8) -> bytes:
@@ -1482,6 +1497,77 @@ def test_malformed_layernorm_q8_is_refused(kw, why):
         qg.add("saved", (saved,), F32, B)
         qg.scratch("s", scratch)
         qg.node(LNQ, FW, ["x", "e_x", "gamma", "beta"], ["y", "e_y", "saved", "s"], (), (eps,))
+        return qg.blob()
+    assert nl.parse(blob()).status == 0
+    p = nl.parse(blob(**kw))
+    assert p.status != 0 and why in p.why, (p.status, p.why)
+
+
+def test_seqpool_q8_is_the_f32_chain(target, rng):
+    """SEQPOOL_Q8: forward, input gradient and the g/c gradients (running sums over the
+    samples, as SEQPOOL's over the batch)."""
+    mb, T, D = 3, 7, 6
+    x, dy = codes(rng, (mb, T, D)), codes(rng, (mb, D))
+    g = (rng.standard_normal((1, D)) * 0.5).astype(np.float32)
+    cb = np.array([0.1], np.float32)
+    names = ("y", "e_y", "wts", "dx", "e_dx", "dg", "dc")
+
+    def build(fused):
+        qg = il.QGraph("seqq" if fused else "seqq_chain", mb)
+        qg.add("x", (T, D), DType.S8, B, x)
+        qg.exp("e_x", -5)
+        qg.add("dy", (D,), DType.S8, B, dy)
+        qg.exp("e_dy", -10)
+        qg.add("g", (1, D), F32, P, g)
+        qg.add("c", (1,), F32, P, cb)
+        qg.add("y", (D,), DType.S8, B)
+        qg.add("wts", (T,), F32, B)
+        qg.add("dx", (T, D), DType.S8, B)
+        qg.add("dg", (1, D), F32)
+        qg.add("dc", (1,), F32)
+        qg.exp("e_y")
+        qg.exp("e_dx")
+        if fused:
+            for fn in ("fw", "bwp", "bwi"):
+                qg.scratch("s_" + fn, 4 * (2 * T * D + D))
+            qg.node(OpCode.SEQPOOL_Q8, FW, ["x", "e_x", "g", "c"], ["y", "e_y", "wts", "s_fw"])
+            qg.node(OpCode.SEQPOOL_Q8, BWP, ["dy", "e_dy", "x", "e_x", "wts"], ["dg", "dc", "s_bwp"])
+            qg.node(OpCode.SEQPOOL_Q8, BWI, ["dy", "e_dy", "x", "e_x", "g", "wts"], ["dx", "e_dx", "s_bwi"])
+        else:
+            qg.add("xf", (T, D), F32, B)
+            qg.add("dxf", (T, D), F32, B)
+            qg.add("yf", (D,), F32, B)
+            qg.add("dyf", (D,), F32, B)
+            qg.node(OpCode.DEQUANTIZE, FW, ["x", "e_x"], ["xf"])
+            qg.node(OpCode.SEQPOOL, FW, ["xf", "g", "c"], ["yf", "wts"])
+            qg.node(OpCode.QUANTIZE, FW, ["yf"], ["y", "e_y"])
+            qg.node(OpCode.DEQUANTIZE, FW, ["dy", "e_dy"], ["dyf"])
+            qg.node(OpCode.SEQPOOL, BWP, ["dyf", "xf", "wts"], ["dg", "dc"])
+            qg.node(OpCode.SEQPOOL, BWI, ["dyf", "xf", "g", "wts"], ["dxf"])
+            qg.node(OpCode.QUANTIZE, FW, ["dxf"], ["dx", "e_dx"])
+        return qg
+
+    got = _fused_is_chain(target, build, names)
+    assert np.abs(got["y"]).max() > 60 and np.abs(got["dx"]).max() > 60
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(scratch=4 * (2 * 7 * 6)), "scratch >= 4*(2*T*D + D)"),
+    (dict(wts=6), "wts batched f32 [T]"),
+    (dict(y=(5,)), "seqpool_q8"),
+])
+def test_malformed_seqpool_q8_is_refused(kw, why):
+    def blob(scratch=4 * (2 * 7 * 6 + 6), wts=7, y=(6,)):
+        qg = il.QGraph("seqq_bad", 2)
+        qg.add("x", (7, 6), DType.S8, B)
+        qg.exp("e_x", 0)
+        qg.add("g", (1, 6), F32, P)
+        qg.add("c", (1,), F32, P)
+        qg.add("y", y, DType.S8, B)
+        qg.exp("e_y")
+        qg.add("wts", (wts,), F32, B)
+        qg.scratch("s", scratch)
+        qg.node(OpCode.SEQPOOL_Q8, FW, ["x", "e_x", "g", "c"], ["y", "e_y", "wts", "s"])
         return qg.blob()
     assert nl.parse(blob()).status == 0
     p = nl.parse(blob(**kw))

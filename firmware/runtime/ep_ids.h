@@ -158,6 +158,7 @@ typedef enum {
     EP_OP_MHSA_Q8 = 48,
     EP_OP_MAXPOOL2D_Q8 = 49,
     EP_OP_LAYERNORM_Q8 = 50,
+    EP_OP_SEQPOOL_Q8 = 51,
 } ep_opcode_t;
 
 typedef enum {
@@ -177,6 +178,6 @@ typedef enum {
 /* Bytes per element, indexed by ep_dtype_t (0 = invalid). */
 #define EP_DTYPE_BYTES_INIT {[EP_DTYPE_F32] = 4, [EP_DTYPE_I32] = 4, [EP_DTYPE_U8] = 1, [EP_DTYPE_S8] = 1}
 #define EP_DTYPE_COUNT 5
-#define EP_OPCODE_COUNT 51
+#define EP_OPCODE_COUNT 52
 
 #endif /* EP_IDS_H */

@@ -57,6 +57,7 @@ static const ep_op_t *const k_ops[EP_OPCODE_COUNT] = {
     [EP_OP_MHSA_Q8] = &ep_op_mhsa_q8,
     [EP_OP_MAXPOOL2D_Q8] = &ep_op_maxpool2d_q8,
     [EP_OP_LAYERNORM_Q8] = &ep_op_layernorm_q8,
+    [EP_OP_SEQPOOL_Q8] = &ep_op_seqpool_q8,
 };
 
 const ep_op_t *ep_op_lookup(uint8_t opcode) {

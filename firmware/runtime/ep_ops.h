@@ -134,6 +134,7 @@ EP_OP_DECL(global_avgpool_q8);
 EP_OP_DECL(mhsa_q8);
 EP_OP_DECL(maxpool2d_q8);
 EP_OP_DECL(layernorm_q8);
+EP_OP_DECL(seqpool_q8);
 EP_OP_DECL(l3_load);        /* the L3 tier: ops/ep_l3.c */
 EP_OP_DECL(l3_store);
 

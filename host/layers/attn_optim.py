@@ -26,8 +26,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph import Tensor
-from ..ids import DType, OpCode, OpFn
-from . import LayerRule, int_attr, register, register_onnx, uniform
+from ..ids import DType, OpCode, OpFn, TensorFlag
+from . import B, LayerRule, int_attr, register, register_onnx, uniform
 
 _TORCH_CLASSES = ("Transpose", "SelfAttention", "SeqPool")
 
@@ -208,10 +208,10 @@ class MhsaRule(LayerRule):
     int8 = True
 
     @staticmethod
-    def q8_scratch_bytes(T: int, D: int, H: int) -> int:
-        """MHSA_Q8's scratch (ep_q8_attn.c): two sample rows, a sample's saved state and
-        MHSA's own scratch, in floats."""
-        return 4 * (6 * T * D + (H + 1) * T * T)
+    def q8_scratch_bytes(T: int, D: int, H: int, fw: bool) -> int:
+        """MHSA_Q8's scratch (ep_q8_attn.c): two sample rows, a sample's saved state, MHSA's
+        own scratch and, in the backward, a sample's dqkv, in floats."""
+        return 4 * ((6 if fw else 9) * T * D + (H + 1) * T * T)
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):
@@ -237,7 +237,7 @@ class MhsaRule(LayerRule):
         st = e.saved("saved", (T, 3 * D + H * T), batched=True, dtype=DType.S8)  # qkv codes, then P codes
         e_st = e.saved("saved.exp", (2,), dtype=DType.I32)
         e.node(OpCode.MHSA_Q8, OpFn.FW,
-               [x, e.qexp[x], *self._params(e), e.scratch_bytes("fw.scratch", self.q8_scratch_bytes(T, D, H))],
+               [x, e.qexp[x], *self._params(e), e.scratch_bytes("fw.scratch", self.q8_scratch_bytes(T, D, H, fw=True))],
                [y, e.qexp[y], st, e_st], iattrs=(H,))
         return y, (x, (st, e_st))
 
@@ -250,18 +250,20 @@ class MhsaRule(LayerRule):
         if not trains and not need_dx:
             return None
         dy = e.to_q8(dy)
-        dqkv = e.grad("qkv.grad", (T, 3 * D))
-        outs = [dqkv]
+        # dqkv codes; e_bw = the saved state's two exponents passed on, then dqkv's
+        dqkv = e.g.add_tensor(Tensor(f"{layer.name}.qkv.grad", (T, 3 * D), DType.S8, B | TensorFlag.GRAD))
+        e_bw = e.saved("bw.exp", (3,), dtype=DType.I32)
+        outs = [dqkv, e_bw]
         dx = None
         if need_dx:
             dx = e.act_q8("in.grad", (T, D), grad=True)
             outs += [dx, e.qexp[dx]]
-        nbytes = self.q8_scratch_bytes(T, D, H)
+        nbytes = self.q8_scratch_bytes(T, D, H, fw=False)
         e.node(OpCode.MHSA_Q8, OpFn.BW_INPUT, [dy, e.qexp[dy], params[0], params[2], st, e_st,
                                                e.scratch_bytes("bw_input.scratch", nbytes)], outs, iattrs=(H,))
         if trains:
             grads = [e.param_grad(p) for p in params]
-            e.node(OpCode.MHSA_Q8, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x], st, e_st, dqkv,
+            e.node(OpCode.MHSA_Q8, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x], st, dqkv, e_bw,
                                                    e.scratch_bytes("bw_param.scratch", nbytes)], grads, iattrs=(H,))
             for p, gp in zip(params, grads):
                 e.update(p, gp)
@@ -341,23 +343,46 @@ class SeqPoolRule(LayerRule):
         return {"attention_pool.weight": uniform(rng, bound, (1, D)),
                 "attention_pool.bias": uniform(rng, bound, (1,))}
 
+    #: SEQPOOL_Q8: int8 tokens in, int8 pooled features out (what the classifier quantises
+    #: anyway), the f32 kernels on one dequantized sample at a time
+    int8 = int8_after_int8 = int8_before_int8 = True
+
     def forward(self, e, layer, x, train):
         T, D = _tokens(layer, e.dims(x))
-        y = e.act("out", (D,))
         wts = e.saved("wts", (T,), batched=True)
-        e.node(OpCode.SEQPOOL, OpFn.FW, [x, e.param("attention_pool.weight"), e.param("attention_pool.bias")],
-               [y, wts])
+        g, c = e.param("attention_pool.weight"), e.param("attention_pool.bias")
+        if e.is_q8(layer):
+            y, (x,) = e.q8_node(OpCode.SEQPOOL_Q8, OpFn.FW, [x], "out", (D,), more_ins=(g, c), more_outs=(wts,),
+                                scratch=self._q8_scratch("fw", T, D))
+            return y, (x, wts)
+        y = e.act("out", (D,))
+        e.node(OpCode.SEQPOOL, OpFn.FW, [x, g, c], [y, wts])
         return y, (x, wts)
+
+    @staticmethod
+    def _q8_scratch(fn: str, T: int, D: int) -> tuple[str, int]:
+        """SEQPOOL_Q8's scratch of fn: a sample's tokens twice and one feature row, in f32."""
+        return f"{fn}.scratch", 4 * (2 * T * D + D)
 
     def backward(self, e, layer, saved, dy, need_dx):
         x, wts = saved
         g, c = e.param("attention_pool.weight"), e.param("attention_pool.bias")
+        q8 = e.is_q8(layer)
+        if q8:
+            dy = e.to_q8(dy)
         trains = e.is_trainable(g) or e.is_trainable(c)
         if trains:
             dg, dc = e.param_grad(g), e.param_grad(c)
-            e.node(OpCode.SEQPOOL, OpFn.BW_PARAM, [dy, x, wts], [dg, dc])
+            if q8:
+                e.node(OpCode.SEQPOOL_Q8, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x], wts],
+                       [dg, dc, e.scratch_bytes(*self._q8_scratch("bw_param", *e.dims(x)))])
+            else:
+                e.node(OpCode.SEQPOOL, OpFn.BW_PARAM, [dy, x, wts], [dg, dc])
         dx = None
-        if need_dx:
+        if need_dx and q8:
+            dx, _ = e.q8_node(OpCode.SEQPOOL_Q8, OpFn.BW_INPUT, [dy, x], "in.grad", e.dims(x), grad=True,
+                              more_ins=(g, wts), scratch=self._q8_scratch("bw_input", *e.dims(x)))
+        elif need_dx:
             dx = e.grad("in.grad", e.dims(x))
             e.node(OpCode.SEQPOOL, OpFn.BW_INPUT, [dy, x, g, wts], [dx])
         if trains:

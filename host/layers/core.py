@@ -42,9 +42,10 @@ class Linear(LayerRule):
     int8 = int8_weights = True
 
     def _scratch(self, e, layer, x) -> dict[str, int]:
-        rows = e.g.max_batch * elems(e.dims(x)) // e.dims(x)[-1]
+        per = elems(e.dims(x)) // e.dims(x)[-1]  # rows of one sample
         m, k = layer["out"], e.dims(x)[-1]
-        return {fn: quant.linear_scratch_bytes(fn, rows, m, k) for fn in quant.SCRATCH_FNS}
+        return {fn: quant.linear_scratch_bytes(fn, e.g.max_batch * per, m, k, per if e.q8_sample_sums else None)
+                for fn in quant.SCRATCH_FNS}
 
     def forward(self, e, layer, x, train):
         if e.is_q8(layer):

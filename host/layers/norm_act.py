@@ -235,16 +235,16 @@ class LayerNorm(LayerRule):
                                     [x, e.param("weight"), st], [x, st])
         dy = e.to_q8(dy)
         w, b = e.param("weight"), e.param("bias")
-        scratch = ("bw.scratch", 12 * e.dims(x)[-1])
+        nbytes = 12 * e.dims(x)[-1]
         trains = e.is_trainable(w)  # an int8 layer trains whole or not at all
         if trains:
             dw, db = e.param_grad(w), e.param_grad(b)
             e.node(OpCode.LAYERNORM_Q8, OpFn.BW_PARAM, [dy, e.qexp[dy], x, e.qexp[x], st],
-                   [dw, db, e.scratch_bytes(*scratch)], fattrs=(layer["eps"],))
+                   [dw, db, e.scratch_bytes("bw_param.scratch", nbytes)], fattrs=(layer["eps"],))
         dx = None
         if need_dx:
             dx, _ = e.q8_node(OpCode.LAYERNORM_Q8, OpFn.BW_INPUT, [dy, x], "in.grad", e.dims(x), grad=True,
-                              more_ins=(w, st), scratch=scratch, fattrs=(layer["eps"],))
+                              more_ins=(w, st), scratch=("bw_input.scratch", nbytes), fattrs=(layer["eps"],))
         if trains:
             e.update(w, dw)
             e.update(b, db)

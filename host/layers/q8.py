@@ -81,8 +81,11 @@ def forward(e, layer, op: OpCode, x: int, out_dims, iattrs, scratch: int, with_b
 
 
 def _sums(e, op: OpCode, iattrs) -> tuple[int, ...]:
-    """FW and BW_INPUT iattrs: a conv's get iattr[9] = 1 for per-sample sums (TrainConfig.int8_sums)."""
-    return tuple(iattrs) + (1,) if op == OpCode.CONV2D_Q8 and e.q8_sample_sums else tuple(iattrs)
+    """FW and BW_INPUT iattrs: per-sample sums (TrainConfig.int8_sums) are a conv's iattr[9] = 1
+    and a linear layer's iattr[0] = 1."""
+    if not e.q8_sample_sums:
+        return tuple(iattrs)
+    return tuple(iattrs) + (1,) if op == OpCode.CONV2D_Q8 else (1,)
 
 
 def backward(e, layer, op: OpCode, x: int, dy: int, need_dx: bool, iattrs, scratch: dict[str, int],

@@ -109,10 +109,6 @@ void ep_mhsa_bw_input_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict saved, float *restrict dqkv, float *restrict dx,
                           float *restrict scratch);
 
-/** dx = dqkv w_in over n·T rows: the last step of ep_mhsa_bw_input_f32 alone (same bits). */
-void ep_mhsa_bw_dx_f32(const ep_mhsa_params_t *p, const float *restrict dqkv, const float *restrict w_in,
-                       float *restrict dx);
-
 /**
  * Parameter gradients summed over the batch (overwrite), sample by sample in order
  * (each gradient a running sum: sample 0's sums, then each next sample's added):
@@ -174,6 +170,12 @@ void ep_seqpool_bw_input_f32(const ep_seqpool_params_t *p, const float *restrict
 void ep_seqpool_bw_param_f32(const ep_seqpool_params_t *p, const float *restrict dy,
                              const float *restrict x, const float *restrict wts,
                              float *restrict dg, float *restrict dc);
+
+/** ep_seqpool_bw_param_f32 continuing the running sums in dg, dc instead of starting them:
+ *  sample by sample, the same bits as one call over all samples (SEQPOOL_Q8). */
+void ep_seqpool_bw_param_add_f32(const ep_seqpool_params_t *p, const float *restrict dy,
+                                 const float *restrict x, const float *restrict wts,
+                                 float *restrict dg, float *restrict dc);
 
 /* ------------------------------------------------------------------------- */
 /* Row-wise softmax over the last dim                                        */

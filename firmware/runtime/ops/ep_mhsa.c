@@ -474,15 +474,11 @@ static void bw_qkv_core(void *arg) {
     }
 }
 
-static void dx_core(void *arg) {
+static void bw_input_core(void *arg) {
     const mhsa_args_t *a = arg;
     const ep_mhsa_params_t *p = a->p;
-    gemm_nn_share(p->n * p->t, p->d, 3 * p->d, 1.0f, a->dqkv_in, 3 * p->d, a->w_in, p->d, a->dx, p->d);
-}
-
-static void bw_input_core(void *arg) {
     bw_qkv_core(arg); /* ends on a barrier: dqkv is complete */
-    dx_core(arg);
+    gemm_nn_share(p->n * p->t, p->d, 3 * p->d, 1.0f, a->dqkv, 3 * p->d, a->w_in, p->d, a->dx, p->d);
 }
 
 void ep_mhsa_bw_qkv_f32(const ep_mhsa_params_t *p, const float *restrict dy,
@@ -497,14 +493,8 @@ void ep_mhsa_bw_input_f32(const ep_mhsa_params_t *p, const float *restrict dy,
                           const float *restrict saved, float *restrict dqkv, float *restrict dx,
                           float *restrict scratch) {
     const mhsa_args_t a = {.p = p, .dy = dy, .w_in = w_in, .w_out = w_out, .saved = saved, .dqkv = dqkv,
-                           .dqkv_in = dqkv, .dx = dx, .scratch = scratch};
+                           .dx = dx, .scratch = scratch};
     ep_par_fork(0, bw_input_core, (void *)&a);
-}
-
-void ep_mhsa_bw_dx_f32(const ep_mhsa_params_t *p, const float *restrict dqkv, const float *restrict w_in,
-                       float *restrict dx) {
-    const mhsa_args_t a = {.p = p, .w_in = w_in, .dqkv_in = dqkv, .dx = dx};
-    ep_par_fork(0, dx_core, (void *)&a);
 }
 
 /* Sample by sample, each gradient a running sum over the samples in order (the first

@@ -87,14 +87,14 @@ void ep_seqpool_bw_input_f32(const ep_seqpool_params_t *p, const float *restrict
     }
 }
 
-void ep_seqpool_bw_param_f32(const ep_seqpool_params_t *p, const float *restrict dy,
-                             const float *restrict x, const float *restrict wts,
-                             float *restrict dg, float *restrict dc) {
+/* dg, dc: running sums over the samples and tokens in order, from 0 or (acc) from their values. */
+static void bw_param(const ep_seqpool_params_t *p, const float *restrict dy, const float *restrict x,
+                     const float *restrict wts, float *restrict dg, float *restrict dc, int acc) {
     const uint32_t n = p->n, T = p->t, D = p->d;
-    for (uint32_t j = 0; j < D; j++) {
+    for (uint32_t j = 0; j < D && !acc; j++) {
         dg[j] = 0.0f;
     }
-    float sc = 0.0f;
+    float sc = acc ? dc[0] : 0.0f;
     for (uint32_t i = 0; i < n; i++, dy += D, x += T * D, wts += T) {
         const float r = weighted_e(T, D, dy, x, wts);
         for (uint32_t t = 0; t < T; t++) {
@@ -107,6 +107,18 @@ void ep_seqpool_bw_param_f32(const ep_seqpool_params_t *p, const float *restrict
         }
     }
     dc[0] = sc;
+}
+
+void ep_seqpool_bw_param_f32(const ep_seqpool_params_t *p, const float *restrict dy,
+                             const float *restrict x, const float *restrict wts,
+                             float *restrict dg, float *restrict dc) {
+    bw_param(p, dy, x, wts, dg, dc, 0);
+}
+
+void ep_seqpool_bw_param_add_f32(const ep_seqpool_params_t *p, const float *restrict dy,
+                                 const float *restrict x, const float *restrict wts,
+                                 float *restrict dg, float *restrict dc) {
+    bw_param(p, dy, x, wts, dg, dc, 1);
 }
 
 /* ------------------------------------------------------------------------- */
