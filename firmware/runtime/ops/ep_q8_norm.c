@@ -341,15 +341,11 @@ static void layernorm_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
         for (uint32_t r = 0; r < q.rows; r++) {
             ep_q8_dequantize_f32(D, x + r * D, e_x, q.a);
             ep_layernorm_fw_f32(&q.row, q.a, gamma, beta, q.b, sv);
-            if (pass == 0) {
-                saved[r] = sv[0];
-                saved[q.rows + r] = sv[1];
-                amax = ep_q8_chunk_out(q.b, D, NULL, 0, amax);
-            } else {
-                (void)ep_q8_chunk_out(q.b, D, y + r * D, e_y, 0.0f);
-            }
+            saved[r] = sv[0]; /* the same values in both passes */
+            saved[q.rows + r] = sv[1];
+            amax = ep_q8_chunk_out(q.b, D, pass == 0 ? NULL : y + r * D, e_y, amax);
         }
-        e_y = ep_q8_exp_for_maxabs(amax);
+        e_y = pass == 0 ? ep_q8_exp_for_maxabs(amax) : e_y;
     }
     ep_ctx_i32(c, nd->out[1])[0] = e_y;
 }
@@ -369,13 +365,9 @@ static void layernorm_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
             ep_q8_dequantize_f32(D, dy + r * D, e_dy, q.a);
             ep_q8_dequantize_f32(D, x + r * D, e_x, q.b);
             ep_layernorm_bw_input_f32(&q.row, q.a, q.b, gamma, sv, q.c);
-            if (pass == 0) {
-                amax = ep_q8_chunk_out(q.c, D, NULL, 0, amax);
-            } else {
-                (void)ep_q8_chunk_out(q.c, D, dx + r * D, e_dx, 0.0f);
-            }
+            amax = ep_q8_chunk_out(q.c, D, pass == 0 ? NULL : dx + r * D, e_dx, amax);
         }
-        e_dx = ep_q8_exp_for_maxabs(amax);
+        e_dx = pass == 0 ? ep_q8_exp_for_maxabs(amax) : e_dx;
     }
     ep_ctx_i32(c, nd->out[1])[0] = e_dx;
 }
