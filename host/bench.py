@@ -72,9 +72,13 @@ CLUSTER_CORES = (1, 8)
 BIOTRAIN_SAMPLES_PER_S = {"eegnet-scp1": 17, "eognet-blink": 85}
 
 
-def bench_model(dev: Device, board: str, name: str, batch: int, steps: int, lr: float = 0.01) -> list[dict]:
+def bench_model(dev: Device, board: str, name: str, batch: int, steps: int, lr: float = 0.01,
+                cfg: TrainConfig | None = None) -> list[dict]:
+    """The model row and its conv/linear/attention rows of the last of `steps` training steps
+    (cfg: fp32 full backprop at `batch`, SGD at lr, unless given)."""
     spec = load_model(name)
-    prog = compile_model(spec, init_params(spec, 0), TrainConfig(batch=batch, lr=lr))
+    cfg = cfg or TrainConfig(batch=batch, lr=lr)
+    prog = compile_model(spec, init_params(spec, 0), cfg)
     dev.load(build_blob(prog))
     rng = np.random.default_rng(0)
     r = None
@@ -84,7 +88,7 @@ def bench_model(dev: Device, board: str, name: str, batch: int, steps: int, lr: 
     cycles = dev.profile()
     g = prog.graph
     total_macs = sum(node_macs(g, nd, batch) for nd in g.nodes[g.train_begin:])
-    rows = [{"kind": "model", "name": name, "board": board, "dtype": "fp32", "strategy": "full",
+    rows = [{"kind": "model", "name": name, "board": board, "dtype": cfg.dtype, "strategy": "full",
              "batch": batch, "instructions": r.cycles, "macs": total_macs,
              "mac_per_instruction": round(total_macs / r.cycles, 4),
              "instructions_per_sample": r.cycles // batch}]
@@ -93,7 +97,7 @@ def bench_model(dev: Device, board: str, name: str, batch: int, steps: int, lr: 
             continue
         macs = node_macs(g, nd, batch)
         rows.append({"kind": "op", "name": f"{name}/{nd.layer}.{nd.fn.name.lower()}", "op": nd.op.name.lower(),
-                     "fn": nd.fn.name.lower(), "board": board, "dtype": "fp32", "strategy": "full",
+                     "fn": nd.fn.name.lower(), "board": board, "dtype": cfg.dtype, "strategy": "full",
                      "batch": batch, "instructions": cycles[i], "macs": macs,
                      "mac_per_instruction": round(macs / cycles[i], 4)})
     return rows

@@ -22,6 +22,9 @@ Rows of bench/int8_results.json:
   kind "model_memory"  per shipped model (full backprop, the largest batch) and way of
                  holding the int8 convs' sums (int8_sums batch | sample): the planned
                  peak of activations, errors and scratch alive at once, fp32 vs int8;
+  kind "model_step"  per shipped model and way of training (fp32; int8 with the batch's or
+                 with per-sample sums): instructions of one whole training step (full
+                 backprop, SGD, the largest batch) on the board, every layer included.
   kind "fp32_model_ops"  the fp32 conv/linear totals of bench/results.json
                  (`make bench`), copied for comparison when that file exists.
 Targets (issue 5): ≥ 1.5 MAC/instruction for int8 steps on mps2-an386, and
@@ -162,7 +165,7 @@ def layer_graph(name: str, dtype: str, batch: int) -> _G:
     G.t("gW", wd, DType.I32)
     G.t("gb", (wd[0],), DType.I32)
     G.t("e_g", (2,), DType.I32)
-    per_sample = dtype == "int8-sample"  # CONV2D_Q8 iattr[9]: one sample's sums, made twice
+    per_sample = dtype == "int8-sample"  # CONV2D_Q8 iattr[9], LINEAR_Q8 iattr[0]: one sample's sums, made twice
     for fn in ("fw", "bw_input", "bw_param"):
         G.scratch("s_" + fn, scratch_bytes(name, fn, batch, per_sample))
     sums = tuple(iattrs) + (1,) if per_sample else iattrs
@@ -175,8 +178,8 @@ def layer_graph(name: str, dtype: str, batch: int) -> _G:
 def scratch_bytes(name: str, fn: str, batch: int, per_sample: bool = False) -> int:
     kind, shape = LAYERS[name]
     xd, _, wd, geo = _act_shapes(kind, shape)
-    if kind == "linear":
-        return q.linear_scratch_bytes(fn, batch, wd[0], wd[1])
+    if kind == "linear":  # one row per sample
+        return q.linear_scratch_bytes(fn, batch, wd[0], wd[1], 1 if per_sample else None)
     return q.conv_scratch_bytes(fn, batch, xd, wd, geo, per_sample)
 
 
@@ -253,7 +256,7 @@ def model_memory_rows(batch: int) -> list[dict]:
     return rows
 
 
-def run_board(board, elf, build: str, batches, dtypes, console) -> list[dict]:
+def run_board(board, elf, build: str, batches, dtypes, console, model_batch: int = 0) -> list[dict]:
     rows = []
     with start(board, elf=elf) as running, Link.open(running.url, timeout=120.0) as link:
         dev = Device(link)
@@ -262,8 +265,8 @@ def run_board(board, elf, build: str, batches, dtypes, console) -> list[dict]:
             for batch in batches:
                 macs = macs_of(name, batch)
                 for dtype in dtypes:
-                    if dtype == "int8-sample" and (LAYERS[name][0] != "conv" or batch == 1):
-                        continue  # per-sample sums: convs only, and the same as batch sums at batch 1
+                    if dtype == "int8-sample" and batch == 1:
+                        continue  # per-sample sums: the same as the batch's at batch 1
                     console.print(f"==> {name} {dtype} ({build}) batch {batch} on {board.name}")
                     cycles = measure(dev, layer_graph(name, dtype, batch))
                     for fn, c, m in zip(FNS, cycles, macs):
@@ -275,6 +278,30 @@ def run_board(board, elf, build: str, batches, dtypes, console) -> list[dict]:
                     rows.append({"kind": "op", "name": f"{name}.step", "layer": name, "fn": "step",
                                  "dtype": dtype, "build": build, "board": board.name, "batch": batch,
                                  "instructions": tot_c, "macs": tot_m, "mac_per_instruction": round(tot_m / tot_c, 4)})
+        if model_batch:
+            rows += model_step_rows(dev, board.name, build, model_batch, console)
+    return rows
+
+
+#: whole-model steps: fp32, int8 with the batch's sums, int8 with per-sample sums
+MODEL_STEP_CONFIGS = {"fp32": {}, "int8": {"dtype": "int8", "int8_sums": "batch"},
+                      "int8-sample": {"dtype": "int8", "int8_sums": "sample"}}
+
+
+def model_step_rows(dev: Device, board: str, build: str, batch: int, console) -> list[dict]:
+    """Instructions of one training step (forward, backward, update) of every shipped model,
+    full backprop at `batch`, in fp32 and int8 (f32 masters, SGD): what int8 costs or saves
+    on whole models, the layers between the convs and linear layers included."""
+    from .bench import bench_model
+    from .compiler import TrainConfig
+    from .zoo import model_names
+
+    rows = []
+    for name in model_names():
+        for label, kw in MODEL_STEP_CONFIGS.items():
+            console.print(f"==> {name} {label} ({build}) training step at batch {batch} on {board}")
+            r = bench_model(dev, board, name, batch, steps=2, cfg=TrainConfig(batch=batch, lr=0.01, **kw))[0]
+            rows.append(dict(r, kind="model_step", dtype=label, build=build))
     return rows
 
 
@@ -294,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ToolError(f"no firmware for {board.name}", hint=f"run `make firmware BOARD={board.name}` first")
         arm_dsp = board.name.startswith(ARM_DSP_BOARDS)
         rows = run_board(board, None, "simd" if arm_dsp else "default", batches, ("int8", "int8-sample", "fp32"),
-                         console)
+                         console, model_batch=max(batches))
         if not args.no_portable and arm_dsp:
             rows += run_board(board, portable_firmware(board.name), "portable", batches, ("int8",), console)
     except EdgePropError as e:
@@ -338,6 +365,15 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['ratio']:.3f}{flag}", f"{r['ratio_without_scratch']:.3f}",
                           f"{r['fp32_arena_bytes']:,} → {r['int8_arena_bytes']:,}")
     console.print(whole)
+    steps = Table(title=f"whole training steps on {board.name}, full backprop, SGD (instructions per step)")
+    for col in ("model", "batch", "fp32", "int8", "int8 / fp32", "int8, sample sums", "/ fp32"):
+        steps.add_column(col, justify="left" if col == "model" else "right")
+    by = {(r["name"], r["dtype"]): r for r in rows if r["kind"] == "model_step"}
+    for name in dict.fromkeys(n for n, _ in by):
+        f, i, s_ = (by[(name, d)]["instructions"] for d in MODEL_STEP_CONFIGS)
+        steps.add_row(name, str(by[(name, "fp32")]["batch"]), f"{f:,}", f"{i:,}", f"{i / f:.2f}", f"{s_:,}",
+                      f"{s_ / f:.2f}")
+    console.print(steps)
     console.print(f"wrote {args.out}")
     return 0
 

@@ -513,10 +513,12 @@ def _fused_is_chain(target, build, names) -> dict:
 BNQ_OUTPUTS = ("saved", "rm", "rv", "y", "e_y", "dx", "e_dx", "dg", "db", "ye", "e_ye")
 
 
-@pytest.mark.parametrize("case", ["conv", "sequence", "features", "one_value"])
+@pytest.mark.parametrize("case", ["conv", "conv_code_tables", "sequence", "features", "one_value"])
 def test_batchnorm_q8_is_the_f32_chain(target, rng, case):
-    dims, mb = {"conv": ((5, 3, 7), 3), "sequence": ((4, 9), 2), "features": ((6,), 5),
-                "one_value": ((3,), 1)}[case]
+    """conv_code_tables: 144 elements per channel, so the forward maps them through a table
+    of the channel's 256 code values (BNQ_TABLE_MIN); the others element by element."""
+    dims, mb = {"conv": ((5, 3, 7), 3), "conv_code_tables": ((3, 8, 9), 2), "sequence": ((4, 9), 2),
+                "features": ((6,), 5), "one_value": ((3,), 1)}[case]
     C = dims[0]
     x, dy = codes(rng, (mb, *dims)), codes(rng, (mb, *dims))
     gamma, beta, rm = (rng.standard_normal(C).astype(np.float32) for _ in range(3))
@@ -895,7 +897,8 @@ BAD_NODES = {
     "x shape not R*K": (_set_tensor("x", dims=(7,)), "R*K"),
     "e_y is e_x": (lambda qg, node: node["outs"].__setitem__(1, "e_x"), "disjoint"),
     "missing output": (lambda qg, node: node["outs"].pop(), "needs"),
-    "non-zero iattr": (lambda qg, node: node.__setitem__("iattrs", (1,)), "attrs"),
+    "per-sample flag not 0/1": (lambda qg, node: node.__setitem__("iattrs", (2,)), "iattr[0] (per-sample sums) 0 or 1"),
+    "non-zero iattr[1]": (lambda qg, node: node.__setitem__("iattrs", (0, 1)), "other attrs 0"),
 }
 
 

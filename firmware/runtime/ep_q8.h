@@ -30,8 +30,8 @@
  *
  * Float boundaries (QUANTIZE, DEQUANTIZE, REQUANT_WEIGHTS, f32 gradients) use
  * only operations that IEEE 754 defines exactly and that C and NumPy both do in
- * single precision: a product with a power of two made from its bit pattern, rintf
- * (ties to even), int ↔ float conversion, comparisons. No fused multiply-add can
+ * single precision: a product with a power of two made from its bit pattern, rint
+ * (ties to even; ep_q8_quantize_s), int ↔ float conversion, comparisons. No fused multiply-add can
  * arise (no a·b + c anywhere), so -ffp-contract does not matter.
  *
  * SIMD: on cores with the DSP extension (__ARM_FEATURE_DSP: Cortex-M4/M7/M33/M55)
@@ -138,8 +138,31 @@ static inline float ep_q8_dequant_scale(int32_t e) {
  */
 int32_t ep_q8_exp_for_maxabs(float a);
 
+/**
+ * sat8(rint(x · s)) with NaN → 0, for s = 2^-e (ep_q8_quant_scale). rint is the
+ * 1.5·2^23 addition: IEEE single precision rounds the sum to an integer, ties to even,
+ * exactly as rintf, for |v| ≤ 2^22; v is first clamped to ±128, which saturates the
+ * same. No libm call (Cortex-M4F has no VRINT), inline in the two-pass loops.
+ */
+static inline int8_t ep_q8_quantize_s(float x, float s) {
+    float v = x * s;
+    if (v != v) {
+        return 0;
+    }
+    v = v > 128.0f ? 128.0f : (v < -128.0f ? -128.0f : v);
+    const int32_t r = (int32_t)((v + 12582912.0f) - 12582912.0f);
+    return (int8_t)(r > 127 ? 127 : (r < -127 ? -127 : r));
+}
+
+/** The factor ep_q8_quantize_s takes for exponent e in [EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX]: 2^-e. */
+static inline float ep_q8_quant_scale(int32_t e) {
+    return ep_q8_pow2f(-e);
+}
+
 /** sat8(rint(x · 2^-e)) with NaN → 0; e in [EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX]. */
-int8_t ep_q8_quantize1(float x, int32_t e);
+static inline int8_t ep_q8_quantize1(float x, int32_t e) {
+    return ep_q8_quantize_s(x, ep_q8_quant_scale(e));
+}
 
 /* ------------------------------------------------------------------------- */
 /* Kernels                                                                   */
@@ -240,6 +263,22 @@ static inline float ep_q8_maxabs_step(float m, float v) {
  * so far given amax. Returns amax.
  */
 float ep_q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax);
+
+/*
+ * Code tables: where an int8 form's output depends on one input code (an activation; a
+ * batch norm per channel), its f32 function needs computing for the 256 code values
+ * only, and the largest output magnitude is the largest over the codes present.
+ *   ep_q8_codes_seen  seen[256] (indexed by the code's byte) = 1 for every code of q's
+ *                     runs: `runs` runs of `len` codes, `stride` apart (overwrites seen);
+ *   ep_q8_code_table  for f[len], the results of codes (int8_t)(u0 + j): with seen, the
+ *                     largest magnitude over the codes seen (given amax so far, returned);
+ *                     with table, their codes at exponent e into table[u0 + j];
+ *   ep_q8_codes_map   out = table[q] over the same runs (out may be q exactly).
+ */
+void ep_q8_codes_seen(const int8_t *q, uint32_t runs, uint32_t len, uint32_t stride, uint8_t *seen);
+float ep_q8_code_table(const float *f, uint32_t u0, uint32_t len, const uint8_t *seen, int8_t *table, int32_t e,
+                       float amax);
+void ep_q8_codes_map(const int8_t *table, const int8_t *q, uint32_t runs, uint32_t len, uint32_t stride, int8_t *out);
 
 /** QUANTIZE over count floats: returns e = ep_q8_exp_for_maxabs(max |x|), q = quantize1(x, e). */
 int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *restrict q);

@@ -437,14 +437,6 @@ int32_t ep_q8_exp_for_maxabs(float a) {
     return e < EP_Q8_FEXP_MIN ? EP_Q8_FEXP_MIN : (e > EP_Q8_FEXP_MAX ? EP_Q8_FEXP_MAX : e);
 }
 
-int8_t ep_q8_quantize1(float x, int32_t e) {
-    if (x != x) {
-        return 0;
-    }
-    const float v = rintf(x * ep_q8_pow2f(-e));
-    return (int8_t)(v >= 127.0f ? 127 : (v <= -127.0f ? -127 : (int32_t)v));
-}
-
 static float absmax_f32(uint32_t count, const float *x) {
     float m = 0.0f;
     for (uint32_t i = 0; i < count; i++) {
@@ -455,21 +447,61 @@ static float absmax_f32(uint32_t count, const float *x) {
 
 int32_t ep_q8_quantize_f32(uint32_t count, const float *restrict x, int8_t *restrict q) {
     const int32_t e = ep_q8_exp_for_maxabs(absmax_f32(count, x));
+    const float s = ep_q8_quant_scale(e);
     for (uint32_t i = 0; i < count; i++) {
-        q[i] = ep_q8_quantize1(x[i], e);
+        q[i] = ep_q8_quantize_s(x[i], s);
     }
     return e;
 }
 
 float ep_q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax) {
-    for (uint32_t j = 0; j < len; j++) {
-        if (out != NULL) {
-            out[j] = ep_q8_quantize1(f[j], e);
-        } else {
+    if (out == NULL) {
+        for (uint32_t j = 0; j < len; j++) {
             amax = ep_q8_maxabs_step(amax, f[j]);
         }
+        return amax;
+    }
+    const float s = ep_q8_quant_scale(e);
+    for (uint32_t j = 0; j < len; j++) {
+        out[j] = ep_q8_quantize_s(f[j], s);
     }
     return amax;
+}
+
+void ep_q8_codes_seen(const int8_t *q, uint32_t runs, uint32_t len, uint32_t stride, uint8_t *seen) {
+    for (uint32_t u = 0; u < 256u; u++) {
+        seen[u] = 0;
+    }
+    for (uint32_t r = 0; r < runs; r++, q += stride) {
+        for (uint32_t j = 0; j < len; j++) {
+            seen[(uint8_t)q[j]] = 1;
+        }
+    }
+}
+
+float ep_q8_code_table(const float *f, uint32_t u0, uint32_t len, const uint8_t *seen, int8_t *table, int32_t e,
+                       float amax) {
+    if (seen != NULL) {
+        for (uint32_t j = 0; j < len; j++) {
+            if (seen[u0 + j]) {
+                amax = ep_q8_maxabs_step(amax, f[j]);
+            }
+        }
+        return amax;
+    }
+    const float s = ep_q8_quant_scale(e);
+    for (uint32_t j = 0; j < len; j++) {
+        table[u0 + j] = ep_q8_quantize_s(f[j], s);
+    }
+    return amax;
+}
+
+void ep_q8_codes_map(const int8_t *table, const int8_t *q, uint32_t runs, uint32_t len, uint32_t stride, int8_t *out) {
+    for (uint32_t r = 0; r < runs; r++, q += stride, out += stride) {
+        for (uint32_t j = 0; j < len; j++) {
+            out[j] = table[(uint8_t)q[j]];
+        }
+    }
 }
 
 void ep_q8_dequantize_f32(uint32_t count, const int8_t *restrict q, int32_t e, float *restrict y) {

@@ -224,20 +224,50 @@ static float act_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, f
     return amax;
 }
 
-static void act_q8_run(const ep_ctx_t *c, const ep_node_t *nd) {
-    const bool bw = nd->fn == EP_FN_BW_INPUT;
+/* bw_input: two passes over the elements (dx depends on two codes). */
+static void act_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     const uint32_t count = ep_q8_count(c, nd->in[0]);
-    const int8_t *a = ep_ctx_s8(c, nd->in[0]), *t = bw ? ep_ctx_s8(c, nd->in[2]) : NULL;
-    const float sa = ep_q8_ctx_scale(c, nd->in[1]), st = bw ? ep_q8_ctx_scale(c, nd->in[3]) : 0.0f;
+    const int8_t *a = ep_ctx_s8(c, nd->in[0]), *t = ep_ctx_s8(c, nd->in[2]);
+    const float sa = ep_q8_ctx_scale(c, nd->in[1]), st = ep_q8_ctx_scale(c, nd->in[3]);
     const int32_t e = ep_q8_exp_for_maxabs(act_q8_pass(nd, count, a, sa, t, st, 0, NULL));
     act_q8_pass(nd, count, a, sa, t, st, e, ep_ctx_s8(c, nd->out[0]));
+    ep_ctx_i32(c, nd->out[1])[0] = e;
+}
+
+/* fw: y depends on one code, of 256: the f32 kernel on every code value (EP_Q8_CHUNK at a
+ * time: the kernels are element-wise, so a value's result is the same in any call), the
+ * largest magnitude over the codes present, then one table lookup per element. */
+static float act_q8_codes(const ep_node_t *nd, float sa, const uint8_t *seen, int32_t e, int8_t *table) {
+    const int k = act_index(nd->iattr[0]);
+    const ep_act_params_t p = {.count = EP_Q8_CHUNK, .alpha = nd->fattr[0]};
+    float f[EP_Q8_CHUNK], amax = 0.0f;
+    for (uint32_t u0 = 0; u0 < 256u; u0 += EP_Q8_CHUNK) {
+        for (uint32_t j = 0; j < EP_Q8_CHUNK; j++) {
+            f[j] = (float)(int8_t)(uint8_t)(u0 + j) * sa;
+        }
+        ACTS[k].fw(&p, f, f);
+        amax = ep_q8_code_table(f, u0, EP_Q8_CHUNK, seen, table, e, amax);
+    }
+    return amax;
+}
+
+static void act_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
+    const uint32_t count = ep_q8_count(c, nd->in[0]);
+    const int8_t *x = ep_ctx_s8(c, nd->in[0]);
+    const float sa = ep_q8_ctx_scale(c, nd->in[1]);
+    uint8_t seen[256];
+    int8_t table[256];
+    ep_q8_codes_seen(x, 1, count, 0, seen);
+    const int32_t e = ep_q8_exp_for_maxabs(act_q8_codes(nd, sa, seen, 0, NULL));
+    (void)act_q8_codes(nd, sa, NULL, e, table);
+    ep_q8_codes_map(table, x, 1, count, 0, ep_ctx_s8(c, nd->out[0]));
     ep_ctx_i32(c, nd->out[1])[0] = e;
 }
 
 const ep_op_t ep_op_act_q8 = {
     .name = "act_q8",
     .prepare = act_q8_prepare,
-    .fn = {[EP_FN_FW] = act_q8_run, [EP_FN_BW_INPUT] = act_q8_run, [EP_FN_BW_PARAM] = NULL},
+    .fn = {[EP_FN_FW] = act_q8_fw, [EP_FN_BW_INPUT] = act_q8_bw_input, [EP_FN_BW_PARAM] = NULL},
 };
 
 /* ---- ADD_Q8 ----------------------------------------------------------------------------- */

@@ -62,38 +62,86 @@ static void bnq_channel(const bnq_apply_t *a, uint32_t ch, float *mean, float *s
     *scale = a->eval ? a->gamma[ch] / sqrtf(a->var_or_inv[ch] + a->p.eps) : a->var_or_inv[ch] * a->gamma[ch];
 }
 
+/* One (sample, channel) run of hw elements of the affine map y = (x − mean)·scale + beta (the
+ * f32 kernels' expression): its codes at scale qs into out, or (out NULL) the largest
+ * magnitude so far. Scalars in registers: the int8 stores cannot make the compiler reload them. */
+static float bnq_run(const int8_t *x, float sx, uint32_t hw, float mean, float scale, float beta, int8_t *out,
+                     float qs, float amax) { /* out may be x (y over x): element j is read before it is written */
+    if (out == NULL) {
+        for (uint32_t j = 0; j < hw; j++) {
+            amax = ep_q8_maxabs_step(amax, fmaf((float)x[j] * sx - mean, scale, beta));
+        }
+        return amax;
+    }
+    for (uint32_t j = 0; j < hw; j++) {
+        out[j] = ep_q8_quantize_s(fmaf((float)x[j] * sx - mean, scale, beta), qs);
+    }
+    return amax;
+}
+
+/* A channel with at least this many elements goes through a code table (ep_q8.h): the
+ * map of its 256 code values computed once, then a lookup per element. */
+#define BNQ_TABLE_MIN 128u
+
+/* The channel's map over the 256 code values (the same expression as bnq_run): with seen,
+ * the largest magnitude over the codes seen; with table, their codes at exponent e. */
+static float bnq_codes(float sx, float mean, float scale, float beta, const uint8_t *seen, int8_t *table, int32_t e,
+                       float amax) {
+    float f[EP_Q8_CHUNK];
+    for (uint32_t u0 = 0; u0 < 256u; u0 += EP_Q8_CHUNK) {
+        for (uint32_t j = 0; j < EP_Q8_CHUNK; j++) {
+            f[j] = fmaf((float)(int8_t)(uint8_t)(u0 + j) * sx - mean, scale, beta);
+        }
+        amax = ep_q8_code_table(f, u0, EP_Q8_CHUNK, seen, table, e, amax);
+    }
+    return amax;
+}
+
 static int32_t bnq_apply(const bnq_apply_t *a, int8_t *y) {
     const uint32_t n = a->p.n, C = a->p.c, hw = a->p.hw;
-    const float sx = a->sx;
-    float amax = 0.0f;
-    for (uint32_t ch = 0; ch < C; ch++) {
-        float mean, scale;
-        bnq_channel(a, ch, &mean, &scale);
-        for (uint32_t i = 0; i < n; i++) {
-            const int8_t *xi = a->x + (i * C + ch) * hw;
-            for (uint32_t j = 0; j < hw; j++) {
-                amax = ep_q8_maxabs_step(amax, fmaf(LOAD_S8_X(xi, j) - mean, scale, a->beta[ch]));
+    const bool tables = n * hw >= BNQ_TABLE_MIN;
+    uint8_t seen[256];
+    int8_t table[256];
+    float amax = 0.0f, qs = 0.0f;
+    int32_t e = 0;
+    for (int pass = 0; pass < 2; pass++) { /* the largest magnitude, then the codes */
+        for (uint32_t ch = 0; ch < C; ch++) {
+            float mean, scale;
+            bnq_channel(a, ch, &mean, &scale);
+            if (tables && pass == 0) {
+                ep_q8_codes_seen(a->x + ch * hw, n, hw, C * hw, seen);
+                amax = bnq_codes(a->sx, mean, scale, a->beta[ch], seen, NULL, 0, amax);
+            } else if (tables) {
+                (void)bnq_codes(a->sx, mean, scale, a->beta[ch], NULL, table, e, 0.0f);
+                ep_q8_codes_map(table, a->x + ch * hw, n, hw, C * hw, y + ch * hw);
+            } else {
+                for (uint32_t i = 0; i < n; i++) {
+                    const uint32_t at = (i * C + ch) * hw;
+                    amax = bnq_run(a->x + at, a->sx, hw, mean, scale, a->beta[ch], pass == 0 ? NULL : y + at, qs, amax);
+                }
             }
         }
-    }
-    const int32_t e = ep_q8_exp_for_maxabs(amax);
-    for (uint32_t ch = 0; ch < C; ch++) {
-        float mean, scale;
-        bnq_channel(a, ch, &mean, &scale);
-        for (uint32_t i = 0; i < n; i++) {
-            const int8_t *xi = a->x + (i * C + ch) * hw;
-            int8_t *yi = y + (i * C + ch) * hw;
-            for (uint32_t j = 0; j < hw; j++) {
-                yi[j] = ep_q8_quantize1(fmaf(LOAD_S8_X(xi, j) - mean, scale, a->beta[ch]), e);
-            }
-        }
+        e = pass == 0 ? ep_q8_exp_for_maxabs(amax) : e;
+        qs = ep_q8_quant_scale(e);
     }
     return e;
 }
 
-/* dx of one element: the f32 bw_input's expression, k3 = (gamma·inv_std, Σdy/m, inv_std²·Σdy(x − mean)/m). */
-static inline float bnq_dx(const float *k3, float mean, float g, float x) {
-    return k3[0] * fmaf(-(x - mean), k3[2], g - k3[1]);
+/* One (sample, channel) run of the input gradient dx = k0·((g − k1) − (x − mean)·k2) (the f32
+ * bw_input's expression, k = gamma·inv_std, Σdy/m, inv_std²·Σdy(x − mean)/m): codes or magnitude. */
+static float bnq_dx_run(const int8_t *g, float sg, const int8_t *restrict x, float sx, uint32_t hw,
+                        const float *k3, float mean, int8_t *out, float qs, float amax) { /* out may be g (dx over dy) */
+    const float k0 = k3[0], k1 = k3[1], k2 = k3[2];
+    if (out == NULL) {
+        for (uint32_t j = 0; j < hw; j++) {
+            amax = ep_q8_maxabs_step(amax, k0 * fmaf(-((float)x[j] * sx - mean), k2, (float)g[j] * sg - k1));
+        }
+        return amax;
+    }
+    for (uint32_t j = 0; j < hw; j++) {
+        out[j] = ep_q8_quantize_s(k0 * fmaf(-((float)x[j] * sx - mean), k2, (float)g[j] * sg - k1), qs);
+    }
+    return amax;
 }
 
 static int32_t bnq_bw_input(const ep_batchnorm_params_t *p, const int8_t *dy, float sg, const int8_t *x, float sx,
@@ -108,24 +156,18 @@ static int32_t bnq_bw_input(const ep_batchnorm_params_t *p, const int8_t *dy, fl
         k3[3 * ch + 1] = sdy * inv_m;
         k3[3 * ch + 2] = k * k * sdyx * inv_m;
     }
-    float amax = 0.0f;
-    for (uint32_t ch = 0; ch < C; ch++) {
-        for (uint32_t i = 0; i < n; i++) {
-            const int8_t *xi = x + i * stride + ch * hw, *gi = dy + i * stride + ch * hw;
-            for (uint32_t j = 0; j < hw; j++) {
-                amax = ep_q8_maxabs_step(amax, bnq_dx(k3 + 3 * ch, saved[ch], LOAD_S8_G(gi, j), LOAD_S8_X(xi, j)));
+    float amax = 0.0f, qs = 0.0f;
+    int32_t e = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t ch = 0; ch < C; ch++) {
+            for (uint32_t i = 0; i < n; i++) {
+                const uint32_t at = i * stride + ch * hw;
+                amax = bnq_dx_run(dy + at, sg, x + at, sx, hw, k3 + 3 * ch, saved[ch], pass == 0 ? NULL : dx + at, qs,
+                                  amax);
             }
         }
-    }
-    const int32_t e = ep_q8_exp_for_maxabs(amax);
-    for (uint32_t ch = 0; ch < C; ch++) {
-        for (uint32_t i = 0; i < n; i++) {
-            const int8_t *xi = x + i * stride + ch * hw, *gi = dy + i * stride + ch * hw;
-            int8_t *di = dx + i * stride + ch * hw;
-            for (uint32_t j = 0; j < hw; j++) {
-                di[j] = ep_q8_quantize1(bnq_dx(k3 + 3 * ch, saved[ch], LOAD_S8_G(gi, j), LOAD_S8_X(xi, j)), e);
-            }
-        }
+        e = pass == 0 ? ep_q8_exp_for_maxabs(amax) : e;
+        qs = ep_q8_quant_scale(e);
     }
     return e;
 }
