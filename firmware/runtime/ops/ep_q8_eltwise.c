@@ -9,8 +9,10 @@
  *   ADD_Q8      FW  in (a s8, e_a, b s8, e_b)   out (y s8, e_y)      y may alias a or b
  * x/q/y share one shape and batchedness (batched: one exponent for the whole batch).
  * ACT_Q8 (the activation named by iattr[0]) and ADD_Q8 compute exactly DEQUANTIZE → the
- * f32 node → QUANTIZE, bit for bit: the f32 kernel on EP_Q8_CHUNK-element stack chunks
- * of dequantized codes, in two passes (the largest magnitude, then the codes).
+ * f32 node → QUANTIZE, bit for bit. ACT_Q8 runs the f32 kernels on the 256 code values
+ * only (a code table forward, the derivative table of the backward); ADD_Q8 runs the
+ * f32 kernel on EP_Q8_CHUNK-element stack chunks of dequantized codes. An int8 output
+ * takes two passes: the largest magnitude, then the codes.
  */
 #include "ep_attn_optim.h"
 #include "ep_norm_act.h"
@@ -199,38 +201,34 @@ static ep_status_t act_q8_prepare(const ep_model_t *m, const ep_node_t *nd, cons
     return EP_OK;
 }
 
-/* One pass over count elements: f32 results chunk by chunk into out (NULL: only the
- * largest magnitude, returned), quantized with exponent e. */
-static float act_q8_pass(const ep_node_t *nd, uint32_t count, const int8_t *a, float sa, const int8_t *t, float st,
-                         int32_t e, int8_t *out) {
-    const int k = act_index(nd->iattr[0]);
-    float fa[EP_Q8_CHUNK], ft[EP_Q8_CHUNK], amax = 0.0f;
-    for (uint32_t i0 = 0; i0 < count; i0 += EP_Q8_CHUNK) {
-        const uint32_t len = count - i0 < EP_Q8_CHUNK ? count - i0 : EP_Q8_CHUNK;
-        const ep_act_params_t p = {.count = len, .alpha = nd->fattr[0]};
-        for (uint32_t j = 0; j < len; j++) {
-            fa[j] = (float)a[i0 + j] * sa;
-        }
-        if (t != NULL) {
-            for (uint32_t j = 0; j < len; j++) {
-                ft[j] = (float)t[i0 + j] * st;
-            }
-            ACTS[k].bw(&p, fa, ft, fa);
-        } else {
-            ACTS[k].fw(&p, fa, fa);
-        }
-        amax = ep_q8_chunk_out(fa, len, out != NULL ? out + i0 : NULL, e, amax);
-    }
-    return amax;
-}
-
-/* bw_input: two passes over the elements (dx depends on two codes). */
+/* bw_input: every f32 kernel computes dx = dy · g(t) (ReLU6 and ELU's x > 0 side as dy or
+ * 0: the same codes as dy · 1 and dy · 0), so g of the 256 t codes is the kernel at dy = 1,
+ * and dx = dy · g[t] element by element, in two passes (the largest magnitude, the codes). */
 static void act_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     const uint32_t count = ep_q8_count(c, nd->in[0]);
-    const int8_t *a = ep_ctx_s8(c, nd->in[0]), *t = ep_ctx_s8(c, nd->in[2]);
-    const float sa = ep_q8_ctx_scale(c, nd->in[1]), st = ep_q8_ctx_scale(c, nd->in[3]);
-    const int32_t e = ep_q8_exp_for_maxabs(act_q8_pass(nd, count, a, sa, t, st, 0, NULL));
-    act_q8_pass(nd, count, a, sa, t, st, e, ep_ctx_s8(c, nd->out[0]));
+    const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *t = ep_ctx_s8(c, nd->in[2]);
+    const float sd = ep_q8_ctx_scale(c, nd->in[1]), st = ep_q8_ctx_scale(c, nd->in[3]);
+    const int k = act_index(nd->iattr[0]);
+    const ep_act_params_t p = {.count = EP_Q8_CHUNK, .alpha = nd->fattr[0]};
+    float g[256], ones[EP_Q8_CHUNK], tv[EP_Q8_CHUNK], amax = 0.0f;
+    for (uint32_t j = 0; j < EP_Q8_CHUNK; j++) {
+        ones[j] = 1.0f;
+    }
+    for (uint32_t u0 = 0; u0 < 256u; u0 += EP_Q8_CHUNK) {
+        for (uint32_t j = 0; j < EP_Q8_CHUNK; j++) {
+            tv[j] = (float)(int8_t)(uint8_t)(u0 + j) * st;
+        }
+        ACTS[k].bw(&p, ones, tv, g + u0);
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        amax = ep_q8_maxabs_step(amax, (float)dy[i] * sd * g[(uint8_t)t[i]]);
+    }
+    const int32_t e = ep_q8_exp_for_maxabs(amax);
+    const float qs = ep_q8_quant_scale(e);
+    int8_t *dx = ep_ctx_s8(c, nd->out[0]); /* may be dy or t: element i is read before it is written */
+    for (uint32_t i = 0; i < count; i++) {
+        dx[i] = ep_q8_quantize_s((float)dy[i] * sd * g[(uint8_t)t[i]], qs);
+    }
     ep_ctx_i32(c, nd->out[1])[0] = e;
 }
 
