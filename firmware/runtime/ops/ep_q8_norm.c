@@ -144,6 +144,33 @@ static float bnq_dx_run(const int8_t *g, float sg, const int8_t *restrict x, flo
     return amax;
 }
 
+/* One channel's input gradient through two tables of its 256 code values: the x side
+ * −(x − mean) and the dy side g − k1, so dx = k0·fmaf(xa[x], k2, gb[g]) (bnq_dx_run's
+ * expression, operand by operand) costs two lookups per element. n runs of hw, stride apart. */
+static float bnq_dx_tables(const int8_t *g, float sg, const int8_t *x, float sx, uint32_t n, uint32_t hw,
+                           uint32_t stride, const float *k3, float mean, int8_t *out, float qs, float amax) {
+    const float k0 = k3[0], k1 = k3[1], k2 = k3[2];
+    float xa[256], gb[256];
+    for (uint32_t u = 0; u < 256u; u++) {
+        const float v = (float)(int8_t)(uint8_t)u;
+        xa[u] = -(v * sx - mean);
+        gb[u] = v * sg - k1;
+    }
+    for (uint32_t i = 0; i < n; i++, g += stride, x += stride) {
+        if (out == NULL) {
+            for (uint32_t j = 0; j < hw; j++) {
+                amax = ep_q8_maxabs_step(amax, k0 * fmaf(xa[(uint8_t)x[j]], k2, gb[(uint8_t)g[j]]));
+            }
+        } else {
+            for (uint32_t j = 0; j < hw; j++) { /* out may be g (dx over dy) */
+                out[j] = ep_q8_quantize_s(k0 * fmaf(xa[(uint8_t)x[j]], k2, gb[(uint8_t)g[j]]), qs);
+            }
+            out += stride;
+        }
+    }
+    return amax;
+}
+
 static int32_t bnq_bw_input(const ep_batchnorm_params_t *p, const int8_t *dy, float sg, const int8_t *x, float sx,
                             const float *gamma, const float *saved, float *k3, int8_t *dx) {
     const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
@@ -156,14 +183,19 @@ static int32_t bnq_bw_input(const ep_batchnorm_params_t *p, const int8_t *dy, fl
         k3[3 * ch + 1] = sdy * inv_m;
         k3[3 * ch + 2] = k * k * sdyx * inv_m;
     }
+    const bool tables = n * hw >= BNQ_TABLE_MIN;
     float amax = 0.0f, qs = 0.0f;
     int32_t e = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t ch = 0; ch < C; ch++) {
-            for (uint32_t i = 0; i < n; i++) {
+            for (uint32_t i = 0; i < n && !tables; i++) {
                 const uint32_t at = i * stride + ch * hw;
                 amax = bnq_dx_run(dy + at, sg, x + at, sx, hw, k3 + 3 * ch, saved[ch], pass == 0 ? NULL : dx + at, qs,
                                   amax);
+            }
+            if (tables) {
+                amax = bnq_dx_tables(dy + ch * hw, sg, x + ch * hw, sx, n, hw, stride, k3 + 3 * ch, saved[ch],
+                                     pass == 0 ? NULL : dx + ch * hw, qs, amax);
             }
         }
         e = pass == 0 ? ep_q8_exp_for_maxabs(amax) : e;
