@@ -6,7 +6,8 @@
 For each scenario (EEG: eegnet-scp1 on SelfRegulationSCP1, day 1 → day 2; EEG across
 subjects: the same model on SCP2's patient; EOG: eognet-blink on EEG-Blink; images:
 cnn-fashion pretrained on Fashion-MNIST's training images, calibrated on 1,000 set
-aside and tested on the 10,000 test images) and each seed (the seed draws the
+aside and tested on the 10,000 test images; images-cct: the same with the cct-fashion
+transformer) and each seed (the seed draws the
 calibration/test split of the new session and the order of the batches):
 
 1. the pretrained model (models/*.npz) is evaluated on the held-out test split
@@ -62,6 +63,12 @@ class Scenario:
     lr: float | None = None
     #: why the scenario has its own rate, said on the page
     lr_why: str = ""
+    #: the scenario's name (--datasets, the rows' "dataset") where two share a dataset
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name or self.dataset
 
     def recipe(self) -> dict:
         return dict(RECIPE, lr=self.lr or RECIPE["lr"])
@@ -75,7 +82,10 @@ SCENARIOS = (Scenario("eeg", "eegnet-scp1", "EEG, SelfRegulationSCP1: pretrained
                       "Fashion-MNIST: pretrained on 59,000 training images, calibrated on 1,000 set aside",
                       lr=1e-4, lr_why="the biosignal rate, 1e-3, makes a model pretrained on 59,000 images "
                       "overfit its 1,000: full fine-tuning then loses 2 points in fp32 and 5 in int8 "
-                      "(seed 0: 86.2 → 84.8 % and 85.6 → 79.3 %)"))
+                      "(seed 0: 86.2 → 84.8 % and 85.6 → 79.3 %)"),
+             Scenario("images", "cct-fashion",
+                      "Fashion-MNIST with a transformer: cct-fashion pretrained on 59,000 training images, "
+                      "calibrated on 1,000 set aside", lr=1e-4, lr_why="cnn-fashion's", name="images-cct"))
 STRATEGIES = ("last", "full", "sparse", "lora=4")
 #: (strategy, dtype) runs: every strategy in fp32, then fully quantised full training and the
 #: mixed policy (frozen layers in int8) for last-layer training; their reference is PyTorch fp32
@@ -119,7 +129,7 @@ def run_one(sc: Scenario, strategy: str, seed: int, board: str, epochs: int, run
     buf = s["sample_buffer"] or {}
     link_rate = buf["samples"] * buf["bytes_per_sample"] / buf["seconds"] if buf.get("seconds") else None
     return {"dtype": dtype, "bytes_per_sample": s["bytes_per_sample"], "encoding": s["encoding"], "upload_bytes_per_s": link_rate,
-            "dataset": sc.dataset, "model": sc.model, "strategy": strategy, "seed": seed, "board": s["board"],
+            "dataset": sc.key, "model": sc.model, "strategy": strategy, "seed": seed, "board": s["board"],
             "lr": cfg.lr,
             "accuracy_before": s["accuracy_before"], "accuracy_after": s["accuracy_after"],
             "reference_after": ref, "bytes_on_wire": s["bytes_on_wire"], "samples_per_s": s["samples_per_s"],
@@ -179,7 +189,7 @@ def render(rows: list[dict], meta: dict) -> str:
            "same fine-tuning on the host (host.finetune), in fp32 also for the int8 and mixed rows "
            "(their difference is then int8's cost). *Gain*: device after − before, per seed.", ""]
     for sc in SCENARIOS:
-        mine = [r for r in rows if r["dataset"] == sc.dataset]
+        mine = [r for r in rows if r["dataset"] == sc.key]
         plain = [r for r in mine if r.get("dtype", "fp32") == "fp32"] or mine
         if not mine:
             continue
@@ -215,7 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--board", default="native")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=EPOCHS)
-    ap.add_argument("--datasets", nargs="+", default=[s.dataset for s in SCENARIOS])
+    ap.add_argument("--datasets", nargs="+", default=[s.key for s in SCENARIOS],
+                    help="scenarios by name: " + ", ".join(s.key for s in SCENARIOS))
     ap.add_argument("--runs", nargs="+", default=[f"{s}:{d}" for s, d in RUNS], metavar="STRATEGY:DTYPE")
     ap.add_argument("--out", type=Path, default=DOC)
     ap.add_argument("--json", type=Path, default=JSON)
@@ -232,7 +243,7 @@ def main(argv=None) -> int:
         kept = [r for r in old["rows"] if r["dataset"] not in args.datasets]
     with tempfile.TemporaryDirectory(prefix="edgeprop-results-") as runs:
         for sc in SCENARIOS:
-            if sc.dataset not in args.datasets:
+            if sc.key not in args.datasets:
                 continue
             for seed in args.seeds:
                 for run in args.runs:
@@ -240,7 +251,7 @@ def main(argv=None) -> int:
                     t0 = time.monotonic()
                     r = run_one(sc, strategy, seed, args.board, args.epochs, Path(runs), dtype or "fp32")
                     rows.append(r)
-                    print(f"{sc.dataset} seed {seed} {strategy:8s} {dtype or 'fp32':5s}: {100 * r['accuracy_before']:.1f}% → "
+                    print(f"{sc.key} seed {seed} {strategy:8s} {dtype or 'fp32':5s}: {100 * r['accuracy_before']:.1f}% → "
                           f"{100 * r['accuracy_after']:.1f}% (PyTorch {100 * r['reference_after']:.1f}%) "
                           f"in {time.monotonic() - t0:.0f} s", flush=True)
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
