@@ -330,6 +330,7 @@ const ep_op_t ep_op_batchnorm_q8 = {
     .fn = {[EP_FN_FW] = batchnorm_q8_fw, [EP_FN_BW_INPUT] = batchnorm_q8_bw_input,
            [EP_FN_BW_PARAM] = batchnorm_q8_bw_param},
 };
+
 /* ---- LAYERNORM_Q8 ---------------------------------------------------------------------- */
 
 /*
