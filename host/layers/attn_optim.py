@@ -221,8 +221,7 @@ class MhsaRule(LayerRule):
         y = e.act("out", (T, D))
         saved = e.saved("saved", (T, 3 * D + H * T), batched=True)  # qkv [T][3D] then P [H][T][T]
         e.node(OpCode.MHSA, OpFn.FW,
-               [x, e.param("in_proj_weight"), e.param("in_proj_bias"), e.param("out_proj.weight"),
-                e.param("out_proj.bias"), self._scratch(e, layer, "fw", T, D)],
+               [x, *self._params(e), self._scratch(e, layer, "fw", T, D)],
                [y, saved], iattrs=(H,))
         return y, (x, saved)
 

@@ -77,16 +77,10 @@ static void mhsa_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
         for (uint32_t i = 0; i < q.n; i++) {
             ep_q8_dequantize_f32(q.td, x + i * q.td, e_x, q.a);
             ep_mhsa_fw_f32(&q.p1, q.a, w_in, b_in, w_out, b_out, q.b, q.saved, q.mhsa);
-            int8_t *s = saved + i * (q.qkv + q.probs);
-            if (pass == 0) {
-                amax[0] = ep_q8_chunk_out(q.b, q.td, NULL, 0, amax[0]);
-                amax[1] = ep_q8_chunk_out(q.saved, q.qkv, NULL, 0, amax[1]);
-                amax[2] = ep_q8_chunk_out(q.saved + q.qkv, q.probs, NULL, 0, amax[2]);
-            } else {
-                (void)ep_q8_chunk_out(q.b, q.td, y + i * q.td, *e_y, 0.0f);
-                (void)ep_q8_chunk_out(q.saved, q.qkv, s, e_s[0], 0.0f);
-                (void)ep_q8_chunk_out(q.saved + q.qkv, q.probs, s + q.qkv, e_s[1], 0.0f);
-            }
+            int8_t *s = saved + i * (q.qkv + q.probs); /* pass 0: magnitudes only (NULL outputs) */
+            amax[0] = ep_q8_chunk_out(q.b, q.td, pass == 0 ? NULL : y + i * q.td, *e_y, amax[0]);
+            amax[1] = ep_q8_chunk_out(q.saved, q.qkv, pass == 0 ? NULL : s, e_s[0], amax[1]);
+            amax[2] = ep_q8_chunk_out(q.saved + q.qkv, q.probs, pass == 0 ? NULL : s + q.qkv, e_s[1], amax[2]);
         }
         if (pass == 0) {
             *e_y = ep_q8_exp_for_maxabs(amax[0]);
@@ -115,14 +109,9 @@ static void mhsa_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
             } else {
                 ep_mhsa_bw_qkv_f32(&q.p1, q.a, w_out, q.saved, q.dq, q.mhsa);
             }
-            if (pass == 0) {
-                amax[0] = ep_q8_chunk_out(q.dq, q.qkv, NULL, 0, amax[0]);
-                amax[1] = dx != NULL ? ep_q8_chunk_out(q.b, q.td, NULL, 0, amax[1]) : 0.0f;
-            } else {
-                (void)ep_q8_chunk_out(q.dq, q.qkv, dqkv + i * q.qkv, e_bw[2], 0.0f);
-                if (dx != NULL) {
-                    (void)ep_q8_chunk_out(q.b, q.td, dx + i * q.td, e_dx, 0.0f);
-                }
+            amax[0] = ep_q8_chunk_out(q.dq, q.qkv, pass == 0 ? NULL : dqkv + i * q.qkv, e_bw[2], amax[0]);
+            if (dx != NULL) {
+                amax[1] = ep_q8_chunk_out(q.b, q.td, pass == 0 ? NULL : dx + i * q.td, e_dx, amax[1]);
             }
         }
         if (pass == 0) {
