@@ -68,6 +68,8 @@ ARM_DSP_BOARDS = ("mps2-", "mps3-", "netduinoplus2", "nucleo-")
 LAYERS = {
     "linear-256x128": ("linear", (256, 128)),
     "conv-16x16-3x3-16x16": ("conv", (16, 16, 16, 16, 3, 1)),
+    # cnn-fashion's b1_dw: a depthwise 3×3 (one input channel per group: the direct path)
+    "dwconv-32-3x3-14x14": ("dwconv", (32, 14, 14, 32, 3, 1)),
 }
 
 
@@ -124,9 +126,10 @@ def _act_shapes(kind, shape):
         K, M = shape
         return (K,), (M,), (M, K), None
     ci, h, w, co, k, pad = shape
-    g = q.ConvGeom((1, 1), (pad,) * 4, (1, 1), 1)
+    groups = ci if kind == "dwconv" else 1
+    g = q.ConvGeom((1, 1), (pad,) * 4, (1, 1), groups)
     ho, wo = g.out_shape(h, w, k, k)
-    return (ci, h, w), (co, ho, wo), (co, ci, k, k), g
+    return (ci, h, w), (co, ho, wo), (co, ci // groups, k, k), g
 
 
 def layer_graph(name: str, dtype: str, batch: int) -> _G:

@@ -235,6 +235,13 @@ CONV_CASES = {
     "eegnet_temporal": (2, 1, 6, 40, 4, (1, 16), (1, 1), (0, 0, 8, 7), (1, 1), 1, False),
     "eegnet_spatial_D2": (2, 4, 6, 20, 8, (6, 1), (1, 1), (0, 0, 0, 0), (1, 1), 4, False),
     "eegnet_separable_dw": (2, 8, 1, 21, 8, (1, 8), (1, 1), (0, 0, 4, 3), (1, 1), 8, False),
+    # the direct path of one-channel groups (ep_q8_corr_s16): taps a dilation apart, bands
+    # of rows (the plane of 30 rows of 142 does not fit the scratch at once), a 1-D
+    # depthwise conv, and padding beyond the kernel's reach (bw_input keeps the im2col)
+    "depthwise_dilation2": (2, 3, 9, 11, 3, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 3, True),
+    "depthwise_bands": (1, 2, 30, 140, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True),
+    "depthwise_1d": (2, 4, 1, 30, 4, (1, 5), (1, 1), (0, 0, 2, 2), (1, 1), 4, True),
+    "depthwise_pad_beyond_kernel": (1, 2, 5, 6, 2, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 2, False),
 }
 
 

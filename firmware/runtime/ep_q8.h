@@ -203,6 +203,18 @@ void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a
                    int32_t *restrict c, uint32_t ldc, bool accumulate);
 
 /**
+ * Direct 2-D correlation over int16, for the depthwise convs (one input channel per
+ * group: no im2col, every input widened once):
+ *   out[a·ldo + b] += Σ_{u < U} Σ_{v < V} k[u·V + v] · in[(a·sa + u·su)·ldi + b·sb + v·sv]
+ * for a < A, b < B; V even (a kernel row padded with zero taps, whose plane elements
+ * must still be readable). Taps v, v + 1 go through one SMLAD with SIMD, and when
+ * sv = 1 the plane's pair is one LDR. The caller bounds the sums (EP_Q8_MAX_TERMS_*).
+ */
+void ep_q8_corr_s16(const int16_t *restrict in, uint32_t ldi, uint32_t A, uint32_t B, uint32_t sa, uint32_t sb,
+                    const int16_t *restrict k, uint32_t U, uint32_t V, uint32_t su, uint32_t sv,
+                    int32_t *restrict out, uint32_t ldo);
+
+/**
  * Widen int8 to the B rows of ep_q8_dot_s16, with a stride for each axis:
  *   B(i, j) = src[i·si + j·sj] · 2^d_j   (j < J),   0 for J ≤ j < Jp
  * stored at dst[i·Jp + ep_q8_kpos(j, Jp)]. d_j = clamp(ep_q8_exp(e_j[j]) - e_lo,

@@ -37,19 +37,31 @@ static uint32_t chunk_positions(const ep_conv2d_params_t *p) {
     return rows * p->w_out;
 }
 
-/* Scratch bytes of one fn for p (p->n = max_batch); per_sample: iattr[9]. Per-sample
- * sums keep one sample's, and FW the c_out magnitudes of ep_q8_acc_mags after them. */
-static uint64_t scratch_bytes(int fn, const ep_conv2d_params_t *p, bool per_sample) {
-    const uint64_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G;
-    const uint64_t J = cig * p->kh * p->kw, Jp = J + (J & 1), COgp = cog + (cog & 1);
-    const uint64_t P = (uint64_t)p->h_out * p->w_out, CHP = chunk_positions(p), CHPp = CHP + (CHP & 1);
+/* The scratch's first part: the int32 sums of fn (bw_param: none) and, per sample, FW's
+ * c_out magnitudes of ep_q8_acc_mags after them. */
+static uint64_t sums_bytes(int fn, const ep_conv2d_params_t *p, bool per_sample) {
     const uint64_t n = per_sample ? 1 : p->n;
     switch (fn) {
     case C_FW:
-        return 4 * n * p->c_out * P + (per_sample ? 4 * (uint64_t)p->c_out : 0) + 2 * (uint64_t)p->c_out * Jp +
-               2 * CHP * Jp + J * CHP;
+        return 4 * n * p->c_out * p->h_out * p->w_out + (per_sample ? 4 * (uint64_t)p->c_out : 0);
     case C_BWI:
-        return 4 * n * p->c_in * p->h_in * p->w_in + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J;
+        return 4 * n * p->c_in * p->h_in * p->w_in;
+    default:
+        return 0;
+    }
+}
+
+/* Scratch bytes of one fn for p (p->n = max_batch); per_sample: iattr[9]. Per-sample
+ * sums keep one sample's. */
+static uint64_t scratch_bytes(int fn, const ep_conv2d_params_t *p, bool per_sample) {
+    const uint64_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G;
+    const uint64_t J = cig * p->kh * p->kw, Jp = J + (J & 1), COgp = cog + (cog & 1);
+    const uint64_t CHP = chunk_positions(p), CHPp = CHP + (CHP & 1);
+    switch (fn) {
+    case C_FW:
+        return sums_bytes(fn, p, per_sample) + 2 * (uint64_t)p->c_out * Jp + 2 * CHP * Jp + J * CHP;
+    case C_BWI:
+        return sums_bytes(fn, p, per_sample) + 2 * G * J * COgp + 2 * CHP * COgp + 4 * CHP * J;
     default: /* C_BWP: the sums go into dW itself (f32 or i32: 4 bytes a weight) */
         return 2 * cog * CHPp + 2 * J * CHPp + J * CHP;
     }
@@ -235,6 +247,98 @@ static void im2col8(const ep_conv2d_params_t *p, const int8_t *x, uint32_t cig, 
     }
 }
 
+/* ---- the direct path: one input channel per group (depthwise convs) -------------------- */
+
+/*
+ * With C_in/groups = 1 every output is a small 2-D correlation of one input plane, so
+ * the direct path widens each plane once into a zero-padded int16 plane and runs
+ * ep_q8_corr_s16 over it, instead of an im2col of kh·kw taps per position and a
+ * contraction of kh·kw: fw correlates x with W; bw_input correlates dy (spread out by
+ * the strides) with W flipped; bw_param correlates x with dy. The planes go in the
+ * scratch the im2col path would use, a band of rows at a time; a geometry whose band
+ * of one row does not fit there (or bw_input with padding beyond the kernel's reach)
+ * keeps the im2col path. The sums are the same integers either way.
+ */
+
+/* Rows [r0, r0 + rows) of a zero-padded int16 plane of width wi over one int8 channel
+ * src [h][w]: element (r, c) is src[(r - pt)/uh][(c - pl)/uw] · 2^shift where both
+ * divisions are exact and land inside src (uh, uw > 1: the zeros between a strided
+ * conv's output gradients), else 0. */
+static void plane16(const int8_t *src, uint32_t h, uint32_t w, uint32_t uh, uint32_t uw, int32_t pt, int32_t pl,
+                    uint32_t r0, uint32_t rows, uint32_t wi, uint32_t shift, int16_t *dst) {
+    for (uint32_t r = 0; r < rows; r++, dst += wi) {
+        const int32_t y = (int32_t)(r0 + r) - pt;
+        const bool in = y >= 0 && (uint32_t)y % uh == 0 && (uint32_t)y / uh < h;
+        const int8_t *s = src + (in ? (uint32_t)y / uh * w : 0);
+        if (in && uw == 1 && pl >= 0 && (uint32_t)pl < wi) { /* zeros, the row, zeros */
+            const uint32_t n = w < wi - (uint32_t)pl ? w : wi - (uint32_t)pl;
+            uint32_t c = 0;
+            for (; c < (uint32_t)pl; c++) {
+                dst[c] = 0;
+            }
+            for (uint32_t j = 0; j < n; j++) {
+                dst[c + j] = (int16_t)(s[j] * (1 << shift));
+            }
+            for (c += n; c < wi; c++) {
+                dst[c] = 0;
+            }
+            continue;
+        }
+        for (uint32_t c = 0; c < wi; c++) {
+            dst[c] = 0;
+        }
+        if (!in) {
+            continue;
+        }
+        for (uint32_t j = 0; j < w; j++) {
+            const int32_t c = pl + (int32_t)(j * uw);
+            if (c >= (int32_t)wi) {
+                break;
+            }
+            if (c >= 0) {
+                dst[c] = (int16_t)(s[j] * (1 << shift));
+            }
+        }
+    }
+}
+
+/* Rows per band within avail bytes when a band of R rows needs fixed + extra·R bytes
+ * and an int16 plane of (R - 1)·step + ext rows of wi; at most max, 0 if one does not fit. */
+static uint32_t band_rows(uint64_t avail, uint64_t fixed, uint64_t extra, uint32_t step, uint32_t ext, uint32_t wi,
+                          uint32_t max) {
+    const uint64_t one = fixed + extra + 2ull * wi * ext;
+    if (one > avail) {
+        return 0;
+    }
+    const uint64_t r = 1 + (avail - one) / (2ull * wi * step + extra);
+    return r < max ? (uint32_t)r : max;
+}
+
+static uint32_t kh_ext(const ep_conv2d_params_t *p) { /* input rows one output row reads */
+    return (p->kh - 1) * p->dh + 1;
+}
+
+/* The direct path's band rows for fn (0: the im2col path) within avail scratch bytes. */
+static uint32_t direct_rows(int fn, const ep_conv2d_params_t *p, uint64_t avail) {
+    if (p->c_in != p->groups || p->groups == 1 || p->kw < 2) {
+        return 0; /* one input channel (a stem; EEGNet's temporal conv) and kernel columns
+                     (EEGNet's spatial conv) do better as a contraction over the im2col */
+    }
+    const uint32_t kwp = ep_q8_even(p->kw), vp = ep_q8_even(p->w_out);
+    switch (fn) {
+    case C_FW:
+        return band_rows(avail, 2ull * p->kh * kwp, 0, p->sh, kh_ext(p), (p->w_out - 1) * p->sw + (kwp - 1) * p->dw + 1,
+                         p->h_out);
+    case C_BWI:
+        if (p->pad_top > (p->kh - 1) * p->dh || p->pad_left > (p->kw - 1) * p->dw) {
+            return 0;
+        }
+        return band_rows(avail, 2ull * p->kh * kwp, 0, 1, kh_ext(p), p->w_in + (kwp - 1) * p->dw, p->h_in);
+    default:
+        return band_rows(avail, 0, 2ull * vp, p->sh, kh_ext(p), (p->kw - 1) * p->dw + (vp - 1) * p->sw + 1, p->h_out);
+    }
+}
+
 /* ---- node functions --------------------------------------------------------------------- */
 
 /* What one sample's forward sums need: geometry, operands and the widened weights. */
@@ -248,7 +352,29 @@ typedef struct {
     const int16_t *w16;
     int16_t *cols;
     int8_t *cols8;
+    uint32_t band; /* the direct path's output rows per band, 0 for im2col */
 } conv_fw_t;
+
+/* acc [c_out][P] += sample x's correlations with W, a band of output rows at a time:
+ * the band's padded input plane of each channel, then each of its outputs' kernels. */
+static void fw_direct(const conv_fw_t *f, const int8_t *x, int32_t *acc) {
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t M = p->c_out / p->groups, kwp = ep_q8_even(p->kw);
+    const uint32_t wi = (p->w_out - 1) * p->sw + (kwp - 1) * p->dw + 1;
+    int16_t *k16 = (int16_t *)f->w16, *plane = k16 + p->kh * kwp;
+    for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += f->band) {
+        const uint32_t nr = oh0 + f->band <= p->h_out ? f->band : p->h_out - oh0;
+        for (uint32_t g = 0; g < p->groups; g++) {
+            plane16(x + g * f->HW, p->h_in, p->w_in, 1, 1, (int32_t)p->pad_top, (int32_t)p->pad_left, oh0 * p->sh,
+                    (nr - 1) * p->sh + kh_ext(p), wi, 0, plane);
+            for (uint32_t co = g * M; co < (g + 1) * M; co++) {
+                plane16(ep_ctx_s8(f->c, f->nd->in[2]) + co * f->J, p->kh, p->kw, 1, 1, 0, 0, 0, p->kh, kwp, 0, k16);
+                ep_q8_corr_s16(plane, wi, nr, p->w_out, p->sh, p->sw, k16, p->kh, kwp, p->dh, p->dw,
+                               acc + co * f->P + oh0 * p->w_out, p->w_out);
+            }
+        }
+    }
+}
 
 /* acc [c_out][P] = bias + the convolution of sample i. */
 static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
@@ -265,6 +391,10 @@ static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
         }
     }
     const int8_t *x = ep_ctx_s8(f->c, f->nd->in[0]) + i * p->c_in * f->HW;
+    if (f->band != 0) {
+        fw_direct(f, x, acc);
+        return;
+    }
     for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += CHR) {
         const uint32_t nr = oh0 + CHR <= p->h_out ? CHR : p->h_out - oh0, pc = nr * p->w_out;
         for (uint32_t g = 0; g < G; g++) {
@@ -286,10 +416,14 @@ static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
     uint32_t *mags = (uint32_t *)(void *)(acc + acc_n * p.c_out * P);
     int16_t *w16 = (int16_t *)(void *)(mags + (per_sample ? p.c_out : 0)), *cols = w16 + p.c_out * Jp;
+    const uint64_t sums = sums_bytes(C_FW, &p, per_sample);
     const conv_fw_t f = {p, c, nd, J, Jp, P, p.h_in * p.w_in, CHP, ep_q8_ctx_exp(c, nd->in[1], 0),
-                         ep_ctx_i32(c, nd->in[3]), w16, cols, (int8_t *)(void *)(cols + CHP * Jp)};
+                         ep_ctx_i32(c, nd->in[3]), w16, cols, (int8_t *)(void *)(cols + CHP * Jp),
+                         direct_rows(C_FW, &p, scratch_bytes(C_FW, &p, per_sample) - sums)};
     int8_t *y = ep_ctx_s8(c, nd->out[0]);
-    ep_q8_pack(ep_ctx_s8(c, nd->in[2]), p.c_out, J, J, 1, NULL, 0, w16, Jp);
+    if (f.band == 0) {
+        ep_q8_pack(ep_ctx_s8(c, nd->in[2]), p.c_out, J, J, 1, NULL, 0, w16, Jp);
+    }
     int32_t e_y;
     if (!per_sample) {
         for (uint32_t i = 0; i < p.n; i++) {
@@ -323,7 +457,36 @@ typedef struct {
     const int16_t *wt;
     int16_t *dyt;
     int32_t *dcols;
+    const int8_t *w;
+    uint32_t band; /* the direct path's input rows per band, 0 for im2col */
 } conv_bwi_t;
+
+/* acc [c_in][HW] += sample i's input gradient: per band of input rows and output channel,
+ * its dy (shifted by the folded weight exponent, spread out by the strides) in a plane
+ * padded by the kernel's reach less the conv's padding, correlated with W flipped. */
+static void bwi_direct(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t M = p->c_out / p->groups, kh = p->kh, kw = p->kw, kwp = ep_q8_even(kw);
+    const uint32_t wi = p->w_in + (kwp - 1) * p->dw;
+    const int32_t pt = (int32_t)((kh - 1) * p->dh - p->pad_top), pl = (int32_t)((kw - 1) * p->dw - p->pad_left);
+    int16_t *k16 = (int16_t *)f->wt, *plane = k16 + kh * kwp;
+    for (uint32_t ih0 = 0; ih0 < p->h_in; ih0 += f->band) {
+        const uint32_t nr = ih0 + f->band <= p->h_in ? f->band : p->h_in - ih0;
+        for (uint32_t co = 0; co < p->c_out; co++) {
+            const int8_t *w = f->w + co * kh * kw;
+            for (uint32_t u = 0; u < kh; u++) {
+                for (uint32_t v = 0; v < kwp; v++) {
+                    k16[u * kwp + v] = v < kw ? w[(kh - 1 - u) * kw + (kw - 1 - v)] : 0;
+                }
+            }
+            const int32_t d = ep_q8_exp(f->e_w[co]) - f->e_lo;
+            plane16(f->dy + (i * p->c_out + co) * f->P, p->h_out, p->w_out, p->sh, p->sw, pt, pl, ih0,
+                    nr - 1 + kh_ext(p), wi, (uint32_t)(d < 0 ? 0 : (d > EP_Q8_SPREAD ? EP_Q8_SPREAD : d)), plane);
+            ep_q8_corr_s16(plane, wi, nr, p->w_in, 1, 1, k16, kh, kwp, p->dh, p->dw, acc + co / M * f->HW + ih0 * p->w_in,
+                           p->w_in);
+        }
+    }
+}
 
 /* acc [c_in][HW] = the input-gradient sums of sample i (dy · W, scattered back by col2im). */
 static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
@@ -334,6 +497,10 @@ static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
     int32_t *dcols = f->dcols;
     for (uint32_t k = 0; k < p.c_in * HW; k++) {
         acc[k] = 0;
+    }
+    if (f->band != 0) {
+        bwi_direct(f, i, acc);
+        return;
     }
     for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
         const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
@@ -383,10 +550,12 @@ static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     int32_t *acc = (int32_t *)(void *)ep_ctx_s8(c, nd->out[2]);
     int16_t *wt = (int16_t *)(void *)(acc + acc_n * p.c_in * HW), *dyt = wt + G * J * COgp;
     const conv_bwi_t f = {p, ep_ctx_s8(c, nd->in[0]), e_w, ep_q8_weight_exp_lo(e_w, p.c_out), J, COgp,
-                          p.h_out * p.w_out, HW, CHP, wt, dyt, (int32_t *)(void *)(dyt + CHP * COgp)};
+                          p.h_out * p.w_out, HW, CHP, wt, dyt, (int32_t *)(void *)(dyt + CHP * COgp),
+                          ep_ctx_s8(c, nd->in[2]),
+                          direct_rows(C_BWI, &p, scratch_bytes(C_BWI, &p, per_sample) - sums_bytes(C_BWI, &p, per_sample))};
     const int32_t e_base = ep_q8_ctx_exp(c, nd->in[1], 0) + f.e_lo;
     int8_t *dx = ep_ctx_s8(c, nd->out[0]);
-    for (uint32_t g = 0; g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
+    for (uint32_t g = 0; f.band == 0 && g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
         ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, wt + g * J * COgp, COgp);
     }
     int32_t e_dx;
@@ -424,10 +593,28 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     int16_t *dy16 = (int16_t *)(void *)scratch, *colt = dy16 + cog * CHPp;
     int8_t *cols8 = (int8_t *)(void *)(colt + J * CHPp);
 
-    for (uint32_t k = 0; p.n == 0 && k < p.c_out * J; k++) { /* no chunk to overwrite them */
+    const uint32_t band = direct_rows(C_BWP, &p, scratch_bytes(C_BWP, &p, false));
+    for (uint32_t k = 0; (p.n == 0 || band != 0) && k < p.c_out * J; k++) { /* no chunk to overwrite them */
         acc[k] = 0;
     }
-    for (uint32_t i = 0; i < p.n; i++) {
+    if (band != 0) { /* per band of output rows: x's plane correlated with each output's dy rows */
+        const uint32_t M = cog, vp = ep_q8_even(p.w_out), wi = (p.kw - 1) * p.dw + (vp - 1) * p.sw + 1;
+        int16_t *dyb = (int16_t *)(void *)scratch, *plane = dyb + band * vp;
+        for (uint32_t i = 0; i < p.n; i++) {
+            for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += band) {
+                const uint32_t nr = oh0 + band <= p.h_out ? band : p.h_out - oh0;
+                for (uint32_t g = 0; g < G; g++) {
+                    plane16(x + (i * p.c_in + g) * HW, p.h_in, p.w_in, 1, 1, (int32_t)p.pad_top, (int32_t)p.pad_left,
+                            oh0 * p.sh, (nr - 1) * p.sh + kh_ext(&p), wi, 0, plane);
+                    for (uint32_t co = g * M; co < (g + 1) * M; co++) {
+                        plane16(dy + (i * p.c_out + co) * P, p.h_out, p.w_out, 1, 1, 0, 0, oh0, nr, vp, 0, dyb);
+                        ep_q8_corr_s16(plane, wi, p.kh, p.kw, p.dh, p.dw, dyb, nr, vp, p.sh, p.sw, acc + co * J, p.kw);
+                    }
+                }
+            }
+        }
+    }
+    for (uint32_t i = 0; band == 0 && i < p.n; i++) {
         for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
             const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out, pcp = ep_q8_even(pc);
             for (uint32_t g = 0; g < G; g++) {

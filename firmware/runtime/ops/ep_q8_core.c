@@ -207,6 +207,86 @@ void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a
 }
 #endif
 
+/* ---- direct correlation (the depthwise convs) -------------------------------------- */
+
+/* Taps v and v + 1 of a kernel row, sv apart in the plane, as one word of two lanes:
+ * one (unaligned) LDR when they are adjacent. */
+static inline uint32_t tap_pair(const int16_t *p, uint32_t sv) {
+    if (sv == 1) {
+        uint32_t v;
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+    return (uint32_t)(uint16_t)p[0] | (uint32_t)(uint16_t)p[sv] << 16;
+}
+
+static inline int32_t mac_pair(int32_t s, uint32_t k, uint32_t x) {
+#if EP_Q8_SIMD
+    return __smlad((int16x2_t)k, (int16x2_t)x, s);
+#else
+    return s + (int32_t)(int16_t)k * (int16_t)x + (int32_t)(int16_t)(k >> 16) * (int16_t)(x >> 16);
+#endif
+}
+
+void ep_q8_corr_s16(const int16_t *restrict in, uint32_t ldi, uint32_t A, uint32_t B, uint32_t sa, uint32_t sb,
+                    const int16_t *restrict k, uint32_t U, uint32_t V, uint32_t su, uint32_t sv,
+                    int32_t *restrict out, uint32_t ldo) {
+    if (U == 3 && V == 4 && sv == 1) { /* 3×3 (and 3×4) kernels, dilation 1 along rows: taps in registers */
+        const uint32_t k0 = tap_pair(k, 1), k1 = tap_pair(k + 2, 1), k2 = tap_pair(k + 4, 1), k3 = tap_pair(k + 6, 1),
+                       k4 = tap_pair(k + 8, 1), k5 = tap_pair(k + 10, 1);
+        const uint32_t r1 = su * ldi, r2 = 2 * su * ldi;
+        for (uint32_t a = 0; a < A; a++) {
+            const int16_t *x = in + a * sa * ldi;
+            int32_t *o = out + a * ldo;
+            for (uint32_t b = 0; b < B; b++, x += sb) {
+                int32_t s = mac_pair(o[b], k0, tap_pair(x, 1));
+                s = mac_pair(s, k1, tap_pair(x + 2, 1));
+                s = mac_pair(s, k2, tap_pair(x + r1, 1));
+                s = mac_pair(s, k3, tap_pair(x + r1 + 2, 1));
+                s = mac_pair(s, k4, tap_pair(x + r2, 1));
+                o[b] = mac_pair(s, k5, tap_pair(x + r2 + 2, 1));
+            }
+        }
+        return;
+    }
+    if (B == 3 && sb == 1 && sv == 1) { /* bw_param of 3-wide kernels: three sums share each k word */
+        for (uint32_t a = 0; a < A; a++) {
+            int32_t *o = out + a * ldo, s0 = o[0], s1 = o[1], s2 = o[2];
+            for (uint32_t u = 0; u < U; u++) {
+                const int16_t *x = in + (a * sa + u * su) * ldi, *ku = k + u * V;
+                for (uint32_t v = 0; v < V; v += 2) {
+                    const uint32_t kv = tap_pair(ku + v, 1);
+                    s0 = mac_pair(s0, kv, tap_pair(x + v, 1));
+                    s1 = mac_pair(s1, kv, tap_pair(x + v + 1, 1));
+                    s2 = mac_pair(s2, kv, tap_pair(x + v + 2, 1));
+                }
+            }
+            o[0] = s0;
+            o[1] = s1;
+            o[2] = s2;
+        }
+        return;
+    }
+    for (uint32_t a = 0; a < A; a++) {
+        int32_t *o = out + a * ldo;
+        for (uint32_t b = 0; b < B; b++) {
+            int32_t s = o[b];
+            for (uint32_t u = 0; u < U; u++) {
+                const int16_t *x = in + (a * sa + u * su) * ldi + b * sb, *ku = k + u * V;
+                uint32_t v = 0;
+                for (; v + 4 <= V; v += 4) {
+                    s = mac_pair(s, tap_pair(ku + v, 1), tap_pair(x + v * sv, sv));
+                    s = mac_pair(s, tap_pair(ku + v + 2, 1), tap_pair(x + (v + 2) * sv, sv));
+                }
+                if (v < V) {
+                    s = mac_pair(s, tap_pair(ku + v, 1), tap_pair(x + v * sv, sv));
+                }
+            }
+            o[b] = s;
+        }
+    }
+}
+
 /* ---- packing ---------------------------------------------------------------------- */
 
 /* s[j·sj], or 0 past J. */
