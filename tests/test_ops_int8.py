@@ -690,7 +690,13 @@ def test_dropout_q8_is_the_f32_chain(target, rng):
     assert 0.6 < kept.mean() < 0.9  # about 1 - p kept
 
 
-def test_add_q8_is_the_f32_chain(target, rng):
+# (e_a, e_b): ADD_Q8's integer sums (exponents ≤ 16 apart: 2 and 16, either way round, the
+# float boundaries) and its f32 fallback (17 and 40 apart)
+ADD_EXPONENTS = [(-6, -4), (-4, -6), (0, -16), (-126, -126), (120, 118), (0, -17), (-30, 10)]
+
+
+@pytest.mark.parametrize("exps", ADD_EXPONENTS, ids=[f"{a}_{b}" for a, b in ADD_EXPONENTS])
+def test_add_q8_is_the_f32_chain(target, rng, exps):
     """ADD_Q8 = QUANTIZE(DEQUANTIZE a + DEQUANTIZE b), the two at different exponents; y
     over a (in place)."""
     mb, k = 3, 50
@@ -700,9 +706,9 @@ def test_add_q8_is_the_f32_chain(target, rng):
     def build(fused):
         qg = il.QGraph("addq" if fused else "addq_chain", mb)
         qg.add("a", (k,), DType.S8, B, a)
-        qg.exp("e_a", -6)
+        qg.exp("e_a", exps[0])
         qg.add("b", (k,), DType.S8, B, b)
-        qg.exp("e_b", -4)
+        qg.exp("e_b", exps[1])
         qg.exp("e_y")
         if fused:
             qg.inplace("y", "a")

@@ -10,8 +10,9 @@
  * x/q/y share one shape and batchedness (batched: one exponent for the whole batch).
  * ACT_Q8 (the activation named by iattr[0]) and ADD_Q8 compute exactly DEQUANTIZE → the
  * f32 node → QUANTIZE, bit for bit. ACT_Q8 runs the f32 kernels on the 256 code values
- * only (a code table forward, the derivative table of the backward); ADD_Q8 runs the
- * f32 kernel on EP_Q8_CHUNK-element stack chunks of dequantized codes. An int8 output
+ * only (a code table forward, the derivative table of the backward); ADD_Q8 sums the
+ * codes in int32 where that is exact (exponents at most 16 apart), else runs the f32
+ * kernel on EP_Q8_CHUNK-element stack chunks of dequantized codes. An int8 output
  * takes two passes: the largest magnitude, then the codes.
  */
 #include "ep_attn_optim.h"
@@ -306,9 +307,53 @@ static float add_q8_pass(uint32_t count, const int8_t *a, float sa, const int8_t
     return amax;
 }
 
+/* An exponent as DEQUANTIZE applies it (ep_q8_dequant_scale's clamp). */
+static int32_t fexp(int32_t e) {
+    return e < EP_Q8_FEXP_MIN ? EP_Q8_FEXP_MIN : (e > EP_Q8_FEXP_MAX ? EP_Q8_FEXP_MAX : e);
+}
+
+/* v · 2^-sh rounded to the nearest integer, ties to even (rint of the exact quotient), 0 < sh < 31. */
+static int32_t rshift_even(int32_t v, int32_t sh) {
+    const int32_t q = v >> sh; /* floor */
+    const uint32_t rem = (uint32_t)v & ((1u << sh) - 1u), half = 1u << (sh - 1);
+    return q + (rem > half || (rem == half && (q & 1) != 0));
+}
+
+/*
+ * The same codes in integers, when the exponents are at most 16 apart: with lo the
+ * lower, a·2^(e_a - lo) + b·2^(e_b - lo) is the f32 sum · 2^-lo exactly (|s| < 2^24,
+ * so the f32 addition does not round), and so is QUANTIZE's product s·2^(lo - e); its
+ * rint is the ties-to-even shift. Returns false (nothing written) otherwise.
+ */
+static bool add_q8_int(uint32_t count, const int8_t *a, int32_t ea, const int8_t *b, int32_t eb, int8_t *y,
+                       int32_t *e_y) {
+    const int32_t lo = ea < eb ? ea : eb, da = ea - lo, db = eb - lo;
+    if (da > 16 || db > 16) {
+        return false;
+    }
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        const int32_t s = a[i] * (1 << da) + b[i] * (1 << db);
+        const uint32_t mag = (uint32_t)(s < 0 ? -s : s);
+        m = mag > m ? mag : m;
+    }
+    const int32_t e = ep_q8_exp_for_maxabs((float)m * ep_q8_pow2f(lo)), sh = e - lo; /* sh ≥ -7 when m > 0 */
+    for (uint32_t i = 0; i < count; i++) { /* y may be a or b: element i is read before it is written */
+        const int32_t s = a[i] * (1 << da) + b[i] * (1 << db);
+        const int32_t r = sh > 0 ? rshift_even(s, sh) : s * (1 << (sh < -7 ? 7 : -sh));
+        y[i] = ep_q8_sat8(r);
+    }
+    *e_y = e;
+    return true;
+}
+
 static void add_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const uint32_t count = ep_q8_count(c, nd->out[0]);
     const int8_t *a = ep_ctx_s8(c, nd->in[0]), *b = ep_ctx_s8(c, nd->in[2]);
+    if (add_q8_int(count, a, fexp(ep_ctx_i32(c, nd->in[1])[0]), b, fexp(ep_ctx_i32(c, nd->in[3])[0]),
+                   ep_ctx_s8(c, nd->out[0]), ep_ctx_i32(c, nd->out[1]))) {
+        return;
+    }
     const float sa = ep_q8_ctx_scale(c, nd->in[1]), sb = ep_q8_ctx_scale(c, nd->in[3]);
     const int32_t e = ep_q8_exp_for_maxabs(add_q8_pass(count, a, sa, b, sb, 0, NULL));
     add_q8_pass(count, a, sa, b, sb, e, ep_ctx_s8(c, nd->out[0]));
