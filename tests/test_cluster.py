@@ -35,10 +35,15 @@ STEPS = 2
 # Models and training set-ups that reach every parallel kernel the shipped models use:
 # linear (fw, bw_input, bw_param) with SGD; conv2d (incl. grouped/depthwise and
 # pointwise), batch norm, pools with Adam; attention, layer norm with momentum.
+# The int8 ones split the int8 linear layers (ep_q8_dot_s16), the im2col convs (phases
+# with barriers), the depthwise convs' direct path (groups per core), requantisation and
+# the two-pass batch norms and activations (ep_q8_two_pass).
 CASES = {
     "mlp-digits": TrainConfig(batch=8, lr=0.05),
     "eognet-blink": TrainConfig(batch=4, lr=0.01, optimizer="adam"),
     "cct-fashion": TrainConfig(batch=2, lr=0.01, optimizer="momentum"),
+    "mlp-digits/int8": TrainConfig(batch=8, lr=0.05, dtype="int8"),
+    "cnn-fashion/int8": TrainConfig(batch=2, lr=0.01, dtype="int8"),
 }
 
 
@@ -46,7 +51,7 @@ def train_on_cluster(name: str, cfg: TrainConfig, cores: int, timing: str | None
     """Boot gap9 with `cores` cluster cores, train STEPS steps; (losses, weights, cycles, profile,
     prog, per-core instructions of the last step)."""
     board = with_cluster(_require_firmware("gap9"), cores, timing)
-    spec = load_model(name)
+    spec = load_model(name.split("/")[0])
     prog = compile_model(spec, init_params(spec, 0), cfg)
     rng = np.random.default_rng(1)
     with start(board) as running, Link.open(running.url, timeout=120.0) as lk:
@@ -72,8 +77,8 @@ def _assert_same_bits(ref, got, what: str) -> None:
     assert np.array_equal(np.float32(losses), np.float32(ref_losses)), f"{what}: losses {losses} != {ref_losses}"
     assert set(w) == set(ref_w)
     for k in ref_w:
-        # bit patterns, so that -0.0 vs 0.0 or a NaN payload would count as a difference
-        assert np.array_equal(w[k].view(np.uint32), ref_w[k].view(np.uint32)), f"{what}: {k} differs"
+        # bit patterns (f32 or int8 codes), so that -0.0 vs 0.0 or a NaN payload would count
+        assert w[k].dtype == ref_w[k].dtype and w[k].tobytes() == ref_w[k].tobytes(), f"{what}: {k} differs"
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -82,7 +87,7 @@ def test_training_is_bit_identical_on_1_2_4_8_cores(name):
     for c in CORE_COUNTS[1:]:
         _assert_same_bits(runs[1], runs[c], f"{name} on {c} cores vs 1")
     # and training happened: the weights moved from their initial values
-    spec = load_model(name)
+    spec = load_model(name.split("/")[0])
     init = init_params(spec, 0)
     moved = max(float(np.abs(runs[8][1][k] - init[k]).max()) for k in runs[8][1] if k in init)
     assert moved > 0.0

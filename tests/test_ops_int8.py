@@ -405,8 +405,8 @@ def test_requant_weights(target, rng):
 
 
 def test_the_two_cortex_m4_builds_differ_in_their_inner_loop():
-    """The portable build really runs plain C: its inner product has no SMLAD, the
-    normal build's does (so the bit-exact tests above compare two different codes)."""
+    """The portable build really runs plain C: its inner products have no SMLAD, the
+    normal build's do (so the bit-exact tests above compare two different codes)."""
     import shutil
     import subprocess
 
@@ -419,13 +419,15 @@ def test_the_two_cortex_m4_builds_differ_in_their_inner_loop():
     simd = firmware_path(_require_firmware("mps2-an386"))
     portable = il.portable_firmware("mps2-an386")
 
-    def smlads(elf) -> int:
-        dis = subprocess.run([objdump, "-d", "--disassemble=ep_q8_dot_s16", str(elf)], capture_output=True,
+    def smlads(elf, fn) -> int:
+        dis = subprocess.run([objdump, "-d", f"--disassemble={fn}", str(elf)], capture_output=True,
                              text=True, check=True).stdout
-        assert "<ep_q8_dot_s16>:" in dis
+        assert f"<{fn}>:" in dis
         return dis.count("smlad")
 
-    assert smlads(simd) >= 4 and smlads(portable) == 0
+    # the panel kernel, and the direct correlation of the depthwise convs
+    for fn in ("ep_q8_dot_s16_core", "ep_q8_corr_s16"):
+        assert smlads(simd, fn) >= 4 and smlads(portable, fn) == 0, fn
 
 
 @pytest.mark.parametrize("opt", ["-O0", "-Og", "-O2 -fno-omit-frame-pointer"])

@@ -46,6 +46,7 @@
 #include <stdint.h>
 
 #include "ep_ops.h"
+#include "ep_parallel.h"
 
 /** Exponents read from tensors are clamped to ± this before any arithmetic. */
 #define EP_Q8_EXP_LIMIT 4096
@@ -202,13 +203,35 @@ static inline uint32_t ep_q8_kpos(uint32_t t, uint32_t T) {
 void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
                    int32_t *restrict c, uint32_t ldc, bool accumulate);
 
+/** MACs a core should get before an int8 product or node splits its work over a cluster. */
+#define EP_Q8_PAR_MACS 4096u
+/** What one element of an element-wise pass counts for, in MACs, against EP_Q8_PAR_MACS. */
+#define EP_Q8_PAR_ELEM 4u
+/** The largest team the int8 forms split over (partial results on the stack). */
+#define EP_Q8_MAX_TEAM 16u
+
+/** Cores for `macs` MACs of work: the whole team when each core gets EP_Q8_PAR_MACS, else 1. */
+static inline uint32_t ep_q8_team_for(uint64_t macs) {
+    const uint32_t cores = ep_par_num_cores();
+    return cores > 1 && macs >= (uint64_t)EP_Q8_PAR_MACS * cores ? cores : 1u;
+}
+
+/**
+ * ep_q8_dot_s16 forks over the cluster (GAP9), each core taking whole A panels, when
+ * the product is large enough; called from the main program only. Inside a fork (a
+ * node that splits its own work) the _core forms run on the calling core alone.
+ */
+void ep_q8_dot_s16_core(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
+                        int32_t *restrict c, uint32_t ldc, bool accumulate);
+
 /**
  * Direct 2-D correlation over int16, for the depthwise convs (one input channel per
  * group: no im2col, every input widened once):
  *   out[a·ldo + b] += Σ_{u < U} Σ_{v < V} k[u·V + v] · in[(a·sa + u·su)·ldi + b·sb + v·sv]
  * for a < A, b < B; V even (a kernel row padded with zero taps, whose plane elements
  * must still be readable). Taps v, v + 1 go through one SMLAD with SIMD, and when
- * sv = 1 the plane's pair is one LDR. The caller bounds the sums (EP_Q8_MAX_TERMS_*).
+ * sv = 1 the plane's pair is one LDR. The caller bounds the sums (EP_Q8_MAX_TERMS_*) and
+ * splits the work over a cluster (it does not fork).
  */
 void ep_q8_corr_s16(const int16_t *restrict in, uint32_t ldi, uint32_t A, uint32_t B, uint32_t sa, uint32_t sb,
                     const int16_t *restrict k, uint32_t U, uint32_t V, uint32_t su, uint32_t sv,
@@ -275,6 +298,22 @@ static inline float ep_q8_maxabs_step(float m, float v) {
  * so far given amax. Returns amax.
  */
 float ep_q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax);
+
+/**
+ * One pass of a two-pass int8 output over units [u0, u1) (channels, chunks of elements):
+ * with e NULL, the largest magnitude of the f32 results (0 if none); else their codes at
+ * exponent *e. Returns the largest magnitude (ignored in the second pass).
+ */
+typedef float (*ep_q8_pass_t)(void *arg, uint32_t u0, uint32_t u1, const int32_t *e);
+
+/**
+ * Run both passes over `units` and return the output exponent (ep_q8_exp_for_maxabs of the
+ * largest magnitude). On a cluster, with `work` (in MACs) enough for the team, the units
+ * split over the cores: each core's largest magnitude, a barrier, their max (exact in any
+ * order), then each core's codes; so the bits do not depend on the core count. A pass
+ * must only write its own units' outputs.
+ */
+int32_t ep_q8_two_pass(uint32_t units, uint64_t work, ep_q8_pass_t pass, void *arg);
 
 /*
  * Code tables: where an int8 form's output depends on one input code (an activation; a

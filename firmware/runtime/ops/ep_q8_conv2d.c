@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "ep_conv_pool.h"
+#include "ep_parallel.h"
 #include "ep_q8.h"
 
 enum { CONV_SH, CONV_SW, CONV_PT, CONV_PB, CONV_PL, CONV_PR, CONV_DH, CONV_DW, CONV_GROUPS, CONV_N_IATTR };
@@ -203,17 +204,21 @@ static void valid_cols(const ep_conv2d_params_t *p, uint32_t kj, uint32_t *lo, u
  * int8 columns of output rows [oh0, oh0 + nrows) for one sample and group, tap-major:
  * x points at the group's first input channel; tap j = (ci·kh + ki)·kw + kj of
  * position q (counted from the chunk's first) goes to dst[j·pc + q], pc = nrows ·
- * w_out; taps in the padding are 0. With stride 1 each (tap, output row) is one
- * contiguous run of the input row, copied a word at a time.
+ * w_out; taps in the padding are 0; only taps [j0, j1) (a core's share). With stride 1
+ * each (tap, output row) is one contiguous run of the input row, copied a word at a time.
  */
 static void im2col8(const ep_conv2d_params_t *p, const int8_t *x, uint32_t cig, uint32_t oh0, uint32_t nrows,
-                    int8_t *dst) {
+                    int8_t *dst, uint32_t j0, uint32_t j1) {
     const int32_t H = (int32_t)p->h_in;
-    int8_t *d = dst;
+    uint32_t j = 0;
     for (uint32_t ci = 0; ci < cig; ci++) {
         const int8_t *xc = x + ci * p->h_in * p->w_in;
         for (uint32_t ki = 0; ki < p->kh; ki++) {
-            for (uint32_t kj = 0; kj < p->kw; kj++) {
+            for (uint32_t kj = 0; kj < p->kw; kj++, j++) {
+                if (j < j0 || j >= j1) {
+                    continue;
+                }
+                int8_t *d = dst + j * nrows * p->w_out;
                 uint32_t lo, hi;
                 valid_cols(p, kj, &lo, &hi);
                 const int32_t iw_lo = (int32_t)(lo * p->sw + kj * p->dw) - (int32_t)p->pad_left;
@@ -339,6 +344,61 @@ static uint32_t direct_rows(int fn, const ep_conv2d_params_t *p, uint64_t avail)
     }
 }
 
+/*
+ * The direct path's split over a cluster: whole groups per core, each core with its own
+ * share of the scratch (its planes and kernel), so the cores never wait on each other.
+ * A share too small for a band of one row takes fewer cores. band 0: the im2col path.
+ */
+typedef struct {
+    uint32_t band, team, halfs; /* rows per band, cores, int16 per core's share */
+} dw_plan_t;
+
+static dw_plan_t direct_plan(int fn, const ep_conv2d_params_t *p, uint64_t avail) {
+    dw_plan_t d = {direct_rows(fn, p, avail), 1, (uint32_t)(avail / 2)};
+    const uint32_t cores = ep_par_num_cores();
+    for (uint32_t t = cores < p->groups ? cores : p->groups; d.band != 0 && t > 1; t--) {
+        const uint64_t share = avail / t & ~(uint64_t)3;
+        const uint32_t b = direct_rows(fn, p, share);
+        if (b != 0) {
+            d = (dw_plan_t){b, t, (uint32_t)(share / 2)};
+            break;
+        }
+    }
+    return d;
+}
+
+/* Groups [g0, g1) of sample i through the direct path, in mem (one core's share). */
+typedef void (*dw_groups_t)(const void *f, uint32_t i, int32_t *acc, uint32_t g0, uint32_t g1, int16_t *mem,
+                            uint32_t band);
+
+typedef struct {
+    dw_groups_t run;
+    const void *f;
+    uint32_t i, groups;
+    int32_t *acc;
+    int16_t *mem;
+    dw_plan_t d;
+} dw_job_t;
+
+static void dw_core(void *arg) {
+    const dw_job_t *j = arg;
+    uint32_t g0, g1;
+    ep_par_range(j->groups, &g0, &g1);
+    if (g0 < g1) {
+        j->run(j->f, j->i, j->acc, g0, g1, j->mem + ep_par_core_id() * j->d.halfs, j->d.band);
+    }
+}
+
+static void dw_run(dw_groups_t run, const void *f, uint32_t i, uint32_t groups, int32_t *acc, int16_t *mem,
+                   dw_plan_t d) {
+    dw_job_t j = {run, f, i, groups, acc, mem, d};
+    if (d.team <= 1) {
+        run(f, i, acc, 0, groups, mem, d.band);
+    } else {
+        ep_par_fork(d.team, dw_core, &j);
+    }
+}
+
 /* ---- node functions --------------------------------------------------------------------- */
 
 /* What one sample's forward sums need: geometry, operands and the widened weights. */
@@ -352,19 +412,23 @@ typedef struct {
     const int16_t *w16;
     int16_t *cols;
     int8_t *cols8;
-    uint32_t band; /* the direct path's output rows per band, 0 for im2col */
+    dw_plan_t d; /* the direct path (d.band 0: im2col) */
 } conv_fw_t;
 
-/* acc [c_out][P] += sample x's correlations with W, a band of output rows at a time:
- * the band's padded input plane of each channel, then each of its outputs' kernels. */
-static void fw_direct(const conv_fw_t *f, const int8_t *x, int32_t *acc) {
+/* acc [c_out][P] += sample i's correlations with W over groups [g0, g1), a band of output
+ * rows at a time: the band's padded input plane of each channel, then each of its outputs'
+ * kernels. */
+static void fw_direct(const void *fv, uint32_t i, int32_t *acc, uint32_t g0, uint32_t g1, int16_t *mem,
+                      uint32_t band) {
+    const conv_fw_t *f = fv;
     const ep_conv2d_params_t *p = &f->p;
     const uint32_t M = p->c_out / p->groups, kwp = ep_q8_even(p->kw);
     const uint32_t wi = (p->w_out - 1) * p->sw + (kwp - 1) * p->dw + 1;
-    int16_t *k16 = (int16_t *)f->w16, *plane = k16 + p->kh * kwp;
-    for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += f->band) {
-        const uint32_t nr = oh0 + f->band <= p->h_out ? f->band : p->h_out - oh0;
-        for (uint32_t g = 0; g < p->groups; g++) {
+    const int8_t *x = ep_ctx_s8(f->c, f->nd->in[0]) + i * p->c_in * f->HW;
+    int16_t *k16 = mem, *plane = k16 + p->kh * kwp;
+    for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += band) {
+        const uint32_t nr = oh0 + band <= p->h_out ? band : p->h_out - oh0;
+        for (uint32_t g = g0; g < g1; g++) {
             plane16(x + g * f->HW, p->h_in, p->w_in, 1, 1, (int32_t)p->pad_top, (int32_t)p->pad_left, oh0 * p->sh,
                     (nr - 1) * p->sh + kh_ext(p), wi, 0, plane);
             for (uint32_t co = g * M; co < (g + 1) * M; co++) {
@@ -376,10 +440,47 @@ static void fw_direct(const conv_fw_t *f, const int8_t *x, int32_t *acc) {
     }
 }
 
+/*
+ * The im2col path of sample i, on every core of a fork (or on one): per chunk and group,
+ * the cores build the im2col's taps, then (after a barrier) each widens and multiplies
+ * its own panels of positions; a second barrier before the next chunk's im2col.
+ */
+typedef struct {
+    const conv_fw_t *f;
+    uint32_t i;
+    int32_t *acc;
+} fw_job_t;
+
+static void fw_im2col(void *arg) {
+    const fw_job_t *j = arg;
+    const conv_fw_t *f = j->f;
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G, CHR = f->CHP / p->w_out;
+    const int8_t *x = ep_ctx_s8(f->c, f->nd->in[0]) + j->i * p->c_in * f->HW;
+    uint32_t t0, t1;
+    ep_par_range(f->J, &t0, &t1);
+    for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += CHR) {
+        const uint32_t nr = oh0 + CHR <= p->h_out ? CHR : p->h_out - oh0, pc = nr * p->w_out;
+        uint32_t q0, q1;
+        ep_par_range_unit(pc, EP_Q8_PANEL, &q0, &q1);
+        for (uint32_t g = 0; g < G; g++) {
+            /* positions as A rows (4 outputs of one channel per tile), W as B rows */
+            im2col8(p, x + g * cig * f->HW, cig, oh0, nr, f->cols8, t0, t1);
+            ep_par_barrier();
+            if (q0 < q1) {
+                ep_q8_pack_panels(f->cols8 + q0, q1 - q0, f->J, 1, pc, f->cols + q0 * f->Jp, f->Jp);
+                ep_q8_dot_s16_core(q1 - q0, cog, f->Jp, f->cols + q0 * f->Jp, f->w16 + g * cog * f->Jp,
+                                   j->acc + g * cog * f->P + oh0 * p->w_out + q0, f->P, true);
+            }
+            ep_par_barrier();
+        }
+    }
+}
+
 /* acc [c_out][P] = bias + the convolution of sample i. */
 static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
     const ep_conv2d_params_t *p = &f->p;
-    const uint32_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G, CHR = f->CHP / p->w_out;
+    const uint32_t G = p->groups;
     for (uint32_t co = 0; co < p->c_out; co++) {
         int32_t b0 = 0;
         if (f->nd->n_in == 6) {
@@ -390,21 +491,12 @@ static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
             acc[co * f->P + q] = b0;
         }
     }
-    const int8_t *x = ep_ctx_s8(f->c, f->nd->in[0]) + i * p->c_in * f->HW;
-    if (f->band != 0) {
-        fw_direct(f, x, acc);
+    if (f->d.band != 0) {
+        dw_run(fw_direct, f, i, G, acc, (int16_t *)f->w16, f->d);
         return;
     }
-    for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += CHR) {
-        const uint32_t nr = oh0 + CHR <= p->h_out ? CHR : p->h_out - oh0, pc = nr * p->w_out;
-        for (uint32_t g = 0; g < G; g++) {
-            /* positions as A rows (4 outputs of one channel per tile), W as B rows */
-            im2col8(p, x + g * cig * f->HW, cig, oh0, nr, f->cols8);
-            ep_q8_pack_panels(f->cols8, pc, f->J, 1, pc, f->cols, f->Jp);
-            ep_q8_dot_s16(pc, cog, f->Jp, f->cols, f->w16 + g * cog * f->Jp, acc + g * cog * f->P + oh0 * p->w_out,
-                          f->P, true);
-        }
-    }
+    const fw_job_t j = {f, i, acc};
+    ep_par_fork(ep_q8_team_for((uint64_t)f->P * p->c_out * f->J), fw_im2col, (void *)&j);
 }
 
 static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
@@ -419,9 +511,9 @@ static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const uint64_t sums = sums_bytes(C_FW, &p, per_sample);
     const conv_fw_t f = {p, c, nd, J, Jp, P, p.h_in * p.w_in, CHP, ep_q8_ctx_exp(c, nd->in[1], 0),
                          ep_ctx_i32(c, nd->in[3]), w16, cols, (int8_t *)(void *)(cols + CHP * Jp),
-                         direct_rows(C_FW, &p, scratch_bytes(C_FW, &p, per_sample) - sums)};
+                         direct_plan(C_FW, &p, scratch_bytes(C_FW, &p, per_sample) - sums)};
     int8_t *y = ep_ctx_s8(c, nd->out[0]);
-    if (f.band == 0) {
+    if (f.d.band == 0) {
         ep_q8_pack(ep_ctx_s8(c, nd->in[2]), p.c_out, J, J, 1, NULL, 0, w16, Jp);
     }
     int32_t e_y;
@@ -458,21 +550,24 @@ typedef struct {
     int16_t *dyt;
     int32_t *dcols;
     const int8_t *w;
-    uint32_t band; /* the direct path's input rows per band, 0 for im2col */
+    dw_plan_t d; /* the direct path (d.band 0: im2col) */
 } conv_bwi_t;
 
-/* acc [c_in][HW] += sample i's input gradient: per band of input rows and output channel,
- * its dy (shifted by the folded weight exponent, spread out by the strides) in a plane
- * padded by the kernel's reach less the conv's padding, correlated with W flipped. */
-static void bwi_direct(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
+/* acc [c_in][HW] += sample i's input gradient over groups [g0, g1): per band of input rows
+ * and output channel, its dy (shifted by the folded weight exponent, spread out by the
+ * strides) in a plane padded by the kernel's reach less the conv's padding, correlated
+ * with W flipped. */
+static void bwi_direct(const void *fv, uint32_t i, int32_t *acc, uint32_t g0, uint32_t g1, int16_t *mem,
+                       uint32_t band) {
+    const conv_bwi_t *f = fv;
     const ep_conv2d_params_t *p = &f->p;
     const uint32_t M = p->c_out / p->groups, kh = p->kh, kw = p->kw, kwp = ep_q8_even(kw);
     const uint32_t wi = p->w_in + (kwp - 1) * p->dw;
     const int32_t pt = (int32_t)((kh - 1) * p->dh - p->pad_top), pl = (int32_t)((kw - 1) * p->dw - p->pad_left);
-    int16_t *k16 = (int16_t *)f->wt, *plane = k16 + kh * kwp;
-    for (uint32_t ih0 = 0; ih0 < p->h_in; ih0 += f->band) {
-        const uint32_t nr = ih0 + f->band <= p->h_in ? f->band : p->h_in - ih0;
-        for (uint32_t co = 0; co < p->c_out; co++) {
+    int16_t *k16 = mem, *plane = k16 + kh * kwp;
+    for (uint32_t ih0 = 0; ih0 < p->h_in; ih0 += band) {
+        const uint32_t nr = ih0 + band <= p->h_in ? band : p->h_in - ih0;
+        for (uint32_t co = g0 * M; co < g1 * M; co++) {
             const int8_t *w = f->w + co * kh * kw;
             for (uint32_t u = 0; u < kh; u++) {
                 for (uint32_t v = 0; v < kwp; v++) {
@@ -488,37 +583,55 @@ static void bwi_direct(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
     }
 }
 
-/* acc [c_in][HW] = the input-gradient sums of sample i (dy · W, scattered back by col2im). */
-static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
+/*
+ * The im2col path of sample i's input gradient, on every core of a fork (or on one): per
+ * chunk and group, the cores widen dy's positions, then (barrier) each multiplies its
+ * panels of taps into dcols, then (barrier) each scatters the taps landing on its input
+ * rows (channel and row) back onto them; a last barrier before the next chunk.
+ */
+typedef struct {
+    const conv_bwi_t *f;
+    uint32_t i;
+    int32_t *acc;
+} bwi_job_t;
+
+static void bwi_im2col(void *arg) {
+    const bwi_job_t *jb = arg;
+    const conv_bwi_t *f = jb->f;
     const ep_conv2d_params_t p = f->p;
     const uint32_t G = p.groups, cog = p.c_out / G, cig = p.c_in / G, J = f->J, COgp = f->COgp;
     const uint32_t P = f->P, HW = f->HW, CHR = f->CHP / p.w_out;
     int16_t *dyt = f->dyt;
     int32_t *dcols = f->dcols;
-    for (uint32_t k = 0; k < p.c_in * HW; k++) {
-        acc[k] = 0;
-    }
-    if (f->band != 0) {
-        bwi_direct(f, i, acc);
-        return;
-    }
+    uint32_t t0, t1, u0, u1;
+    ep_par_range_unit(J, EP_Q8_PANEL, &t0, &t1);
+    ep_par_range(cig * p.h_in, &u0, &u1); /* input rows ci·H + ih */
     for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
         const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out;
+        uint32_t q0, q1;
+        ep_par_range(pc, &q0, &q1);
         for (uint32_t g = 0; g < G; g++) {
             const uint32_t co0 = g * cog;
-            ep_q8_pack(f->dy + (i * p.c_out + co0) * P + oh0 * p.w_out, pc, cog, 1, P, f->e_w + co0, f->e_lo, dyt, COgp);
-            ep_q8_dot_s16(J, pc, COgp, f->wt + g * J * COgp, dyt, dcols, J, false); /* dcols [pc][J] */
+            if (q0 < q1) {
+                ep_q8_pack(f->dy + (jb->i * p.c_out + co0) * P + oh0 * p.w_out + q0, q1 - q0, cog, 1, P, f->e_w + co0,
+                           f->e_lo, dyt + q0 * COgp, COgp);
+            }
+            ep_par_barrier();
+            if (t0 < t1) { /* dcols [pc][J] */
+                ep_q8_dot_s16_core(t1 - t0, pc, COgp, f->wt + g * J * COgp + t0 * COgp, dyt, dcols + t0, J, false);
+            }
+            ep_par_barrier();
             /* col2im: scatter-add every tap back onto its input element */
-            int32_t *ax = acc + g * cig * HW;
+            int32_t *ax = jb->acc + g * cig * HW;
             uint32_t j = 0;
             for (uint32_t ci = 0; ci < cig; ci++) {
                 for (uint32_t ki = 0; ki < p.kh; ki++) {
                     for (uint32_t kj = 0; kj < p.kw; kj++, j++) {
                         const int32_t *dc = dcols + j;
-                        for (uint32_t r = 0; r < nr; r++) {
+                        for (uint32_t r = 0; r < nr; r++, dc += p.w_out * J) {
                             const int32_t ih = (int32_t)((oh0 + r) * p.sh + ki * p.dh) - (int32_t)p.pad_top;
-                            if (ih < 0 || ih >= (int32_t)p.h_in) {
-                                dc += p.w_out * J;
+                            if (ih < 0 || ih >= (int32_t)p.h_in || ci * p.h_in + (uint32_t)ih < u0 ||
+                                ci * p.h_in + (uint32_t)ih >= u1) {
                                 continue;
                             }
                             uint32_t lo, hi;
@@ -531,13 +644,27 @@ static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
                                     *ar += *d;
                                 }
                             }
-                            dc += p.w_out * J;
                         }
                     }
                 }
             }
+            ep_par_barrier();
         }
     }
+}
+
+/* acc [c_in][HW] = the input-gradient sums of sample i (dy · W, scattered back by col2im). */
+static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
+    const ep_conv2d_params_t *p = &f->p;
+    for (uint32_t k = 0; k < p->c_in * f->HW; k++) {
+        acc[k] = 0;
+    }
+    if (f->d.band != 0) {
+        dw_run(bwi_direct, f, i, p->groups, acc, (int16_t *)f->wt, f->d);
+        return;
+    }
+    const bwi_job_t j = {f, i, acc};
+    ep_par_fork(ep_q8_team_for((uint64_t)f->P * p->c_out * f->J), bwi_im2col, (void *)&j);
 }
 
 static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
@@ -552,10 +679,10 @@ static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     const conv_bwi_t f = {p, ep_ctx_s8(c, nd->in[0]), e_w, ep_q8_weight_exp_lo(e_w, p.c_out), J, COgp,
                           p.h_out * p.w_out, HW, CHP, wt, dyt, (int32_t *)(void *)(dyt + CHP * COgp),
                           ep_ctx_s8(c, nd->in[2]),
-                          direct_rows(C_BWI, &p, scratch_bytes(C_BWI, &p, per_sample) - sums_bytes(C_BWI, &p, per_sample))};
+                          direct_plan(C_BWI, &p, scratch_bytes(C_BWI, &p, per_sample) - sums_bytes(C_BWI, &p, per_sample))};
     const int32_t e_base = ep_q8_ctx_exp(c, nd->in[1], 0) + f.e_lo;
     int8_t *dx = ep_ctx_s8(c, nd->out[0]);
-    for (uint32_t g = 0; f.band == 0 && g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
+    for (uint32_t g = 0; f.d.band == 0 && g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
         ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, wt + g * J * COgp, COgp);
     }
     int32_t e_dx;
@@ -579,6 +706,86 @@ static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     ep_ctx_i32(c, nd->out[1])[0] = e_dx;
 }
 
+/* What the parameter gradient's direct path needs. */
+typedef struct {
+    ep_conv2d_params_t p;
+    const int8_t *dy, *x;
+    int32_t *acc;
+    uint32_t HW, P, J;
+} conv_bwp_t;
+
+/* dW rows of groups [g0, g1) (acc zeroed): per sample and band of output rows, x's plane
+ * correlated with each output's dy rows. */
+static void bwp_direct(const void *fv, uint32_t i0, int32_t *acc, uint32_t g0, uint32_t g1, int16_t *mem,
+                       uint32_t band) {
+    const conv_bwp_t *f = fv;
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t M = p->c_out / p->groups, vp = ep_q8_even(p->w_out), wi = (p->kw - 1) * p->dw + (vp - 1) * p->sw + 1;
+    int16_t *dyb = mem, *plane = dyb + band * vp;
+    (void)i0;
+    for (uint32_t i = 0; i < p->n; i++) {
+        for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += band) {
+            const uint32_t nr = oh0 + band <= p->h_out ? band : p->h_out - oh0;
+            for (uint32_t g = g0; g < g1; g++) {
+                plane16(f->x + (i * p->c_in + g) * f->HW, p->h_in, p->w_in, 1, 1, (int32_t)p->pad_top,
+                        (int32_t)p->pad_left, oh0 * p->sh, (nr - 1) * p->sh + kh_ext(p), wi, 0, plane);
+                for (uint32_t co = g * M; co < (g + 1) * M; co++) {
+                    plane16(f->dy + (i * p->c_out + co) * f->P, p->h_out, p->w_out, 1, 1, 0, 0, oh0, nr, vp, 0, dyb);
+                    ep_q8_corr_s16(plane, wi, p->kh, p->kw, p->dh, p->dw, dyb, nr, vp, p->sh, p->sw, acc + co * f->J,
+                                   p->kw);
+                }
+            }
+        }
+    }
+}
+
+/*
+ * The parameter gradient's im2col path, on every core of a fork (or on one): per sample,
+ * chunk and group, each core builds and widens its own panels of taps and its share of
+ * dy's rows, then (barrier) multiplies its taps' panels by all of dy (its dW columns);
+ * a second barrier before the next chunk. The first chunk of a group overwrites its sums.
+ */
+typedef struct {
+    ep_conv2d_params_t p;
+    const int8_t *dy, *x;
+    int32_t *acc;
+    int16_t *dy16, *colt;
+    int8_t *cols8;
+    uint32_t J, P, HW, CHR;
+} bwp_im2col_t;
+
+static void bwp_im2col(void *arg) {
+    const bwp_im2col_t *b = arg;
+    const ep_conv2d_params_t *p = &b->p;
+    const uint32_t G = p->groups, cog = p->c_out / G, cig = p->c_in / G, J = b->J;
+    uint32_t t0, t1, c0, c1;
+    ep_par_range_unit(J, EP_Q8_PANEL, &t0, &t1);
+    ep_par_range(cog, &c0, &c1);
+    for (uint32_t i = 0; i < p->n; i++) {
+        for (uint32_t oh0 = 0; oh0 < p->h_out; oh0 += b->CHR) {
+            const uint32_t nr = oh0 + b->CHR <= p->h_out ? b->CHR : p->h_out - oh0, pc = nr * p->w_out;
+            const uint32_t pcp = ep_q8_even(pc);
+            for (uint32_t g = 0; g < G; g++) {
+                /* taps as A rows (4 outputs of one channel per tile), dy as B rows */
+                im2col8(p, b->x + (i * p->c_in + g * cig) * b->HW, cig, oh0, nr, b->cols8, t0, t1);
+                if (t0 < t1) {
+                    ep_q8_pack_panels(b->cols8 + t0 * pc, t1 - t0, pc, pc, 1, b->colt + t0 * pcp, pcp);
+                }
+                if (c0 < c1) {
+                    ep_q8_pack(b->dy + (i * p->c_out + g * cog + c0) * b->P + oh0 * p->w_out, c1 - c0, pc, b->P, 1, NULL,
+                               0, b->dy16 + c0 * pcp, pcp);
+                }
+                ep_par_barrier();
+                if (t0 < t1) {
+                    ep_q8_dot_s16_core(t1 - t0, cog, pcp, b->colt + t0 * pcp, b->dy16, b->acc + g * cog * J + t0, J,
+                                       i != 0 || oh0 != 0);
+                }
+                ep_par_barrier();
+            }
+        }
+    }
+}
+
 static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const bool f32 = nd->n_out == 3;
     ep_conv2d_params_t p = ep_conv2d_geom(c->model, nd, nd->in[2], nd->out[0], nd->in[0]);
@@ -590,42 +797,20 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
     int8_t *scratch = ep_ctx_s8(c, nd->out[f32 ? 2 : 3]);
     int32_t *acc = ep_ctx_i32(c, nd->out[0]); /* the sums in dW's own bytes, f32 mode too */
-    int16_t *dy16 = (int16_t *)(void *)scratch, *colt = dy16 + cog * CHPp;
+    int16_t *colt = (int16_t *)(void *)scratch + cog * CHPp;
     int8_t *cols8 = (int8_t *)(void *)(colt + J * CHPp);
 
-    const uint32_t band = direct_rows(C_BWP, &p, scratch_bytes(C_BWP, &p, false));
-    for (uint32_t k = 0; (p.n == 0 || band != 0) && k < p.c_out * J; k++) { /* no chunk to overwrite them */
+    const dw_plan_t d = direct_plan(C_BWP, &p, scratch_bytes(C_BWP, &p, false));
+    for (uint32_t k = 0; (p.n == 0 || d.band != 0) && k < p.c_out * J; k++) { /* no chunk to overwrite them */
         acc[k] = 0;
     }
-    if (band != 0) { /* per band of output rows: x's plane correlated with each output's dy rows */
-        const uint32_t M = cog, vp = ep_q8_even(p.w_out), wi = (p.kw - 1) * p.dw + (vp - 1) * p.sw + 1;
-        int16_t *dyb = (int16_t *)(void *)scratch, *plane = dyb + band * vp;
-        for (uint32_t i = 0; i < p.n; i++) {
-            for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += band) {
-                const uint32_t nr = oh0 + band <= p.h_out ? band : p.h_out - oh0;
-                for (uint32_t g = 0; g < G; g++) {
-                    plane16(x + (i * p.c_in + g) * HW, p.h_in, p.w_in, 1, 1, (int32_t)p.pad_top, (int32_t)p.pad_left,
-                            oh0 * p.sh, (nr - 1) * p.sh + kh_ext(&p), wi, 0, plane);
-                    for (uint32_t co = g * M; co < (g + 1) * M; co++) {
-                        plane16(dy + (i * p.c_out + co) * P, p.h_out, p.w_out, 1, 1, 0, 0, oh0, nr, vp, 0, dyb);
-                        ep_q8_corr_s16(plane, wi, p.kh, p.kw, p.dh, p.dw, dyb, nr, vp, p.sh, p.sw, acc + co * J, p.kw);
-                    }
-                }
-            }
-        }
+    if (d.band != 0) {
+        const conv_bwp_t f = {p, dy, x, acc, HW, P, J};
+        dw_run(bwp_direct, &f, 0, G, acc, (int16_t *)(void *)scratch, d);
     }
-    for (uint32_t i = 0; band == 0 && i < p.n; i++) {
-        for (uint32_t oh0 = 0; oh0 < p.h_out; oh0 += CHR) {
-            const uint32_t nr = oh0 + CHR <= p.h_out ? CHR : p.h_out - oh0, pc = nr * p.w_out, pcp = ep_q8_even(pc);
-            for (uint32_t g = 0; g < G; g++) {
-                /* taps as A rows (4 outputs of one channel per tile), dy as B rows; the
-                   first chunk of a group overwrites its sums, the others add */
-                im2col8(&p, x + (i * p.c_in + g * cig) * HW, cig, oh0, nr, cols8);
-                ep_q8_pack_panels(cols8, J, pc, pc, 1, colt, pcp);
-                ep_q8_pack(dy + (i * p.c_out + g * cog) * P + oh0 * p.w_out, cog, pc, P, 1, NULL, 0, dy16, pcp);
-                ep_q8_dot_s16(J, cog, pcp, colt, dy16, acc + g * cog * J, J, i != 0 || oh0 != 0);
-            }
-        }
+    if (d.band == 0) {
+        const bwp_im2col_t b = {p, dy, x, acc, (int16_t *)(void *)scratch, colt, cols8, J, P, HW, CHR};
+        ep_par_fork(ep_q8_team_for((uint64_t)p.n * P * p.c_out * J), bwp_im2col, (void *)&b);
     }
     if (f32) {
         ep_q8_acc_to_f32(p.c_out * J, acc, e_dy + e_x, ep_ctx_f32(c, nd->out[0])); /* in place */

@@ -147,8 +147,8 @@ static void panel_rest(uint32_t h, uint32_t Q, uint32_t T, const int16_t *ap, co
     "smlad  r2, r10, r5, r2\n\t"                                                                          \
     "smlad  r3, r11, r5, r3\n\t"
 
-void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
-                   int32_t *restrict c, uint32_t ldc, bool accumulate) {
+void ep_q8_dot_s16_core(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
+                        int32_t *restrict c, uint32_t ldc, bool accumulate) {
     uint32_t r = 0;
     if (Q != 0) {
         for (; r + EP_Q8_PANEL <= R; r += EP_Q8_PANEL) {
@@ -176,8 +176,8 @@ void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a
  * loaded A pair used twice, each B pair four times); odd B rows and the last
  * partial panel through panel_rest.
  */
-void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
-                   int32_t *restrict c, uint32_t ldc, bool accumulate) {
+void ep_q8_dot_s16_core(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
+                        int32_t *restrict c, uint32_t ldc, bool accumulate) {
     uint32_t r = 0;
     for (; r + EP_Q8_PANEL <= R; r += EP_Q8_PANEL) {
         const int16_t *ap = a + r * T;
@@ -207,6 +207,39 @@ void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a
 }
 #endif
 
+/*
+ * On a cluster (GAP9) the products fork over the team, each core taking whole A panels
+ * (rows r of c): every sum is made by one core exactly as the serial loop makes it, so
+ * the bits do not depend on the core count. Products below EP_Q8_PAR_MACS per core stay
+ * on the calling core.
+ */
+typedef struct {
+    uint32_t R, Q, T, ldc;
+    const int16_t *a, *b;
+    int32_t *c;
+    bool accumulate;
+} dot_job_t;
+
+static void dot_core(void *arg) {
+    const dot_job_t *j = arg;
+    uint32_t lo, hi;
+    ep_par_range_unit(j->R, EP_Q8_PANEL, &lo, &hi);
+    if (lo < hi) {
+        ep_q8_dot_s16_core(hi - lo, j->Q, j->T, j->a + lo * j->T, j->b, j->c + lo, j->ldc, j->accumulate);
+    }
+}
+
+void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
+                   int32_t *restrict c, uint32_t ldc, bool accumulate) {
+    const uint32_t team = ep_q8_team_for((uint64_t)R * Q * T);
+    if (team <= 1) {
+        ep_q8_dot_s16_core(R, Q, T, a, b, c, ldc, accumulate);
+        return;
+    }
+    dot_job_t j = {R, Q, T, ldc, a, b, c, accumulate};
+    ep_par_fork(team, dot_core, &j);
+}
+
 /* ---- direct correlation (the depthwise convs) -------------------------------------- */
 
 /* Taps v and v + 1 of a kernel row, sv apart in the plane, as one word of two lanes:
@@ -229,8 +262,8 @@ static inline int32_t mac_pair(int32_t s, uint32_t k, uint32_t x) {
 }
 
 void ep_q8_corr_s16(const int16_t *restrict in, uint32_t ldi, uint32_t A, uint32_t B, uint32_t sa, uint32_t sb,
-                    const int16_t *restrict k, uint32_t U, uint32_t V, uint32_t su, uint32_t sv,
-                    int32_t *restrict out, uint32_t ldo) {
+                         const int16_t *restrict k, uint32_t U, uint32_t V, uint32_t su, uint32_t sv,
+                         int32_t *restrict out, uint32_t ldo) {
     if (U == 3 && V == 4 && sv == 1) { /* 3×3 (and 3×4) kernels, dilation 1 along rows: taps in registers */
         const uint32_t k0 = tap_pair(k, 1), k1 = tap_pair(k + 2, 1), k2 = tap_pair(k + 4, 1), k3 = tap_pair(k + 6, 1),
                        k4 = tap_pair(k + 8, 1), k5 = tap_pair(k + 10, 1);
@@ -480,11 +513,78 @@ void ep_q8_requant_apply(const int32_t *restrict acc, uint32_t outer, uint32_t C
     }
 }
 
+/*
+ * Requantisation on a cluster: each core the magnitudes of its channels (or, for one
+ * exponent, its run of elements), a barrier, the output exponent from all of them (an OR
+ * and a max: exact in any order), then its channels' (elements') codes.
+ */
+typedef struct {
+    const int32_t *acc;
+    uint32_t outer, C, inner;
+    int32_t e_base;
+    const int32_t *e_ch;
+    int8_t *y;
+    uint32_t part[EP_Q8_MAX_TEAM]; /* magnitudes (one run) or exponents (channels) */
+    int32_t e_out;
+} rq_job_t;
+
+static void rq_core(void *arg) {
+    rq_job_t *j = arg;
+    const uint32_t id = ep_par_core_id(), team = ep_par_num_cores();
+    uint32_t lo, hi;
+    if (j->C == 1 && j->outer == 1 && j->e_ch == NULL) {
+        ep_par_range(j->inner, &lo, &hi);
+        j->part[id] = lo < hi ? mag_or(j->acc + lo, hi - lo) : 0;
+        ep_par_barrier();
+        uint32_t mag = 0;
+        for (uint32_t k = 0; k < team; k++) {
+            mag |= j->part[k];
+        }
+        const int32_t e = chan_exp(mag, j->e_base, NULL, 0);
+        if (lo < hi) {
+            shift_sat(j->acc + lo, hi - lo, e - j->e_base, j->y + lo);
+        }
+        j->e_out = id == 0 ? e : j->e_out;
+        return;
+    }
+    ep_par_range(j->C, &lo, &hi);
+    int32_t e_out = INT32_MIN;
+    for (uint32_t c = lo; c < hi; c++) {
+        uint32_t mag = 0;
+        for (uint32_t o = 0; o < j->outer; o++) {
+            mag |= mag_or(j->acc + (o * j->C + c) * j->inner, j->inner);
+        }
+        const int32_t e = chan_exp(mag, j->e_base, j->e_ch, c);
+        e_out = e > e_out ? e : e_out;
+    }
+    j->part[id] = (uint32_t)e_out;
+    ep_par_barrier();
+    for (uint32_t k = 0; k < team; k++) {
+        e_out = (int32_t)j->part[k] > e_out ? (int32_t)j->part[k] : e_out;
+    }
+    for (uint32_t c = lo; c < hi; c++) {
+        const int32_t s = e_out - (j->e_base + (j->e_ch ? ep_q8_exp(j->e_ch[c]) : 0));
+        for (uint32_t o = 0; o < j->outer; o++) {
+            const uint32_t base = (o * j->C + c) * j->inner;
+            shift_sat(j->acc + base, j->inner, s, j->y + base);
+        }
+    }
+    j->e_out = id == 0 ? e_out : j->e_out;
+}
+
 int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, uint32_t inner, int32_t e_base,
                       const int32_t *restrict e_ch, int8_t *restrict y) {
     if (e_ch == NULL && C != 0) { /* one exponent: the whole tensor is one run */
         inner *= outer * C;
         outer = C = 1;
+    }
+    const uint64_t count = (uint64_t)outer * C * inner;
+    uint32_t team = ep_q8_team_for(count * EP_Q8_PAR_ELEM);
+    team = team > EP_Q8_MAX_TEAM ? EP_Q8_MAX_TEAM : team;
+    if (team > 1 && (C > 1 || inner >= team)) {
+        rq_job_t j = {acc, outer, C, inner, e_base, e_ch, y, {0}, INT32_MIN};
+        ep_par_fork(team, rq_core, &j);
+        return j.e_out;
     }
     int32_t e_out = INT32_MIN;
     for (uint32_t c = 0; c < C; c++) {
@@ -497,6 +597,47 @@ int32_t ep_q8_requant(const int32_t *restrict acc, uint32_t outer, uint32_t C, u
     }
     ep_q8_requant_apply(acc, outer, C, inner, e_base, e_ch, e_out, y);
     return e_out;
+}
+
+/* ---- two passes on a cluster ------------------------------------------------------ */
+
+typedef struct {
+    ep_q8_pass_t pass;
+    void *arg;
+    uint32_t units;
+    float part[EP_Q8_MAX_TEAM];
+    int32_t e;
+} tp_job_t;
+
+static void tp_core(void *arg) {
+    tp_job_t *j = arg;
+    const uint32_t id = ep_par_core_id(), team = ep_par_num_cores();
+    uint32_t lo, hi;
+    ep_par_range(j->units, &lo, &hi);
+    j->part[id] = lo < hi ? j->pass(j->arg, lo, hi, NULL) : 0.0f;
+    ep_par_barrier();
+    float amax = 0.0f;
+    for (uint32_t k = 0; k < team; k++) {
+        amax = ep_q8_maxabs_step(amax, j->part[k]);
+    }
+    const int32_t e = ep_q8_exp_for_maxabs(amax);
+    if (lo < hi) {
+        (void)j->pass(j->arg, lo, hi, &e);
+    }
+    j->e = id == 0 ? e : j->e;
+}
+
+int32_t ep_q8_two_pass(uint32_t units, uint64_t work, ep_q8_pass_t pass, void *arg) {
+    uint32_t team = ep_q8_team_for(work);
+    team = team > EP_Q8_MAX_TEAM ? EP_Q8_MAX_TEAM : team;
+    if (team <= 1 || units < team) {
+        const int32_t e = ep_q8_exp_for_maxabs(pass(arg, 0, units, NULL));
+        (void)pass(arg, 0, units, &e);
+        return e;
+    }
+    tp_job_t j = {pass, arg, units, {0.0f}, 0};
+    ep_par_fork(team, tp_core, &j);
+    return j.e;
 }
 
 /* ---- float boundaries ------------------------------------------------------------ */

@@ -202,6 +202,31 @@ static ep_status_t act_q8_prepare(const ep_model_t *m, const ep_node_t *nd, cons
     return EP_OK;
 }
 
+/* The input gradient's passes over elements [i0, i1) (ep_q8_two_pass). dx may be dy or t:
+ * element i is read before it is written. */
+typedef struct {
+    const int8_t *dy, *t;
+    int8_t *dx;
+    float sd;
+    const float *g;
+} act_bwi_job_t;
+
+static float act_q8_bw_pass(void *arg, uint32_t i0, uint32_t i1, const int32_t *e) {
+    const act_bwi_job_t *b = arg;
+    float amax = 0.0f;
+    if (e == NULL) {
+        for (uint32_t i = i0; i < i1; i++) {
+            amax = ep_q8_maxabs_step(amax, (float)b->dy[i] * b->sd * b->g[(uint8_t)b->t[i]]);
+        }
+        return amax;
+    }
+    const float qs = ep_q8_quant_scale(*e);
+    for (uint32_t i = i0; i < i1; i++) {
+        b->dx[i] = ep_q8_quantize_s((float)b->dy[i] * b->sd * b->g[(uint8_t)b->t[i]], qs);
+    }
+    return amax;
+}
+
 /* bw_input: every f32 kernel computes dx = dy · g(t) (ReLU6 and ELU's x > 0 side as dy or
  * 0: the same codes as dy · 1 and dy · 0), so g of the 256 t codes is the kernel at dy = 1,
  * and dx = dy · g[t] element by element, in two passes (the largest magnitude, the codes). */
@@ -211,7 +236,7 @@ static void act_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     const float sd = ep_q8_ctx_scale(c, nd->in[1]), st = ep_q8_ctx_scale(c, nd->in[3]);
     const int k = act_index(nd->iattr[0]);
     const ep_act_params_t p = {.count = EP_Q8_CHUNK, .alpha = nd->fattr[0]};
-    float g[256], ones[EP_Q8_CHUNK], tv[EP_Q8_CHUNK], amax = 0.0f;
+    float g[256], ones[EP_Q8_CHUNK], tv[EP_Q8_CHUNK];
     for (uint32_t j = 0; j < EP_Q8_CHUNK; j++) {
         ones[j] = 1.0f;
     }
@@ -221,16 +246,8 @@ static void act_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
         }
         ACTS[k].bw(&p, ones, tv, g + u0);
     }
-    for (uint32_t i = 0; i < count; i++) {
-        amax = ep_q8_maxabs_step(amax, (float)dy[i] * sd * g[(uint8_t)t[i]]);
-    }
-    const int32_t e = ep_q8_exp_for_maxabs(amax);
-    const float qs = ep_q8_quant_scale(e);
-    int8_t *dx = ep_ctx_s8(c, nd->out[0]); /* may be dy or t: element i is read before it is written */
-    for (uint32_t i = 0; i < count; i++) {
-        dx[i] = ep_q8_quantize_s((float)dy[i] * sd * g[(uint8_t)t[i]], qs);
-    }
-    ep_ctx_i32(c, nd->out[1])[0] = e;
+    act_bwi_job_t b = {dy, t, ep_ctx_s8(c, nd->out[0]), sd, g};
+    ep_ctx_i32(c, nd->out[1])[0] = ep_q8_two_pass(count, (uint64_t)count * EP_Q8_PAR_ELEM, act_q8_bw_pass, &b);
 }
 
 /* fw: y depends on one code, of 256: the f32 kernel on every code value (EP_Q8_CHUNK at a

@@ -20,8 +20,9 @@
  * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
  * int8"): operands are read from their codes (code · 2^e, exact, as DEQUANTIZE), and an
  * int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
- * picks it), then the codes. They run on one core (no cluster split): their cost is a
- * few passes over the codes, next to the conv and linear layers around them.
+ * picks it), then the codes. On a cluster the batch norm's forward codes and its input
+ * gradient split by channel (ep_q8_two_pass); its statistics, its parameter gradient,
+ * the layer norm and dropout run on one core.
  */
 #include <math.h>
 #include <stddef.h>
@@ -97,34 +98,45 @@ static float bnq_codes(float sx, float mean, float scale, float beta, const uint
     return amax;
 }
 
-static int32_t bnq_apply(const bnq_apply_t *a, int8_t *y) {
+/* bnq_apply's two passes over channels [c0, c1) (ep_q8_two_pass). */
+typedef struct {
+    const bnq_apply_t *a;
+    int8_t *y;
+} bnq_fw_t;
+
+static float bnq_apply_pass(void *arg, uint32_t c0, uint32_t c1, const int32_t *e) {
+    const bnq_apply_t *a = ((const bnq_fw_t *)arg)->a;
+    int8_t *y = ((const bnq_fw_t *)arg)->y;
     const uint32_t n = a->p.n, C = a->p.c, hw = a->p.hw;
     const bool tables = n * hw >= BNQ_TABLE_MIN;
+    const float qs = e != NULL ? ep_q8_quant_scale(*e) : 0.0f;
     uint8_t seen[256];
     int8_t table[256];
-    float amax = 0.0f, qs = 0.0f;
-    int32_t e = 0;
-    for (int pass = 0; pass < 2; pass++) { /* the largest magnitude, then the codes */
-        for (uint32_t ch = 0; ch < C; ch++) {
-            float mean, scale;
-            bnq_channel(a, ch, &mean, &scale);
-            if (tables && pass == 0) {
-                ep_q8_codes_seen(a->x + ch * hw, n, hw, C * hw, seen);
-                amax = bnq_codes(a->sx, mean, scale, a->beta[ch], seen, NULL, 0, amax);
-            } else if (tables) {
-                (void)bnq_codes(a->sx, mean, scale, a->beta[ch], NULL, table, e, 0.0f);
-                ep_q8_codes_map(table, a->x + ch * hw, n, hw, C * hw, y + ch * hw);
-            } else {
-                for (uint32_t i = 0; i < n; i++) {
-                    const uint32_t at = (i * C + ch) * hw;
-                    amax = bnq_run(a->x + at, a->sx, hw, mean, scale, a->beta[ch], pass == 0 ? NULL : y + at, qs, amax);
-                }
+    float amax = 0.0f;
+    for (uint32_t ch = c0; ch < c1; ch++) {
+        float mean, scale;
+        bnq_channel(a, ch, &mean, &scale);
+        if (tables && e == NULL) {
+            ep_q8_codes_seen(a->x + ch * hw, n, hw, C * hw, seen);
+            amax = bnq_codes(a->sx, mean, scale, a->beta[ch], seen, NULL, 0, amax);
+        } else if (tables) {
+            (void)bnq_codes(a->sx, mean, scale, a->beta[ch], NULL, table, *e, 0.0f);
+            ep_q8_codes_map(table, a->x + ch * hw, n, hw, C * hw, y + ch * hw);
+        } else {
+            for (uint32_t i = 0; i < n; i++) {
+                const uint32_t at = (i * C + ch) * hw;
+                amax = bnq_run(a->x + at, a->sx, hw, mean, scale, a->beta[ch], e == NULL ? NULL : y + at, qs, amax);
             }
         }
-        e = pass == 0 ? ep_q8_exp_for_maxabs(amax) : e;
-        qs = ep_q8_quant_scale(e);
     }
-    return e;
+    return amax;
+}
+
+/* The forward's codes: the largest magnitude, then the codes, channel by channel (split
+ * over a cluster's cores by channel). */
+static int32_t bnq_apply(const bnq_apply_t *a, int8_t *y) {
+    bnq_fw_t f = {a, y};
+    return ep_q8_two_pass(a->p.c, (uint64_t)a->p.n * a->p.c * a->p.hw * EP_Q8_PAR_ELEM, bnq_apply_pass, &f);
 }
 
 /* One (sample, channel) run of the input gradient dx = k0·((g − k1) − (x − mean)·k2) (the f32
@@ -171,37 +183,52 @@ static float bnq_dx_tables(const int8_t *g, float sg, const int8_t *x, float sx,
     return amax;
 }
 
+/* bnq_bw_input's two passes over channels [c0, c1): the first also makes each channel's
+ * sums and factors k3 (its own channels', so the second finds them on the same core). */
+typedef struct {
+    const ep_batchnorm_params_t *p;
+    const int8_t *dy, *x;
+    float sg, sx;
+    const float *gamma, *saved;
+    float *k3;
+    int8_t *dx;
+} bnq_bwi_t;
+
+static float bnq_bw_input_pass(void *arg, uint32_t c0, uint32_t c1, const int32_t *e) {
+    const bnq_bwi_t *b = arg;
+    const ep_batchnorm_params_t *p = b->p;
+    const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
+    const float inv_m = 1.0f / ((float)n * (float)hw), qs = e != NULL ? ep_q8_quant_scale(*e) : 0.0f;
+    const bool tables = n * hw >= BNQ_TABLE_MIN;
+    float amax = 0.0f;
+    for (uint32_t ch = c0; ch < c1; ch++) {
+        const float mean = b->saved[ch];
+        float *k3 = b->k3 + 3 * ch;
+        if (e == NULL) {
+            const float k = b->saved[C + ch];
+            float sdy, sdyx;
+            dsums_s8(b->dy + ch * hw, b->sg, b->x + ch * hw, b->sx, n, hw, stride, mean, &sdy, &sdyx);
+            k3[0] = b->gamma[ch] * k;
+            k3[1] = sdy * inv_m;
+            k3[2] = k * k * sdyx * inv_m;
+        }
+        for (uint32_t i = 0; i < n && !tables; i++) {
+            const uint32_t at = i * stride + ch * hw;
+            amax = bnq_dx_run(b->dy + at, b->sg, b->x + at, b->sx, hw, k3, mean, e == NULL ? NULL : b->dx + at, qs,
+                              amax);
+        }
+        if (tables) {
+            amax = bnq_dx_tables(b->dy + ch * hw, b->sg, b->x + ch * hw, b->sx, n, hw, stride, k3, mean,
+                                 e == NULL ? NULL : b->dx + ch * hw, qs, amax);
+        }
+    }
+    return amax;
+}
+
 static int32_t bnq_bw_input(const ep_batchnorm_params_t *p, const int8_t *dy, float sg, const int8_t *x, float sx,
                             const float *gamma, const float *saved, float *k3, int8_t *dx) {
-    const uint32_t n = p->n, C = p->c, hw = p->hw, stride = C * hw;
-    const float inv_m = 1.0f / ((float)n * (float)hw);
-    for (uint32_t ch = 0; ch < C; ch++) {
-        const float mean = saved[ch], k = saved[C + ch];
-        float sdy, sdyx;
-        dsums_s8(dy + ch * hw, sg, x + ch * hw, sx, n, hw, stride, mean, &sdy, &sdyx);
-        k3[3 * ch] = gamma[ch] * k;
-        k3[3 * ch + 1] = sdy * inv_m;
-        k3[3 * ch + 2] = k * k * sdyx * inv_m;
-    }
-    const bool tables = n * hw >= BNQ_TABLE_MIN;
-    float amax = 0.0f, qs = 0.0f;
-    int32_t e = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t ch = 0; ch < C; ch++) {
-            for (uint32_t i = 0; i < n && !tables; i++) {
-                const uint32_t at = i * stride + ch * hw;
-                amax = bnq_dx_run(dy + at, sg, x + at, sx, hw, k3 + 3 * ch, saved[ch], pass == 0 ? NULL : dx + at, qs,
-                                  amax);
-            }
-            if (tables) {
-                amax = bnq_dx_tables(dy + ch * hw, sg, x + ch * hw, sx, n, hw, stride, k3 + 3 * ch, saved[ch],
-                                     pass == 0 ? NULL : dx + ch * hw, qs, amax);
-            }
-        }
-        e = pass == 0 ? ep_q8_exp_for_maxabs(amax) : e;
-        qs = ep_q8_quant_scale(e);
-    }
-    return e;
+    bnq_bwi_t b = {p, dy, x, sg, sx, gamma, saved, k3, dx};
+    return ep_q8_two_pass(p->c, (uint64_t)p->n * p->c * p->hw * EP_Q8_PAR_ELEM, bnq_bw_input_pass, &b);
 }
 
 /*

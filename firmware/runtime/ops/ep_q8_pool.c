@@ -14,8 +14,8 @@
  * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
  * int8"): operands are read from their codes (code · 2^e, exact, as DEQUANTIZE), and an
  * int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
- * picks it), then the codes. They run on one core (no cluster split): their cost is a
- * few passes over the codes, next to the conv and linear layers around them.
+ * picks it), then the codes. They run on one core (no cluster split): the planes share
+ * the node's one scratch plane.
  */
 #include <stddef.h>
 
