@@ -25,8 +25,8 @@ The gap9 cluster section: each model trains on the emulated GAP9 booted with 1
 and with 8 cluster cores in `timing=turns` mode (host.boards.with_cluster), where
 the device's counts are the cluster's critical path: FC instructions plus, per
 fork phase, the largest per-core count (firmware/port/riscv_virt/cluster.c).
-Rows: kind "cluster_op" per conv/linear/attention node and "cluster_model" per
-model, with instructions on 1 and 8 cores and speed-up = 1-core / 8-core
+Rows: kind "cluster_op" per fp32 conv/linear/attention node and "cluster_model" per
+model and dtype (fp32, int8), with instructions on 1 and 8 cores and speed-up = 1-core / 8-core
 instructions (target ≥ 7 on conv and linear); a "cluster_model" row also has each
 core's own instructions inside forks in the 8-core step (the CORES message) and
 their balance, max / mean; kind "cluster_l1" gives, per
@@ -141,10 +141,13 @@ def _tile_l1_bytes(g, nd) -> int:
     return total
 
 
-def bench_cluster(board, name: str, steps: int) -> list[dict]:
+def bench_cluster(board, name: str, steps: int, dtype: str = "fp32") -> list[dict]:
+    """Rows of one model's full-backprop steps on 1 and 8 cluster cores, in fp32 or int8, at
+    the largest batch of 8, 4, 2, 1 that fits the arena."""
     spec = load_model(name)
     for batch in (8, 4, 2, 1):
-        prog = compile_model(spec, init_params(spec, 0), TrainConfig(batch=batch, lr=0.01))
+        cfg = TrainConfig(batch=batch, lr=0.01, **({"dtype": dtype} if dtype != "fp32" else {}))
+        prog = compile_model(spec, init_params(spec, 0), cfg)
         if _fits(prog, board):
             break
     else:
@@ -152,7 +155,7 @@ def bench_cluster(board, name: str, steps: int) -> list[dict]:
     runs = {c: _cluster_run(board, c, name, prog, batch, steps) for c in CLUSTER_CORES}
     (s1, p1, _), (s8, p8, c8) = runs[1], runs[8]
     g = prog.graph
-    rows = [{"kind": "cluster_model", "name": name, "board": board.name, "dtype": "fp32", "strategy": "full",
+    rows = [{"kind": "cluster_model", "name": name, "board": board.name, "dtype": dtype, "strategy": "full",
              "batch": batch, "instructions_1": s1, "instructions_8": s8, "speedup": round(s1 / s8, 2),
              "samples_per_s_8": round(board.cpu_hz / (s8 / batch), 1),
              "samples_per_s_1": round(board.cpu_hz / (s1 / batch), 1),
@@ -195,8 +198,9 @@ def main_cluster(args, console: Console) -> int:
         names = args.models.split(",") if args.models else model_names()
         rows: list[dict] = []
         for name in names:
-            console.print(f"==> {name} on the gap9 cluster: 1 and 8 cores, {args.steps} steps each")
-            rows += bench_cluster(board, name, args.steps)
+            for dtype in ("fp32", "int8"):
+                console.print(f"==> {name} ({dtype}) on the gap9 cluster: 1 and 8 cores, {args.steps} steps each")
+                rows += bench_cluster(board, name, args.steps, dtype)
     except EdgePropError as e:
         console.print(f"[red]error:[/] {e}")
         return 1
@@ -204,15 +208,16 @@ def main_cluster(args, console: Console) -> int:
     out = args.out if args.out != DEFAULT_OUT else REPO_ROOT / "bench" / "cluster.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
-    table = Table(title=f"gap9 cluster: critical-path instructions on 1 and 8 cores (fp32, full backprop; "
-                        f"target ≥ {TARGET_SPEEDUP:.0f}× on conv and linear)")
+    table = Table(title=f"gap9 cluster: critical-path instructions on 1 and 8 cores (full backprop; "
+                        f"target ≥ {TARGET_SPEEDUP:.0f}× on fp32 conv and linear)")
     for col in ("kind", "name", "batch", "1 core", "8 cores", "speed-up"):
         table.add_column(col, justify="left" if col in ("kind", "name") else "right", no_wrap=True)
     for r in rows:
         if r["kind"] == "cluster_l1":
             continue
         flag = "" if r["kind"] != "cluster_op_total" or r["speedup"] >= TARGET_SPEEDUP else " [yellow](below)[/]"
-        table.add_row(r["kind"], r["name"], str(r.get("batch", "")), f"{r['instructions_1']:,}",
+        name = f"{r['name']} ({r['dtype']})" if r["kind"] == "cluster_model" else r["name"]
+        table.add_row(r["kind"], name, str(r.get("batch", "")), f"{r['instructions_1']:,}",
                       f"{r['instructions_8']:,}", f"{r['speedup']:.2f}{flag}")
     console.print(table)
     console.print(f"wrote {out}")
