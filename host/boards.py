@@ -32,6 +32,7 @@ from .errors import BoardError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOARDS_DIR = REPO_ROOT / "boards"
 FIRMWARE_DIR = REPO_ROOT / "firmware"
+OPS_DIR = FIRMWARE_DIR / "runtime" / "ops"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Board:
     #: bytes of L3 memory for tensors ([runtime] l3_bytes; 0: the board has no L3 tier). With an
     #: [memory] l3 region (gap9) the firmware keeps them, and the upload staging buffer, there
     l3_bytes: int = 0
+    #: op files of firmware/runtime/ops left out of this board's firmware ([runtime] omit_ops:
+    #: a board short of flash); its op table then lacks their ops (omitted_ops)
+    omit_ops: tuple[str, ...] = ()
 
     @property
     def emulated(self) -> bool:
@@ -144,8 +148,11 @@ def load_board(name: str) -> Board:
             max_tensors=int(rt.get("max_tensors", ids.MAX_TENSORS)),
             max_nodes=int(rt.get("max_nodes", ids.MAX_NODES)),
             emulator=d.get("emulator"), flash=d.get("flash", {}), port_settings=d.get("port_settings", {}),
-            l3_bytes=int(rt.get("l3_bytes", 0)),
+            l3_bytes=int(rt.get("l3_bytes", 0)), omit_ops=tuple(rt.get("omit_ops", ())),
         )
+        for f in board.omit_ops:
+            if not isinstance(f, str) or "/" in f or not (OPS_DIR / f).is_file():
+                raise ValueError(f"[runtime] omit_ops: {f!r} is not a file of firmware/runtime/ops")
         if board.l3_bytes < 0 or board.l3_bytes % 8:
             raise ValueError(f"[runtime] l3_bytes = {board.l3_bytes}: want a multiple of 8, >= 0")
         if not (1 <= board.max_tensors <= ids.MAX_TENSORS and 1 <= board.max_nodes <= ids.MAX_NODES):
@@ -159,6 +166,15 @@ def load_board(name: str) -> Board:
     if board.name != name:
         raise BoardError(f"{path}: name {board.name!r} does not match its folder {name!r}")
     return board
+
+
+def omitted_ops(board: Board) -> set[str]:
+    """Names (OpCode names, lower case) of the ops board's firmware leaves out: those its
+    omit_ops files define (`const ep_op_t ep_op_<name>`)."""
+    names: set[str] = set()
+    for f in board.omit_ops:
+        names |= set(re.findall(r"^const ep_op_t ep_op_(\w+)\s*=", (OPS_DIR / f).read_text(), re.M))
+    return names
 
 
 def render_board_mk(board: Board) -> str:
@@ -187,6 +203,7 @@ def render_board_mk(board: Board) -> str:
         f"CROSS := {tc.get('prefix', '')}",
         f"BOARD_CFLAGS := {' '.join(tc.get('cflags', []))} {' '.join(defines)}",
         f"BOARD_LDFLAGS := {' '.join(tc.get('ldflags', []))}",
+        f"BOARD_OMIT := {' '.join(f'runtime/ops/{f}' for f in board.omit_ops)}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -118,6 +118,42 @@ def test_every_board_compiles_the_digits_model_within_its_arena(capsys):
         assert info["arena_bytes"] <= board.arena_bytes and info["blob_bytes"] <= board.staging_bytes, name
 
 
+def test_a_board_short_of_flash_leaves_op_files_out(capsys, monkeypatch, tmp_path):
+    """nucleo-f446re's firmware leaves out the L3 ops and int8 attention ([runtime] omit_ops):
+    its build drops those files, and `host compile` refuses a model that needs them."""
+    import dataclasses
+
+    import host.commands.compile_cmd as compile_cmd
+    from host.boards import REPO_ROOT, load_board, omitted_ops, render_board_mk
+
+    nucleo = load_board("nucleo-f446re")
+    assert omitted_ops(nucleo) == {"l3_load", "l3_store", "mhsa_q8", "seqpool_q8"}
+    assert "BOARD_OMIT := runtime/ops/ep_l3.c runtime/ops/ep_q8_attn.c" in render_board_mk(nucleo)
+    assert omitted_ops(load_board("mps2-an386")) == set()
+    # a board without the linear layers' file cannot take mlp-digits
+    short = dataclasses.replace(load_board("mps2-an386"), omit_ops=("ep_linear.c",))
+    monkeypatch.setattr(compile_cmd, "load_board", lambda name: short)
+    with pytest.raises(ModelError, match="needs linear, which mps2-an386's firmware leaves out"):
+        compile_cmd.run(compile_cmd_args(tmp_path))
+    # an omit_ops entry that names no op file is a malformed board description
+    bad = tmp_path / "boards" / "nucleo-f446re"
+    bad.mkdir(parents=True)
+    (bad / "board.toml").write_text((REPO_ROOT / "boards" / "nucleo-f446re" / "board.toml").read_text()
+                                    .replace('"ep_q8_attn.c"', '"ep_nope.c"'))
+    monkeypatch.setattr("host.boards.BOARDS_DIR", tmp_path / "boards")
+    with pytest.raises(BoardError, match="ep_nope.c"):
+        load_board("nucleo-f446re")
+
+
+def compile_cmd_args(tmp_path):
+    import argparse
+
+    import host.commands.compile_cmd as compile_cmd
+    p = argparse.ArgumentParser()
+    compile_cmd.add_arguments(p)
+    return p.parse_args(["--model", "mlp-digits", "-o", str(tmp_path / "m.epm")])
+
+
 def test_compile_writes_a_blob_and_reports_the_plan(capsys, tmp_path):
     out_file = tmp_path / "m.epm"
     code, info = run_json(capsys, "compile", "--model", "mlp-digits", "-o", str(out_file), "--json")

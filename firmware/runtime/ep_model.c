@@ -244,7 +244,7 @@ static ep_status_t parse_node(const ep_model_t *m, ep_node_t *nd, const uint8_t 
     nd->n_out = e[3];
     const ep_op_t *op = ep_op_lookup(nd->op);
     if (op == NULL) {
-        return fail(why, EP_BAD_BLOB, EP_WHY("node: unknown op"));
+        return fail(why, EP_BAD_BLOB, EP_WHY("node: unknown op, or one this board's firmware leaves out (board.toml omit_ops)"));
     }
     if (nd->fn >= EP_OP_FN_COUNT || op->fn[nd->fn] == NULL) {
         return fail(why, EP_BAD_BLOB, EP_WHY("node: fn not implemented by the op"));

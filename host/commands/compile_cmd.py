@@ -13,8 +13,9 @@ from pathlib import Path
 from rich.console import Console
 
 from ..blob import blob_crc, build_blob
-from ..boards import load_board
+from ..boards import load_board, omitted_ops
 from ..compiler import compile_model
+from ..errors import ModelError
 from ..planner import format_plan
 from .options import add_options, add_training_arguments, compile_config, model_and_params
 
@@ -37,6 +38,11 @@ def run(args) -> int:
     cfg = compile_config(args, spec, params, board.arena_bytes)
     prog = compile_model(spec, params, cfg, arena_limit=board.arena_bytes,
                          max_tensors=board.max_tensors, max_nodes=board.max_nodes, l3_limit=board.l3_bytes)
+    missing = sorted({nd.op.name.lower() for nd in prog.graph.nodes} & omitted_ops(board))
+    if missing:
+        raise ModelError(f"{spec.name} needs {', '.join(missing)}, which {board.name}'s firmware leaves out "
+                         f"([runtime] omit_ops in boards/{board.name}/board.toml)",
+                         hint="compile it for another board, or with another --dtype")
     blob = build_blob(prog)
     out = args.output or Path(f"{spec.name}.epm")
     out.write_bytes(blob)
