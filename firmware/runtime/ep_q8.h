@@ -299,6 +299,12 @@ static inline float ep_q8_maxabs_step(float m, float v) {
  */
 float ep_q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, float amax);
 
+/** Work on units [u0, u1) whose outputs no other unit writes (channels, say). */
+typedef void (*ep_q8_range_fn_t)(void *arg, uint32_t u0, uint32_t u1);
+
+/** fn over [0, units), split over a cluster's cores when `work` (in MACs) is enough for the team. */
+void ep_q8_split(uint32_t units, uint64_t work, ep_q8_range_fn_t fn, void *arg);
+
 /**
  * One pass of a two-pass int8 output over units [u0, u1) (channels, chunks of elements):
  * with e NULL, the largest magnitude of the f32 results (0 if none); else their codes at

@@ -640,6 +640,31 @@ int32_t ep_q8_two_pass(uint32_t units, uint64_t work, ep_q8_pass_t pass, void *a
     return j.e;
 }
 
+typedef struct {
+    ep_q8_range_fn_t fn;
+    void *arg;
+    uint32_t units;
+} split_job_t;
+
+static void split_core(void *arg) {
+    const split_job_t *j = arg;
+    uint32_t lo, hi;
+    ep_par_range(j->units, &lo, &hi);
+    if (lo < hi) {
+        j->fn(j->arg, lo, hi);
+    }
+}
+
+void ep_q8_split(uint32_t units, uint64_t work, ep_q8_range_fn_t fn, void *arg) {
+    const uint32_t team = ep_q8_team_for(work);
+    if (team <= 1 || units < team) {
+        fn(arg, 0, units);
+        return;
+    }
+    split_job_t j = {fn, arg, units};
+    ep_par_fork(team, split_core, &j);
+}
+
 /* ---- float boundaries ------------------------------------------------------------ */
 
 int32_t ep_q8_exp_for_maxabs(float a) {

@@ -20,9 +20,9 @@
  * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
  * int8"): operands are read from their codes (code · 2^e, exact, as DEQUANTIZE), and an
  * int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
- * picks it), then the codes. On a cluster the batch norm's forward codes and its input
- * gradient split by channel (ep_q8_two_pass); its statistics, its parameter gradient,
- * the layer norm and dropout run on one core.
+ * picks it), then the codes. On a cluster the batch norm splits by channel (its codes
+ * and input gradient through ep_q8_two_pass, its statistics and parameter gradient
+ * through ep_q8_split); the layer norm and dropout run on one core.
  */
 #include <math.h>
 #include <stddef.h>
@@ -309,17 +309,31 @@ static ep_batchnorm_params_t bnq_shape(const ep_ctx_t *c, const ep_node_t *nd, u
     return p;
 }
 
+/* The stats node over channels [c0, c1): moments, saved and running statistics. */
+typedef struct {
+    const ep_batchnorm_params_t *p;
+    const int8_t *x;
+    float s;
+    float *saved, *rm, *rv;
+} bnq_stats_t;
+
+static void bnq_stats(void *arg, uint32_t c0, uint32_t c1) {
+    const bnq_stats_t *t = arg;
+    const ep_batchnorm_params_t *p = t->p;
+    for (uint32_t ch = c0; ch < c1; ch++) {
+        float mean, var;
+        moments_s8(t->x + ch * p->hw, t->s, p->n, p->hw, p->c * p->hw, &mean, &var);
+        ep_bn_store_stats(p, ch, mean, var, t->saved, t->rm, t->rv);
+    }
+}
+
 static void batchnorm_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[0]);
     const int8_t *x = ep_ctx_s8(c, nd->in[0]);
     const float s = ep_q8_ctx_scale(c, nd->in[1]);
     if (nd->iattr[0] == BNQ_STATS) {
-        float *saved = ep_ctx_f32(c, nd->out[0]);
-        for (uint32_t ch = 0; ch < p.c; ch++) {
-            float mean, var;
-            moments_s8(x + ch * p.hw, s, p.n, p.hw, p.c * p.hw, &mean, &var);
-            ep_bn_store_stats(&p, ch, mean, var, saved, ep_ctx_f32(c, nd->out[1]), ep_ctx_f32(c, nd->out[2]));
-        }
+        bnq_stats_t st = {&p, x, s, ep_ctx_f32(c, nd->out[0]), ep_ctx_f32(c, nd->out[1]), ep_ctx_f32(c, nd->out[2])};
+        ep_q8_split(p.c, (uint64_t)p.n * p.c * p.hw * EP_Q8_PAR_ELEM, bnq_stats, &st);
         return;
     }
     const bool eval = nd->iattr[0] == BNQ_EVAL;
@@ -337,18 +351,34 @@ static void batchnorm_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
                      ep_ctx_f32(c, nd->out[2]), ep_ctx_s8(c, nd->out[0]));
 }
 
+/* dgamma, dbeta of channels [c0, c1). */
+typedef struct {
+    const ep_batchnorm_params_t *p;
+    const int8_t *dy, *x;
+    float sg, sx;
+    const float *saved;
+    float *dgamma, *dbeta;
+} bnq_bwp_t;
+
+static void bnq_bw_param(void *arg, uint32_t c0, uint32_t c1) {
+    const bnq_bwp_t *b = arg;
+    const ep_batchnorm_params_t *p = b->p;
+    for (uint32_t ch = c0; ch < c1; ch++) {
+        float sdy, sdyx;
+        dsums_s8(b->dy + ch * p->hw, b->sg, b->x + ch * p->hw, b->sx, p->n, p->hw, p->c * p->hw, b->saved[ch], &sdy,
+                 &sdyx);
+        b->dgamma[ch] = sdyx * b->saved[p->c + ch];
+        b->dbeta[ch] = sdy;
+    }
+}
+
 static void batchnorm_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const ep_batchnorm_params_t p = bnq_shape(c, nd, nd->in[2]);
     const int8_t *dy = ep_ctx_s8(c, nd->in[0]), *x = ep_ctx_s8(c, nd->in[2]);
     const float sg = ep_q8_ctx_scale(c, nd->in[1]), sx = ep_q8_ctx_scale(c, nd->in[3]);
     const float *saved = ep_ctx_f32(c, nd->in[4]);
-    float *dgamma = ep_ctx_f32(c, nd->out[0]), *dbeta = ep_ctx_f32(c, nd->out[1]);
-    for (uint32_t ch = 0; ch < p.c; ch++) {
-        float sdy, sdyx;
-        dsums_s8(dy + ch * p.hw, sg, x + ch * p.hw, sx, p.n, p.hw, p.c * p.hw, saved[ch], &sdy, &sdyx);
-        dgamma[ch] = sdyx * saved[p.c + ch];
-        dbeta[ch] = sdy;
-    }
+    bnq_bwp_t b = {&p, dy, x, sg, sx, saved, ep_ctx_f32(c, nd->out[0]), ep_ctx_f32(c, nd->out[1])};
+    ep_q8_split(p.c, (uint64_t)p.n * p.c * p.hw * EP_Q8_PAR_ELEM, bnq_bw_param, &b);
 }
 
 const ep_op_t ep_op_batchnorm_q8 = {
