@@ -302,8 +302,12 @@ float ep_q8_chunk_out(const float *f, uint32_t len, int8_t *out, int32_t e, floa
 /** Work on units [u0, u1) whose outputs no other unit writes (channels, say). */
 typedef void (*ep_q8_range_fn_t)(void *arg, uint32_t u0, uint32_t u1);
 
-/** fn over [0, units), split over a cluster's cores when `work` (in MACs) is enough for the team. */
-void ep_q8_split(uint32_t units, uint64_t work, ep_q8_range_fn_t fn, void *arg);
+/**
+ * fn over [0, n) on `team` cores of a cluster (ep_q8_team_for; 1 or a port without a
+ * cluster: one call on the calling core), each core a chunk of whole units of `unit`.
+ * fn may find its core with ep_par_core_id() (0 on the calling core).
+ */
+void ep_q8_split(uint32_t n, uint32_t unit, uint32_t team, ep_q8_range_fn_t fn, void *arg);
 
 /**
  * One pass of a two-pass int8 output over units [u0, u1) (channels, chunks of elements):

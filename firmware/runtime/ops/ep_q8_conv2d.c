@@ -374,29 +374,21 @@ typedef void (*dw_groups_t)(const void *f, uint32_t i, int32_t *acc, uint32_t g0
 typedef struct {
     dw_groups_t run;
     const void *f;
-    uint32_t i, groups;
+    uint32_t i;
     int32_t *acc;
     int16_t *mem;
     dw_plan_t d;
 } dw_job_t;
 
-static void dw_core(void *arg) {
+static void dw_range(void *arg, uint32_t g0, uint32_t g1) {
     const dw_job_t *j = arg;
-    uint32_t g0, g1;
-    ep_par_range(j->groups, &g0, &g1);
-    if (g0 < g1) {
-        j->run(j->f, j->i, j->acc, g0, g1, j->mem + ep_par_core_id() * j->d.halfs, j->d.band);
-    }
+    j->run(j->f, j->i, j->acc, g0, g1, j->mem + ep_par_core_id() * j->d.halfs, j->d.band);
 }
 
 static void dw_run(dw_groups_t run, const void *f, uint32_t i, uint32_t groups, int32_t *acc, int16_t *mem,
                    dw_plan_t d) {
-    dw_job_t j = {run, f, i, groups, acc, mem, d};
-    if (d.team <= 1) {
-        run(f, i, acc, 0, groups, mem, d.band);
-    } else {
-        ep_par_fork(d.team, dw_core, &j);
-    }
+    dw_job_t j = {run, f, i, acc, mem, d};
+    ep_q8_split(groups, 1, d.team, dw_range, &j);
 }
 
 /* ---- node functions --------------------------------------------------------------------- */

@@ -220,24 +220,15 @@ typedef struct {
     bool accumulate;
 } dot_job_t;
 
-static void dot_core(void *arg) {
+static void dot_range(void *arg, uint32_t lo, uint32_t hi) {
     const dot_job_t *j = arg;
-    uint32_t lo, hi;
-    ep_par_range_unit(j->R, EP_Q8_PANEL, &lo, &hi);
-    if (lo < hi) {
-        ep_q8_dot_s16_core(hi - lo, j->Q, j->T, j->a + lo * j->T, j->b, j->c + lo, j->ldc, j->accumulate);
-    }
+    ep_q8_dot_s16_core(hi - lo, j->Q, j->T, j->a + lo * j->T, j->b, j->c + lo, j->ldc, j->accumulate);
 }
 
 void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a, const int16_t *restrict b,
                    int32_t *restrict c, uint32_t ldc, bool accumulate) {
-    const uint32_t team = ep_q8_team_for((uint64_t)R * Q * T);
-    if (team <= 1) {
-        ep_q8_dot_s16_core(R, Q, T, a, b, c, ldc, accumulate);
-        return;
-    }
     dot_job_t j = {R, Q, T, ldc, a, b, c, accumulate};
-    ep_par_fork(team, dot_core, &j);
+    ep_q8_split(R, EP_Q8_PANEL, ep_q8_team_for((uint64_t)R * Q * T), dot_range, &j);
 }
 
 /* ---- direct correlation (the depthwise convs) -------------------------------------- */
@@ -643,25 +634,26 @@ int32_t ep_q8_two_pass(uint32_t units, uint64_t work, ep_q8_pass_t pass, void *a
 typedef struct {
     ep_q8_range_fn_t fn;
     void *arg;
-    uint32_t units;
+    uint32_t n, unit;
 } split_job_t;
 
 static void split_core(void *arg) {
     const split_job_t *j = arg;
     uint32_t lo, hi;
-    ep_par_range(j->units, &lo, &hi);
+    ep_par_range_unit(j->n, j->unit, &lo, &hi);
     if (lo < hi) {
         j->fn(j->arg, lo, hi);
     }
 }
 
-void ep_q8_split(uint32_t units, uint64_t work, ep_q8_range_fn_t fn, void *arg) {
-    const uint32_t team = ep_q8_team_for(work);
-    if (team <= 1 || units < team) {
-        fn(arg, 0, units);
+void ep_q8_split(uint32_t n, uint32_t unit, uint32_t team, ep_q8_range_fn_t fn, void *arg) {
+    const uint32_t units = (n + unit - 1) / unit;
+    team = team < units ? team : units;
+    if (team <= 1) {
+        fn(arg, 0, n);
         return;
     }
-    split_job_t j = {fn, arg, units};
+    split_job_t j = {fn, arg, n, unit};
     ep_par_fork(team, split_core, &j);
 }
 

@@ -333,7 +333,7 @@ static void batchnorm_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const float s = ep_q8_ctx_scale(c, nd->in[1]);
     if (nd->iattr[0] == BNQ_STATS) {
         bnq_stats_t st = {&p, x, s, ep_ctx_f32(c, nd->out[0]), ep_ctx_f32(c, nd->out[1]), ep_ctx_f32(c, nd->out[2])};
-        ep_q8_split(p.c, (uint64_t)p.n * p.c * p.hw * EP_Q8_PAR_ELEM, bnq_stats, &st);
+        ep_q8_split(p.c, 1, ep_q8_team_for((uint64_t)p.n * p.c * p.hw * EP_Q8_PAR_ELEM), bnq_stats, &st);
         return;
     }
     const bool eval = nd->iattr[0] == BNQ_EVAL;
@@ -378,7 +378,7 @@ static void batchnorm_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     const float sg = ep_q8_ctx_scale(c, nd->in[1]), sx = ep_q8_ctx_scale(c, nd->in[3]);
     const float *saved = ep_ctx_f32(c, nd->in[4]);
     bnq_bwp_t b = {&p, dy, x, sg, sx, saved, ep_ctx_f32(c, nd->out[0]), ep_ctx_f32(c, nd->out[1])};
-    ep_q8_split(p.c, (uint64_t)p.n * p.c * p.hw * EP_Q8_PAR_ELEM, bnq_bw_param, &b);
+    ep_q8_split(p.c, 1, ep_q8_team_for((uint64_t)p.n * p.c * p.hw * EP_Q8_PAR_ELEM), bnq_bw_param, &b);
 }
 
 const ep_op_t ep_op_batchnorm_q8 = {
