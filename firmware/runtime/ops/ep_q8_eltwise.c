@@ -213,16 +213,19 @@ typedef struct {
 
 static float act_q8_bw_pass(void *arg, uint32_t i0, uint32_t i1, const int32_t *e) {
     const act_bwi_job_t *b = arg;
+    const int8_t *dy = b->dy, *t = b->t; /* locals: the int8 stores could alias *b */
+    const float sd = b->sd, *g = b->g;
+    int8_t *dx = b->dx;
     float amax = 0.0f;
     if (e == NULL) {
         for (uint32_t i = i0; i < i1; i++) {
-            amax = ep_q8_maxabs_step(amax, (float)b->dy[i] * b->sd * b->g[(uint8_t)b->t[i]]);
+            amax = ep_q8_maxabs_step(amax, (float)dy[i] * sd * g[(uint8_t)t[i]]);
         }
         return amax;
     }
     const float qs = ep_q8_quant_scale(*e);
     for (uint32_t i = i0; i < i1; i++) {
-        b->dx[i] = ep_q8_quantize_s((float)b->dy[i] * b->sd * b->g[(uint8_t)b->t[i]], qs);
+        dx[i] = ep_q8_quantize_s((float)dy[i] * sd * g[(uint8_t)t[i]], qs);
     }
     return amax;
 }
