@@ -36,14 +36,15 @@ STEPS = 2
 # linear (fw, bw_input, bw_param) with SGD; conv2d (incl. grouped/depthwise and
 # pointwise), batch norm, pools with Adam; attention, layer norm with momentum.
 # The int8 ones split the int8 linear layers (ep_q8_dot_s16), the im2col convs (phases
-# with barriers), the depthwise convs' direct path (groups per core), requantisation and
-# the two-pass batch norms and activations (ep_q8_two_pass).
+# with barriers), the depthwise convs' direct path (groups per core), requantisation,
+# and the two-pass batch norms, activations and pools (ep_q8_two_pass).
 CASES = {
     "mlp-digits": TrainConfig(batch=8, lr=0.05),
     "eognet-blink": TrainConfig(batch=4, lr=0.01, optimizer="adam"),
     "cct-fashion": TrainConfig(batch=2, lr=0.01, optimizer="momentum"),
     "mlp-digits/int8": TrainConfig(batch=8, lr=0.05, dtype="int8"),
     "cnn-fashion/int8": TrainConfig(batch=2, lr=0.01, dtype="int8"),
+    "eognet-blink/int8": TrainConfig(batch=4, lr=0.01, dtype="int8"),  # pools, ELU
 }
 
 

@@ -597,10 +597,16 @@ def test_act_q8_in_place_forward():
     assert_same(got.read("e_y"), want.read("e_y"), "e_y")
 
 
-POOL_CASES = {  # dims (C, H, W) or (C, L), iattrs (kh kw sh sw pads×4 count_include_pad)
+# dims (C, H, W) or (C, L), iattrs (kh kw sh sw pads×4 count_include_pad)[, x's exponent].
+# The integer forms (ep_q8_pool.c) take the forward, and a backward whose windows do not
+# overlap; overlapping windows (3x3) and an average over x at exponent 110 (its window
+# sums could overflow f32) keep the f32 kernels on scratch planes.
+POOL_CASES = {
     "2x2": ((3, 6, 8), (2, 2, 2, 2, 0, 0, 0, 0, 1)),
     "eeg_1x4": ((4, 18), (1, 4, 1, 4, 0, 0, 0, 0, 1)),
     "3x3_pad_exclusive": ((2, 7, 5), (3, 3, 2, 1, 1, 1, 1, 1, 0)),
+    "2x2_pad_exclusive": ((2, 5, 7), (2, 2, 2, 2, 1, 1, 1, 1, 0)),
+    "2x2_exponent_110": ((3, 6, 8), (2, 2, 2, 2, 0, 0, 0, 0, 1), 110),
 }
 
 
@@ -609,7 +615,7 @@ POOL_CASES = {  # dims (C, H, W) or (C, L), iattrs (kh kw sh sw pads×4 count_in
 def test_pool2d_q8_is_the_f32_chain(target, rng, case, kind):
     """AVGPOOL2D_Q8 and MAXPOOL2D_Q8 (whose backward reads x's codes: overlapping windows
     in the 3×3 case, where dx sums several dy)."""
-    dims, attrs = POOL_CASES[case]
+    dims, attrs, *e_x = POOL_CASES[case]
     is_max = kind == "max"
     if is_max:
         attrs = attrs[:-1] + (0,)  # count_include_pad is the average's
@@ -626,7 +632,7 @@ def test_pool2d_q8_is_the_f32_chain(target, rng, case, kind):
     def build(fused):
         qg = il.QGraph("poolq" if fused else "poolq_chain", mb)
         qg.add("x", dims, DType.S8, B, x)
-        qg.exp("e_x", -5)
+        qg.exp("e_x", e_x[0] if e_x else -5)
         qg.add("dy", out, DType.S8, B, dy)
         qg.exp("e_dy", -10)
         qg.add("y", out, DType.S8, B)

@@ -188,6 +188,14 @@ ep_status_t ep_pool2d_check(const ep_model_t *m, const ep_node_t *nd, uint16_t x
                             uint8_t dtype, const char **why);
 
 /**
+ * Window (oy, ox): the input rows [*y0, *y1) and columns [*x0, *x1) it covers, and the
+ * average's divisor *d (0.0f for a window wholly in the padding), as the kernels below
+ * compute them.
+ */
+void ep_pool2d_window(const ep_pool2d_params_t *p, uint32_t oy, uint32_t ox, uint32_t *y0, uint32_t *y1,
+                      uint32_t *x0, uint32_t *x1, float *d);
+
+/**
  * AvgPool2d forward: y[i][c][oy][ox] = (Σ of x over the window's elements inside the
  * input) / D, D = kh·kw if count_include_pad else the number of those elements
  * (padding is zero). One division per output (as PyTorch).

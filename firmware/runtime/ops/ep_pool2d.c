@@ -47,6 +47,13 @@ static float divisor(const ep_pool2d_params_t *p, uint32_t nr, uint32_t nc) {
     return p->count_include_pad ? (float)(p->kh * p->kw) : (float)(nr * nc);
 }
 
+void ep_pool2d_window(const ep_pool2d_params_t *p, uint32_t oy, uint32_t ox, uint32_t *y0, uint32_t *y1,
+                      uint32_t *x0, uint32_t *x1, float *d) {
+    window(oy, p->sh, p->pad_top, p->kh, p->h_in, y0, y1);
+    window(ox, p->sw, p->pad_left, p->kw, p->w_in, x0, x1);
+    *d = divisor(p, *y1 - *y0, *x1 - *x0);
+}
+
 static void avgpool2d_fw_f32_planes(const ep_pool2d_params_t *p, const float *restrict x, float *restrict y) {
     const uint32_t W = p->w_in, hw = p->h_in * W, Wo = p->w_out, nc_all = p->n * p->c;
     for (uint32_t ch = 0; ch < nc_all; ch++, x += hw) {

@@ -14,8 +14,9 @@
  * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
  * int8"): operands are read from their codes (code · 2^e, exact, as DEQUANTIZE), and an
  * int8 output takes two passes: the largest magnitude first (its exponent, as QUANTIZE
- * picks it), then the codes. They run on one core (no cluster split): the planes share
- * the node's one scratch plane.
+ * picks it), then the codes. The average and max pools take integer forms where those
+ * are exact (below: no scratch planes, split by plane over a cluster); the rest runs on
+ * one core, the planes sharing the node's one scratch plane.
  */
 #include <stddef.h>
 
@@ -79,6 +80,7 @@ typedef struct {
     const int8_t *a, *x; /* the node's input (x or dy), and x for the max pool's backward */
     float sa, sx;
     float *buf;
+    int8_t *out; /* the integer forms' output */
 } pool_q8_t;
 
 static void dequant_plane(const int8_t *a, float s, uint32_t len, float *dst) {
@@ -112,6 +114,118 @@ static float pool_q8_pass(const pool_q8_t *q, int32_t e, int8_t *out) {
     return amax;
 }
 
+/*
+ * The integer forms, where the f32 pooling of dequantized codes is exact up to its one
+ * rounding (so they give its bits without the scratch planes, and split by plane over a
+ * cluster through ep_q8_two_pass):
+ *   - the average's window sum: integers times 2^e add exactly in f32 (|sum| < 2^24; e ≤
+ *     EP_Q8_POOL_EXP_MAX keeps it finite), so it is the codes' integer sum · 2^e, then the
+ *     kernel's one division by D;
+ *   - the max: the value of the largest code (the scan takes the first largest);
+ *   - a backward whose windows do not overlap: each input element gets at most one
+ *     window's share (0 + v = v): dy/D, or dy at the max's first largest code.
+ */
+#define EP_Q8_POOL_EXP_MAX 100
+
+static bool pool_q8_int_ok(const pool_q8_t *q, int32_t e_a) {
+    if (q->fw) {
+        return q->is_max || e_a <= EP_Q8_POOL_EXP_MAX;
+    }
+    return q->p.sh >= q->p.kh && q->p.sw >= q->p.kw; /* windows do not overlap */
+}
+
+/* Window (oy, ox) as ep_pool2d_window gives it; inline when there is no padding (every
+ * window then starts inside the input). */
+static inline void pool_q8_window(const ep_pool2d_params_t *p, bool unpadded, uint32_t oy, uint32_t ox, uint32_t *y0,
+                                  uint32_t *y1, uint32_t *x0, uint32_t *x1, float *d) {
+    if (!unpadded) {
+        ep_pool2d_window(p, oy, ox, y0, y1, x0, x1, d);
+        return;
+    }
+    *y0 = oy * p->sh;
+    *x0 = ox * p->sw;
+    *y1 = *y0 + p->kh < p->h_in ? *y0 + p->kh : p->h_in;
+    *x1 = *x0 + p->kw < p->w_in ? *x0 + p->kw : p->w_in;
+    *d = p->count_include_pad ? (float)(p->kh * p->kw) : (float)((*y1 - *y0) * (*x1 - *x0));
+}
+
+/* The largest code of the window (its first, in the scan's order, at *at) and the codes' sum. */
+static int32_t window_max(const int8_t *x, uint32_t W, uint32_t y0, uint32_t y1, uint32_t x0, uint32_t x1,
+                          uint32_t *at) {
+    int32_t best = -129;
+    for (uint32_t iy = y0; iy < y1; iy++) {
+        for (uint32_t ix = x0; ix < x1; ix++) {
+            if (x[iy * W + ix] > best) {
+                best = x[iy * W + ix];
+                *at = iy * W + ix;
+            }
+        }
+    }
+    return best;
+}
+
+static int32_t window_sum(const int8_t *x, uint32_t W, uint32_t y0, uint32_t y1, uint32_t x0, uint32_t x1) {
+    int32_t sum = 0;
+    for (uint32_t iy = y0; iy < y1; iy++) {
+        for (uint32_t ix = x0; ix < x1; ix++) {
+            sum += x[iy * W + ix];
+        }
+    }
+    return sum;
+}
+
+static float pool_q8_int_pass(void *arg, uint32_t k0, uint32_t k1, const int32_t *e) {
+    const pool_q8_t *q = arg;
+    const ep_pool2d_params_t *p = &q->p;
+    const bool fw = q->fw, is_max = q->is_max;
+    const bool unpadded = (p->pad_top | p->pad_bottom | p->pad_left | p->pad_right) == 0;
+    const uint32_t W = p->w_in, hw = p->h_in * W, howo = p->h_out * p->w_out;
+    const float sa = q->sa, qs = e != NULL ? ep_q8_quant_scale(*e) : 0.0f;
+    float amax = 0.0f;
+    for (uint32_t k = k0; k < k1; k++) {
+        const int8_t *xk = fw ? q->a + k * hw : q->x + k * hw, *dy = q->a + k * howo;
+        int8_t *o = q->out + k * (fw ? howo : hw);
+        for (uint32_t j = 0; e != NULL && !fw && j < hw; j++) {
+            o[j] = 0; /* elements in no window */
+        }
+        for (uint32_t oy = 0, at = 0; oy < p->h_out; oy++) {
+            for (uint32_t ox = 0; ox < p->w_out; ox++, at++) {
+                uint32_t y0, y1, x0, x1, best_at = 0;
+                float d, v;
+                pool_q8_window(p, unpadded, oy, ox, &y0, &y1, &x0, &x1, &d);
+                if (y1 == y0 || x1 == x0) {
+                    if (fw && e != NULL) {
+                        o[at] = 0;
+                    }
+                    continue;
+                }
+                if (fw) {
+                    v = is_max ? (float)window_max(xk, W, y0, y1, x0, x1, &best_at) * sa
+                               : (float)window_sum(xk, W, y0, y1, x0, x1) * sa / d;
+                } else {
+                    if (is_max) {
+                        (void)window_max(xk, W, y0, y1, x0, x1, &best_at);
+                    }
+                    v = is_max ? (float)dy[at] * sa : (float)dy[at] * sa / d;
+                }
+                if (e == NULL) {
+                    amax = ep_q8_maxabs_step(amax, v);
+                } else if (fw || is_max) {
+                    o[fw ? at : best_at] = ep_q8_quantize_s(v, qs);
+                } else {
+                    const int8_t code = ep_q8_quantize_s(v, qs);
+                    for (uint32_t iy = y0; iy < y1; iy++) {
+                        for (uint32_t ix = x0; ix < x1; ix++) {
+                            o[iy * W + ix] = code;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return amax;
+}
+
 static void pool_q8_run(const ep_ctx_t *c, const ep_node_t *nd, bool is_max) {
     const bool fw = nd->fn == EP_FN_FW;
     pool_q8_t q = {.p = ep_pool2d_geom(c->model, nd, fw ? nd->in[0] : nd->out[0], fw ? nd->out[0] : nd->in[0]),
@@ -121,6 +235,12 @@ static void pool_q8_run(const ep_ctx_t *c, const ep_node_t *nd, bool is_max) {
     if (!fw && is_max) {
         q.x = ep_ctx_s8(c, nd->in[2]);
         q.sx = ep_q8_ctx_scale(c, nd->in[3]);
+    }
+    if (pool_q8_int_ok(&q, ep_q8_exp(ep_ctx_i32(c, nd->in[1])[0]))) {
+        q.out = ep_ctx_s8(c, nd->out[0]);
+        const uint64_t work = (uint64_t)q.p.n * q.p.c * q.p.h_in * q.p.w_in * EP_Q8_PAR_ELEM;
+        ep_ctx_i32(c, nd->out[1])[0] = ep_q8_two_pass(q.p.n * q.p.c, work, pool_q8_int_pass, &q);
+        return;
     }
     const int32_t e = ep_q8_exp_for_maxabs(pool_q8_pass(&q, 0, NULL));
     pool_q8_pass(&q, e, ep_ctx_s8(c, nd->out[0]));
