@@ -204,7 +204,7 @@ void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a
                    int32_t *restrict c, uint32_t ldc, bool accumulate);
 
 /** MACs a core should get before an int8 product or node splits its work over a cluster. */
-#define EP_Q8_PAR_MACS 4096u
+#define EP_Q8_PAR_MACS 256u
 /** What one element of an element-wise pass counts for, in MACs, against EP_Q8_PAR_MACS. */
 #define EP_Q8_PAR_ELEM 4u
 /** The largest team the int8 forms split over (partial results on the stack). */
