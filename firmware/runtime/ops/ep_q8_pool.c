@@ -183,7 +183,7 @@ static float pool_q8_int_pass(void *arg, uint32_t k0, uint32_t k1, const int32_t
     const float sa = q->sa, qs = e != NULL ? ep_q8_quant_scale(*e) : 0.0f;
     float amax = 0.0f;
     for (uint32_t k = k0; k < k1; k++) {
-        const int8_t *xk = fw ? q->a + k * hw : q->x + k * hw, *dy = q->a + k * howo;
+        const int8_t *xk = fw ? q->a + k * hw : (is_max ? q->x + k * hw : NULL), *dy = q->a + k * howo;
         int8_t *o = q->out + k * (fw ? howo : hw);
         for (uint32_t j = 0; e != NULL && !fw && j < hw; j++) {
             o[j] = 0; /* elements in no window */
