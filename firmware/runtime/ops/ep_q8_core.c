@@ -459,6 +459,31 @@ static uint32_t mag_or(const int32_t *restrict p, uint32_t n) {
  * carries into q exactly when bit s-1 of r is set).
  */
 static void shift_sat(const int32_t *restrict p, uint32_t n, int32_t s, int8_t *restrict y) {
+#if EP_Q8_SIMD
+    /* Four at a time: QADD of 2^(s-1) (it saturates only above INT32_MAX − 2^(s-1), where
+     * both forms give 127 for s ≤ 24), ASR, SSAT to [-128, 127], the four bytes in one
+     * word (PKHBT, UXTB16), then SSUB8 + SEL for the −127 floor of all four, one STR. */
+    if (s >= 1 && s <= 24) {
+        const int32_t half = 1 << (s - 1);
+        const uint32_t floor4 = 0x81818181u; /* −127 in every byte */
+        uint32_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            const int32_t a = __ssat(__qadd(p[i], half) >> s, 8), b = __ssat(__qadd(p[i + 1], half) >> s, 8);
+            const int32_t c = __ssat(__qadd(p[i + 2], half) >> s, 8), d = __ssat(__qadd(p[i + 3], half) >> s, 8);
+            uint32_t ac, bd, t; /* PKHBT (a, c) and (b, d), then UXTB16: bytes a, c and b, d */
+            __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(ac) : "r"(a), "r"(c));
+            __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(bd) : "r"(b), "r"(d));
+            const uint32_t w = (uint32_t)__uxtb16((int8x4_t)ac) | ((uint32_t)__uxtb16((int8x4_t)bd) << 8);
+            __asm__("ssub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(t) : "r"(w), "r"(floor4) : "cc");
+            st32(y + i, t);
+        }
+        for (; i < n; i++) {
+            const int32_t v = p[i];
+            y[i] = ep_q8_sat8((v >> s) + ((v >> (s - 1)) & 1));
+        }
+        return;
+    }
+#endif
     if (s >= 1 && s <= 31) {
         for (uint32_t i = 0; i < n; i++) {
             const int32_t v = p[i];
