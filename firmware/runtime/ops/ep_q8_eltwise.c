@@ -203,19 +203,43 @@ static ep_status_t act_q8_prepare(const ep_model_t *m, const ep_node_t *nd, cons
 }
 
 /* The input gradient's passes over elements [i0, i1) (ep_q8_two_pass). dx may be dy or t:
- * element i is read before it is written. */
+ * element i is read before it is written. With keep (every g is 0 or 1: ReLU6), dy · sd ·
+ * g[t] is dy · sd or 0, exactly, so the largest magnitude is the largest |dy| kept times sd,
+ * and a code is dy shifted left by e_dy − e_dx (never right: the kept |dy| fit in the new
+ * exponent) or 0: integers only, the same bits. */
 typedef struct {
     const int8_t *dy, *t;
     int8_t *dx;
     float sd;
     const float *g;
+    const uint8_t *keep;
 } act_bwi_job_t;
+
+/* k with sd · qs = 2^k, 0 ≤ k ≤ 7, or -1. */
+static int32_t act_q8_shift(float sd, float qs) {
+    const float f = sd * qs;
+    for (int32_t k = 0; k < 8; k++) {
+        if (f == (float)(1u << k)) {
+            return k;
+        }
+    }
+    return -1;
+}
 
 static float act_q8_bw_pass(void *arg, uint32_t i0, uint32_t i1, const int32_t *e) {
     const act_bwi_job_t *b = arg;
     const int8_t *dy = b->dy, *t = b->t; /* locals: the int8 stores could alias *b */
     const float sd = b->sd, *g = b->g;
+    const uint8_t *keep = b->keep;
     int8_t *dx = b->dx;
+    if (e == NULL && keep != NULL) {
+        int32_t m = 0;
+        for (uint32_t i = i0; i < i1; i++) {
+            const int32_t a = keep[(uint8_t)t[i]] ? (dy[i] < 0 ? -dy[i] : dy[i]) : 0;
+            m = a > m ? a : m;
+        }
+        return (float)m * sd;
+    }
     float amax = 0.0f;
     if (e == NULL) {
         for (uint32_t i = i0; i < i1; i++) {
@@ -224,6 +248,13 @@ static float act_q8_bw_pass(void *arg, uint32_t i0, uint32_t i1, const int32_t *
         return amax;
     }
     const float qs = ep_q8_quant_scale(*e);
+    const int32_t k = keep != NULL ? act_q8_shift(sd, qs) : -1;
+    if (k >= 0) {
+        for (uint32_t i = i0; i < i1; i++) {
+            dx[i] = (int8_t)(keep[(uint8_t)t[i]] ? dy[i] * (1 << k) : 0);
+        }
+        return amax;
+    }
     for (uint32_t i = i0; i < i1; i++) {
         dx[i] = ep_q8_quantize_s((float)dy[i] * sd * g[(uint8_t)t[i]], qs);
     }
@@ -240,6 +271,8 @@ static void act_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     const int k = act_index(nd->iattr[0]);
     const ep_act_params_t p = {.count = EP_Q8_CHUNK, .alpha = nd->fattr[0]};
     float g[256], ones[EP_Q8_CHUNK], tv[EP_Q8_CHUNK];
+    uint8_t keep[256];
+    bool binary = true;
     for (uint32_t j = 0; j < EP_Q8_CHUNK; j++) {
         ones[j] = 1.0f;
     }
@@ -249,7 +282,11 @@ static void act_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
         }
         ACTS[k].bw(&p, ones, tv, g + u0);
     }
-    act_bwi_job_t b = {dy, t, ep_ctx_s8(c, nd->out[0]), sd, g};
+    for (uint32_t u = 0; u < 256u; u++) {
+        keep[u] = g[u] == 1.0f;
+        binary = binary && (keep[u] || g[u] == 0.0f);
+    }
+    act_bwi_job_t b = {dy, t, ep_ctx_s8(c, nd->out[0]), sd, g, binary ? keep : NULL};
     ep_ctx_i32(c, nd->out[1])[0] = ep_q8_two_pass(count, (uint64_t)count * EP_Q8_PAR_ELEM, act_q8_bw_pass, &b);
 }
 

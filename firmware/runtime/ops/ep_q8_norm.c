@@ -46,6 +46,57 @@ static void dsums_s8(const int8_t *dy, float sg, const int8_t *x, float sx, uint
     EP_NORM_DSUMS_BODY(int8_t, LOAD_S8_G, int8_t, LOAD_S8_X);
 }
 
+/* A channel with at least this many elements goes through a code table (ep_q8.h): the
+ * map of its 256 code values computed once, then a lookup per element. */
+#define BNQ_TABLE_MIN 128u
+
+/* The reductions through tables of the 256 code values, each the f32 body's own operand:
+ * xv[x] = x·s for the moments; gv[g] = g·sg and xm[x] = x·sx − mean for the dsums (xm − 0
+ * is xm exactly). Two lookups per element instead of two conversions and scalings. */
+#define LOAD_T_V(p, j) (xv[(uint8_t)(p)[j]])
+#define LOAD_T_G(p, j) (gv[(uint8_t)(p)[j]])
+#define LOAD_T_X(p, j) (xm[(uint8_t)(p)[j]])
+
+static void moments_tab(const int8_t *x, const float *xv, uint32_t reps, uint32_t len, uint32_t stride, float *mean,
+                        float *var) {
+    EP_NORM_MOMENTS_BODY(int8_t, LOAD_T_V);
+}
+
+static void dsums_tab(const int8_t *dy, const float *gv, const int8_t *x, const float *xm, uint32_t reps, uint32_t len,
+                      uint32_t stride, float *sdy, float *sdyx) {
+    const float mean = 0.0f;
+    EP_NORM_DSUMS_BODY(int8_t, LOAD_T_G, int8_t, LOAD_T_X);
+}
+
+/* moments_s8 / dsums_s8 over reps runs of len, through the tables where they pay. */
+static void bnq_moments(const int8_t *x, float s, uint32_t reps, uint32_t len, uint32_t stride, float *mean,
+                        float *var) {
+    if (reps * len < BNQ_TABLE_MIN) {
+        moments_s8(x, s, reps, len, stride, mean, var);
+        return;
+    }
+    float xv[256];
+    for (uint32_t u = 0; u < 256u; u++) {
+        xv[u] = (float)(int8_t)(uint8_t)u * s;
+    }
+    moments_tab(x, xv, reps, len, stride, mean, var);
+}
+
+static void bnq_dsums(const int8_t *dy, float sg, const int8_t *x, float sx, uint32_t reps, uint32_t len,
+                      uint32_t stride, float mean, float *sdy, float *sdyx) {
+    if (reps * len < BNQ_TABLE_MIN) {
+        dsums_s8(dy, sg, x, sx, reps, len, stride, mean, sdy, sdyx);
+        return;
+    }
+    float gv[256], xm[256];
+    for (uint32_t u = 0; u < 256u; u++) {
+        const float v = (float)(int8_t)(uint8_t)u;
+        gv[u] = v * sg;
+        xm[u] = v * sx - mean;
+    }
+    dsums_tab(dy, gv, x, xm, reps, len, stride, sdy, sdyx);
+}
+
 /* ---- BATCHNORM_Q8 ------------------------------------------------------------------- */
 
 typedef struct {
@@ -79,10 +130,6 @@ static float bnq_run(const int8_t *x, float sx, uint32_t hw, float mean, float s
     }
     return amax;
 }
-
-/* A channel with at least this many elements goes through a code table (ep_q8.h): the
- * map of its 256 code values computed once, then a lookup per element. */
-#define BNQ_TABLE_MIN 128u
 
 /* The channel's map over the 256 code values (the same expression as bnq_run): with seen,
  * the largest magnitude over the codes seen; with table, their codes at exponent e. */
@@ -207,7 +254,7 @@ static float bnq_bw_input_pass(void *arg, uint32_t c0, uint32_t c1, const int32_
         if (e == NULL) {
             const float k = b->saved[C + ch];
             float sdy, sdyx;
-            dsums_s8(b->dy + ch * hw, b->sg, b->x + ch * hw, b->sx, n, hw, stride, mean, &sdy, &sdyx);
+            bnq_dsums(b->dy + ch * hw, b->sg, b->x + ch * hw, b->sx, n, hw, stride, mean, &sdy, &sdyx);
             k3[0] = b->gamma[ch] * k;
             k3[1] = sdy * inv_m;
             k3[2] = k * k * sdyx * inv_m;
@@ -322,7 +369,7 @@ static void bnq_stats(void *arg, uint32_t c0, uint32_t c1) {
     const ep_batchnorm_params_t *p = t->p;
     for (uint32_t ch = c0; ch < c1; ch++) {
         float mean, var;
-        moments_s8(t->x + ch * p->hw, t->s, p->n, p->hw, p->c * p->hw, &mean, &var);
+        bnq_moments(t->x + ch * p->hw, t->s, p->n, p->hw, p->c * p->hw, &mean, &var);
         ep_bn_store_stats(p, ch, mean, var, t->saved, t->rm, t->rv);
     }
 }
@@ -365,8 +412,8 @@ static void bnq_bw_param(void *arg, uint32_t c0, uint32_t c1) {
     const ep_batchnorm_params_t *p = b->p;
     for (uint32_t ch = c0; ch < c1; ch++) {
         float sdy, sdyx;
-        dsums_s8(b->dy + ch * p->hw, b->sg, b->x + ch * p->hw, b->sx, p->n, p->hw, p->c * p->hw, b->saved[ch], &sdy,
-                 &sdyx);
+        bnq_dsums(b->dy + ch * p->hw, b->sg, b->x + ch * p->hw, b->sx, p->n, p->hw, p->c * p->hw, b->saved[ch], &sdy,
+                  &sdyx);
         b->dgamma[ch] = sdyx * b->saved[p->c + ch];
         b->dbeta[ch] = sdy;
     }
