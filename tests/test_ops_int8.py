@@ -242,6 +242,12 @@ CONV_CASES = {
     "depthwise_bands": (1, 2, 30, 140, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True),
     "depthwise_1d": (2, 4, 1, 30, 4, (1, 5), (1, 1), (0, 0, 2, 2), (1, 1), 4, True),
     "depthwise_pad_beyond_kernel": (1, 2, 5, 6, 2, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 2, False),
+    # the column path (one-column kernels over all input rows, ep_q8_rows_mac / ep_q8_dot_s8):
+    # an odd row count and a row length that is no multiple of 4; kernel rows in the padding
+    # (input rows 1 and 4 of 5 only); more rows than one weight table holds (64)
+    "column_odd_rows_tail": (2, 3, 5, 23, 6, (5, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3, True),
+    "column_padded_dilated": (2, 2, 5, 18, 4, (3, 1), (1, 1), (2, 0, 0, 0), (3, 1), 2, False),
+    "column_70_rows": (1, 1, 70, 9, 2, (70, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, False),
 }
 
 

@@ -258,6 +258,17 @@ void ep_q8_pack(const int8_t *restrict src, uint32_t I, uint32_t J, uint32_t si,
                 const int32_t *restrict e_j, int32_t e_lo, int16_t *restrict dst, uint32_t Jp);
 
 /**
+ * out[w] += Σ_{k<K} src[k·rs + w] · wk[k·ws] for w < n: K int8 rows (rs apart) times one
+ * int16 weight each, into int32 sums (a conv whose kernel is one column: EEGNet's
+ * spatial filter). With SIMD, two rows per SMLAD.
+ */
+void ep_q8_rows_mac(const int8_t *src, uint32_t rs, uint32_t K, const int16_t *wk, uint32_t ws, uint32_t n,
+                    int32_t *out);
+
+/** Σ_{i<n} a[i]·b[i] over int8 (two per SMLAD with SIMD). */
+int32_t ep_q8_dot_s8(const int8_t *a, const int8_t *b, uint32_t n);
+
+/**
  * Widen int8 to the A panels of ep_q8_dot_s16: A(r, t) = src[r·sr + t·st] for
  * t < T, 0 for T ≤ t < Tp (Tp even), r < R. Fast with SIMD when st = 1 (rows
  * contiguous) or sr = 1 (a panel's rows contiguous: a transposed source).

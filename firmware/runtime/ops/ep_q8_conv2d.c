@@ -391,6 +391,48 @@ static void dw_run(dw_groups_t run, const void *f, uint32_t i, uint32_t groups, 
     ep_q8_split(groups, 1, d.team, dw_range, &j);
 }
 
+/* ---- the column path: one input channel per group, a one-column kernel over all rows -- */
+
+/*
+ * A conv with one input channel per group, a kernel one column wide (kw = 1, no column
+ * stride or padding) and one output row (the kernel spans the padded input rows:
+ * EEGNet's and EOGNet's spatial filter over the electrodes) is, per output channel, a
+ * weighted sum of whole input rows: fw y[co] = Σ_ki x[row ki]·W[co][ki]; bw_input
+ * dx[row ki] = Σ_co∈g dy[co]·W[co][ki]; bw_param dW[co][ki] = Σ_w dy[co][w]·x[row ki][w].
+ * So it runs as ep_q8_rows_mac / ep_q8_dot_s8 over the codes as they lie, with no im2col
+ * (which took about 70 instructions per output there for 6 MACs). Groups split over a
+ * cluster's cores. The sums are the same integers.
+ */
+static bool col_path(const ep_conv2d_params_t *p) {
+    return p->c_in == p->groups && p->kw == 1 && p->sw == 1 && p->pad_left == 0 && p->pad_right == 0 &&
+           p->h_out == 1 && p->w_out == p->w_in;
+}
+
+/* The kernel rows [*k0, *k1) that land inside the input (output row 0). */
+static void col_rows(const ep_conv2d_params_t *p, uint32_t *k0, uint32_t *k1) {
+    uint32_t lo = p->kh, hi = 0;
+    for (uint32_t ki = 0; ki < p->kh; ki++) {
+        const int32_t ih = (int32_t)(ki * p->dh) - (int32_t)p->pad_top;
+        if (ih >= 0 && ih < (int32_t)p->h_in) {
+            lo = ki < lo ? ki : lo;
+            hi = ki + 1;
+        }
+    }
+    *k0 = lo < hi ? lo : 0;
+    *k1 = lo < hi ? hi : 0;
+}
+
+/* W [c_out][kh] as int16, each output channel's row shifted left by shift(co) (0: none). */
+static void col_weights(const ep_conv2d_params_t *p, const int8_t *w, const int32_t *e_w, int32_t e_lo, int16_t *w16) {
+    for (uint32_t co = 0; co < p->c_out; co++) {
+        int32_t sh = e_w != NULL ? ep_q8_exp(e_w[co]) - e_lo : 0;
+        sh = sh < 0 ? 0 : (sh > EP_Q8_SPREAD ? EP_Q8_SPREAD : sh);
+        for (uint32_t ki = 0; ki < p->kh; ki++) {
+            w16[co * p->kh + ki] = (int16_t)(w[co * p->kh + ki] * (1 << sh));
+        }
+    }
+}
+
 /* ---- node functions --------------------------------------------------------------------- */
 
 /* What one sample's forward sums need: geometry, operands and the widened weights. */
@@ -405,6 +447,7 @@ typedef struct {
     int16_t *cols;
     int8_t *cols8;
     dw_plan_t d; /* the direct path (d.band 0: im2col) */
+    bool col;    /* the column path (w16: W [c_out][kh]) */
 } conv_fw_t;
 
 /* acc [c_out][P] += sample i's correlations with W over groups [g0, g1), a band of output
@@ -469,6 +512,30 @@ static void fw_im2col(void *arg) {
     }
 }
 
+typedef struct {
+    const conv_fw_t *f;
+    uint32_t i;
+    int32_t *acc;
+} col_job_t;
+
+static void fw_col(void *arg, uint32_t g0, uint32_t g1) {
+    const col_job_t *j = arg;
+    const conv_fw_t *f = j->f;
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t M = p->c_out / p->groups;
+    uint32_t k0, k1;
+    col_rows(p, &k0, &k1);
+    if (k0 == k1) {
+        return;
+    }
+    const int8_t *x = ep_ctx_s8(f->c, f->nd->in[0]) + j->i * p->c_in * f->HW;
+    const uint32_t ih0 = k0 * p->dh - p->pad_top;
+    for (uint32_t co = g0 * M; co < g1 * M; co++) {
+        ep_q8_rows_mac(x + co / M * f->HW + ih0 * p->w_in, p->dh * p->w_in, k1 - k0, f->w16 + co * p->kh + k0, 1,
+                       p->w_in, j->acc + co * f->P);
+    }
+}
+
 /* acc [c_out][P] = bias + the convolution of sample i. */
 static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
     const ep_conv2d_params_t *p = &f->p;
@@ -487,6 +554,11 @@ static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
         dw_run(fw_direct, f, i, G, acc, (int16_t *)f->w16, f->d);
         return;
     }
+    if (f->col) {
+        col_job_t cj = {f, i, acc};
+        ep_q8_split(G, 1, ep_q8_team_for((uint64_t)f->P * p->c_out * f->J), fw_col, &cj);
+        return;
+    }
     const fw_job_t j = {f, i, acc};
     ep_par_fork(ep_q8_team_for((uint64_t)f->P * p->c_out * f->J), fw_im2col, (void *)&j);
 }
@@ -503,9 +575,11 @@ static void conv2d_q8_fw(const ep_ctx_t *c, const ep_node_t *nd) {
     const uint64_t sums = sums_bytes(C_FW, &p, per_sample);
     const conv_fw_t f = {p, c, nd, J, Jp, P, p.h_in * p.w_in, CHP, ep_q8_ctx_exp(c, nd->in[1], 0),
                          ep_ctx_i32(c, nd->in[3]), w16, cols, (int8_t *)(void *)(cols + CHP * Jp),
-                         direct_plan(C_FW, &p, scratch_bytes(C_FW, &p, per_sample) - sums)};
+                         direct_plan(C_FW, &p, scratch_bytes(C_FW, &p, per_sample) - sums), col_path(&p)};
     int8_t *y = ep_ctx_s8(c, nd->out[0]);
-    if (f.d.band == 0) {
+    if (f.col) {
+        col_weights(&p, ep_ctx_s8(c, nd->in[2]), NULL, 0, w16);
+    } else if (f.d.band == 0) {
         ep_q8_pack(ep_ctx_s8(c, nd->in[2]), p.c_out, J, J, 1, NULL, 0, w16, Jp);
     }
     int32_t e_y;
@@ -543,6 +617,7 @@ typedef struct {
     int32_t *dcols;
     const int8_t *w;
     dw_plan_t d; /* the direct path (d.band 0: im2col) */
+    bool col;    /* the column path (wt: W [c_out][kh], shifted by the folded exponents) */
 } conv_bwi_t;
 
 /* acc [c_in][HW] += sample i's input gradient over groups [g0, g1): per band of input rows
@@ -645,6 +720,30 @@ static void bwi_im2col(void *arg) {
     }
 }
 
+typedef struct {
+    const conv_bwi_t *f;
+    uint32_t i;
+    int32_t *acc;
+} col_bwi_job_t;
+
+/* Input rows ih = ki·dh − pad_top of groups [g0, g1): Σ over the group's channels of dy ·
+ * W[co][ki]; rows no kernel row lands on stay 0. */
+static void bwi_col(void *arg, uint32_t g0, uint32_t g1) {
+    const col_bwi_job_t *j = arg;
+    const conv_bwi_t *f = j->f;
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t M = p->c_out / p->groups;
+    uint32_t k0, k1;
+    col_rows(p, &k0, &k1);
+    for (uint32_t g = g0; g < g1; g++) {
+        for (uint32_t ki = k0; ki < k1; ki++) {
+            const uint32_t ih = ki * p->dh - p->pad_top;
+            ep_q8_rows_mac(f->dy + (j->i * p->c_out + g * M) * f->P, f->P, M, f->wt + g * M * p->kh + ki, p->kh,
+                           p->w_in, j->acc + g * f->HW + ih * p->w_in);
+        }
+    }
+}
+
 /* acc [c_in][HW] = the input-gradient sums of sample i (dy · W, scattered back by col2im). */
 static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
     const ep_conv2d_params_t *p = &f->p;
@@ -653,6 +752,11 @@ static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
     }
     if (f->d.band != 0) {
         dw_run(bwi_direct, f, i, p->groups, acc, (int16_t *)f->wt, f->d);
+        return;
+    }
+    if (f->col) {
+        col_bwi_job_t cj = {f, i, acc};
+        ep_q8_split(p->groups, 1, ep_q8_team_for((uint64_t)f->P * p->c_out * f->J), bwi_col, &cj);
         return;
     }
     const bwi_job_t j = {f, i, acc};
@@ -671,10 +775,14 @@ static void conv2d_q8_bw_input(const ep_ctx_t *c, const ep_node_t *nd) {
     const conv_bwi_t f = {p, ep_ctx_s8(c, nd->in[0]), e_w, ep_q8_weight_exp_lo(e_w, p.c_out), J, COgp,
                           p.h_out * p.w_out, HW, CHP, wt, dyt, (int32_t *)(void *)(dyt + CHP * COgp),
                           ep_ctx_s8(c, nd->in[2]),
-                          direct_plan(C_BWI, &p, scratch_bytes(C_BWI, &p, per_sample) - sums_bytes(C_BWI, &p, per_sample))};
+                          direct_plan(C_BWI, &p, scratch_bytes(C_BWI, &p, per_sample) - sums_bytes(C_BWI, &p, per_sample)),
+                          col_path(&p)};
     const int32_t e_base = ep_q8_ctx_exp(c, nd->in[1], 0) + f.e_lo;
     int8_t *dx = ep_ctx_s8(c, nd->out[0]);
-    for (uint32_t g = 0; f.d.band == 0 && g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
+    if (f.col) { /* dy · (W · 2^d): the same products as (dy · 2^d) · W */
+        col_weights(&p, ep_ctx_s8(c, nd->in[2]), e_w, f.e_lo, wt);
+    }
+    for (uint32_t g = 0; f.d.band == 0 && !f.col && g < G; g++) { /* Wᵀ per group: [J][cog], as A panels */
         ep_q8_pack_panels(ep_ctx_s8(c, nd->in[2]) + g * cog * J, J, cog, 1, J, wt + g * J * COgp, COgp);
     }
     int32_t e_dx;
@@ -726,6 +834,24 @@ static void bwp_direct(const void *fv, uint32_t i0, int32_t *acc, uint32_t g0, u
                     ep_q8_corr_s16(plane, wi, p->kh, p->kw, p->dh, p->dw, dyb, nr, vp, p->sh, p->sw, acc + co * f->J,
                                    p->kw);
                 }
+            }
+        }
+    }
+}
+
+/* dW [co][ki] of groups [g0, g1) (acc zeroed): Σ over the samples of dy[co] · x's input
+ * row ki·dh − pad_top, one dot product of whole rows each. */
+static void bwp_col(void *arg, uint32_t g0, uint32_t g1) {
+    const conv_bwp_t *f = arg;
+    const ep_conv2d_params_t *p = &f->p;
+    const uint32_t M = p->c_out / p->groups;
+    uint32_t k0, k1;
+    col_rows(p, &k0, &k1);
+    for (uint32_t i = 0; i < p->n; i++) {
+        for (uint32_t co = g0 * M; co < g1 * M; co++) {
+            const int8_t *d = f->dy + (i * p->c_out + co) * f->P, *x = f->x + (i * p->c_in + co / M) * f->HW;
+            for (uint32_t ki = k0; ki < k1; ki++) {
+                f->acc[co * f->J + ki] += ep_q8_dot_s8(d, x + (ki * p->dh - p->pad_top) * p->w_in, p->w_in);
             }
         }
     }
@@ -793,14 +919,18 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     int8_t *cols8 = (int8_t *)(void *)(colt + J * CHPp);
 
     const dw_plan_t d = direct_plan(C_BWP, &p, scratch_bytes(C_BWP, &p, false));
-    for (uint32_t k = 0; (p.n == 0 || d.band != 0) && k < p.c_out * J; k++) { /* no chunk to overwrite them */
+    const bool col = col_path(&p);
+    for (uint32_t k = 0; (p.n == 0 || d.band != 0 || col) && k < p.c_out * J; k++) { /* no chunk to overwrite them */
         acc[k] = 0;
     }
     if (d.band != 0) {
         const conv_bwp_t f = {p, dy, x, acc, HW, P, J};
         dw_run(bwp_direct, &f, 0, G, acc, (int16_t *)(void *)scratch, d);
+    } else if (col) {
+        const conv_bwp_t f = {p, dy, x, acc, HW, P, J};
+        ep_q8_split(G, 1, ep_q8_team_for((uint64_t)p.n * P * p.c_out * J), bwp_col, (void *)&f);
     }
-    if (d.band == 0) {
+    if (d.band == 0 && !col) {
         const bwp_im2col_t b = {p, dy, x, acc, (int16_t *)(void *)scratch, colt, cols8, J, P, HW, CHR};
         ep_par_fork(ep_q8_team_for((uint64_t)p.n * P * p.c_out * J), bwp_im2col, (void *)&b);
     }

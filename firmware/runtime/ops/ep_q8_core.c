@@ -40,13 +40,18 @@ static inline uint32_t sxtb16(uint32_t w) {
     return (uint32_t)__sxtb16((int8x4_t)w);
 }
 
-/* PKHBT / PKHTB: (lo of a, lo of b) and (hi of a, hi of b). */
+/* PKHBT / PKHTB: (lo of a, lo of b) and (hi of a, hi of b); in asm, as GCC builds them
+ * from masks and shifts in 2 instructions each. */
 static inline uint32_t pack_lo(uint32_t a, uint32_t b) {
-    return (a & 0xFFFFu) | (b << 16);
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
 }
 
 static inline uint32_t pack_hi(uint32_t a, uint32_t b) {
-    return (a >> 16) | (b & 0xFFFF0000u);
+    uint32_t r;
+    __asm__("pkhtb %0, %2, %1, asr #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
 }
 
 #define MAC(acc, x, y) ((acc) = __smlad((int16x2_t)(x), (int16x2_t)(y), (acc)))
@@ -229,6 +234,84 @@ void ep_q8_dot_s16(uint32_t R, uint32_t Q, uint32_t T, const int16_t *restrict a
                    int32_t *restrict c, uint32_t ldc, bool accumulate) {
     dot_job_t j = {R, Q, T, ldc, a, b, c, accumulate};
     ep_q8_split(R, EP_Q8_PANEL, ep_q8_team_for((uint64_t)R * Q * T), dot_range, &j);
+}
+
+/* ---- rows of int8 times weights (convs with one-column kernels) ------------------- */
+
+/* Rows per weight table of ep_q8_rows_mac's SIMD loop (pairs held on the stack). */
+#define ROWS_CHUNK 64u
+
+void ep_q8_rows_mac(const int8_t *src, uint32_t rs, uint32_t K, const int16_t *wk, uint32_t ws, uint32_t n,
+                    int32_t *out) {
+#if EP_Q8_SIMD
+    /* Four outputs per step in registers; per two rows k, k + 1: one LDR of each row's four
+     * codes, SXTB16 (ROR 8) and PKHBT/PKHTB into (row k, row k + 1) pairs per output, four
+     * SMLADs against the weight pair. An odd last row: SMLABB/SMLATB. */
+    for (uint32_t k0 = 0; k0 < K; k0 += ROWS_CHUNK) {
+        const uint32_t kn = K - k0 < ROWS_CHUNK ? K - k0 : ROWS_CHUNK, pairs = kn / 2;
+        const int8_t *base = src + k0 * rs;
+        uint32_t wp[ROWS_CHUNK / 2];
+        for (uint32_t k = 0; k < pairs; k++) {
+            wp[k] = (uint16_t)wk[(k0 + 2 * k) * ws] | ((uint32_t)(uint16_t)wk[(k0 + 2 * k + 1) * ws] << 16);
+        }
+        const int32_t wlast = kn & 1u ? wk[(k0 + kn - 1) * ws] : 0;
+        uint32_t w = 0;
+        for (; w + 4 <= n; w += 4) {
+            int32_t s0 = out[w], s1 = out[w + 1], s2 = out[w + 2], s3 = out[w + 3];
+            const int8_t *r = base + w;
+            for (uint32_t k = 0; k < pairs; k++, r += 2 * rs) {
+                const uint32_t x0 = ld32(r), x1 = ld32(r + rs);
+                const uint32_t a = sxtb16(x0), b = sxtb16(x1), c = sxtb16_ror8(x0), d = sxtb16_ror8(x1);
+                s0 = (int32_t)__smlad((int16x2_t)pack_lo(a, b), (int16x2_t)wp[k], s0);
+                s1 = (int32_t)__smlad((int16x2_t)pack_lo(c, d), (int16x2_t)wp[k], s1);
+                s2 = (int32_t)__smlad((int16x2_t)pack_hi(a, b), (int16x2_t)wp[k], s2);
+                s3 = (int32_t)__smlad((int16x2_t)pack_hi(c, d), (int16x2_t)wp[k], s3);
+            }
+            if (kn & 1u) {
+                const uint32_t x0 = ld32(r), a = sxtb16(x0), c = sxtb16_ror8(x0);
+                s0 = (int32_t)__smlabb((int32_t)a, wlast, s0);
+                s1 = (int32_t)__smlabb((int32_t)c, wlast, s1);
+                s2 = (int32_t)__smlatb((int32_t)a, wlast, s2);
+                s3 = (int32_t)__smlatb((int32_t)c, wlast, s3);
+            }
+            out[w] = s0;
+            out[w + 1] = s1;
+            out[w + 2] = s2;
+            out[w + 3] = s3;
+        }
+        for (; w < n; w++) {
+            int32_t t = out[w];
+            for (uint32_t k = 0; k < kn; k++) {
+                t += (int32_t)base[k * rs + w] * wk[(k0 + k) * ws];
+            }
+            out[w] = t;
+        }
+    }
+#else
+    for (uint32_t w = 0; w < n; w++) {
+        int32_t t = out[w];
+        for (uint32_t k = 0; k < K; k++) {
+            t += (int32_t)src[k * rs + w] * wk[k * ws];
+        }
+        out[w] = t;
+    }
+#endif
+}
+
+int32_t ep_q8_dot_s8(const int8_t *a, const int8_t *b, uint32_t n) {
+    int32_t s = 0;
+    uint32_t i = 0;
+#if EP_Q8_SIMD
+    for (; i + 4 <= n; i += 4) { /* four codes per LDR: lanes (0, 2) and (1, 3) of both */
+        const uint32_t x = ld32(a + i), y = ld32(b + i);
+        s = (int32_t)__smlad((int16x2_t)sxtb16(x), (int16x2_t)sxtb16(y), s);
+        s = (int32_t)__smlad((int16x2_t)sxtb16_ror8(x), (int16x2_t)sxtb16_ror8(y), s);
+    }
+#endif
+    for (; i < n; i++) {
+        s += (int32_t)a[i] * b[i];
+    }
+    return s;
 }
 
 /* ---- direct correlation (the depthwise convs) -------------------------------------- */
