@@ -257,6 +257,20 @@ void ep_q8_corr_s16(const int16_t *restrict in, uint32_t ldi, uint32_t A, uint32
 void ep_q8_pack(const int8_t *restrict src, uint32_t I, uint32_t J, uint32_t si, uint32_t sj,
                 const int32_t *restrict e_j, int32_t e_lo, int16_t *restrict dst, uint32_t Jp);
 
+/** p[0..n) = v, four stores per step (the sums' bias or zero before a conv's products). */
+static inline void ep_q8_fill32(int32_t *p, int32_t v, uint32_t n) {
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        p[i] = v;
+        p[i + 1] = v;
+        p[i + 2] = v;
+        p[i + 3] = v;
+    }
+    for (; i < n; i++) {
+        p[i] = v;
+    }
+}
+
 /**
  * out[w] += Σ_{k<K} src[k·rs + w] · wk[k·ws] for w < n: K int8 rows (rs apart) times one
  * int16 weight each, into int32 sums (a conv whose kernel is one column: EEGNet's

@@ -546,9 +546,7 @@ static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
             b0 = ep_q8_bias_at(ep_ctx_i32(f->c, f->nd->in[4])[co], ep_q8_ctx_exp(f->c, f->nd->in[5], 0),
                                f->e_x + ep_q8_exp(f->e_w[co]));
         }
-        for (uint32_t q = 0; q < f->P; q++) {
-            acc[co * f->P + q] = b0;
-        }
+        ep_q8_fill32(acc + co * f->P, b0, f->P);
     }
     if (f->d.band != 0) {
         dw_run(fw_direct, f, i, G, acc, (int16_t *)f->w16, f->d);
@@ -747,9 +745,7 @@ static void bwi_col(void *arg, uint32_t g0, uint32_t g1) {
 /* acc [c_in][HW] = the input-gradient sums of sample i (dy · W, scattered back by col2im). */
 static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
     const ep_conv2d_params_t *p = &f->p;
-    for (uint32_t k = 0; k < p->c_in * f->HW; k++) {
-        acc[k] = 0;
-    }
+    ep_q8_fill32(acc, 0, p->c_in * f->HW);
     if (f->d.band != 0) {
         dw_run(bwi_direct, f, i, p->groups, acc, (int16_t *)f->wt, f->d);
         return;
@@ -920,8 +916,8 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
 
     const dw_plan_t d = direct_plan(C_BWP, &p, scratch_bytes(C_BWP, &p, false));
     const bool col = col_path(&p);
-    for (uint32_t k = 0; (p.n == 0 || d.band != 0 || col) && k < p.c_out * J; k++) { /* no chunk to overwrite them */
-        acc[k] = 0;
+    if (p.n == 0 || d.band != 0 || col) { /* no chunk to overwrite them */
+        ep_q8_fill32(acc, 0, p.c_out * J);
     }
     if (d.band != 0) {
         const conv_bwp_t f = {p, dy, x, acc, HW, P, J};
