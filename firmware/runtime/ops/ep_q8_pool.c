@@ -89,8 +89,9 @@ static void dequant_plane(const int8_t *a, float s, uint32_t len, float *dst) {
     }
 }
 
-/* One pass over the n·C planes: the f32 pooling (or its input gradient) of each dequantized
- * plane in the scratch; out NULL: the largest magnitude (returned), else codes at e. */
+/* One pass over the n·C planes, where the integer forms below do not apply: the f32
+ * average pooling or either pool's input gradient of each dequantized plane in the
+ * scratch; out NULL: the largest magnitude (returned), else codes at e. */
 static float pool_q8_pass(const pool_q8_t *q, int32_t e, int8_t *out) {
     const ep_pool2d_params_t *p = &q->p;
     const uint32_t hw = p->h_in * p->w_in, howo = p->h_out * p->w_out;
@@ -102,7 +103,7 @@ static float pool_q8_pass(const pool_q8_t *q, int32_t e, int8_t *out) {
     for (uint32_t k = 0; k < p->n * p->c; k++) {
         dequant_plane(q->a + k * in, q->sa, in, src);
         if (q->fw) {
-            (q->is_max ? ep_maxpool2d_fw_f32 : ep_avgpool2d_fw_f32)(&one, src, dst);
+            ep_avgpool2d_fw_f32(&one, src, dst);
         } else if (q->is_max) {
             dequant_plane(q->x + k * hw, q->sx, hw, xs);
             ep_maxpool2d_bw_input_f32(&one, src, xs, dst);
@@ -124,14 +125,21 @@ static float pool_q8_pass(const pool_q8_t *q, int32_t e, int8_t *out) {
  *   - the max: the value of the largest code (the scan takes the first largest);
  *   - a backward whose windows do not overlap: each input element gets at most one
  *     window's share (0 + v = v): dy/D, or dy at the max's first largest code.
+ * Overlapping backward windows (and an average above EP_Q8_POOL_EXP_MAX) take the f32
+ * path. (An integer max-pool backward with overlap, summing dy's codes in an int32
+ * plane, measured slower than it: two scans of every window against one.)
  */
 #define EP_Q8_POOL_EXP_MAX 100
+
+static bool pool_q8_overlap(const ep_pool2d_params_t *p) {
+    return p->sh < p->kh || p->sw < p->kw;
+}
 
 static bool pool_q8_int_ok(const pool_q8_t *q, int32_t e_a) {
     if (q->fw) {
         return q->is_max || e_a <= EP_Q8_POOL_EXP_MAX;
     }
-    return q->p.sh >= q->p.kh && q->p.sw >= q->p.kw; /* windows do not overlap */
+    return !pool_q8_overlap(&q->p);
 }
 
 /* Window (oy, ox) as ep_pool2d_window gives it; inline when there is no padding (every
@@ -153,14 +161,15 @@ static inline void pool_q8_window(const ep_pool2d_params_t *p, bool unpadded, ui
 static int32_t window_max(const int8_t *x, uint32_t W, uint32_t y0, uint32_t y1, uint32_t x0, uint32_t x1,
                           uint32_t *at) {
     int32_t best = -129;
+    const int8_t *bp = x;
     for (uint32_t iy = y0; iy < y1; iy++) {
-        for (uint32_t ix = x0; ix < x1; ix++) {
-            if (x[iy * W + ix] > best) {
-                best = x[iy * W + ix];
-                *at = iy * W + ix;
-            }
+        for (const int8_t *r = x + iy * W + x0, *end = x + iy * W + x1; r < end; r++) {
+            const int32_t v = *r;
+            bp = v > best ? r : bp;
+            best = v > best ? v : best;
         }
     }
+    *at = (uint32_t)(bp - x);
     return best;
 }
 
@@ -174,8 +183,76 @@ static int32_t window_sum(const int8_t *x, uint32_t W, uint32_t y0, uint32_t y1,
     return sum;
 }
 
+/* k with s · qs = 2^k, 0 ≤ k ≤ 7, or -1. */
+static int32_t pool_q8_shift(float s, float qs) {
+    const float f = s * qs;
+    for (int32_t k = 0; k < 8; k++) {
+        if (f == (float)(1u << k)) {
+            return k;
+        }
+    }
+    return -1;
+}
+
+/* Plane k's codes at the input's exponent, o[len] (first pass: what it holds), to codes at
+ * exponent e: a left shift where exact (the usual case: the pool picks among the codes,
+ * so the exponent can only fall), else QUANTIZE of the exact value code · s. */
+static void pool_q8_rescale(int8_t *o, uint32_t len, float s, int32_t e) {
+    const float qs = ep_q8_quant_scale(e);
+    const int32_t k = pool_q8_shift(s, qs);
+    for (uint32_t j = 0; k != 0 && j < len; j++) {
+        o[j] = k > 0 ? (int8_t)(o[j] * (1 << k)) : ep_q8_quantize_s((float)o[j] * s, qs);
+    }
+}
+
+/* The largest code of the window (the max pool's value: no position needed). */
+static int32_t window_max_code(const int8_t *x, uint32_t W, uint32_t y0, uint32_t y1, uint32_t x0, uint32_t x1) {
+    int32_t best = -129;
+    for (uint32_t iy = y0; iy < y1; iy++) {
+        const int8_t *r = x + iy * W;
+        for (uint32_t ix = x0; ix < x1; ix++) {
+            best = r[ix] > best ? r[ix] : best;
+        }
+    }
+    return best;
+}
+
+/*
+ * The max pool's forward in integers: the first pass writes each window's largest code
+ * (at x's exponent) and returns the largest magnitude; the second rescales those codes to
+ * the output's exponent (one scan of the windows instead of two).
+ */
+static float maxpool_q8_fw_pass(const pool_q8_t *q, uint32_t k0, uint32_t k1, const int32_t *e) {
+    const ep_pool2d_params_t *p = &q->p;
+    const bool unpadded = (p->pad_top | p->pad_bottom | p->pad_left | p->pad_right) == 0;
+    const uint32_t W = p->w_in, hw = p->h_in * W, howo = p->h_out * p->w_out;
+    int32_t mag = 0;
+    for (uint32_t k = k0; k < k1; k++) {
+        int8_t *o = q->out + k * howo;
+        if (e != NULL) {
+            pool_q8_rescale(o, howo, q->sa, *e);
+            continue;
+        }
+        const int8_t *xk = q->a + k * hw;
+        for (uint32_t oy = 0, at = 0; oy < p->h_out; oy++) {
+            for (uint32_t ox = 0; ox < p->w_out; ox++, at++) {
+                uint32_t y0, y1, x0, x1;
+                float d;
+                pool_q8_window(p, unpadded, oy, ox, &y0, &y1, &x0, &x1, &d);
+                const int32_t m = y1 == y0 || x1 == x0 ? 0 : window_max_code(xk, W, y0, y1, x0, x1);
+                o[at] = (int8_t)m;
+                mag = m > mag ? m : (-m > mag ? -m : mag);
+            }
+        }
+    }
+    return (float)mag * q->sa;
+}
+
 static float pool_q8_int_pass(void *arg, uint32_t k0, uint32_t k1, const int32_t *e) {
     const pool_q8_t *q = arg;
+    if (q->is_max && q->fw) {
+        return maxpool_q8_fw_pass(q, k0, k1, e);
+    }
     const ep_pool2d_params_t *p = &q->p;
     const bool fw = q->fw, is_max = q->is_max;
     const bool unpadded = (p->pad_top | p->pad_bottom | p->pad_left | p->pad_right) == 0;
@@ -199,9 +276,8 @@ static float pool_q8_int_pass(void *arg, uint32_t k0, uint32_t k1, const int32_t
                     }
                     continue;
                 }
-                if (fw) {
-                    v = is_max ? (float)window_max(xk, W, y0, y1, x0, x1, &best_at) * sa
-                               : (float)window_sum(xk, W, y0, y1, x0, x1) * sa / d;
+                if (fw) { /* the average (the max pool's forward is above) */
+                    v = (float)window_sum(xk, W, y0, y1, x0, x1) * sa / d;
                 } else {
                     if (is_max) {
                         (void)window_max(xk, W, y0, y1, x0, x1, &best_at);
