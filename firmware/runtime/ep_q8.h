@@ -170,6 +170,19 @@ static inline float ep_q8_quant_scale(int32_t e) {
     return ep_q8_pow2f(-e);
 }
 
+/** k with s · qs = 2^k exactly, 0 ≤ k ≤ 7, else -1: codes at scale s (2^e) re-expressed at
+ * qs (2^-e') by a left shift of k, exact, where an int8 form's output exponent fell
+ * below its input's (its outputs are some of its input codes, or 0). */
+static inline int32_t ep_q8_code_shift(float s, float qs) {
+    const float f = s * qs;
+    for (int32_t k = 0; k < 8; k++) {
+        if (f == (float)(1u << k)) {
+            return k;
+        }
+    }
+    return -1;
+}
+
 /** sat8(rint(x · 2^-e)) with NaN → 0; e in [EP_Q8_FEXP_MIN, EP_Q8_FEXP_MAX]. */
 static inline int8_t ep_q8_quantize1(float x, int32_t e) {
     return ep_q8_quantize_s(x, ep_q8_quant_scale(e));

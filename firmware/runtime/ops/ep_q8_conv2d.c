@@ -512,14 +512,8 @@ static void fw_im2col(void *arg) {
     }
 }
 
-typedef struct {
-    const conv_fw_t *f;
-    uint32_t i;
-    int32_t *acc;
-} col_job_t;
-
 static void fw_col(void *arg, uint32_t g0, uint32_t g1) {
-    const col_job_t *j = arg;
+    const fw_job_t *j = arg;
     const conv_fw_t *f = j->f;
     const ep_conv2d_params_t *p = &f->p;
     const uint32_t M = p->c_out / p->groups;
@@ -553,7 +547,7 @@ static void fw_sample(const conv_fw_t *f, uint32_t i, int32_t *acc) {
         return;
     }
     if (f->col) {
-        col_job_t cj = {f, i, acc};
+        fw_job_t cj = {f, i, acc};
         ep_q8_split(G, 1, ep_q8_team_for((uint64_t)f->P * p->c_out * f->J), fw_col, &cj);
         return;
     }
@@ -718,16 +712,10 @@ static void bwi_im2col(void *arg) {
     }
 }
 
-typedef struct {
-    const conv_bwi_t *f;
-    uint32_t i;
-    int32_t *acc;
-} col_bwi_job_t;
-
 /* Input rows ih = ki·dh − pad_top of groups [g0, g1): Σ over the group's channels of dy ·
  * W[co][ki]; rows no kernel row lands on stay 0. */
 static void bwi_col(void *arg, uint32_t g0, uint32_t g1) {
-    const col_bwi_job_t *j = arg;
+    const bwi_job_t *j = arg;
     const conv_bwi_t *f = j->f;
     const ep_conv2d_params_t *p = &f->p;
     const uint32_t M = p->c_out / p->groups;
@@ -751,7 +739,7 @@ static void bwi_sample(const conv_bwi_t *f, uint32_t i, int32_t *acc) {
         return;
     }
     if (f->col) {
-        col_bwi_job_t cj = {f, i, acc};
+        bwi_job_t cj = {f, i, acc};
         ep_q8_split(p->groups, 1, ep_q8_team_for((uint64_t)f->P * p->c_out * f->J), bwi_col, &cj);
         return;
     }

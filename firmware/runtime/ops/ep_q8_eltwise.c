@@ -215,17 +215,6 @@ typedef struct {
     const uint8_t *keep;
 } act_bwi_job_t;
 
-/* k with sd · qs = 2^k, 0 ≤ k ≤ 7, or -1. */
-static int32_t act_q8_shift(float sd, float qs) {
-    const float f = sd * qs;
-    for (int32_t k = 0; k < 8; k++) {
-        if (f == (float)(1u << k)) {
-            return k;
-        }
-    }
-    return -1;
-}
-
 static float act_q8_bw_pass(void *arg, uint32_t i0, uint32_t i1, const int32_t *e) {
     const act_bwi_job_t *b = arg;
     const int8_t *dy = b->dy, *t = b->t; /* locals: the int8 stores could alias *b */
@@ -248,7 +237,7 @@ static float act_q8_bw_pass(void *arg, uint32_t i0, uint32_t i1, const int32_t *
         return amax;
     }
     const float qs = ep_q8_quant_scale(*e);
-    const int32_t k = keep != NULL ? act_q8_shift(sd, qs) : -1;
+    const int32_t k = keep != NULL ? ep_q8_code_shift(sd, qs) : -1;
     if (k >= 0) {
         for (uint32_t i = i0; i < i1; i++) {
             dx[i] = (int8_t)(keep[(uint8_t)t[i]] ? dy[i] * (1 << k) : 0);

@@ -183,23 +183,12 @@ static int32_t window_sum(const int8_t *x, uint32_t W, uint32_t y0, uint32_t y1,
     return sum;
 }
 
-/* k with s · qs = 2^k, 0 ≤ k ≤ 7, or -1. */
-static int32_t pool_q8_shift(float s, float qs) {
-    const float f = s * qs;
-    for (int32_t k = 0; k < 8; k++) {
-        if (f == (float)(1u << k)) {
-            return k;
-        }
-    }
-    return -1;
-}
-
 /* Plane k's codes at the input's exponent, o[len] (first pass: what it holds), to codes at
  * exponent e: a left shift where exact (the usual case: the pool picks among the codes,
  * so the exponent can only fall), else QUANTIZE of the exact value code · s. */
 static void pool_q8_rescale(int8_t *o, uint32_t len, float s, int32_t e) {
     const float qs = ep_q8_quant_scale(e);
-    const int32_t k = pool_q8_shift(s, qs);
+    const int32_t k = ep_q8_code_shift(s, qs);
     for (uint32_t j = 0; k != 0 && j < len; j++) {
         o[j] = k > 0 ? (int8_t)(o[j] * (1 << k)) : ep_q8_quantize_s((float)o[j] * s, qs);
     }
