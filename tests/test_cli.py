@@ -119,7 +119,7 @@ def test_every_board_compiles_the_digits_model_within_its_arena(capsys):
 
 
 def test_a_board_short_of_flash_leaves_op_files_out(capsys, monkeypatch, tmp_path):
-    """nucleo-f446re's firmware leaves out the L3 ops and int8 attention ([runtime] omit_ops):
+    """nucleo-f446re's firmware leaves out the L3 ops and attention ([runtime] omit_ops):
     its build drops those files, and `host compile` refuses a model that needs them."""
     import dataclasses
 
@@ -127,8 +127,8 @@ def test_a_board_short_of_flash_leaves_op_files_out(capsys, monkeypatch, tmp_pat
     from host.boards import REPO_ROOT, load_board, omitted_ops, render_board_mk
 
     nucleo = load_board("nucleo-f446re")
-    assert omitted_ops(nucleo) == {"l3_load", "l3_store", "mhsa_q8", "seqpool_q8"}
-    assert "BOARD_OMIT := runtime/ops/ep_l3.c runtime/ops/ep_q8_attn.c" in render_board_mk(nucleo)
+    assert omitted_ops(nucleo) == {"l3_load", "l3_store", "mhsa_q8", "seqpool_q8", "mhsa"}
+    assert "BOARD_OMIT := runtime/ops/ep_l3.c runtime/ops/ep_q8_attn.c runtime/ops/ep_mhsa.c" in render_board_mk(nucleo)
     assert omitted_ops(load_board("mps2-an386")) == set()
     # a board without the linear layers' file cannot take mlp-digits
     short = dataclasses.replace(load_board("mps2-an386"), omit_ops=("ep_linear.c",))
