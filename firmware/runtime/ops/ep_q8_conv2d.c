@@ -14,12 +14,17 @@
  * sample's, and makes the sums twice: a first pass over the samples for the output
  * exponent (ep_q8_acc_mags), a second for the codes. The same bits either way; 1
  * costs the MACs twice and saves (max_batch − 1) samples of int32 sums.
- * Every product runs through ep_q8_dot_s16 over im2col rows built a chunk of whole
- * output rows (≤ EP_Q8_CONV_CHUNK positions, at least one row) at a time; padding
- * taps are zeros (symmetric quantisation: code 0 is the real 0), so they add nothing.
- * The im2col is int8 and tap-major ([J][positions], contiguous runs of input rows),
- * then widened into the A panels of ep_q8_dot_s16 (positions as rows in fw, taps in
- * bw_param), so every widening is a word-at-a-time SXTB16 pass.
+ * Three paths, the same integer sums:
+ *   - im2col (the general one): products through ep_q8_dot_s16 over im2col rows built a
+ *     chunk of whole output rows (≤ EP_Q8_CONV_CHUNK positions, at least one row) at a
+ *     time; padding taps are zeros (symmetric quantisation: code 0 is the real 0), so
+ *     they add nothing. The im2col is int8 and tap-major ([J][positions], contiguous
+ *     runs of input rows), then widened into the A panels of ep_q8_dot_s16 (positions
+ *     as rows in fw, taps in bw_param), so every widening is a word-at-a-time SXTB16 pass;
+ *   - direct (one input channel per group, kernels ≥ 2 wide: depthwise convs): 2-D
+ *     correlations of widened planes, ep_q8_corr_s16;
+ *   - column (one input channel per group, a one-column kernel over all input rows:
+ *     EEGNet's spatial filter): weighted sums of whole rows, ep_q8_rows_mac / ep_q8_dot_s8.
  */
 #include <string.h>
 
