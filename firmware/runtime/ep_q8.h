@@ -292,6 +292,9 @@ static inline void ep_q8_fill32(int32_t *p, int32_t v, uint32_t n) {
 void ep_q8_rows_mac(const int8_t *src, uint32_t rs, uint32_t K, const int16_t *wk, uint32_t ws, uint32_t n,
                     int32_t *out);
 
+/** Σ_{i<n} a[i] over int8 (four codes per load with SIMD). */
+int32_t ep_q8_sum_s8(const int8_t *a, uint32_t n);
+
 /** Σ_{i<n} a[i]·b[i] over int8 (two per SMLAD with SIMD). */
 int32_t ep_q8_dot_s8(const int8_t *a, const int8_t *b, uint32_t n);
 

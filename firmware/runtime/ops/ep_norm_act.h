@@ -88,14 +88,19 @@ void ep_norm_dsums_f32(const float *dy, const float *x, uint32_t reps, uint32_t 
         }                                                                             \
     }                                                                                 \
     const float mu = x0 + ((s0 + s1) + (s2 + s3)) / m_;                               \
+    EP_NORM_VAR_BODY(T, LX, mu)
+
+/* The second pass of the moments, given mu and m_: d = LX − SUB (SUB is mu, or 0 where
+ * LX already loads x − mu), then *mean = mu and *var. */
+#define EP_NORM_VAR_BODY(T, LX, SUB)                                                  \
     /* corrected two-pass: q = Σ d², c = Σ d with d = x − mu; var = (q − c²/m)/m */   \
     float q0 = 0.0f, q1 = 0.0f, q2 = 0.0f, q3 = 0.0f, c0 = 0.0f, c1 = 0.0f;           \
     for (uint32_t r = 0; r < reps; r++) {                                             \
         const T *xr = x + r * stride;                                                 \
         uint32_t j = 0;                                                               \
         for (; j + 4 <= len; j += 4) {                                                \
-            const float d0 = LX(xr, j) - mu, d1 = LX(xr, j + 1) - mu;                 \
-            const float d2 = LX(xr, j + 2) - mu, d3 = LX(xr, j + 3) - mu;             \
+            const float d0 = LX(xr, j) - (SUB), d1 = LX(xr, j + 1) - (SUB);           \
+            const float d2 = LX(xr, j + 2) - (SUB), d3 = LX(xr, j + 3) - (SUB);       \
             q0 = fmaf(d0, d0, q0);                                                    \
             q1 = fmaf(d1, d1, q1);                                                    \
             q2 = fmaf(d2, d2, q2);                                                    \
@@ -104,7 +109,7 @@ void ep_norm_dsums_f32(const float *dy, const float *x, uint32_t reps, uint32_t 
             c1 += d2 + d3;                                                            \
         }                                                                             \
         for (; j < len; j++) {                                                        \
-            const float d = LX(xr, j) - mu;                                           \
+            const float d = LX(xr, j) - (SUB);                                        \
             q0 = fmaf(d, d, q0);                                                      \
             c0 += d;                                                                  \
         }                                                                             \

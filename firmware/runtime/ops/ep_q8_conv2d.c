@@ -933,10 +933,7 @@ static void conv2d_q8_bw_param(const ep_ctx_t *c, const ep_node_t *nd) {
     for (uint32_t co = 0; co < p.c_out; co++) {
         int32_t s = 0; /* |s| ≤ 128 · n · P < 2^31 */
         for (uint32_t i = 0; i < p.n; i++) {
-            const int8_t *d = dy + (i * p.c_out + co) * P;
-            for (uint32_t q = 0; q < P; q++) {
-                s += d[q];
-            }
+            s += ep_q8_sum_s8(dy + (i * p.c_out + co) * P, P);
         }
         if (f32) {
             ep_q8_acc_to_f32(1, &s, e_dy, ep_ctx_f32(c, nd->out[1]) + co);

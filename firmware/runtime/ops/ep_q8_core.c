@@ -298,6 +298,22 @@ void ep_q8_rows_mac(const int8_t *src, uint32_t rs, uint32_t K, const int16_t *w
 #endif
 }
 
+int32_t ep_q8_sum_s8(const int8_t *a, uint32_t n) {
+    int32_t s = 0;
+    uint32_t i = 0;
+#if EP_Q8_SIMD
+    for (; i + 4 <= n; i += 4) { /* four codes per LDR, two per SMLAD with (1, 1) */
+        const uint32_t x = ld32(a + i);
+        s = (int32_t)__smlad((int16x2_t)sxtb16(x), (int16x2_t)0x00010001u, s);
+        s = (int32_t)__smlad((int16x2_t)sxtb16_ror8(x), (int16x2_t)0x00010001u, s);
+    }
+#endif
+    for (; i < n; i++) {
+        s += a[i];
+    }
+    return s;
+}
+
 int32_t ep_q8_dot_s8(const int8_t *a, const int8_t *b, uint32_t n) {
     int32_t s = 0;
     uint32_t i = 0;

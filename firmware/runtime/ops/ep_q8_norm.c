@@ -62,6 +62,31 @@ static void moments_tab(const int8_t *x, const float *xv, uint32_t reps, uint32_
     EP_NORM_MOMENTS_BODY(int8_t, LOAD_T_V);
 }
 
+/* The moments' first pass sums (x − x0)·s, integers times 2^e: with fewer than 2^24 / 255
+ * elements and e ≤ 100 every partial sum is exact in f32 (and finite), so the body's
+ * ((s0 + s1) + (s2 + s3)) is the codes' integer sum · s, bit for bit. Then the second
+ * pass through a table of x − mu. */
+#define BNQ_INT_MEAN_MAX 65793u
+
+static void moments_int(const int8_t *x, const float *xv, float s, uint32_t reps, uint32_t len, uint32_t stride,
+                        float *mean, float *var) {
+    const float x0 = xv[(uint8_t)x[0]];
+    const float m_ = (float)reps * (float)len;
+    int32_t sum = 0;
+    for (uint32_t r = 0; r < reps; r++) {
+        sum += ep_q8_sum_s8(x + r * stride, len);
+    }
+    sum -= (int32_t)x[0] * (int32_t)(reps * len);
+    const float mu = x0 + ((float)sum * s) / m_;
+    float xd[256];
+    for (uint32_t u = 0; u < 256u; u++) {
+        xd[u] = xv[u] - mu;
+    }
+#define LOAD_T_D(p, j) (xd[(uint8_t)(p)[j]])
+    EP_NORM_VAR_BODY(int8_t, LOAD_T_D, 0.0f);
+#undef LOAD_T_D
+}
+
 static void dsums_tab(const int8_t *dy, const float *gv, const int8_t *x, const float *xm, uint32_t reps, uint32_t len,
                       uint32_t stride, float *sdy, float *sdyx) {
     const float mean = 0.0f;
@@ -79,7 +104,11 @@ static void bnq_moments(const int8_t *x, float s, uint32_t reps, uint32_t len, u
     for (uint32_t u = 0; u < 256u; u++) {
         xv[u] = (float)(int8_t)(uint8_t)u * s;
     }
-    moments_tab(x, xv, reps, len, stride, mean, var);
+    if (reps * len < BNQ_INT_MEAN_MAX && s <= 0x1p100f) {
+        moments_int(x, xv, s, reps, len, stride, mean, var);
+    } else {
+        moments_tab(x, xv, reps, len, stride, mean, var);
+    }
 }
 
 static void bnq_dsums(const int8_t *dy, float sg, const int8_t *x, float sx, uint32_t reps, uint32_t len,
