@@ -517,6 +517,8 @@ static void fw_im2col(void *arg) {
     }
 }
 
+/* Output channels of groups [g0, g1): Σ over the kernel rows that land inside the input of
+ * x's row · W[co][ki], onto the bias already in acc. */
 static void fw_col(void *arg, uint32_t g0, uint32_t g1) {
     const fw_job_t *j = arg;
     const conv_fw_t *f = j->f;

@@ -13,8 +13,10 @@
  *                 BW_INPUT   in (dy s8, e_dy, mask)               out (dx s8, e_dx)      dx may alias dy
  *
  * The f32 nodes they stand for: BATCHNORM (its reductions are the f32 kernels' own loop
- * bodies, EP_NORM_MOMENTS_BODY / EP_NORM_DSUMS_BODY of ep_norm_act.h, over the codes),
- * LAYERNORM (the f32 kernels on one dequantized row at a time) and DROPOUT in train mode (the f32 kernel on short chunks). The batch norm's training
+ * bodies, EP_NORM_MOMENTS_BODY / EP_NORM_VAR_BODY / EP_NORM_DSUMS_BODY of ep_norm_act.h,
+ * over the codes; the mean's pass, exact in f32, as an integer sum), LAYERNORM (the f32
+ * kernels on one dequantized row at a time) and DROPOUT in train mode (the f32 kernel on
+ * short chunks). The batch norm's training
  * forward is two nodes (stats, then train) because a node has at most four outputs.
  * Each computes exactly what DEQUANTIZE, the f32 node and QUANTIZE compute in a row,
  * bit for bit, without the f32 tensors (docs/ops/int8.md, "The layers between convs in
