@@ -569,18 +569,16 @@ static void shift_sat(const int32_t *restrict p, uint32_t n, int32_t s, int8_t *
         for (; i + 4 <= n; i += 4) {
             const int32_t a = __ssat(__qadd(p[i], half) >> s, 8), b = __ssat(__qadd(p[i + 1], half) >> s, 8);
             const int32_t c = __ssat(__qadd(p[i + 2], half) >> s, 8), d = __ssat(__qadd(p[i + 3], half) >> s, 8);
-            uint32_t ac, bd, t; /* PKHBT (a, c) and (b, d), then UXTB16: bytes a, c and b, d */
-            __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(ac) : "r"(a), "r"(c));
-            __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(bd) : "r"(b), "r"(d));
+            /* (a, c) and (b, d) as halfword pairs, then UXTB16: bytes a, c and b, d */
+            const uint32_t ac = pack_lo((uint32_t)a, (uint32_t)c), bd = pack_lo((uint32_t)b, (uint32_t)d);
             const uint32_t w = (uint32_t)__uxtb16((int8x4_t)ac) | ((uint32_t)__uxtb16((int8x4_t)bd) << 8);
+            uint32_t t;
             __asm__("ssub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(t) : "r"(w), "r"(floor4) : "cc");
             st32(y + i, t);
         }
-        for (; i < n; i++) {
-            const int32_t v = p[i];
-            y[i] = ep_q8_sat8((v >> s) + ((v >> (s - 1)) & 1));
-        }
-        return;
+        p += i; /* the last n mod 4 through the loop below */
+        y += i;
+        n -= i;
     }
 #endif
     if (s >= 1 && s <= 31) {
